@@ -1,0 +1,514 @@
+"""The SWGL optimizer classes.
+
+* :class:`SWGL` is the seed's two-object API: ``swgl.step()`` modulates ``p.grad`` and the
+  user then calls ``base_optimizer.step()``.
+* :class:`SWGLWrapper` (``SWGL.wrap(base)``) is a full ``torch.optim.Optimizer``: its
+  ``step(closure)`` runs the closure, modulates, then steps the base optimizer. It shares
+  ``param_groups`` with the base, so LR schedulers, ``add_param_group`` and ``zero_grad`` act on
+  both, and its ``state_dict()`` is the base's with SWGL's tensors under ``swgl_*`` keys.
+
+Both keep SWGL's per-parameter state in ``self.state[p]`` as ``{"stability", "step"}``, so the
+seed's monitoring loop (``swgl.state[p]['stability']``) works in either mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from swgl import functional
+from swgl._validate import check_choice, check_range
+from swgl.rules import RULES
+
+__all__ = ["SWGL", "SWGLWrapper", "DEFAULT_RULE"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RULE = "v2"
+#: Keys SWGL owns in ``state[p]``; the wrapper's state_dict prefixes them with ``swgl_``.
+STATE_KEYS = ("stability", "step")
+PREFIX = "swgl_"
+
+
+def _check_options(group: dict[str, Any], prefix: str = "") -> None:
+    """Validate one param group's SWGL options in place (coercing numbers to float)."""
+    def key(name: str) -> str:
+        return prefix + name
+
+    group[key("rule")] = check_choice(key("rule"), group[key("rule")], RULES)
+    group[key("alpha")] = check_range(key("alpha"), group[key("alpha")], 0.0, 1.0, high_open=True)
+    group[key("lambda_reg")] = check_range(key("lambda_reg"), group[key("lambda_reg")], 0.0)
+    group[key("eps")] = check_range(key("eps"), group[key("eps")], 0.0, low_open=True)
+    group[key("max_boost")] = check_range(key("max_boost"), group[key("max_boost")], 1.0)
+    if group[key("max_boost")] == float("inf"):
+        raise ValueError(f"{key('max_boost')} must be finite, got inf")
+    if not isinstance(group[key("foreach")], bool):
+        raise TypeError(f"{key('foreach')} must be a bool, got {group[key('foreach')]!r}")
+
+
+def _check_params(group: dict[str, Any]) -> None:
+    for i, p in enumerate(group["params"]):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+        if p.is_complex():
+            raise TypeError(f"params[{i}] is complex ({p.dtype}); SWGL supports real params only")
+        if not p.is_floating_point():
+            raise TypeError(f"params[{i}] has dtype {p.dtype}; SWGL needs floating-point params")
+
+
+class _SWGLBase(Optimizer):
+    """State handling and the modulation pass shared by both modes."""
+
+    #: Prefix of SWGL's options in a param group: the wrapper shares its groups with a base
+    #: optimizer whose own ``eps``, ``alpha`` or ``foreach`` must not be overwritten.
+    option_prefix = ""
+
+    def _new_state(self, p: Tensor, rule: str) -> dict[str, Tensor]:
+        return {
+            "stability": torch.full_like(
+                p, RULES[rule].init_value, dtype=torch.float32, memory_format=torch.preserve_format
+            ),
+            "step": torch.zeros((), dtype=torch.float32),
+        }
+
+    def _gather(self, group: dict[str, Any]):
+        params, grads, stabilities, steps = [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise TypeError(
+                    "SWGL does not support sparse gradients; build the embedding with "
+                    "sparse=False or leave it out of SWGL's params"
+                )
+            state = self.state[p]
+            if "stability" not in state:
+                self._on_fresh_state(p)
+                state.update(self._new_state(p, group[self.option_prefix + "rule"]))
+            params.append(p.detach())
+            grads.append(p.grad)
+            stabilities.append(state["stability"])
+            steps.append(state["step"])
+        return params, grads, stabilities, steps
+
+    def _on_fresh_state(self, p: Tensor) -> None:
+        """Hook for the wrapper's 'base has state but SWGL does not' warning."""
+
+    @torch.no_grad()
+    def _modulate(self, grad_scale: float = 1.0) -> bool:
+        """Run the SWGL pass over every group; False if non-finite grads made it skip."""
+        applied = True
+        pre = self.option_prefix
+        for group in self.param_groups:
+            params, grads, stabilities, steps = self._gather(group)
+            applied &= functional.swgl(
+                params,
+                grads,
+                stabilities,
+                steps,
+                rule=group[pre + "rule"],
+                alpha=group[pre + "alpha"],
+                lambda_reg=group[pre + "lambda_reg"],
+                eps=group[pre + "eps"],
+                max_boost=group[pre + "max_boost"],
+                grad_scale=grad_scale,
+                foreach=group[pre + "foreach"],
+            )
+        return applied
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _swgl_state_dict(self) -> dict[int, dict[str, Any]]:
+        """SWGL's own per-param state, keyed by position in ``param_groups`` (torch's ids)."""
+        out: dict[int, dict[str, Any]] = {}
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "stability" in state:
+                    out[index] = {k: state[k] for k in STATE_KEYS}
+                index += 1
+        return out
+
+    def _load_swgl_state(self, saved: dict[int, dict[str, Any]]) -> None:
+        """Install saved SWGL state, checking keys and shapes and keeping the saved dtypes."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, entry in saved.items():
+            if not isinstance(index, int) or not 0 <= index < len(params):
+                raise ValueError(
+                    f"state_dict has SWGL state for param index {index!r}, but the optimizer "
+                    f"holds {len(params)} params"
+                )
+            if not isinstance(entry, dict) or set(entry) != set(STATE_KEYS):
+                keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+                raise ValueError(
+                    f"state_dict entry for param {index} must have keys {list(STATE_KEYS)}, "
+                    f"got {keys}"
+                )
+            p = params[index]
+            stability, step = entry["stability"], entry["step"]
+            if not isinstance(stability, Tensor) or not stability.is_floating_point():
+                raise ValueError(
+                    f"stability for param {index} must be a floating-point tensor, "
+                    f"got {type(stability).__name__}"
+                )
+            if stability.shape != p.shape:
+                raise ValueError(
+                    f"stability for param {index} has shape {tuple(stability.shape)}, but the "
+                    f"param has shape {tuple(p.shape)}: this checkpoint belongs to another model"
+                )
+            if not isinstance(step, Tensor) or step.numel() != 1:
+                raise ValueError(f"step for param {index} must be a one-element tensor")
+            if not bool(torch.isfinite(stability).all()):
+                raise ValueError(f"stability for param {index} holds non-finite values")
+        for index, entry in saved.items():
+            p = params[index]
+            self.state[p] = {
+                "stability": entry["stability"].detach().to(device=p.device, copy=True),
+                "step": entry["step"].detach().to(device="cpu", dtype=torch.float32, copy=True),
+            }
+
+
+class SWGL(_SWGLBase):
+    r"""Stability-Weighted Gradient Learning, the seed's two-object API.
+
+    Call ``swgl.step()`` after ``loss.backward()`` and before ``base_optimizer.step()``; it
+    rescales every ``p.grad`` in place by a factor in ``[1/max_boost, max_boost]`` (rule ``v2``)
+    computed from an EMA of the relative impact :math:`|g|/(|w|+\epsilon)`. See
+    :mod:`swgl.rules` for the exact math of each rule and ``docs/algorithm.md`` for why.
+
+    Args:
+        params: iterable of tensors or of param-group dicts; options may differ per group.
+        alpha: EMA decay in [0, 1).
+        lambda_reg: decay on volatile weights, >= 0 (see :mod:`swgl.rules`).
+        eps: numerical floor, > 0.
+        max_boost: the largest factor a gradient is multiplied by, >= 1.
+        rule: ``"v2"`` (default, bounded), ``"v1"`` or ``"v1-paper"`` (the seed's formulas).
+        foreach: use the multi-tensor implementation (default) or the per-tensor reference.
+        scaler: a ``torch.amp.GradScaler`` whose scaled grads ``step()`` will see (the seed's
+            AMP snippet). Without it, call ``scaler.unscale_(base)`` before ``swgl.step()``;
+            the seed's order without ``scaler=`` raises instead of training on scaled grads.
+
+    Non-finite gradients skip the whole step: state and grads are left untouched, so a
+    ``GradScaler`` still sees the infs and skips its own step.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        alpha: float = 0.99,
+        lambda_reg: float = 0.01,
+        eps: float = 1e-8,
+        max_boost: float = 10.0,
+        *,
+        rule: str = DEFAULT_RULE,
+        foreach: bool = True,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        defaults = dict(
+            rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
+            foreach=foreach,
+        )
+        _check_options(dict(defaults))
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+        super().__init__(params, defaults)
+        self.scaler = scaler
+        self._param_ids = {id(p) for g in self.param_groups for p in g["params"]}
+        self._fingerprint: tuple[Tensor, Tensor] | None = None
+        self._fresh = True
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    self.state[p].update(self._new_state(p, group["rule"]))
+        _COMPANIONS.add(self)
+        _ensure_companion_hook()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_options(group)
+        _check_params(group)
+        if hasattr(self, "_param_ids"):
+            self._param_ids.update(id(p) for p in group["params"])
+
+    def _current_grad_scale(self) -> float:
+        scaler = self.scaler
+        if scaler is None or not scaler.is_enabled():
+            return 1.0
+        from torch.amp.grad_scaler import OptState
+
+        stages = [s["stage"] for s in scaler._per_optimizer_states.values()]
+        if any(stage is OptState.UNSCALED for stage in stages):
+            return 1.0  # the user already called scaler.unscale_(base)
+        return float(scaler.get_scale())
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Modulate the grads in place. Call before ``base_optimizer.step()``."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        applied = self._modulate(self._current_grad_scale())
+        self._fingerprint = self._take_fingerprint() if applied and self.scaler is None else None
+        return loss
+
+    def _take_fingerprint(self) -> tuple[Tensor, Tensor] | None:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return None
+        smallest = min(grads, key=Tensor.numel)
+        return smallest, smallest.detach().abs().sum()
+
+    def _before_base_step(self, base: Optimizer) -> None:
+        """Checks made when another optimizer steps params that this SWGL manages."""
+        if self._fresh:
+            self._fresh = False
+            has_history = any(
+                base.state.get(p) for g in base.param_groups for p in g["params"]
+            ) and any(float(st["step"]) <= 1 for st in self.state.values() if "step" in st)
+            if has_history and self._base_was_resumed(base):
+                warnings.warn(
+                    "the base optimizer resumed with saved state, but SWGL starts from fresh "
+                    "stability estimates: save and load swgl.state_dict() with your checkpoint",
+                    stacklevel=4,
+                )
+        fingerprint, self._fingerprint = self._fingerprint, None
+        if fingerprint is None or not _called_from_grad_scaler():
+            return
+        grad, seen = fingerprint
+        if not torch.equal(grad.detach().abs().sum(), seen):
+            raise RuntimeError(
+                "SWGL modulated gradients that GradScaler unscaled afterwards: its statistics "
+                "saw scaled gradients. Call scaler.unscale_(base_optimizer) before swgl.step(), "
+                "or build SWGL(..., scaler=scaler)."
+            )
+
+    def _base_was_resumed(self, base: Optimizer) -> bool:
+        for group in base.param_groups:
+            for p in group["params"]:
+                step = base.state.get(p, {}).get("step")
+                if step is not None and float(step) >= 1:
+                    return True
+        return False
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``state_dict()``; stability keeps its saved dtype (torch would cast it)."""
+        _check_state_dict_layout(state_dict, self.param_groups)
+        for group, saved in zip(self.param_groups, state_dict["param_groups"]):
+            options = {k: v for k, v in saved.items() if k != "params"}
+            _check_options({**group, **options})
+            group.update(options)
+        self.state.clear()
+        self._load_swgl_state(state_dict["state"])
+        self._fresh = False
+
+
+class SWGLWrapper(_SWGLBase):
+    """SWGL around a base optimizer, as one ``torch.optim.Optimizer``.
+
+    Build it with ``SWGL.wrap(base, ...)``, or as ``SWGLWrapper(params, base=torch.optim.AdamW,
+    base_kwargs={"lr": 1e-3}, ...)`` (the form HF's ``optimizer_cls_and_kwargs`` uses). The SWGL
+    options are those of :class:`SWGL`; in each param group they are stored as ``swgl_alpha``,
+    ``swgl_eps``, ... so they never collide with the base optimizer's ``eps`` or ``foreach``.
+    Per-group SWGL options are given the same way: ``{"params": ..., "swgl_alpha": 0.9}``.
+
+    ``GradScaler.step(wrapper)`` unscales first and skips the step on overflow, so SWGL only
+    ever sees unscaled, finite gradients.
+    """
+
+    option_prefix = PREFIX
+
+    def __init__(
+        self,
+        params: Optimizer | Iterable[Tensor] | Iterable[dict[str, Any]],
+        *,
+        base: type[Optimizer] | None = None,
+        base_kwargs: dict[str, Any] | None = None,
+        alpha: float = 0.99,
+        lambda_reg: float = 0.01,
+        eps: float = 1e-8,
+        max_boost: float = 10.0,
+        rule: str = DEFAULT_RULE,
+        foreach: bool = True,
+    ) -> None:
+        if isinstance(params, Optimizer):
+            if base is not None or base_kwargs is not None:
+                raise ValueError("pass either a base optimizer instance or base=/base_kwargs=")
+            base_opt = params
+        else:
+            if not (isinstance(base, type) and issubclass(base, Optimizer)):
+                raise TypeError(
+                    f"base must be a torch.optim.Optimizer subclass, got {base!r}"
+                )
+            base_opt = base(params, **(base_kwargs or {}))
+        if isinstance(base_opt, _SWGLBase):
+            raise TypeError("cannot wrap an SWGL optimizer in another SWGL")
+        defaults = {
+            PREFIX + k: v
+            for k, v in dict(
+                rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
+                foreach=foreach,
+            ).items()
+        }
+        _check_options(dict(defaults), PREFIX)
+        self.base = base_opt
+        self._warned_fresh = False
+        self._sharing_groups = False
+        super().__init__(base_opt.param_groups, defaults)
+        self._sharing_groups = True
+        # Share the groups themselves: schedulers and add_param_group then act on both.
+        self.param_groups = base_opt.param_groups
+        for group in self.param_groups:
+            for key, value in defaults.items():
+                group.setdefault(key, value)
+            _check_options(group, PREFIX)
+            _check_params(group)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not self._sharing_groups:  # Optimizer.__init__ copying the base's groups
+            super().add_param_group(param_group)
+            return
+        self.base.add_param_group(param_group)
+        group = self.param_groups[-1]
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        _check_options(group, PREFIX)
+        _check_params(group)
+
+    def _on_fresh_state(self, p: Tensor) -> None:
+        if not self._warned_fresh and self.base.state.get(p):
+            self._warned_fresh = True
+            warnings.warn(
+                "the base optimizer has state for a param SWGL has never seen (a checkpoint "
+                "without SWGL state?); SWGL's stability estimates start from scratch",
+                stacklevel=5,
+            )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Run ``closure`` (forward and backward), modulate the grads, then step the base."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._modulate()
+        self.base.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state_dict with SWGL's tensors under ``swgl_*`` keys."""
+        out = self.base.state_dict()
+        for index, entry in self._swgl_state_dict().items():
+            slot = out["state"].setdefault(index, {})
+            slot.update({PREFIX + k: v for k, v in entry.items()})
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``state_dict()``: the base gets its keys, SWGL its ``swgl_*`` keys."""
+        _check_state_dict_layout(state_dict, self.param_groups)
+        base_state: dict[int, dict[str, Any]] = {}
+        swgl_state: dict[int, dict[str, Any]] = {}
+        for index, entry in state_dict["state"].items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"state entry {index!r} must be a dict, got {type(entry).__name__}")
+            ours = {k[len(PREFIX):]: v for k, v in entry.items() if k.startswith(PREFIX)}
+            theirs = {k: v for k, v in entry.items() if not k.startswith(PREFIX)}
+            if ours:
+                swgl_state[index] = ours
+            if theirs:
+                base_state[index] = theirs
+        for saved in state_dict["param_groups"]:
+            options = {k: v for k, v in saved.items() if k != "params"}
+            _check_options({**self.defaults, **options}, PREFIX)
+        if base_state and not swgl_state:
+            warnings.warn(
+                "this checkpoint holds base-optimizer state but no SWGL state (no swgl_* keys); "
+                "SWGL's stability estimates restart from scratch",
+                stacklevel=2,
+            )
+            self._warned_fresh = True
+        self.base.load_state_dict({"state": base_state, "param_groups": state_dict["param_groups"]})
+        self.param_groups = self.base.param_groups
+        self.state.clear()
+        self._load_swgl_state(swgl_state)
+
+    def __repr__(self) -> str:
+        return f"SWGLWrapper(base={self.base!r})"
+
+
+def _wrap(base: Optimizer, **options: Any) -> SWGLWrapper:
+    """Wrap ``base`` so that ``step(closure)`` modulates and then steps it."""
+    if not isinstance(base, Optimizer):
+        raise TypeError(f"base must be a torch.optim.Optimizer instance, got {type(base).__name__}")
+    return SWGLWrapper(base, **options)
+
+
+SWGL.wrap = staticmethod(_wrap)  # type: ignore[attr-defined]
+
+
+def _check_state_dict_layout(state_dict: Any, groups: list[dict[str, Any]]) -> None:
+    if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+        keys = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict).__name__
+        raise ValueError(f"state_dict must have keys ['param_groups', 'state'], got {keys}")
+    saved_groups = state_dict["param_groups"]
+    if not isinstance(saved_groups, list) or len(saved_groups) != len(groups):
+        n = len(saved_groups) if isinstance(saved_groups, list) else saved_groups
+        raise ValueError(f"state_dict has {n} param groups, the optimizer has {len(groups)}")
+    for i, (group, saved) in enumerate(zip(groups, saved_groups)):
+        if not isinstance(saved, dict) or len(saved.get("params", ())) != len(group["params"]):
+            raise ValueError(
+                f"param group {i} of state_dict does not match the optimizer's "
+                f"({len(group['params'])} params): the checkpoint belongs to another model"
+            )
+    if not isinstance(state_dict["state"], dict):
+        raise ValueError("state_dict['state'] must be a dict")
+
+
+# -- the seed's two-object pattern: checks made when the base optimizer steps ------------------
+
+_COMPANIONS: weakref.WeakSet[SWGL] = weakref.WeakSet()
+_HOOK_INSTALLED = False
+
+
+def _ensure_companion_hook() -> None:
+    global _HOOK_INSTALLED
+    if not _HOOK_INSTALLED:
+        register_optimizer_step_pre_hook(_companion_pre_hook)
+        _HOOK_INSTALLED = True
+
+
+def _companion_pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    if isinstance(optimizer, _SWGLBase) or not _COMPANIONS:
+        return
+    ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for swgl in list(_COMPANIONS):
+        if swgl._param_ids & ids:
+            swgl._before_base_step(optimizer)
+
+
+def _called_from_grad_scaler() -> bool:
+    from torch.amp.grad_scaler import GradScaler
+
+    code = GradScaler.step.__code__
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return False
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
