@@ -28,14 +28,14 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from swgl import functional
 from swgl._validate import check_choice, check_range
 from swgl.rules import RULES
+from swgl.state import STORAGES
 
 __all__ = ["SWGL", "SWGLWrapper", "DEFAULT_RULE"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RULE = "v2"
-#: Keys SWGL owns in ``state[p]``; the wrapper's state_dict prefixes them with ``swgl_``.
-STATE_KEYS = ("stability", "step")
+#: Prefix of SWGL's keys in the wrapper's param groups and state_dict.
 PREFIX = "swgl_"
 
 
@@ -51,6 +51,7 @@ def _check_options(group: dict[str, Any], prefix: str = "") -> None:
     group[key("max_boost")] = check_range(key("max_boost"), group[key("max_boost")], 1.0)
     if group[key("max_boost")] == float("inf"):
         raise ValueError(f"{key('max_boost')} must be finite, got inf")
+    group[key("storage")] = check_choice(key("storage"), group[key("storage")], STORAGES)
     if not isinstance(group[key("foreach")], bool):
         raise TypeError(f"{key('foreach')} must be a bool, got {group[key('foreach')]!r}")
 
@@ -72,15 +73,28 @@ class _SWGLBase(Optimizer):
     #: optimizer whose own ``eps``, ``alpha`` or ``foreach`` must not be overwritten.
     option_prefix = ""
 
-    def _new_state(self, p: Tensor, rule: str) -> dict[str, Tensor]:
-        return {
-            "stability": torch.full_like(
-                p, RULES[rule].init_value, dtype=torch.float32, memory_format=torch.preserve_format
-            ),
-            "step": torch.zeros((), dtype=torch.float32),
-        }
+    def _option(self, group: dict[str, Any], name: str) -> Any:
+        return group[self.option_prefix + name]
+
+    def _storage(self, group: dict[str, Any]):
+        return STORAGES[self._option(group, "storage")]
+
+    def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        init_value = RULES[self._option(group, "rule")].init_value
+        return {**self._storage(group).init(p, init_value), "step": torch.zeros(())}
+
+    def stability(self, p: Tensor) -> Tensor:
+        """``p``'s stability EMA as an fp32 tensor, whatever the storage format."""
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                state = self.state.get(p)
+                if not state:
+                    raise KeyError("this param has no SWGL state yet (no step taken)")
+                return self._storage(group).load(state, p)
+        raise KeyError("this tensor is not one of the optimizer's params")
 
     def _gather(self, group: dict[str, Any]):
+        storage = self._storage(group)
         params, grads, stabilities, steps = [], [], [], []
         for p in group["params"]:
             if p.grad is None:
@@ -91,12 +105,12 @@ class _SWGLBase(Optimizer):
                     "sparse=False or leave it out of SWGL's params"
                 )
             state = self.state[p]
-            if "stability" not in state:
+            if "step" not in state:
                 self._on_fresh_state(p)
-                state.update(self._new_state(p, group[self.option_prefix + "rule"]))
+                state.update(self._new_state(p, group))
             params.append(p.detach())
             grads.append(p.grad)
-            stabilities.append(state["stability"])
+            stabilities.append(storage.load(state, p))
             steps.append(state["step"])
         return params, grads, stabilities, steps
 
@@ -110,7 +124,7 @@ class _SWGLBase(Optimizer):
         pre = self.option_prefix
         for group in self.param_groups:
             params, grads, stabilities, steps = self._gather(group)
-            applied &= functional.swgl(
+            group_applied = functional.swgl(
                 params,
                 grads,
                 stabilities,
@@ -123,6 +137,12 @@ class _SWGLBase(Optimizer):
                 grad_scale=grad_scale,
                 foreach=group[pre + "foreach"],
             )
+            if group_applied:
+                storage = self._storage(group)
+                owners = [p for p in group["params"] if p.grad is not None]
+                for p, working in zip(owners, stabilities):
+                    storage.store(self.state[p], working)
+            applied &= group_applied
         return applied
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -134,48 +154,42 @@ class _SWGLBase(Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
-                if state and "stability" in state:
-                    out[index] = {k: state[k] for k in STATE_KEYS}
+                if state and "step" in state:
+                    out[index] = dict(state)
                 index += 1
         return out
 
     def _load_swgl_state(self, saved: dict[int, dict[str, Any]]) -> None:
-        """Install saved SWGL state, checking keys and shapes and keeping the saved dtypes."""
-        params = [p for group in self.param_groups for p in group["params"]]
+        """Install saved SWGL state, checking keys and shapes and keeping the saved dtypes.
+
+        Everything is checked before anything is installed, so a bad checkpoint leaves the
+        optimizer as it was.
+        """
+        owners = [(p, group) for group in self.param_groups for p in group["params"]]
         for index, entry in saved.items():
-            if not isinstance(index, int) or not 0 <= index < len(params):
+            if not isinstance(index, int) or not 0 <= index < len(owners):
                 raise ValueError(
                     f"state_dict has SWGL state for param index {index!r}, but the optimizer "
-                    f"holds {len(params)} params"
+                    f"holds {len(owners)} params"
                 )
-            if not isinstance(entry, dict) or set(entry) != set(STATE_KEYS):
+            p, group = owners[index]
+            storage = self._storage(group)
+            expected = {*storage.keys, "step"}
+            if not isinstance(entry, dict) or set(entry) != expected:
                 keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
                 raise ValueError(
-                    f"state_dict entry for param {index} must have keys {list(STATE_KEYS)}, "
-                    f"got {keys}"
+                    f"state_dict entry for param {index} must have keys {sorted(expected)} "
+                    f"(storage {storage.name!r}), got {keys}"
                 )
-            p = params[index]
-            stability, step = entry["stability"], entry["step"]
-            if not isinstance(stability, Tensor) or not stability.is_floating_point():
-                raise ValueError(
-                    f"stability for param {index} must be a floating-point tensor, "
-                    f"got {type(stability).__name__}"
-                )
-            if stability.shape != p.shape:
-                raise ValueError(
-                    f"stability for param {index} has shape {tuple(stability.shape)}, but the "
-                    f"param has shape {tuple(p.shape)}: this checkpoint belongs to another model"
-                )
+            step = entry["step"]
             if not isinstance(step, Tensor) or step.numel() != 1:
                 raise ValueError(f"step for param {index} must be a one-element tensor")
-            if not bool(torch.isfinite(stability).all()):
-                raise ValueError(f"stability for param {index} holds non-finite values")
+            storage.check(entry, p, index)
         for index, entry in saved.items():
-            p = params[index]
-            self.state[p] = {
-                "stability": entry["stability"].detach().to(device=p.device, copy=True),
-                "step": entry["step"].detach().to(device="cpu", dtype=torch.float32, copy=True),
-            }
+            p, _ = owners[index]
+            state = {k: v.detach().to(device=p.device, copy=True) for k, v in entry.items()}
+            state["step"] = entry["step"].detach().to(device="cpu", dtype=torch.float32, copy=True)
+            self.state[p] = state
 
 
 class SWGL(_SWGLBase):
@@ -193,6 +207,7 @@ class SWGL(_SWGLBase):
         eps: numerical floor, > 0.
         max_boost: the largest factor a gradient is multiplied by, >= 1.
         rule: ``"v2"`` (default, bounded), ``"v1"`` or ``"v1-paper"`` (the seed's formulas).
+        storage: how the stability state is stored (see :mod:`swgl.state`); ``"fp32"``.
         foreach: use the multi-tensor implementation (default) or the per-tensor reference.
         scaler: a ``torch.amp.GradScaler`` whose scaled grads ``step()`` will see (the seed's
             AMP snippet). Without it, call ``scaler.unscale_(base)`` before ``swgl.step()``;
@@ -211,12 +226,13 @@ class SWGL(_SWGLBase):
         max_boost: float = 10.0,
         *,
         rule: str = DEFAULT_RULE,
+        storage: str = "fp32",
         foreach: bool = True,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         defaults = dict(
             rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
-            foreach=foreach,
+            storage=storage, foreach=foreach,
         )
         _check_options(dict(defaults))
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
@@ -229,7 +245,7 @@ class SWGL(_SWGLBase):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.requires_grad:
-                    self.state[p].update(self._new_state(p, group["rule"]))
+                    self.state[p].update(self._new_state(p, group))
         _COMPANIONS.add(self)
         _ensure_companion_hook()
 
@@ -340,6 +356,7 @@ class SWGLWrapper(_SWGLBase):
         eps: float = 1e-8,
         max_boost: float = 10.0,
         rule: str = DEFAULT_RULE,
+        storage: str = "fp32",
         foreach: bool = True,
     ) -> None:
         if isinstance(params, Optimizer):
@@ -358,7 +375,7 @@ class SWGLWrapper(_SWGLBase):
             PREFIX + k: v
             for k, v in dict(
                 rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
-                foreach=foreach,
+                storage=storage, foreach=foreach,
             ).items()
         }
         _check_options(dict(defaults), PREFIX)
@@ -408,6 +425,16 @@ class SWGLWrapper(_SWGLBase):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
+
+    def train(self) -> None:
+        """Forward to the base optimizer's ``train()`` (schedule-free optimizers have one)."""
+        if hasattr(self.base, "train"):
+            self.base.train()
+
+    def eval(self) -> None:
+        """Forward to the base optimizer's ``eval()``."""
+        if hasattr(self.base, "eval"):
+            self.base.eval()
 
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's state_dict with SWGL's tensors under ``swgl_*`` keys."""
