@@ -451,7 +451,8 @@ class SWGLWrapper(_SWGLBase):
         swgl_state: dict[int, dict[str, Any]] = {}
         for index, entry in state_dict["state"].items():
             if not isinstance(entry, dict):
-                raise ValueError(f"state entry {index!r} must be a dict, got {type(entry).__name__}")
+                kind = type(entry).__name__
+                raise ValueError(f"state entry {index!r} must be a dict, got {kind}")
             ours = {k[len(PREFIX):]: v for k, v in entry.items() if k.startswith(PREFIX)}
             theirs = {k: v for k, v in entry.items() if not k.startswith(PREFIX)}
             if ours:
