@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from swgl._validate import check_choice
-from swgl.rules import RULES
+from swgl.rules import RULES, Context, Hyper
 
 __all__ = ["swgl", "all_finite"]
 
@@ -21,7 +21,8 @@ def all_finite(tensors: list[Tensor]) -> bool:
     if not tensors:
         return True
     norms = torch._foreach_norm(tensors, float("inf"))
-    return bool(torch.isfinite(torch.stack([n.float().cpu() for n in norms])).all())
+    device = norms[0].device
+    return bool(torch.isfinite(torch.stack([n.float().to(device) for n in norms])).all())
 
 
 @torch.no_grad()
@@ -41,8 +42,10 @@ def swgl(
 ) -> bool:
     """Modulate ``grads`` in place and update ``stabilities``; return False if skipped.
 
-    ``steps`` are the per-tensor step counters; they are incremented here, and only on calls
-    that update the state. ``grad_scale`` is the loss scale the grads still carry.
+    ``stabilities`` are fp32 working tensors shaped like ``params`` (see :mod:`swgl.state`);
+    ``steps`` are the per-tensor step counters, incremented here and only on calls that update
+    the state. ``grad_scale`` is the loss scale the grads still carry. The math of each rule is
+    in :mod:`swgl.rules`.
     """
     check_choice("rule", rule, RULES)
     if not params:
@@ -51,16 +54,8 @@ def swgl(
         return False
     for step in steps:
         step.add_(1)
+    hp = Hyper(alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost)
+    ctx = Context(grad_scale=grad_scale)
     impl = RULES[rule].foreach if foreach else RULES[rule].single
-    impl(
-        params,
-        grads,
-        stabilities,
-        steps,
-        alpha=alpha,
-        lambda_reg=lambda_reg,
-        eps=eps,
-        max_boost=max_boost,
-        grad_scale=grad_scale,
-    )
+    impl(params, grads, stabilities, steps, hp, ctx)
     return True

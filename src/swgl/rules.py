@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -55,14 +56,47 @@ _TINY = 1e-30
 
 
 @dataclass(frozen=True)
+class Hyper:
+    """A param group's SWGL options, as the rules read them."""
+
+    alpha: float
+    lambda_reg: float
+    eps: float
+    max_boost: float
+
+
+def _local_sum(partial_sums: Tensor) -> Tensor:
+    return partial_sums
+
+
+@dataclass(frozen=True)
+class Context:
+    """How a call sees its tensors; the defaults describe plain, unscaled, unsharded tensors.
+
+    ``reduce_sum`` completes a 1-D tensor of per-tensor partial sums into global sums (an
+    all-reduce when the tensors are shards), and ``numels`` are the global element counts.
+    """
+
+    grad_scale: float = 1.0
+    reduce_sum: Callable[[Tensor], Tensor] = _local_sum
+    numels: tuple[int, ...] | None = None
+
+    def numel(self, i: int, t: Tensor) -> int:
+        return t.numel() if self.numels is None else self.numels[i]
+
+
+@dataclass(frozen=True)
 class Rule:
-    """A rule's two implementations and the value its stability state starts at."""
+    """A rule's two implementations and the value its stability state starts at.
+
+    Both implementations have the signature
+    ``impl(params, grads, stabilities, steps, hp: Hyper, ctx: Context) -> None``.
+    """
 
     name: str
     single: Callable[..., None]
     foreach: Callable[..., None]
     init_value: float
-    bias_corrected: bool
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,66 +104,48 @@ class Rule:
 # --------------------------------------------------------------------------------------------
 
 
-def _v1_single(params, grads, stabilities, steps, *, alpha, lambda_reg, eps, max_boost,
-               grad_scale, paper):
+def _v1_single(params, grads, stabilities, steps, hp: Hyper, ctx: Context, *, paper: bool):
+    scale = ctx.grad_scale
     for p, g, s in zip(params, grads, stabilities):
-        true_g = g if grad_scale == 1.0 else g / grad_scale
-        relative_impact = true_g.abs() / (p.abs() + eps)
-        s.mul_(alpha).add_(relative_impact, alpha=1.0 - alpha)
+        true_g = g if scale == 1.0 else g / scale
+        relative_impact = true_g.abs() / (p.abs() + hp.eps)
+        s.mul_(hp.alpha).add_(relative_impact, alpha=1.0 - hp.alpha)
         if paper:
-            g.div_(s.clamp(max=max_boost))
+            g.div_(s.clamp(max=hp.max_boost))
         else:
-            lr_scaler = 1.0 / (s + eps)
-            lr_scaler.clamp_(max=max_boost)
+            lr_scaler = 1.0 / (s + hp.eps)
+            lr_scaler.clamp_(max=hp.max_boost)
             g.mul_(lr_scaler)
-        if lambda_reg > 0.0:
+        if hp.lambda_reg > 0.0:
             excess = (s - 1.0).clamp(min=0.0)
-            g.add_(p * excess * (lambda_reg * grad_scale) if grad_scale != 1.0
-                   else p * excess * lambda_reg)
+            g.add_(p * excess * (hp.lambda_reg * scale))
 
 
-def _v1_foreach(params, grads, stabilities, steps, *, alpha, lambda_reg, eps, max_boost,
-                grad_scale, paper):
-    true_g = grads if grad_scale == 1.0 else torch._foreach_div(grads, grad_scale)
+def _v1_foreach(params, grads, stabilities, steps, hp: Hyper, ctx: Context, *, paper: bool):
+    scale = ctx.grad_scale
+    true_g = grads if scale == 1.0 else torch._foreach_div(grads, scale)
     impact = torch._foreach_abs(true_g)
     denom = torch._foreach_abs(params)
-    torch._foreach_add_(denom, eps)
+    torch._foreach_add_(denom, hp.eps)
     torch._foreach_div_(impact, denom)
     del denom
-    torch._foreach_mul_(stabilities, alpha)
-    torch._foreach_add_(stabilities, impact, alpha=1.0 - alpha)
+    torch._foreach_mul_(stabilities, hp.alpha)
+    torch._foreach_add_(stabilities, impact, alpha=1.0 - hp.alpha)
     del impact
     if paper:
-        torch._foreach_div_(grads, torch._foreach_clamp_max(stabilities, max_boost))
+        torch._foreach_div_(grads, torch._foreach_clamp_max(stabilities, hp.max_boost))
     else:
-        scaler = torch._foreach_add(stabilities, eps)
-        torch._foreach_reciprocal_(scaler)
-        torch._foreach_clamp_max_(scaler, max_boost)
-        torch._foreach_mul_(grads, scaler)
-        del scaler
-    if lambda_reg > 0.0:
+        lr_scaler = torch._foreach_add(stabilities, hp.eps)
+        torch._foreach_reciprocal_(lr_scaler)
+        torch._foreach_clamp_max_(lr_scaler, hp.max_boost)
+        torch._foreach_mul_(grads, lr_scaler)
+        del lr_scaler
+    if hp.lambda_reg > 0.0:
         excess = torch._foreach_sub(stabilities, 1.0)
         torch._foreach_clamp_min_(excess, 0.0)
         penalty = torch._foreach_mul(params, excess)
-        torch._foreach_mul_(penalty, lambda_reg * grad_scale if grad_scale != 1.0
-                            else lambda_reg)
+        torch._foreach_mul_(penalty, hp.lambda_reg * scale)
         torch._foreach_add_(grads, penalty)
-
-
-def _v1_single_ref(*args, **kwargs):
-    _v1_single(*args, paper=False, **kwargs)
-
-
-def _v1_foreach_ref(*args, **kwargs):
-    _v1_foreach(*args, paper=False, **kwargs)
-
-
-def _v1_single_paper(*args, **kwargs):
-    _v1_single(*args, paper=True, **kwargs)
-
-
-def _v1_foreach_paper(*args, **kwargs):
-    _v1_foreach(*args, paper=True, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,79 +153,78 @@ def _v1_foreach_paper(*args, **kwargs):
 # --------------------------------------------------------------------------------------------
 
 
-def _bias_corrections(steps: list[Tensor], alpha: float) -> list[float]:
-    return [1.0 - alpha ** int(t.item()) for t in steps]
+def _tensor_sums(tensors: list[Tensor], ord: float, ctx: Context) -> list[float]:
+    """Global per-tensor ``sum |x|`` (ord=1) or ``sum x^2`` (ord=2), one host sync."""
+    norms = torch.stack([n.float() for n in torch._foreach_norm(tensors, ord)])
+    if ord == 2:
+        norms = norms.square()
+    return ctx.reduce_sum(norms).tolist()
 
 
-def _v2_single(params, grads, stabilities, steps, *, alpha, lambda_reg, eps, max_boost,
-               grad_scale):
-    for p, g, s, step in zip(params, grads, stabilities, steps):
+def _v2_single(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
+    for i, (p, g, s, step) in enumerate(zip(params, grads, stabilities, steps)):
+        n = ctx.numel(i, p)
         w = p.float()
-        g32 = g.float() if grad_scale == 1.0 else g.float() / grad_scale
-        delta = eps + WEIGHT_FLOOR * w.square().mean().sqrt()
+        g32 = g.float() / ctx.grad_scale
+        w_sq = ctx.reduce_sum(w.square().sum().reshape(1))
+        delta = hp.eps + WEIGHT_FLOOR * (w_sq / n).sqrt()
         r = (g32.abs() / (w.abs() + delta)).clamp_(max=R_MAX)
-        s.mul_(alpha).add_(r, alpha=1.0 - alpha)
-        s_hat = s / (1.0 - alpha ** int(step.item()))
-        m = s_hat.mean()
-        c = ((m + _TINY) / (s_hat + _TINY)).clamp_(1.0 / max_boost, max_boost)
+        s.mul_(hp.alpha).add_(r, alpha=1.0 - hp.alpha)
+        s_hat = s / (1.0 - hp.alpha ** int(step.item()))
+        m = ctx.reduce_sum(s_hat.sum().reshape(1)) / n
+        c = ((m + _TINY) / (s_hat + _TINY)).clamp_(1.0 / hp.max_boost, hp.max_boost)
         new_g = g32.mul_(c)
-        if lambda_reg > 0.0:
-            excess = (s_hat / (m + _TINY) - 1.0).clamp_(0.0, max_boost - 1.0)
-            new_g.add_(excess.mul_(w), alpha=lambda_reg)
-        if grad_scale != 1.0:
-            new_g.mul_(grad_scale)
-        g.copy_(new_g)
+        if hp.lambda_reg > 0.0:
+            excess = (s_hat / (m + _TINY) - 1.0).clamp_(0.0, hp.max_boost - 1.0)
+            new_g.add_(excess.mul_(w), alpha=hp.lambda_reg)
+        g.copy_(new_g.mul_(ctx.grad_scale))
 
 
-def _v2_foreach(params, grads, stabilities, steps, *, alpha, lambda_reg, eps, max_boost,
-                grad_scale):
-    n = len(params)
+def _v2_foreach(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
+    numels = [ctx.numel(i, p) for i, p in enumerate(params)]
     w = [p.float() for p in params]
     g32 = [g.float() for g in grads]
-    if grad_scale != 1.0:
-        g32 = torch._foreach_div(g32, grad_scale)
-    # Per-tensor scalars come back to the host once, as one stacked tensor.
-    w_rms = torch.stack(torch._foreach_norm(w)).tolist()
-    delta = [eps + WEIGHT_FLOOR * rms / (p.numel() ** 0.5) for rms, p in zip(w_rms, params)]
+    if ctx.grad_scale != 1.0:
+        g32 = torch._foreach_div(g32, ctx.grad_scale)
+    w_sq = _tensor_sums(w, 2, ctx)
+    delta = [hp.eps + WEIGHT_FLOOR * (sq / n) ** 0.5 for sq, n in zip(w_sq, numels)]
     denom = torch._foreach_abs(w)
     torch._foreach_add_(denom, delta)
     r = torch._foreach_abs(g32)
     torch._foreach_div_(r, denom)
     torch._foreach_clamp_max_(r, R_MAX)
-    torch._foreach_mul_(stabilities, alpha)
-    torch._foreach_add_(stabilities, r, alpha=1.0 - alpha)
+    torch._foreach_mul_(stabilities, hp.alpha)
+    torch._foreach_add_(stabilities, r, alpha=1.0 - hp.alpha)
     del r, denom
-    inv_bc = [1.0 / bc for bc in _bias_corrections(steps, alpha)]
+    inv_bc = [1.0 / (1.0 - hp.alpha ** int(t.item())) for t in steps]
     s_hat = torch._foreach_mul(stabilities, inv_bc)
-    sums = torch.stack(torch._foreach_norm(s_hat, 1)).tolist()
-    means = [total / p.numel() for total, p in zip(sums, params)]
+    means = [total / n for total, n in zip(_tensor_sums(s_hat, 1, ctx), numels)]
     c = torch._foreach_add(s_hat, _TINY)
     torch._foreach_reciprocal_(c)
     torch._foreach_mul_(c, [m + _TINY for m in means])
-    torch._foreach_clamp_min_(c, 1.0 / max_boost)
-    torch._foreach_clamp_max_(c, max_boost)
+    torch._foreach_clamp_min_(c, 1.0 / hp.max_boost)
+    torch._foreach_clamp_max_(c, hp.max_boost)
     torch._foreach_mul_(g32, c)
     del c
-    if lambda_reg > 0.0:
+    if hp.lambda_reg > 0.0:
         excess = torch._foreach_mul(s_hat, [1.0 / (m + _TINY) for m in means])
         torch._foreach_sub_(excess, 1.0)
         torch._foreach_clamp_min_(excess, 0.0)
-        torch._foreach_clamp_max_(excess, max_boost - 1.0)
+        torch._foreach_clamp_max_(excess, hp.max_boost - 1.0)
         torch._foreach_mul_(excess, w)
-        torch._foreach_add_(g32, excess, alpha=lambda_reg)
-    if grad_scale != 1.0:
-        torch._foreach_mul_(g32, grad_scale)
-    for i in range(n):
-        if g32[i] is not grads[i]:
-            grads[i].copy_(g32[i])
+        torch._foreach_add_(g32, excess, alpha=hp.lambda_reg)
+    if ctx.grad_scale != 1.0:
+        torch._foreach_mul_(g32, ctx.grad_scale)
+    for g, new_g in zip(grads, g32):
+        if new_g is not g:
+            g.copy_(new_g)
 
 
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (
-        Rule("v1", _v1_single_ref, _v1_foreach_ref, init_value=1.0, bias_corrected=False),
-        Rule("v1-paper", _v1_single_paper, _v1_foreach_paper, init_value=1.0,
-             bias_corrected=False),
-        Rule("v2", _v2_single, _v2_foreach, init_value=0.0, bias_corrected=True),
+        Rule("v1", partial(_v1_single, paper=False), partial(_v1_foreach, paper=False), 1.0),
+        Rule("v1-paper", partial(_v1_single, paper=True), partial(_v1_foreach, paper=True), 1.0),
+        Rule("v2", _v2_single, _v2_foreach, 0.0),
     )
 }
