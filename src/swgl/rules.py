@@ -29,18 +29,21 @@ Rules
     r     = min(|g| / (|w| + delta), R_MAX)
     s     = alpha * s + (1 - alpha) * r           # s starts at 0
     s_hat = s / (1 - alpha^t)                     # bias-corrected, no start-up transient
-    m     = mean(s_hat)                           # per-tensor reference level
-    c     = clamp((m + tiny) / (s_hat + tiny), 1 / max_boost, max_boost)
+    m     = exp(mean(log(s_hat + tiny)))          # per-tensor geometric mean
+    c     = clamp(m / (s_hat + tiny), 1 / max_boost, max_boost)
     g     = c * g + lambda_reg * clamp(s_hat / m - 1, 0, max_boost - 1) * w
 
-so an element as volatile as its tensor's average gets ``c = 1``; a more volatile one is
-damped, down to ``1/max_boost``; a steadier one is boosted, up to ``max_boost``. ``lambda_reg``
-is a weight decay applied only to elements more volatile than their tensor's mean, with a
-coefficient that never exceeds ``lambda_reg * (max_boost - 1)``.
+so an element as volatile as its tensor's typical element gets ``c = 1``; a more volatile one
+is damped, down to ``1/max_boost``; a steadier one is boosted, up to ``max_boost``. The
+geometric mean (not the arithmetic one) is the reference because ``|g|/|w|`` is heavy-tailed:
+a few near-zero weights would otherwise drag the mean up and boost almost every element.
+``lambda_reg`` is a weight decay applied only to elements more volatile than their tensor's
+typical element, with a coefficient that never exceeds ``lambda_reg * (max_boost - 1)``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -53,6 +56,8 @@ R_MAX = 1e20
 #: v2's weight floor, as a fraction of the tensor's RMS.
 WEIGHT_FLOOR = 1e-3
 _TINY = 1e-30
+#: log(_TINY) is about -69: adding this makes every log positive, so a 1-norm is a sum.
+_LOG_SHIFT = 70.0
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,14 @@ def _tensor_sums(tensors: list[Tensor], ord: float, ctx: Context) -> list[float]
     return ctx.reduce_sum(norms).tolist()
 
 
+def _log_means(tensors: list[Tensor], numels: list[int], ctx: Context) -> list[float]:
+    """Per-tensor ``mean(log(x + tiny))`` for ``x >= 0``, through shifted 1-norms."""
+    logs = torch._foreach_add(tensors, _TINY)
+    torch._foreach_log_(logs)
+    torch._foreach_add_(logs, _LOG_SHIFT)
+    return [total / n - _LOG_SHIFT for total, n in zip(_tensor_sums(logs, 1, ctx), numels)]
+
+
 def _v2_single(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
     for i, (p, g, s, step) in enumerate(zip(params, grads, stabilities, steps)):
         n = ctx.numel(i, p)
@@ -171,8 +184,8 @@ def _v2_single(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
         r = (g32.abs() / (w.abs() + delta)).clamp_(max=R_MAX)
         s.mul_(hp.alpha).add_(r, alpha=1.0 - hp.alpha)
         s_hat = s / (1.0 - hp.alpha ** int(step.item()))
-        m = ctx.reduce_sum(s_hat.sum().reshape(1)) / n
-        c = ((m + _TINY) / (s_hat + _TINY)).clamp_(1.0 / hp.max_boost, hp.max_boost)
+        m = (ctx.reduce_sum((s_hat + _TINY).log_().sum().reshape(1)) / n).exp()
+        c = (m / (s_hat + _TINY)).clamp_(1.0 / hp.max_boost, hp.max_boost)
         new_g = g32.mul_(c)
         if hp.lambda_reg > 0.0:
             excess = (s_hat / (m + _TINY) - 1.0).clamp_(0.0, hp.max_boost - 1.0)
@@ -198,10 +211,10 @@ def _v2_foreach(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
     del r, denom
     inv_bc = [1.0 / (1.0 - hp.alpha ** int(t.item())) for t in steps]
     s_hat = torch._foreach_mul(stabilities, inv_bc)
-    means = [total / n for total, n in zip(_tensor_sums(s_hat, 1, ctx), numels)]
+    means = [math.exp(log_m) for log_m in _log_means(s_hat, numels, ctx)]
     c = torch._foreach_add(s_hat, _TINY)
     torch._foreach_reciprocal_(c)
-    torch._foreach_mul_(c, [m + _TINY for m in means])
+    torch._foreach_mul_(c, means)
     torch._foreach_clamp_min_(c, 1.0 / hp.max_boost)
     torch._foreach_clamp_max_(c, hp.max_boost)
     torch._foreach_mul_(g32, c)
