@@ -1,0 +1,558 @@
+"""The optimizer classes: seed API, wrapper mode, argument checks, checkpoints, AMP."""
+
+import math
+import re
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from swgl import SWGL, SWGLWrapper
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _batches(n, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen))
+            for _ in range(n)]
+
+
+def _loss(model, batch):
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def _train_two_object(model, base, swgl, batches):
+    for batch in batches:
+        base.zero_grad()
+        _loss(model, batch).backward()
+        swgl.step()
+        base.step()
+
+
+def _train_wrapper(model, opt, batches):
+    for batch in batches:
+        opt.zero_grad()
+        _loss(model, batch).backward()
+        opt.step()
+
+
+# -- the seed's API ----------------------------------------------------------------------------
+
+
+def test_seed_quick_start_runs_verbatim():
+    """Seed 000's quick start, copied unchanged apart from the data stream and the loss."""
+    import torch
+    import torch.nn as nn
+
+    from swgl import SWGL
+
+    # Step 1: Create your model
+    model = nn.Sequential(
+        nn.Linear(784, 256),
+        nn.ReLU(),
+        nn.Linear(256, 10)
+    )
+
+    # Step 2: Initialize your base optimizer
+    base_optimizer = torch.optim.AdamW(model.parameters(), lr=0.001)
+
+    # Step 3: Wrap SWGL around the same parameters
+    swgl = SWGL(
+        params=model.parameters(),
+        alpha=0.99,          # EMA decay
+        lambda_reg=0.01,     # Stability penalty
+        max_boost=10.0       # Maximum gradient boost
+    )
+
+    class Out:
+        def __init__(self, loss):
+            self.loss = loss
+
+    class Model(nn.Module):  # the seed calls model(x).loss
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, batch):
+            x, y = batch
+            return Out(nn.functional.cross_entropy(self.net(x), y))
+
+    net = model
+    model = Model(net)
+    your_data_stream = [((torch.rand(8, 784), torch.randint(0, 10, (8,))), None)] * 3
+    before = [p.detach().clone() for p in net.parameters()]
+
+    # Step 4: Training loop
+    for batch_data, batch_labels in your_data_stream:  # noqa: B007 (verbatim seed code)
+        base_optimizer.zero_grad()
+
+        loss = model(batch_data).loss
+        loss.backward()
+
+        # Apply gradient modulation BEFORE optimizer step
+        swgl.step()
+        base_optimizer.step()
+
+    # Monitoring Stability
+    means = []
+    for group in swgl.param_groups:
+        for p in group['params']:
+            stability = swgl.state[p]['stability']
+            means.append(stability.mean().item())
+    assert len(means) == 4 and all(math.isfinite(m) and m > 0 for m in means)
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_seed_tuning_presets_are_accepted():
+    params = list(_model().parameters())
+    SWGL(params, alpha=0.995, lambda_reg=0.005, max_boost=5.0)
+    SWGL(params, alpha=0.95, lambda_reg=0.05, max_boost=20.0)
+
+
+def test_step_modulates_grads_in_place_and_only_there():
+    model = _model()
+    swgl = SWGL(model.parameters())
+    _loss(model, _batches(1)[0]).backward()
+    weights = [p.detach().clone() for p in model.parameters()]
+    grads = [p.grad.clone() for p in model.parameters()]
+    swgl.step()
+    assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters()))
+    assert any(not torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+
+
+def test_options_can_differ_per_group():
+    model = _model()
+    swgl = SWGL(
+        [
+            {"params": model[0].parameters(), "alpha": 0.5, "max_boost": 2.0},
+            {"params": model[2].parameters(), "rule": "v1"},
+        ],
+        alpha=0.99,
+    )
+    assert [g["alpha"] for g in swgl.param_groups] == [0.5, 0.99]
+    assert swgl.param_groups[1]["rule"] == "v1"
+    _loss(model, _batches(1)[0]).backward()
+    swgl.step()
+    # v1 starts at 1 and its EMA moves by (1 - alpha) * (r - 1) in one step.
+    s = swgl.state[model[2].weight]["stability"]
+    assert (s < 1.0).any() and (s > 0.98).all()
+    # v2 starts at 0 and, with alpha=0.5, holds 0.5 * r after one step.
+    assert swgl.state[model[0].weight]["stability"].min() >= 0
+    assert swgl.state[model[0].weight]["stability"].max() > 0
+
+
+def test_params_without_grad_are_skipped():
+    model = _model()
+    model[0].bias.requires_grad_(False)
+    swgl = SWGL(model.parameters())
+    assert model[0].bias not in swgl.state
+    _loss(model, _batches(1)[0]).backward()
+    swgl.step()
+    assert model[0].bias.grad is None
+    assert float(swgl.state[model[0].weight]["step"]) == 1
+
+
+# -- argument checks ---------------------------------------------------------------------------
+
+BAD_OPTIONS = [
+    (dict(alpha=1.0), ValueError, r"alpha must be in \[0.0, 1.0\), got 1.0"),
+    (dict(alpha=-0.1), ValueError, r"alpha must be in"),
+    (dict(alpha=float("nan")), ValueError, r"alpha must not be NaN"),
+    (dict(alpha="0.9"), TypeError, r"alpha must be a real number, got '0.9'"),
+    (dict(alpha=True), TypeError, r"alpha must be a real number"),
+    (dict(eps=0.0), ValueError, r"eps must be in \(0.0, inf\], got 0.0"),
+    (dict(eps=-1e-8), ValueError, r"eps must be in"),
+    (dict(max_boost=0.5), ValueError, r"max_boost must be in \[1.0, inf\], got 0.5"),
+    (dict(max_boost=float("inf")), ValueError, r"max_boost must be finite"),
+    (dict(max_boost=None), TypeError, r"max_boost must be a real number, got None"),
+    (dict(lambda_reg=-0.01), ValueError, r"lambda_reg must be in \[0.0, inf\]"),
+    (dict(rule="v3"), ValueError, r"rule must be one of \['v1', 'v1-paper', 'v2'\], got 'v3'"),
+    (dict(storage="fp64"), ValueError, r"storage must be one of .*got 'fp64'"),
+    (dict(foreach=1), TypeError, r"foreach must be a bool, got 1"),
+]
+
+
+@pytest.mark.parametrize("options, error, message", BAD_OPTIONS)
+def test_bad_options_raise_naming_the_argument(options, error, message):
+    with pytest.raises(error, match=message):
+        SWGL(_model().parameters(), **options)
+
+
+@pytest.mark.parametrize("options, error, message", BAD_OPTIONS)
+def test_wrapper_rejects_the_same_options(options, error, message):
+    model = _model()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(error, match="swgl_" + message):
+        SWGL.wrap(base, **options)
+
+
+def test_bad_option_in_a_param_group_is_rejected():
+    model = _model()
+    with pytest.raises(ValueError, match="alpha must be in"):
+        SWGL([{"params": model[0].parameters(), "alpha": 2.0}])
+
+
+def test_unknown_keyword_is_rejected():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lr'"):
+        SWGL(_model().parameters(), lr=0.1)
+
+
+BAD_PARAMS = [
+    (lambda: [], ValueError, "empty parameter list"),
+    (lambda: [torch.zeros(3, dtype=torch.complex64, requires_grad=True)], TypeError,
+     r"params\[0\] is complex"),
+    (lambda: [torch.zeros(3, dtype=torch.int64)], TypeError, r"params\[0\] has dtype torch.int64"),
+    (lambda: [torch.ones(3, requires_grad=True) * 2], ValueError, "non-leaf"),
+]
+
+
+@pytest.mark.parametrize("make, error, message", BAD_PARAMS)
+def test_bad_params_raise(make, error, message):
+    with pytest.raises(error, match=message):
+        SWGL(make())
+
+
+def test_param_in_two_groups_is_rejected():
+    p = nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        SWGL([{"params": [p]}, {"params": [p]}])
+
+
+def test_sparse_grads_are_rejected_clearly():
+    emb = nn.Embedding(10, 4, sparse=True)
+    swgl = SWGL(emb.parameters())
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(TypeError, match="sparse gradients"):
+        swgl.step()
+
+
+def test_wrap_rejects_non_optimizers_and_nesting():
+    model = _model()
+    with pytest.raises(TypeError, match="base must be a torch.optim.Optimizer instance"):
+        SWGL.wrap(model)
+    with pytest.raises(TypeError, match="cannot wrap an SWGL optimizer"):
+        SWGL.wrap(SWGL(model.parameters()))
+    with pytest.raises(TypeError, match="base must be a torch.optim.Optimizer subclass"):
+        SWGLWrapper(model.parameters(), base="adamw")
+
+
+# -- wrapper mode ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base_cls, kwargs", [
+    (torch.optim.SGD, dict(lr=0.1, momentum=0.9)),
+    (torch.optim.AdamW, dict(lr=1e-2)),
+])
+def test_wrapper_equals_the_two_object_pattern(base_cls, kwargs):
+    batches = _batches(5)
+    m1, m2 = _model(), _model()
+    base1 = base_cls(m1.parameters(), **kwargs)
+    _train_two_object(m1, base1, SWGL(m1.parameters(), alpha=0.9), batches)
+    opt = SWGL.wrap(base_cls(m2.parameters(), **kwargs), alpha=0.9)
+    _train_wrapper(m2, opt, batches)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_wrapper_from_class_and_kwargs_equals_wrap():
+    batches = _batches(4)
+    m1, m2 = _model(), _model()
+    opt1 = SWGL.wrap(torch.optim.AdamW(m1.parameters(), lr=1e-2))
+    opt2 = SWGLWrapper(m2.parameters(), base=torch.optim.AdamW, base_kwargs={"lr": 1e-2})
+    _train_wrapper(m1, opt1, batches)
+    _train_wrapper(m2, opt2, batches)
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+def test_wrapper_step_runs_the_closure_first():
+    model = _model()
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    batch = _batches(1)[0]
+    calls = []
+
+    def closure():
+        opt.zero_grad()
+        loss = _loss(model, batch)
+        loss.backward()
+        calls.append(loss.item())
+        return loss
+
+    before = model[0].weight.detach().clone()
+    loss = opt.step(closure)
+    assert calls == [loss.item()]
+    assert not torch.equal(before, model[0].weight)
+    assert float(opt.state[model[0].weight]["step"]) == 1
+
+
+def test_wrapper_shares_groups_with_schedulers_and_add_param_group():
+    model = _model()
+    base = torch.optim.SGD(model[0].parameters(), lr=1.0)
+    opt = SWGL.wrap(base, alpha=0.9)
+    assert opt.param_groups is base.param_groups
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.add_param_group({"params": model[2].parameters(), "swgl_alpha": 0.5})
+    assert len(base.param_groups) == 2
+    assert base.param_groups[1]["lr"] == 1.0 and base.param_groups[1]["swgl_alpha"] == 0.5
+    assert base.param_groups[1]["swgl_rule"] == "v2"
+    _loss(model, _batches(1)[0]).backward()
+    opt.step()
+    sched.step()
+    assert base.param_groups[0]["lr"] == 0.5
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_wrapper_keeps_base_options_apart_from_its_own():
+    model = _model()
+    base = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-6)
+    opt = SWGL.wrap(base, eps=1e-8)
+    group = opt.param_groups[0]
+    assert group["eps"] == 1e-6 and group["swgl_eps"] == 1e-8
+    assert group["foreach"] is None and group["swgl_foreach"] is True
+
+
+def test_wrapper_is_not_an_amp_scaling_optimizer():
+    """A fused base supports AMP scaling itself; the wrapper must not claim it, or
+    GradScaler would hand it still-scaled grads."""
+    model = _model()
+    base = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    assert base._step_supports_amp_scaling
+    assert not getattr(SWGL.wrap(base), "_step_supports_amp_scaling", False)
+
+
+def test_step_hooks_fire_on_the_wrapper():
+    model = _model()
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    fired = []
+    opt.register_step_pre_hook(lambda *a: fired.append("pre"))
+    opt.register_step_post_hook(lambda *a: fired.append("post"))
+    _loss(model, _batches(1)[0]).backward()
+    opt.step()
+    assert fired == ["pre", "post"]
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def _resume_case(mode, tmp_path, n=4, m=3):
+    batches = _batches(n + m)
+    make_base = lambda model: torch.optim.AdamW(model.parameters(), lr=1e-2)  # noqa: E731
+
+    def build(model):
+        base = make_base(model)
+        if mode == "wrapper":
+            return base, SWGL.wrap(base, alpha=0.9)
+        return base, SWGL(model.parameters(), alpha=0.9)
+
+    def train(model, base, swgl, chunk):
+        if mode == "wrapper":
+            _train_wrapper(model, swgl, chunk)
+        else:
+            _train_two_object(model, base, swgl, chunk)
+
+    straight = _model()
+    train(straight, *build(straight), batches)
+
+    first = _model()
+    base, swgl = build(first)
+    train(first, base, swgl, batches[:n])
+    ckpt = {"model": first.state_dict(), "swgl": swgl.state_dict(), "base": base.state_dict()}
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+
+    resumed = _model(seed=123)
+    resumed.load_state_dict(ckpt["model"])
+    base, swgl = build(resumed)
+    if mode == "wrapper":
+        swgl.load_state_dict(ckpt["swgl"])
+    else:
+        base.load_state_dict(ckpt["base"])
+        swgl.load_state_dict(ckpt["swgl"])
+    train(resumed, base, swgl, batches[n:])
+    return straight, resumed, swgl
+
+
+@pytest.mark.parametrize("mode", ["two-object", "wrapper"])
+def test_checkpoint_round_trip_is_bit_exact(mode, tmp_path):
+    straight, resumed, _ = _resume_case(mode, tmp_path)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_wrapper_state_dict_is_one_standard_dict_with_namespaced_keys():
+    model = _model()
+    opt = SWGL.wrap(torch.optim.AdamW(model.parameters(), lr=1e-3))
+    _train_wrapper(model, opt, _batches(1))
+    sd = opt.state_dict()
+    assert set(sd) == {"state", "param_groups"}
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "swgl_stability", "swgl_step"}
+    assert all(isinstance(v, torch.Tensor) for v in sd["state"][0].values())
+
+
+def test_stability_keeps_fp32_when_params_are_bf16():
+    """torch's load_state_dict casts state to the param dtype; SWGL's must not be."""
+    model = _model().to(torch.bfloat16)
+    swgl = SWGL(model.parameters())
+    x = torch.randn(4, 6, dtype=torch.bfloat16)
+    model(x).sum().backward()
+    swgl.step()
+    fresh = SWGL(model.parameters())
+    fresh.load_state_dict(swgl.state_dict())
+    s = fresh.state[model[0].weight]["stability"]
+    assert s.dtype == torch.float32
+    assert torch.equal(s, swgl.state[model[0].weight]["stability"])
+
+
+def test_loading_another_models_state_raises():
+    swgl = SWGL(_model().parameters())
+    other = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 3))
+    message = re.escape("has shape (8, 6), but the param has shape (9, 6)")
+    with pytest.raises(ValueError, match=message):
+        SWGL(other.parameters()).load_state_dict(swgl.state_dict())
+    smaller = nn.Linear(6, 3)
+    with pytest.raises(ValueError, match="does not match the optimizer's"):
+        SWGL(smaller.parameters()).load_state_dict(swgl.state_dict())
+
+
+def test_a_bad_checkpoint_leaves_state_untouched():
+    model = _model()
+    swgl = SWGL(model.parameters())
+    _train_two_object(model, torch.optim.SGD(model.parameters(), lr=0.1), swgl, _batches(2))
+    before = {id(p): s["stability"].clone() for p, s in swgl.state.items()}
+    sd = swgl.state_dict()
+    sd["state"][3]["stability"] = torch.full((3,), float("nan"))
+    with pytest.raises(ValueError, match="non-finite"):
+        swgl.load_state_dict(sd)
+    assert all(torch.equal(before[id(p)], s["stability"]) for p, s in swgl.state.items())
+
+
+def test_wrapper_warns_when_the_checkpoint_has_no_swgl_state():
+    model = _model()
+    base = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    _train_wrapper(model, SWGL.wrap(base), _batches(1))
+    opt = SWGL.wrap(torch.optim.AdamW(model.parameters(), lr=1e-3))
+    with pytest.warns(UserWarning, match="no SWGL state"):
+        opt.load_state_dict(base.state_dict())
+
+
+def test_two_object_warns_when_only_the_base_was_resumed():
+    """The seed's 'forgot to save it' case: base resumed, SWGL fresh."""
+    model = _model()
+    base = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    _train_two_object(model, base, SWGL(model.parameters()), _batches(2))
+    new_base = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    new_base.load_state_dict(base.state_dict())
+    swgl = SWGL(model.parameters())
+    with pytest.warns(UserWarning, match="SWGL starts from fresh stability"):
+        _train_two_object(model, new_base, swgl, _batches(1))
+
+
+def test_no_warning_on_a_fresh_start():
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train_two_object(model, torch.optim.AdamW(model.parameters()), SWGL(model.parameters()),
+                          _batches(2))
+
+
+# -- non-finite grads and AMP ------------------------------------------------------------------
+
+
+def test_non_finite_grads_leave_state_and_grads_untouched():
+    model = _model()
+    swgl = SWGL(model.parameters())
+    _loss(model, _batches(1)[0]).backward()
+    model[0].weight.grad[0, 0] = float("inf")
+    model[2].bias.grad[0] = float("nan")
+    grads = [p.grad.clone() for p in model.parameters()]
+    state = {id(p): {k: v.clone() for k, v in s.items()} for p, s in swgl.state.items()}
+    swgl.step()
+    for g, p in zip(grads, model.parameters()):
+        assert torch.equal(g, p.grad) or (g.isnan() == p.grad.isnan()).all()
+    for p, s in swgl.state.items():
+        assert all(torch.equal(state[id(p)][k], v) for k, v in s.items())
+
+
+def _amp_step(model, base, swgl, scaler, batch, order):
+    base.zero_grad()
+    scaler.scale(_loss(model, batch)).backward()
+    if order == "unscale-first":
+        scaler.unscale_(base)
+    swgl.step()
+    scaler.step(base)
+    scaler.update()
+
+
+@pytest.mark.parametrize("order", ["unscale-first", "scaler-given"])
+def test_amp_two_object_pattern_matches_unscaled_training(order):
+    batches = _batches(4)
+    plain = _model()
+    _train_two_object(plain, torch.optim.SGD(plain.parameters(), lr=0.1),
+                      SWGL(plain.parameters()), batches)
+    amp = _model()
+    base = torch.optim.SGD(amp.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    swgl = SWGL(amp.parameters(), scaler=scaler if order == "scaler-given" else None)
+    for batch in batches:
+        _amp_step(amp, base, swgl, scaler, batch, order)
+    for a, b in zip(plain.parameters(), amp.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_seed_amp_snippet_without_scaler_fails_loudly():
+    """The seed's order (swgl.step() on scaled grads, then scaler.step) must not train
+    silently wrong."""
+    model = _model()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    swgl = SWGL(model.parameters())
+    with pytest.raises(RuntimeError, match="saw scaled gradients"):
+        _amp_step(model, base, swgl, scaler, _batches(1)[0], order="seed")
+
+
+@pytest.mark.parametrize("mode", ["two-object", "wrapper"])
+def test_amp_overflow_step_skips_swgl_and_base(mode):
+    model = _model()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    swgl = SWGL(model.parameters(), scaler=scaler) if mode == "two-object" else SWGL.wrap(base)
+    weights = [p.detach().clone() for p in model.parameters()]
+    state = {id(p): s["stability"].clone() for p, s in swgl.state.items()}
+    base.zero_grad()
+    scaler.scale(_loss(model, _batches(1)[0])).backward()
+    model[0].weight.grad[1, 2] = float("inf")  # an fp16 overflow in one element
+    if mode == "two-object":
+        swgl.step()
+        scaler.step(base)
+    else:
+        scaler.step(swgl)
+    scaler.update()
+    assert scaler.get_scale() == 2.0**15  # the scaler saw the overflow and backed off
+    assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters()))
+    if mode == "wrapper":
+        assert len(swgl.state) == 0  # the wrapper's step never ran
+    for p, s in swgl.state.items():
+        assert torch.equal(state[id(p)], s["stability"])
+        assert float(s["step"]) == 0
+
+
+def test_grad_scaler_step_on_the_wrapper_sees_unscaled_grads():
+    batches = _batches(3)
+    plain = _model()
+    _train_wrapper(plain, SWGL.wrap(torch.optim.SGD(plain.parameters(), lr=0.1)), batches)
+    amp = _model()
+    opt = SWGL.wrap(torch.optim.SGD(amp.parameters(), lr=0.1))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    for batch in batches:
+        opt.zero_grad()
+        scaler.scale(_loss(amp, batch)).backward()
+        scaler.step(opt)
+        scaler.update()
+    for a, b in zip(plain.parameters(), amp.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
