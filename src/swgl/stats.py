@@ -1,0 +1,281 @@
+r"""Per-layer summaries of SWGL's state, for loggers, dashboards and plots.
+
+For every parameter with SWGL state, :func:`layer_stats` reports
+
+* quantiles of its stability as the rule reads it (bias-corrected :math:`\hat s` for ``v2``,
+  the raw EMA :math:`s` for ``v1`` and ``v1-paper``);
+* ``at_boost`` and ``at_damping``: the fraction of elements whose scale :math:`c` is at (or,
+  for the unbounded seed rules, beyond) ``max_boost`` and ``1/max_boost``;
+* ``mean_scale``: the mean of :math:`c`, the factor the last step multiplied gradients by
+  (before ``lambda_reg``'s decay term).
+
+The scale is recomputed from the stored stability with each rule's formula (:data:`SCALES`,
+mirroring :mod:`swgl.rules`), so reading stats never touches the optimizer's state or grads.
+Everything runs on the state's device and costs one host sync per call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from swgl.rules import _TINY, Hyper
+
+__all__ = [
+    "DEFAULT_QUANTILES",
+    "SCALES",
+    "LayerStats",
+    "StatsHistory",
+    "find_swgl",
+    "layer_stats",
+    "quantile_key",
+    "to_scalars",
+    "total",
+]
+
+DEFAULT_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Quantiles of larger tensors are taken on a strided sample of about this many elements.
+MAX_QUANTILE_ELEMENTS = 1 << 24
+
+#: Something that names parameters: a module, ``{name: param}`` or ``(name, param)`` pairs.
+Names = Union[nn.Module, Mapping[str, Tensor], Iterable[tuple[str, Tensor]], None]
+
+
+# -- the scale each rule applies, from its stability ----------------------------------------
+
+
+def _scale_v1(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
+    return s, (1.0 / (s + hp.eps)).clamp_(max=hp.max_boost)
+
+
+def _scale_v1_paper(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
+    return s, 1.0 / s.clamp(max=hp.max_boost)
+
+
+def _scale_v2(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
+    s_hat = s / (1.0 - hp.alpha**step)
+    log_mean = (s_hat + _TINY).log_().mean()
+    c = (log_mean.exp() / (s_hat + _TINY)).clamp_(1.0 / hp.max_boost, hp.max_boost)
+    return s_hat, c
+
+
+#: ``rule name -> f(stability, step, hyper) -> (stability as the rule reads it, scale c)``.
+#: tests/test_stats.py checks each against the scale a real step applies.
+SCALES: dict[str, Callable[[Tensor, int, Hyper], tuple[Tensor, Tensor]]] = {
+    "v1": _scale_v1,
+    "v1-paper": _scale_v1_paper,
+    "v2": _scale_v2,
+}
+
+
+# -- summaries --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One parameter's summary (see the module docstring for each field)."""
+
+    numel: int
+    step: int
+    quantiles: dict[float, float]
+    at_boost: float
+    at_damping: float
+    mean_scale: float
+
+
+def find_swgl(optimizer: Any) -> Optimizer:
+    """The SWGL optimizer inside ``optimizer``: itself, or the one a framework wrapped.
+
+    Lightning's ``LightningOptimizer`` keeps it as ``_optimizer`` and accelerate's
+    ``AcceleratedOptimizer`` (the HF Trainer's) as ``optimizer``.
+    """
+    from swgl.modulator import _SWGLBase
+
+    seen = optimizer
+    for _ in range(4):
+        if isinstance(seen, _SWGLBase):
+            return seen
+        seen = getattr(seen, "_optimizer", None) or getattr(seen, "optimizer", None)
+    raise TypeError(
+        f"optimizer must be an SWGL or SWGLWrapper (or a framework's wrapper around one), got "
+        f"{type(optimizer).__name__}"
+    )
+
+
+def _names(optimizer: Optimizer, names: Names) -> dict[int, str]:
+    if names is None:
+        pairs: Iterable[tuple[str, Tensor]] = ()
+    elif isinstance(names, nn.Module):
+        pairs = names.named_parameters()
+    elif isinstance(names, Mapping):
+        pairs = names.items()
+    elif isinstance(names, Iterable):
+        pairs = names
+    else:
+        raise TypeError(
+            f"names must be a module, a mapping or (name, param) pairs, got {type(names).__name__}"
+        )
+    by_id = {id(p): str(name) for name, p in pairs}
+    out = {}
+    for g, group in enumerate(optimizer.param_groups):
+        for i, p in enumerate(group["params"]):
+            out[id(p)] = by_id.get(id(p), f"group{g}.param{i}")
+    return out
+
+
+def _check_quantiles(quantiles: Iterable[float]) -> tuple[float, ...]:
+    qs = tuple(quantiles)
+    for q in qs:
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantiles must be numbers in [0, 1], got {q!r}")
+    return qs
+
+
+def _quantiles(x: Tensor, qs: tuple[float, ...]) -> Tensor:
+    """Linear-interpolation quantiles (torch.quantile's default), without its size limit."""
+    flat = x.flatten()
+    if flat.numel() > MAX_QUANTILE_ELEMENTS:
+        flat = flat[:: math.ceil(flat.numel() / MAX_QUANTILE_ELEMENTS)]
+    ordered = flat.sort().values
+    pos = torch.tensor(qs, dtype=torch.float64, device=x.device) * (ordered.numel() - 1)
+    lo = pos.floor().long()
+    hi = pos.ceil().long()
+    frac = (pos - lo).to(ordered.dtype)
+    return torch.lerp(ordered[lo], ordered[hi], frac)
+
+
+def _full(t: Tensor) -> Tensor:
+    """A DTensor's full value (a collective: call stats on every rank), else ``t``."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+@torch.no_grad()
+def layer_stats(
+    optimizer: Any,
+    names: Names = None,
+    quantiles: Iterable[float] = DEFAULT_QUANTILES,
+) -> dict[str, LayerStats]:
+    """Summaries of every parameter with SWGL state, keyed by name (in ``param_groups`` order).
+
+    ``optimizer`` is an :class:`~swgl.SWGL` or :class:`~swgl.SWGLWrapper` (or a framework's
+    wrapper around one); ``names`` (a module, a mapping or ``(name, param)`` pairs) names the
+    parameters, and unnamed ones are called ``group{g}.param{i}``. Parameters that have not
+    taken a step yet are left out.
+    """
+    opt = find_swgl(optimizer)
+    qs = _check_quantiles(quantiles)
+    named = _names(opt, names)
+    pre = opt.option_prefix
+    rows: list[tuple[str, int, int, Tensor]] = []
+    for group in opt.param_groups:
+        rule = group[pre + "rule"]
+        hp = Hyper(
+            alpha=group[pre + "alpha"], lambda_reg=group[pre + "lambda_reg"],
+            eps=group[pre + "eps"], max_boost=group[pre + "max_boost"],
+        )
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if not state or "step" not in state or float(state["step"]) < 1:
+                continue
+            step = int(state["step"])
+            s = _full(opt.stability(p)).float()
+            seen, c = SCALES[rule](s, step, hp)
+            boost = torch.tensor(hp.max_boost, dtype=c.dtype)
+            damp = torch.tensor(1.0 / hp.max_boost, dtype=c.dtype)
+            values = torch.cat([
+                _quantiles(seen, qs).float(),
+                torch.stack([
+                    (c >= boost.to(c.device)).float().mean(),
+                    (c <= damp.to(c.device)).float().mean(),
+                    c.mean(),
+                ]),
+            ])
+            rows.append((named[id(p)], p.numel(), step, values))
+    if not rows:
+        return {}
+    table = torch.stack([v.to(rows[0][3].device) for *_, v in rows]).tolist()  # one sync
+    out = {}
+    for (name, numel, step, _), values in zip(rows, table):
+        out[name] = LayerStats(
+            numel=numel, step=step, quantiles=dict(zip(qs, values[: len(qs)])),
+            at_boost=values[-3], at_damping=values[-2], mean_scale=values[-1],
+        )
+    return out
+
+
+def total(stats: Mapping[str, LayerStats]) -> dict[str, float]:
+    """Element-weighted ``at_boost``, ``at_damping`` and ``mean_scale`` over all layers."""
+    n = sum(s.numel for s in stats.values())
+    if n == 0:
+        return {}
+    return {
+        key: sum(getattr(s, key) * s.numel for s in stats.values()) / n
+        for key in ("at_boost", "at_damping", "mean_scale")
+    }
+
+
+def quantile_key(q: float) -> str:
+    """``0.05 -> "stability_p5"``, ``0.5 -> "stability_p50"``: a logger-friendly name."""
+    return f"stability_p{q * 100:g}"
+
+
+def to_scalars(stats: Mapping[str, LayerStats], prefix: str = "swgl") -> dict[str, float]:
+    """Flatten stats to ``{"swgl/<layer>/<metric>": value}`` plus ``swgl/all/*`` totals."""
+    out: dict[str, float] = {}
+    for name, s in stats.items():
+        for q, v in s.quantiles.items():
+            out[f"{prefix}/{name}/{quantile_key(q)}"] = v
+        out[f"{prefix}/{name}/at_boost"] = s.at_boost
+        out[f"{prefix}/{name}/at_damping"] = s.at_damping
+        out[f"{prefix}/{name}/mean_scale"] = s.mean_scale
+    for key, v in total(stats).items():
+        out[f"{prefix}/all/{key}"] = v
+    return out
+
+
+@dataclass
+class StatsHistory:
+    """Stats over training, in the JSON layout of a bench cell's ``"stability"`` record.
+
+    :meth:`to_dict` gives ``{"step": [...], "quantiles": [...], "layers": {name: [[q...],
+    ...]}, "at_boost": {name: [...]}, "at_damping": {...}, "mean_scale": {...}}``; a layer
+    missing at some step (no state yet) has ``None`` there. :func:`swgl.plots.plot_stability`
+    draws it.
+    """
+
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES
+    steps: list[int] = field(default_factory=list)
+    series: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+
+    _KEYS = ("layers", "at_boost", "at_damping", "mean_scale")
+
+    def record(self, step: int, optimizer: Any, names: Names = None) -> dict[str, LayerStats]:
+        """Append the stats of ``optimizer`` at ``step``; return them."""
+        stats = layer_stats(optimizer, names, self.quantiles)
+        self.steps.append(int(step))
+        for key in self._KEYS:
+            table = self.series.setdefault(key, {})
+            for name in stats:
+                table.setdefault(name, [None] * (len(self.steps) - 1))
+            for name, values in table.items():
+                s = stats.get(name)
+                if s is None:
+                    values.append(None)
+                elif key == "layers":
+                    values.append([s.quantiles[q] for q in self.quantiles])
+                else:
+                    values.append(getattr(s, key))
+        return stats
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": list(self.steps),
+            "quantiles": list(self.quantiles),
+            **{key: self.series.get(key, {}) for key in self._KEYS},
+        }

@@ -1,0 +1,175 @@
+"""swgl.stats: per-layer summaries must match what a real step does to the gradients."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from swgl import RULES, SWGL, SWGLWrapper
+from swgl.stats import (
+    SCALES,
+    StatsHistory,
+    _quantiles,
+    find_swgl,
+    layer_stats,
+    quantile_key,
+    to_scalars,
+    total,
+)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
+
+
+def _backward(model: nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 6, generator=gen)
+    y = torch.randint(0, 3, (16,), generator=gen)
+    nn.functional.cross_entropy(model(x), y).backward()
+
+
+def test_every_rule_has_a_scale():
+    assert set(SCALES) == set(RULES)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_scale_matches_the_step(rule, foreach):
+    """mean_scale and the limit fractions are those of the factor the last step applied."""
+    model = _model()
+    max_boost = 3.0  # small, so that elements reach both limits
+    swgl = SWGL(model.parameters(), alpha=0.9, lambda_reg=0.0, max_boost=max_boost, rule=rule,
+                foreach=foreach)
+    for seed in range(6):
+        model.zero_grad()
+        _backward(model, seed)
+        before = [p.grad.clone() for p in model.parameters()]
+        swgl.step()
+    stats = layer_stats(swgl, model)
+    assert list(stats) == [name for name, _ in model.named_parameters()]
+    saw_boost = saw_damping = False
+    for (name, p), g0 in zip(model.named_parameters(), before):
+        nonzero = g0 != 0
+        ratio = (p.grad / g0)[nonzero]
+        s = stats[name]
+        assert s.step == 6 and s.numel == p.numel()
+        assert s.mean_scale == pytest.approx(ratio.mean().item(), rel=1e-4)
+        n = g0.numel()
+        assert nonzero.all() or rule != "v2"  # dense grads here, so ratios cover every element
+        at_boost = (ratio >= max_boost * (1 - 1e-5)).sum().item() / n
+        at_damping = (ratio <= (1 + 1e-5) / max_boost).sum().item() / n
+        assert s.at_boost == pytest.approx(at_boost, abs=1.5 / n)
+        assert s.at_damping == pytest.approx(at_damping, abs=1.5 / n)
+        saw_boost |= s.at_boost > 0
+        saw_damping |= s.at_damping > 0
+    if rule == "v2":
+        assert saw_boost and saw_damping  # the comparison above was not vacuous
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_quantiles_are_of_the_stability_the_rule_reads(rule):
+    model = _model()
+    alpha = 0.9
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.01), alpha=alpha, rule=rule)
+    for seed in range(3):
+        opt.zero_grad()
+        _backward(model, seed)
+        opt.step()
+    qs = (0.0, 0.1, 0.5, 0.9, 1.0)
+    before = {k: v.clone() for p in model.parameters() for k, v in opt.state[p].items()}
+    stats = layer_stats(opt, dict(model.named_parameters()), quantiles=qs)
+    after = {k: v for p in model.parameters() for k, v in opt.state[p].items()}
+    assert all(torch.equal(before[k], after[k]) for k in before)  # reading changes nothing
+    for name, p in model.named_parameters():
+        s = opt.stability(p)
+        seen = s / (1 - alpha**3) if rule == "v2" else s
+        expected = torch.quantile(seen.flatten(), torch.tensor(qs)).tolist()
+        assert list(stats[name].quantiles.values()) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000])
+def test_quantiles_equal_torch_quantile(n):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    qs = (0.0, 0.05, 0.33, 0.5, 0.999, 1.0)
+    expected = torch.quantile(x, torch.tensor(qs)).tolist()
+    assert _quantiles(x, qs).tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_names_default_missing_state_and_groups():
+    model = _model()
+    extra = nn.Parameter(torch.randn(4))
+    first, *rest = model.parameters()
+    opt = SWGLWrapper([{"params": rest}, {"params": [first, extra], "swgl_max_boost": 2.0}],
+                      base=torch.optim.SGD, base_kwargs={"lr": 0.1})
+    assert layer_stats(opt) == {}  # no step yet
+    _backward(model, 0)
+    opt.step()
+    unnamed = layer_stats(opt)
+    assert list(unnamed) == ["group0.param0", "group0.param1", "group0.param2", "group1.param0"]
+    named = layer_stats(opt, list(model.named_parameters()))
+    assert "0.weight" in named and "group1.param1" not in named  # extra never had a grad
+    assert named["0.weight"] == unnamed["group1.param0"]
+
+
+def test_scalars_and_totals():
+    model = _model()
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    _backward(model, 0)
+    opt.step()
+    stats = layer_stats(opt, model, quantiles=(0.5,))
+    scalars = to_scalars(stats, prefix="opt")
+    assert scalars["opt/0.weight/stability_p50"] == stats["0.weight"].quantiles[0.5]
+    assert scalars["opt/2.bias/mean_scale"] == stats["2.bias"].mean_scale
+    n = sum(p.numel() for p in model.parameters())
+    weighted = sum(s.mean_scale * s.numel for s in stats.values()) / n
+    assert scalars["opt/all/mean_scale"] == pytest.approx(weighted)
+    assert len(scalars) == 4 * 4 + 3
+    assert total({}) == {}
+    assert quantile_key(0.05) == "stability_p5" and quantile_key(0.5) == "stability_p50"
+
+
+def test_find_swgl_through_framework_wrappers():
+    model = _model()
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    wrapped = SimpleNamespace(optimizer=SimpleNamespace(_optimizer=opt))
+    assert find_swgl(wrapped) is opt
+    with pytest.raises(TypeError, match="optimizer must be an SWGL"):
+        find_swgl(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("bad", [(1.5,), (-0.1,), ("0.5",), (True,)])
+def test_bad_quantiles(bad):
+    opt = SWGL(_model().parameters())
+    with pytest.raises(ValueError, match="quantiles"):
+        layer_stats(opt, quantiles=bad)
+
+
+def test_bad_names():
+    opt = SWGL(_model().parameters())
+    with pytest.raises(TypeError, match="names"):
+        layer_stats(opt, names=3)
+
+
+def test_history_pads_late_layers_and_is_json():
+    model = _model()
+    late = nn.Parameter(torch.ones(3))
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    history = StatsHistory(quantiles=(0.5, 0.95))
+    _backward(model, 0)
+    opt.step()
+    history.record(1, opt, model)
+    opt.add_param_group({"params": [late]})
+    (late.sum() ** 2).backward()
+    opt.step()
+    history.record(2, opt, {**dict(model.named_parameters()), "late": late})
+    out = json.loads(json.dumps(history.to_dict()))
+    assert out["step"] == [1, 2] and out["quantiles"] == [0.5, 0.95]
+    assert out["layers"]["late"][0] is None and len(out["layers"]["late"][1]) == 2
+    assert out["at_boost"]["late"][0] is None and out["mean_scale"]["0.weight"][1] > 0
+    assert len(out["layers"]["0.weight"]) == 2
