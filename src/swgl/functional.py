@@ -7,6 +7,9 @@ its step, and no inf or NaN can ever enter the stability state.
 
 from __future__ import annotations
 
+import sys
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -50,12 +53,86 @@ def swgl(
     check_choice("rule", rule, RULES)
     if not params:
         return True
+    hp = Hyper(alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost)
+    impl = RULES[rule].foreach if foreach else RULES[rule].single
+    dtensor = _dtensor_type()
+    if dtensor is not None and any(isinstance(p, dtensor) for p in params):
+        return _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale)
     if not all_finite(grads):
         return False
     for step in steps:
         step.add_(1)
-    hp = Hyper(alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost)
-    ctx = Context(grad_scale=grad_scale)
-    impl = RULES[rule].foreach if foreach else RULES[rule].single
-    impl(params, grads, stabilities, steps, hp, ctx)
+    impl(params, grads, stabilities, steps, hp, Context(grad_scale=grad_scale))
+    return True
+
+
+# -- DTensor (FSDP2, tensor parallel): the rules run on local shards ---------------------------
+
+
+def _dtensor_type() -> type | None:
+    """DTensor's class if it was ever imported (else no DTensor can exist): no import cost."""
+    return getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+
+
+def _mesh_groups(mesh, placements=None) -> list:
+    """The process groups of ``mesh``'s dims (only the sharded dims if ``placements``)."""
+    dims = range(mesh.ndim) if placements is None else (
+        d for d, pl in enumerate(placements) if pl.is_shard()
+    )
+    return [mesh.get_group(d) for d in dims]
+
+
+def _all_reduce(t: Tensor, groups: list, op) -> Tensor:
+    for group in groups:
+        torch.distributed.all_reduce(t, op=op, group=group)
+    return t
+
+
+def _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale) -> bool:
+    """Run ``impl`` once per (mesh, placements) bucket on the local shards.
+
+    Per-tensor sums are all-reduced over the sharded mesh dims and ``numels`` are global, so
+    every rank computes what one process would on the full tensors. The non-finite guard is
+    all-reduced too: one rank's inf skips the step on every rank, and the state stays in step.
+    """
+    dtensor = _dtensor_type()
+    buckets: dict[object, list[int]] = {}
+    for i, (p, g, s) in enumerate(zip(params, grads, stabilities)):
+        key = (p.device_mesh, tuple(p.placements)) if isinstance(p, dtensor) else None
+        for name, t in (("grad", g), ("stability", s)):
+            t_key = (t.device_mesh, tuple(t.placements)) if isinstance(t, dtensor) else None
+            if t_key != key:
+                raise ValueError(
+                    f"params[{i}]'s {name} must be laid out like the param ({key}), got "
+                    f"{t_key}: under FSDP2/DTensor only storage formats whose state is shaped "
+                    "like the param work (docs/distributed.md)"
+                )
+        if key is not None and any(pl.is_partial() for pl in key[1]):
+            raise ValueError(f"params[{i}] has a Partial placement; SWGL needs Shard/Replicate")
+        buckets.setdefault(key, []).append(i)
+
+    def local(t: Tensor) -> Tensor:
+        return t.to_local() if isinstance(t, dtensor) else t
+
+    grads_local = [local(g) for g in grads]
+    bad = torch.tensor(0.0 if all_finite(grads_local) else 1.0, device=grads_local[0].device)
+    for mesh in dict.fromkeys(key[0] for key in buckets if key is not None):
+        _all_reduce(bad, _mesh_groups(mesh), torch.distributed.ReduceOp.MAX)
+    if bad.item():
+        return False
+    for step in steps:
+        step.add_(1)
+    for key, idx in buckets.items():
+        ctx = Context(grad_scale=grad_scale)
+        if key is not None:
+            groups = _mesh_groups(*key)
+            ctx = Context(
+                grad_scale=grad_scale,
+                reduce_sum=partial(_all_reduce, groups=groups, op=torch.distributed.ReduceOp.SUM),
+                numels=tuple(params[i].numel() for i in idx),
+            )
+        impl(
+            [local(params[i]) for i in idx], [grads_local[i] for i in idx],
+            [local(stabilities[i]) for i in idx], [steps[i] for i in idx], hp, ctx,
+        )
     return True

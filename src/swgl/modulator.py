@@ -326,7 +326,7 @@ class SWGL(_SWGLBase):
             _check_options({**group, **options})
             group.update(options)
         self.state.clear()
-        self._load_swgl_state(state_dict["state"])
+        self._load_swgl_state(_by_position(state_dict["state"], state_dict["param_groups"]))
         self._fresh = False
 
 
@@ -472,7 +472,7 @@ class SWGLWrapper(_SWGLBase):
         self.base.load_state_dict({"state": base_state, "param_groups": state_dict["param_groups"]})
         self.param_groups = self.base.param_groups
         self.state.clear()
-        self._load_swgl_state(swgl_state)
+        self._load_swgl_state(_by_position(swgl_state, state_dict["param_groups"]))
 
     def __repr__(self) -> str:
         return f"SWGLWrapper(base={self.base!r})"
@@ -486,6 +486,17 @@ def _wrap(base: Optimizer, **options: Any) -> SWGLWrapper:
 
 
 SWGL.wrap = staticmethod(_wrap)  # type: ignore[attr-defined]
+
+
+def _by_position(state: dict[Any, Any], saved_groups: list[dict[str, Any]]) -> dict[Any, Any]:
+    """Key ``state`` by position in ``param_groups``, as torch matches saved params to ours.
+
+    Saved ids are positions in a plain ``state_dict()`` but FQNs in one from
+    ``torch.distributed.checkpoint.state_dict``; unknown keys pass through to be rejected.
+    """
+    ids = [pid for group in saved_groups for pid in group["params"]]
+    position = {pid: i for i, pid in enumerate(ids)}
+    return {position.get(key, key): entry for key, entry in state.items()}
 
 
 def _check_state_dict_layout(state_dict: Any, groups: list[dict[str, Any]]) -> None:
