@@ -1,0 +1,131 @@
+"""Fused CUDA implementations of the SWGL rules, through Triton (an optional dependency).
+
+:data:`FUSED` maps a rule name to an implementation with the rules' signature
+``impl(params, grads, stabilities, steps, hp, ctx)`` (see :mod:`swgl.rules`). Each one sends
+the tensors the kernels handle to Triton, a few launches per (device, dtype) group whatever
+the number of tensors, and the rest to the rule's foreach implementation, so any input works:
+
+* handled: CUDA params and grads of fp32, bf16 or fp16, fp32 stability, all three contiguous
+  and non-empty;
+* the rest (non-contiguous views, fp64, CPU tensors, ...) take ``RULES[rule].foreach``;
+* a :class:`~swgl.rules.Hyper` carrying options the kernels do not know (any field beyond
+  ``alpha, lambda_reg, eps, max_boost`` set to a non-default value) takes foreach for the
+  whole call.
+
+Triton is imported on the first fused call, never at ``import swgl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from swgl.rules import RULES, Context, Hyper
+
+__all__ = ["FUSED", "triton_available", "can_fuse", "supports", "fusable_tensor"]
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost"})
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    """True when Triton is installed and a CUDA device is visible."""
+    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+
+
+def supports(hp: Hyper) -> bool:
+    """True when every option in ``hp`` is one the kernels implement."""
+    for field in dataclasses.fields(hp):
+        if field.name not in _KNOWN_HYPER and getattr(hp, field.name) != field.default:
+            return False
+    return True
+
+
+def fusable_tensor(p: Tensor, g: Tensor, s: Tensor) -> bool:
+    """True when the kernels can take this (param, grad, stability) triple."""
+    return (
+        p.is_cuda
+        and p.dtype in _DTYPES
+        and g.dtype in _DTYPES
+        and s.dtype == torch.float32
+        and p.device == g.device == s.device
+        and p.numel() > 0
+        and p.is_contiguous()
+        and g.is_contiguous()
+        and s.is_contiguous()
+        and type(p) is Tensor  # plain tensors only: a DTensor's data_ptr is its local shard
+        and type(g) is Tensor
+    )
+
+
+def can_fuse(rule: str, params: Sequence[Tensor], hp: Hyper | None = None) -> bool:
+    """Whether ``fused=None`` (auto) picks the Triton path for this call."""
+    return (
+        rule in FUSED
+        and bool(params)
+        and all(p.is_cuda for p in params)
+        and (hp is None or supports(hp))
+        and triton_available()
+    )
+
+
+def _subset(xs: Sequence, idx: list[int]) -> list:
+    return [xs[i] for i in idx]
+
+
+def split(params, grads, stabilities, extra: Sequence[Sequence[Tensor]] = ()):
+    """Indices of the fusable tensors grouped by (device, param dtype, grad dtype), and the rest.
+
+    ``extra`` lists further per-param tensors (optimizer buffers) that must also be contiguous
+    fp32 on the same device.
+    """
+    groups: dict[tuple, list[int]] = {}
+    rest: list[int] = []
+    for i, (p, g, s) in enumerate(zip(params, grads, stabilities)):
+        ok = fusable_tensor(p, g, s) and all(
+            b[i].dtype == torch.float32 and b[i].is_contiguous() and b[i].device == p.device
+            for b in extra
+        )
+        if ok:
+            groups.setdefault((p.device, p.dtype, g.dtype), []).append(i)
+        else:
+            rest.append(i)
+    return groups, rest
+
+
+def sub_context(ctx: Context, idx: list[int]) -> Context:
+    numels = None if ctx.numels is None else tuple(ctx.numels[i] for i in idx)
+    return dataclasses.replace(ctx, numels=numels)
+
+
+def _fused(rule: str, params, grads, stabilities, steps, hp: Hyper, ctx: Context) -> None:
+    if not supports(hp):
+        RULES[rule].foreach(params, grads, stabilities, steps, hp, ctx)
+        return
+    groups, rest = split(params, grads, stabilities)
+    if rest:
+        RULES[rule].foreach(
+            *(_subset(xs, rest) for xs in (params, grads, stabilities, steps)),
+            hp, sub_context(ctx, rest),
+        )
+    if groups:
+        from swgl.kernels import triton_swgl
+
+        for idx in groups.values():
+            triton_swgl.swgl_pass(
+                *(_subset(xs, idx) for xs in (params, grads, stabilities, steps)),
+                hp, sub_context(ctx, idx), rule=rule,
+            )
+
+
+#: rule name -> fused implementation (same signature as ``RULES[name].foreach``)
+FUSED: dict[str, Callable[..., None]] = {
+    name: partial(_fused, name) for name in ("v1", "v1-paper", "v2")
+}

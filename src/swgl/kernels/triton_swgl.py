@@ -1,0 +1,460 @@
+# ruff: noqa: SIM108  (constexpr branches of the kernels read better as blocks)
+r"""Triton kernels: the SWGL rules and the fused SWGL + AdamW / SGD steps, over whole lists.
+
+This module imports Triton at import time; :mod:`swgl.kernels` imports it only when a CUDA
+call takes the fused path.
+
+Layout. One launch covers a whole list of tensors of one dtype pair:
+
+* ``ptrs[k * T + i]`` is the address of tensor ``i`` of kind ``k`` (0 param, 1 grad,
+  2 stability, 3 first optimizer buffer, 4 second one);
+* ``blocks[b]`` / ``blocks[B + b]`` map program ``b`` to tensor ``i`` and the int64 offset of
+  its tile of ``BLOCK`` elements (tensors over 2^31 bytes are fine); full tiles take the
+  unmasked, 16-byte vectorised path when every address is 16-byte aligned;
+* per-tensor scalars (step counts, v2's sums) are read from device tensors and the skip flag
+  ``found_inf`` is read by every program, so nothing here waits for the host.
+
+v2 needs two per-tensor reductions that depend on each other (the weight RMS feeds the EMA,
+the EMA's mean feeds the factor), so it takes five launches whatever the list's length:
+partial sums of w^2, their per-tensor totals, the EMA update with partial sums of log s_hat,
+their totals (v2's reference level is the geometric mean), and the elementwise pass (which
+is also where a fused optimizer steps).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from swgl.rules import _TINY, R_MAX, WEIGHT_FLOOR, Context, Hyper
+
+#: Elements per program and warps per program of the elementwise kernels.
+BLOCK = 4096
+NUM_WARPS = 8
+_RBLOCK = 1024
+# the rules' constants, as compile-time values the kernels can read
+_FLOOR = tl.constexpr(WEIGHT_FLOOR)
+_RMAX = tl.constexpr(R_MAX)
+_TINY_C = tl.constexpr(_TINY)
+_FLT_MAX = tl.constexpr(3.4028234663852886e38)
+
+RULE_IDS = {"v1": 0, "v1-paper": 1, "v2": 2}
+OPT_NONE, OPT_ADAMW, OPT_SGD = 0, 1, 2
+MODES = {"grad": 0, "update": 1}
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+# --------------------------------------------------------------------------------------------
+# device helpers
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _ptr(ptrs, k, T, i, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    p = tl.load(ptrs + k * T + i).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        p = tl.multiple_of(p, 16)
+    return p
+
+
+@triton.jit
+def _ld(ptr, offs, mask, MASKED: tl.constexpr):
+    if MASKED:
+        x = tl.load(ptr + offs, mask=mask, other=0.0)
+    else:
+        x = tl.load(ptr + offs)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _st(ptr, offs, x, mask, MASKED: tl.constexpr):
+    if MASKED:
+        tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(ptr + offs, x.to(ptr.dtype.element_ty))
+
+
+@triton.jit
+def _bias_correction(t, ln_beta):
+    # 1 - beta^t, in fp64 so that beta near 1 loses nothing to cancellation
+    return (1.0 - tl.exp(t.to(tl.float64) * ln_beta)).to(tl.float32)
+
+
+@triton.jit
+def _v1_coeffs(g, w, s, alpha, eps, max_boost, lam_scaled, inv_scale,
+               PAPER: tl.constexpr, HAS_LAMBDA: tl.constexpr):
+    """v1 / v1-paper: the new EMA, and (c, k) such that the rule's output is c * g + k * w."""
+    ri = tl.abs(g * inv_scale) / (tl.abs(w) + eps)
+    s = s * alpha + (1.0 - alpha) * ri
+    if PAPER:
+        c = 1.0 / tl.minimum(s, max_boost)
+    else:
+        c = tl.minimum(1.0 / (s + eps), max_boost)
+    if HAS_LAMBDA:
+        k = tl.maximum(s - 1.0, 0.0) * lam_scaled
+    else:
+        k = tl.zeros_like(s)
+    return s, c, k
+
+
+@triton.jit
+def _v2_coeffs(s, inv_bc, m, lam, max_boost, HAS_LAMBDA: tl.constexpr):
+    """v2, from the updated EMA and the geometric mean ``m`` of s_hat: (c, k) such that the
+    output is c * g + k * w (in true units)."""
+    s_hat = s * inv_bc
+    c = m / (s_hat + _TINY_C)
+    c = tl.minimum(tl.maximum(c, 1.0 / max_boost), max_boost)
+    if HAS_LAMBDA:
+        excess = s_hat / (m + _TINY_C) - 1.0
+        k = lam * tl.minimum(tl.maximum(excess, 0.0), max_boost - 1.0)
+    else:
+        k = tl.zeros_like(s)
+    return c, k
+
+
+@triton.jit
+def _tile(blocks, nblocks, numels, found, HAS_FOUND: tl.constexpr, BLOCK_: tl.constexpr):
+    pid = tl.program_id(0)
+    i = tl.load(blocks + pid)
+    start = tl.multiple_of(tl.load(blocks + nblocks + pid), BLOCK_)
+    offs = start + tl.arange(0, BLOCK_)
+    n = tl.load(numels + i)
+    skip = False
+    if HAS_FOUND:
+        skip = tl.load(found) != 0.0
+    return pid, i, offs, n, start + BLOCK_ <= n, skip
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _nonfinite_body(gp, offs, n, found, MASKED: tl.constexpr):
+    g = _ld(gp, offs, offs < n, MASKED)
+    bad = tl.max((~(tl.abs(g) <= _FLT_MAX)).to(tl.int32), axis=0)
+    if bad > 0:
+        tl.store(found, 1.0)
+
+
+@triton.jit
+def _nonfinite_kernel(ptrs, T, blocks, nblocks, numels, found,
+                      G_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+    """found[0] = 1 if any grad element is inf or NaN (found is never reset here)."""
+    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, False, BLOCK_)
+    gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
+    if full:
+        _nonfinite_body(gp, offs, n, found, False)
+    else:
+        _nonfinite_body(gp, offs, n, found, True)
+
+
+@triton.jit
+def _sumsq_body(pp, gp, offs, n, found, partials, pid, CHECK: tl.constexpr,
+                MASKED: tl.constexpr):
+    mask = offs < n
+    w = _ld(pp, offs, mask, MASKED)
+    tl.store(partials + pid, tl.sum(w * w, axis=0))
+    if CHECK:
+        g = _ld(gp, offs, mask, MASKED)
+        bad = tl.max((~(tl.abs(g) <= _FLT_MAX)).to(tl.int32), axis=0)
+        if bad > 0:
+            tl.store(found, 1.0)
+
+
+@triton.jit
+def _sumsq_kernel(ptrs, T, blocks, nblocks, numels, partials, found,
+                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, CHECK: tl.constexpr,
+                  ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+    """v2 pass 1: per-program partial sums of w^2 (and, with CHECK, the non-finite check)."""
+    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, False, BLOCK_)
+    pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+    gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
+    if full:
+        _sumsq_body(pp, gp, offs, n, found, partials, pid, CHECK, False)
+    else:
+        _sumsq_body(pp, gp, offs, n, found, partials, pid, CHECK, True)
+
+
+@triton.jit
+def _segsum_kernel(partials, first, out, RBLOCK: tl.constexpr):
+    """out[i] = sum of partials[first[i]:first[i+1]], accumulated in fp64, in a fixed order."""
+    i = tl.program_id(0)
+    lo = tl.load(first + i)
+    hi = tl.load(first + i + 1)
+    acc = tl.zeros([RBLOCK], dtype=tl.float64)
+    for k in range(lo, hi, RBLOCK):
+        idx = k + tl.arange(0, RBLOCK)
+        acc += tl.load(partials + idx, mask=idx < hi, other=0.0).to(tl.float64)
+    tl.store(out + i, tl.sum(acc, axis=0).to(tl.float32))
+
+
+@triton.jit
+def _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, pid,
+                 MASKED: tl.constexpr):
+    mask = offs < n
+    w = _ld(pp, offs, mask, MASKED)
+    g = _ld(gp, offs, mask, MASKED)
+    s = _ld(sp, offs, mask, MASKED)
+    r = tl.minimum(tl.abs(g * inv_scale) / (tl.abs(w) + delta), _RMAX)
+    s = s * alpha + (1.0 - alpha) * r
+    _st(sp, offs, s, mask, MASKED)
+    log_s_hat = tl.log(s * inv_bc + _TINY_C)
+    tl.store(partials + pid, tl.sum(tl.where(mask, log_s_hat, 0.0), axis=0))
+
+
+@triton.jit
+def _v2_ema_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sumsq, partials, found,
+                   alpha, ln_alpha, eps, inv_scale,
+                   P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_FOUND: tl.constexpr,
+                   ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+    """v2 pass 2: s = alpha s + (1 - alpha) r, and per-program partial sums of log s_hat."""
+    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, HAS_FOUND, BLOCK_)
+    if not skip:
+        pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+        gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
+        sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
+        gn = tl.load(gnumels + i).to(tl.float32)
+        delta = eps + _FLOOR * tl.sqrt(tl.load(sumsq + i) / gn)
+        inv_bc = 1.0 / _bias_correction(tl.load(steps + i).to(tl.float32), ln_alpha)
+        if full:
+            _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, pid,
+                         False)
+        else:
+            _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, pid,
+                         True)
+
+
+@triton.jit
+def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
+               alpha, ln_alpha, eps, max_boost, lam, grad_scale, inv_scale,
+               lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
+               RULE: tl.constexpr, OPT: tl.constexpr, MODE: tl.constexpr,
+               HAS_LAMBDA: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+               MASKED: tl.constexpr):
+    mask = offs < n
+    w = _ld(pp, offs, mask, MASKED)
+    g = _ld(gp, offs, mask, MASKED)
+    s = _ld(sp, offs, mask, MASKED)
+    if RULE == 2:
+        inv_bc = 1.0 / _bias_correction(t, ln_alpha)
+        c, k = _v2_coeffs(s, inv_bc, m_ref, lam, max_boost, HAS_LAMBDA)
+        # v2 works on the true gradient g / S and hands back S times its output
+        k = k * grad_scale
+    else:
+        s, c, k = _v1_coeffs(g, w, s, alpha, eps, max_boost, lam * grad_scale, inv_scale,
+                             RULE == 1, HAS_LAMBDA)
+        _st(sp, offs, s, mask, MASKED)
+    if OPT == 0:
+        _st(gp, offs, c * g + k * w, mask, MASKED)
+    else:
+        if MODE == 0:
+            d = c * g + k * w
+        else:
+            d = g
+        if OPT == 1:
+            m1 = _ld(mp, offs, mask, MASKED)
+            m2 = _ld(vp, offs, mask, MASKED)
+            m1 = m1 + (1.0 - beta1) * (d - m1)
+            m2 = m2 * beta2 + (1.0 - beta2) * d * d
+            _st(mp, offs, m1, mask, MASKED)
+            _st(vp, offs, m2, mask, MASKED)
+            denom = tl.sqrt(m2) / tl.sqrt(_bias_correction(t, ln_beta2)) + opt_eps
+            u = (m1 / denom) / _bias_correction(t, ln_beta1)
+            w_new = w * (1.0 - lr * wd)
+        else:
+            d = d + wd * w
+            if HAS_MOMENTUM:
+                buf = _ld(mp, offs, mask, MASKED)
+                buf = tl.where(t == 1.0, d, buf * momentum + (1.0 - dampening) * d)
+                _st(mp, offs, buf, mask, MASKED)
+                if NESTEROV:
+                    d = d + momentum * buf
+                else:
+                    d = buf
+            u = d
+            w_new = w
+        if MODE == 0:
+            w_new = w_new - lr * u
+        else:
+            w_new = w_new - lr * (c * u + k * w)
+        _st(pp, offs, w_new, mask, MASKED)
+
+
+@triton.jit
+def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, found,
+                 alpha, ln_alpha, eps, max_boost, lam, grad_scale, inv_scale,
+                 lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
+                 P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, RULE: tl.constexpr,
+                 OPT: tl.constexpr, MODE: tl.constexpr, HAS_LAMBDA: tl.constexpr,
+                 HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, HAS_FOUND: tl.constexpr,
+                 ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+    """The elementwise pass: v1's whole rule, or v2's factor from the updated EMA; then write
+    the modulated grad (OPT 0) or step the param with AdamW (OPT 1) or SGD (OPT 2)."""
+    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, HAS_FOUND, BLOCK_)
+    if not skip:
+        pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+        gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
+        sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
+        mp = sp
+        vp = sp
+        if OPT == 1 or HAS_MOMENTUM:
+            mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
+        if OPT == 1:
+            vp = _ptr(ptrs, 4, T, i, tl.float32, ALIGNED)
+        t = tl.load(steps + i).to(tl.float32)
+        m_ref = 0.0
+        if RULE == 2:
+            m_ref = tl.exp(tl.load(sums + i) / tl.load(gnumels + i).to(tl.float32))
+        if full:
+            _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref, alpha, ln_alpha, eps, max_boost,
+                       lam, grad_scale, inv_scale, lr, beta1, beta2, ln_beta1, ln_beta2,
+                       opt_eps, wd, momentum, dampening, RULE, OPT, MODE, HAS_LAMBDA,
+                       HAS_MOMENTUM, NESTEROV, False)
+        else:
+            _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref, alpha, ln_alpha, eps, max_boost,
+                       lam, grad_scale, inv_scale, lr, beta1, beta2, ln_beta1, ln_beta2,
+                       opt_eps, wd, momentum, dampening, RULE, OPT, MODE, HAS_LAMBDA,
+                       HAS_MOMENTUM, NESTEROV, True)
+
+
+# --------------------------------------------------------------------------------------------
+# host side
+# --------------------------------------------------------------------------------------------
+
+
+def _ln(x: float) -> float:
+    return math.log(x) if x > 0.0 else -math.inf
+
+
+@functools.lru_cache(maxsize=32)
+def _layout(numels: tuple[int, ...], device: torch.device, block: int):
+    """Block table, tensor sizes and each tensor's first block; depends on shapes only."""
+    n = torch.tensor(numels, dtype=torch.int64)
+    counts = (n + block - 1) // block
+    first = torch.zeros(len(numels) + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=first[1:])
+    total = int(first[-1])
+    owner = torch.repeat_interleave(torch.arange(len(numels)), counts)
+    start = (torch.arange(total) - first[:-1][owner]) * block
+    blocks = torch.cat([owner, start]).to(device)
+    return blocks, total, n.to(device), first.to(device=device, dtype=torch.int32)
+
+
+class Launch:
+    """The tables of one launch group: tensors of one device and one (param, grad) dtype pair.
+
+    ``tensors`` are the lists [params, grads, stabilities, *optimizer buffers]. ``steps`` are
+    host step counters (copied in the same transfer as the pointers) or None, in which case
+    the caller sets :attr:`steps` to a device tensor before the first kernel that reads it.
+    """
+
+    def __init__(self, tensors: list[list[Tensor]], steps: list[Tensor] | None = None,
+                 numels: tuple[int, ...] | None = None):
+        params = tensors[0]
+        self.device = params[0].device
+        self.T = len(params)
+        self.p_dtype = _TL_DTYPES[params[0].dtype]
+        self.g_dtype = _TL_DTYPES[tensors[1][0].dtype]
+        addrs = [t.data_ptr() for kind in tensors for t in kind]
+        self.aligned = all(a % 16 == 0 for a in addrs)
+        local = tuple(p.numel() for p in params)
+        self.blocks, self.nblocks, self.numels, self.first = _layout(local, self.device, BLOCK)
+        host = list(addrs)
+        if steps is not None:
+            host += [int(s) for s in steps]
+        if numels is not None and tuple(numels) != local:
+            host += list(numels)
+        table = torch.tensor(host, dtype=torch.int64)
+        if self.device.type == "cuda":  # pinned, so the copy neither blocks nor syncs
+            table = table.pin_memory()
+        table = table.to(self.device, non_blocking=True)
+        self.ptrs = table
+        end = len(addrs)
+        self.steps = self.numels  # placeholder until set
+        if steps is not None:
+            self.steps = table[end:end + self.T]
+            end += self.T
+        self.gnumels = table[end:end + self.T] if end < len(host) else self.numels
+
+    def grid(self):
+        return (self.nblocks,)
+
+
+def _needs_reduce(ctx: Context) -> bool:
+    return ctx.reduce_sum is not Context().reduce_sum
+
+
+def nonfinite(lau: Launch, found: Tensor) -> None:
+    """Set found[0] = 1 if any grad of the launch is non-finite (never resets it)."""
+    _nonfinite_kernel[lau.grid()](lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, found,
+                                  G_DTYPE=lau.g_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK,
+                                  num_warps=NUM_WARPS)
+
+
+def _per_tensor_sum(lau: Launch, partials: Tensor, ctx: Context) -> Tensor:
+    out = torch.empty(lau.T, device=lau.device, dtype=torch.float32)
+    _segsum_kernel[(lau.T,)](partials, lau.first, out, RBLOCK=_RBLOCK, num_warps=4)
+    return ctx.reduce_sum(out) if _needs_reduce(ctx) else out
+
+
+def v2_weight_sums(lau: Launch, ctx: Context, found: Tensor | None = None) -> Tensor:
+    """v2 pass 1: per-tensor sums of w^2; with ``found``, also the non-finite check."""
+    partials = torch.empty(lau.nblocks, device=lau.device, dtype=torch.float32)
+    _sumsq_kernel[lau.grid()](lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, partials,
+                              found if found is not None else partials, P_DTYPE=lau.p_dtype,
+                              G_DTYPE=lau.g_dtype, CHECK=found is not None,
+                              ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS)
+    return _per_tensor_sum(lau, partials, ctx)
+
+
+def v2_ema(lau: Launch, hp: Hyper, ctx: Context, sumsq: Tensor,
+           found: Tensor | None = None) -> Tensor:
+    """v2 pass 2: the EMA update in place; returns the per-tensor sums of log(s_hat + tiny)."""
+    partials = torch.empty(lau.nblocks, device=lau.device, dtype=torch.float32)
+    _v2_ema_kernel[lau.grid()](
+        lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.gnumels, lau.steps, sumsq,
+        partials, found if found is not None else partials, hp.alpha, _ln(hp.alpha), hp.eps,
+        1.0 / ctx.grad_scale, P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype,
+        HAS_FOUND=found is not None, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
+    )
+    return _per_tensor_sum(lau, partials, ctx)
+
+
+def step(lau: Launch, rule: str, hp: Hyper, ctx: Context, *, sums: Tensor | None = None,
+         found: Tensor | None = None, opt: int = OPT_NONE, mode: str = "grad",
+         lr: float = 0.0, beta1: float = 0.0, beta2: float = 0.0, opt_eps: float = 0.0,
+         weight_decay: float = 0.0, momentum: float = 0.0, dampening: float = 0.0,
+         nesterov: bool = False) -> None:
+    """The elementwise pass (see :func:`_step_kernel`); v2 needs ``sums`` from :func:`v2_ema`."""
+    dummy = lau.numels
+    _step_kernel[lau.grid()](
+        lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.gnumels, lau.steps,
+        sums if sums is not None else dummy, found if found is not None else dummy,
+        hp.alpha, _ln(hp.alpha), hp.eps, hp.max_boost, hp.lambda_reg, ctx.grad_scale,
+        1.0 / ctx.grad_scale, lr, beta1, beta2, _ln(beta1), _ln(beta2), opt_eps, weight_decay,
+        momentum, dampening,
+        P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype, RULE=RULE_IDS[rule], OPT=opt,
+        MODE=MODES[mode], HAS_LAMBDA=hp.lambda_reg > 0.0,
+        HAS_MOMENTUM=opt == OPT_SGD and momentum != 0.0, NESTEROV=nesterov,
+        HAS_FOUND=found is not None, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
+    )
+
+
+def swgl_pass(params, grads, stabilities, steps, hp: Hyper, ctx: Context, *, rule: str) -> None:
+    """The standalone pass over one launch group (the rule signature, plus ``rule``)."""
+    on_device = steps[0].is_cuda
+    lau = Launch([params, grads, stabilities], None if on_device else steps, ctx.numels)
+    if on_device:
+        lau.steps = torch.stack([t.reshape(()) for t in steps])
+    sums = None
+    if rule == "v2":
+        sums = v2_ema(lau, hp, ctx, v2_weight_sums(lau, ctx))
+    step(lau, rule, hp, ctx, sums=sums)
