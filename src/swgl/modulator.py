@@ -382,7 +382,8 @@ class SWGLWrapper(_SWGLBase):
         self.base = base_opt
         self._warned_fresh = False
         self._sharing_groups = False
-        super().__init__(base_opt.param_groups, defaults)
+        # With the base's defaults: OneCycleLR and CyclicLR look for momentum/betas there.
+        super().__init__(base_opt.param_groups, {**base_opt.defaults, **defaults})
         self._sharing_groups = True
         # Share the groups themselves: schedulers and add_param_group then act on both.
         self.param_groups = base_opt.param_groups
