@@ -34,6 +34,7 @@ __all__ = [
     "StatsHistory",
     "find_swgl",
     "layer_stats",
+    "named_params",
     "quantile_key",
     "to_scalars",
     "total",
@@ -108,7 +109,13 @@ def find_swgl(optimizer: Any) -> Optimizer:
     )
 
 
-def _names(optimizer: Optimizer, names: Names) -> dict[int, str]:
+def named_params(optimizer: Any, names: Names = None) -> dict[str, Tensor]:
+    """The optimizer's params by name, in ``param_groups`` order.
+
+    ``names`` (a module, a mapping or ``(name, param)`` pairs) names them; the others are
+    called ``group{g}.param{i}``.
+    """
+    opt = find_swgl(optimizer)
     if names is None:
         pairs: Iterable[tuple[str, Tensor]] = ()
     elif isinstance(names, nn.Module):
@@ -122,11 +129,11 @@ def _names(optimizer: Optimizer, names: Names) -> dict[int, str]:
             f"names must be a module, a mapping or (name, param) pairs, got {type(names).__name__}"
         )
     by_id = {id(p): str(name) for name, p in pairs}
-    out = {}
-    for g, group in enumerate(optimizer.param_groups):
-        for i, p in enumerate(group["params"]):
-            out[id(p)] = by_id.get(id(p), f"group{g}.param{i}")
-    return out
+    return {
+        by_id.get(id(p), f"group{g}.param{i}"): p
+        for g, group in enumerate(opt.param_groups)
+        for i, p in enumerate(group["params"])
+    }
 
 
 def _check_quantiles(quantiles: Iterable[float]) -> tuple[float, ...]:
@@ -170,7 +177,7 @@ def layer_stats(
     """
     opt = find_swgl(optimizer)
     qs = _check_quantiles(quantiles)
-    named = _names(opt, names)
+    named = {id(p): name for name, p in named_params(opt, names).items()}
     pre = opt.option_prefix
     rows: list[tuple[str, int, int, Tensor]] = []
     for group in opt.param_groups:
