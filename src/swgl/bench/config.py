@@ -1,0 +1,159 @@
+"""The benchmark configuration: one frozen dataclass, validated, hashed into the run id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from swgl.bench.data import DATASETS
+from swgl.bench.methods import METHODS, MethodSpec
+from swgl.bench.models import MODELS
+from swgl.bench.scenarios import SCENARIOS
+
+__all__ = ["BenchConfig", "DEFAULT_METHODS", "DEFAULT_SCENARIOS", "EVAL_SPLITS"]
+
+#: The "main methods" of the default run: baselines, SWGL with SGD and AdamW, the hybrid.
+DEFAULT_METHODS = ("naive-sgd", "naive-adamw", "ewc", "si", "replay", "swgl-sgd", "swgl-adamw",
+                   "swgl-replay")
+DEFAULT_SCENARIOS = ("split-class", "permuted")
+EVAL_SPLITS = ("test", "val")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything that determines a benchmark's numbers.
+
+    ``None`` fields take the dataset's or scenario's default when resolved. ``swgl_opts``
+    are passed to ``SWGL.wrap`` for every SWGL method; ``method_opts[name]`` overrides one
+    method's options (``lr``, strategy options, optimizer kwargs, ``swgl.<opt>``);
+    ``variants[name] = {"base": "swgl-sgd", "swgl.rule": "v1", "lr": 0.02, ...}`` defines new
+    methods from registered ones (optionally with ``"optimizer"``).
+    """
+
+    dataset: str = "digits"
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_tasks: int | None = None
+    model: str = "mlp"
+    hidden: int | None = None
+    epochs: int | None = None
+    batch_size: int = 32
+    train_per_task: int | None = None
+    test_per_task: int | None = None
+    stream_steps: int = 500
+    stream_batch: int = 16
+    consolidate_every: int = 256
+    evals_per_task: int = 4
+    swgl_opts: Mapping[str, Any] = field(default_factory=dict)
+    method_opts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    eval_split: str = "test"
+    device: str = "cpu"
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (("scenarios", self.scenarios), ("methods", self.methods),
+                            ("seeds", self.seeds)):
+            if isinstance(value, str) or not isinstance(value, (tuple, list)) or not value:
+                raise TypeError(f"{name} must be a non-empty tuple, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("model", self.model, MODELS)
+        _choice("eval_split", self.eval_split, EVAL_SPLITS)
+        for s in self.scenarios:
+            _choice("scenario", s, SCENARIOS)
+        for seed in self.seeds:
+            _int("seed", seed, 0)
+        for name in ("n_tasks", "hidden", "epochs", "train_per_task", "test_per_task"):
+            if getattr(self, name) is not None:
+                _int(name, getattr(self, name), 1)
+        for name in ("batch_size", "stream_steps", "stream_batch", "consolidate_every",
+                     "evals_per_task"):
+            _int(name, getattr(self, name), 1)
+        for name in self.method_opts:
+            if name not in self.methods:
+                raise ValueError(f"method_opts names {name!r}, which is not in methods "
+                                 f"{list(self.methods)}")
+        for m in self.methods:
+            spec = self.method_spec(m)  # raises on unknown names or options
+            if spec.swgl is not None:
+                _check_swgl_options(m, spec.swgl)
+
+    def resolved(self) -> BenchConfig:
+        """A copy with the dataset defaults filled in (what the run id hashes)."""
+        info = DATASETS[self.dataset]
+        return replace(
+            self,
+            hidden=self.hidden or info.hidden,
+            epochs=self.epochs or info.epochs,
+            train_per_task=self.train_per_task or info.train_per_task,
+            test_per_task=self.test_per_task or info.test_per_task,
+        )
+
+    def method_spec(self, name: str) -> MethodSpec:
+        """The spec of method ``name`` with this config's variants and options applied."""
+        if name in self.variants:
+            variant = dict(self.variants[name])
+            base = variant.pop("base", None)
+            if base not in METHODS:
+                raise ValueError(f"variants[{name!r}]['base'] must be one of {sorted(METHODS)}, "
+                                 f"got {base!r}")
+            parent = METHODS[base]
+            spec = replace(parent, name=name, optimizer=variant.pop("optimizer", parent.optimizer))
+        elif name in METHODS:
+            spec, variant = METHODS[name], {}
+        else:
+            raise ValueError(f"method must be one of {sorted(METHODS)} or a variant "
+                             f"{sorted(self.variants)}, got {name!r}")
+        if spec.swgl is not None:
+            spec = spec.with_options({f"swgl.{k}": v for k, v in self.swgl_opts.items()})
+        return spec.with_options({**variant, **self.method_opts.get(name, {})})
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BenchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def run_id(self) -> str:
+        """``<dataset>-<hash>``: equal configs share a run folder, so --resume finds it."""
+        d = self.resolved().to_dict()
+        d.pop("data_dir")  # where the files live does not change the numbers
+        digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.dataset}-{digest}"
+
+
+def _check_swgl_options(method: str, options: Mapping[str, Any]) -> None:
+    """Fail at config time, not mid-run, on SWGL options the core rejects."""
+    import torch
+
+    from swgl import SWGL
+
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    try:
+        SWGL.wrap(probe, **options)
+    except TypeError as exc:
+        raise TypeError(f"SWGL options {dict(options)} of method {method!r}: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"SWGL options {dict(options)} of method {method!r}: {exc}") from exc
+
+
+def _choice(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+
+
+def _int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")

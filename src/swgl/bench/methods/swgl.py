@@ -1,0 +1,34 @@
+"""SWGL around any base optimizer, and SWGL + replay (the hybrid the seed recommends).
+
+SWGL options come from the spec's ``swgl`` dict (``--swgl-opts`` on the command line) and go
+straight to ``SWGL.wrap(base, **options)``, so new core options need no harness change.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from swgl import SWGLWrapper
+from swgl.bench.methods.base import Method, MethodSpec, register
+from swgl.bench.methods.replay import Replay
+
+__all__ = ["stability_tensors"]
+
+for _opt in ("sgd", "sgd-momentum", "adam", "adamw"):
+    register(MethodSpec(f"swgl-{_opt}", Method, _opt, swgl={},
+                        description=f"SWGL wrapping {_opt}"))
+register(MethodSpec("swgl-replay", Replay, "sgd", swgl={},
+                    description="SWGL wrapping sgd, plus reservoir replay"))
+
+
+def stability_tensors(method: Method) -> dict[str, Tensor]:
+    """Each parameter's SWGL stability state, by parameter name ({} without SWGL)."""
+    opt = method.optimizer
+    if not isinstance(opt, SWGLWrapper):
+        return {}
+    out = {}
+    for name, p in method.model.named_parameters():
+        state = opt.state.get(p, {})
+        if "stability" in state:
+            out[name] = state["stability"].detach().float()
+    return out

@@ -1,0 +1,409 @@
+"""Run a benchmark: every (scenario, method, seed) cell, cached on disk as it finishes.
+
+Each finished cell is written atomically to ``runs/<run-id>/cells/<cell>.json`` (temp file
+then ``os.replace``), so a killed run loses at most the cell in progress and ``resume=True``
+skips every cell already on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from swgl.bench import metrics
+from swgl.bench.config import BenchConfig
+from swgl.bench.data import DATASETS, load_dataset, validation_split
+from swgl.bench.methods import Context, Method, make_method
+from swgl.bench.methods.swgl import stability_tensors
+from swgl.bench.models import build_model
+from swgl.bench.scenarios import Scenario, ScenarioOptions, build_scenario
+
+__all__ = ["Results", "run", "run_cell", "grid", "summarize", "atomic_write_text"]
+
+log = logging.getLogger(__name__)
+
+#: Quantiles of each layer's stability recorded for the stability-over-time plots.
+STABILITY_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Metrics summarised as mean and std over seeds.
+SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_acc", "online_acc", "plasticity",
+                   "time_per_step_ms", "state_bytes_per_param")
+_EVAL_CHUNK = 2048
+_STREAM_WINDOWS = 10          # online-accuracy points per stream segment
+_CONSOLIDATE_BATCHES = 16     # recent batches a stream hands to end_task at a pseudo-boundary
+_END_TASK_BATCH = 64
+
+
+@dataclass
+class Results:
+    """What :func:`run` returns: the config, every cell's record and the seed summary."""
+
+    config: BenchConfig
+    run_id: str
+    run_dir: Path
+    cells: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cell_name(scenario: str, method: str, seed: int) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{scenario}__{method}__seed{seed}")
+
+
+# -- one cell ------------------------------------------------------------------------------------
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but torch.cuda.is_available() is False")
+    return device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _evaluate(method: Method, scen: Scenario, device: torch.device) -> list[float]:
+    """Accuracy on every task's eval set (task-IL logits masked to the task's head)."""
+    model = method.model
+    model.eval()
+    accs = []
+    for t in range(len(scen.tasks)):
+        x, y = scen.eval_set(t)
+        correct = 0
+        for i in range(0, len(x), _EVAL_CHUNK):
+            xb, yb = x[i:i + _EVAL_CHUNK].to(device), y[i:i + _EVAL_CHUNK].to(device)
+            tids = torch.full((len(xb),), t, device=device)
+            correct += int((method.logits(xb, tids).argmax(1) == yb).sum())
+        accs.append(correct / max(len(x), 1))
+    model.train()
+    return accs
+
+
+def _stability_summary(method: Method) -> dict[str, list[float]]:
+    q = torch.tensor(STABILITY_QUANTILES)
+    out = {}
+    for name, s in stability_tensors(method).items():
+        flat = s.flatten().cpu()
+        if flat.numel() > 100_000:  # torch.quantile's input limit; a strided sample suffices
+            flat = flat[:: math.ceil(flat.numel() / 100_000)]
+        out[name] = torch.quantile(flat, q).tolist()
+    return out
+
+
+def _state_bytes(method: Method) -> int:
+    """Bytes of every persistent tensor beyond the model: optimizer(s) and strategy state."""
+    tensors: list[Tensor] = list(method.state_tensors())
+    opts = [method.optimizer, getattr(method.optimizer, "base", None)]
+    for opt in filter(None, opts):
+        for state in opt.state.values():
+            tensors += [v for v in state.values() if isinstance(v, Tensor)]
+    seen, total = set(), 0
+    for t in tensors:
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+class _Recorder:
+    """Per-task accuracy curve, and SWGL stability quantiles, over training steps."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.accs: list[list[float]] = []
+        self.stab_steps: list[int] = []
+        self.stability: dict[str, list[list[float]]] = {}
+
+    def accuracy(self, step: int, accs: list[float]) -> None:
+        self.steps.append(step)
+        self.accs.append(accs)
+
+    def stability_point(self, step: int, method: Method) -> None:
+        summary = _stability_summary(method)
+        if summary:
+            self.stab_steps.append(step)
+        for name, qs in summary.items():
+            self.stability.setdefault(name, []).append(qs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.steps, "acc": self.accs}
+
+    def stability_dict(self) -> dict[str, Any]:
+        return {"step": self.stab_steps, "quantiles": list(STABILITY_QUANTILES),
+                "layers": self.stability}
+
+
+def _task_batches(scen: Scenario, t: int, device: torch.device) -> Callable[[], Iterator]:
+    def batches() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        idx = scen.tasks[t].train_idx
+        for i in range(0, len(idx), _END_TASK_BATCH):
+            x, y = scen.train_batch(t, idx[i:i + _END_TASK_BATCH])
+            yield x.to(device), y.to(device), torch.full((len(x),), t, device=device)
+    return batches
+
+
+def _train_offline(cfg: BenchConfig, scen: Scenario, method: Method, device: torch.device,
+                   gen: torch.Generator, rec: _Recorder) -> tuple[np.ndarray, float, int]:
+    T = len(scen.tasks)
+    R = np.zeros((T, T))
+    step, busy = 0, 0.0
+    for t, task in enumerate(scen.tasks):
+        n = len(task.train_idx)
+        per_task = cfg.epochs * math.ceil(n / cfg.batch_size)
+        eval_every = max(1, per_task // cfg.evals_per_task)
+        _sync(device)
+        start = time.perf_counter()
+        method.begin_task(t)
+        for _ in range(cfg.epochs):
+            order = task.train_idx[torch.randperm(n, generator=gen)]
+            for i in range(0, n, cfg.batch_size):
+                x, y = scen.train_batch(t, order[i:i + cfg.batch_size])
+                x, y = x.to(device), y.to(device)
+                method.observe(x, y, torch.full((len(x),), t, device=device))
+                step += 1
+                if step % eval_every == 0 and step % per_task:
+                    _sync(device)
+                    busy += time.perf_counter() - start
+                    rec.accuracy(step, _evaluate(method, scen, device))
+                    rec.stability_point(step, method)
+                    start = time.perf_counter()
+        method.end_task(t, _task_batches(scen, t, device))
+        _sync(device)
+        busy += time.perf_counter() - start
+        R[t] = _evaluate(method, scen, device)
+        rec.accuracy(step, R[t].tolist())
+        rec.stability_point(step, method)
+    return R, busy, step
+
+
+def _train_stream(cfg: BenchConfig, scen: Scenario, method: Method, device: torch.device,
+                  rec: _Recorder) -> tuple[np.ndarray, float, int, dict[str, Any]]:
+    """No boundaries reach the method: strategies that consolidate do so every
+    ``consolidate_every`` steps, on the last few batches (unaligned with the real switches)."""
+    T = len(scen.tasks)
+    R = np.zeros((T, T))
+    step, busy, pseudo = 0, 0.0, 0
+    correct, before, after = [], [], []
+    recent: deque = deque(maxlen=_CONSOLIDATE_BATCHES)
+    window = max(1, cfg.stream_steps // _STREAM_WINDOWS)
+    online_steps, online_acc = [], []
+    method.begin_task(0)
+    for t, task in enumerate(scen.tasks):
+        for i in range(cfg.stream_steps):
+            idx = task.train_idx[i * cfg.stream_batch:(i + 1) * cfg.stream_batch]
+            x, y = scen.train_batch(t, idx)
+            x, y = x.to(device), y.to(device)
+            tids = torch.zeros(len(x), dtype=torch.long, device=device)
+            with torch.no_grad():
+                logits = method.logits(x, tids)
+                correct.append(float((logits.argmax(1) == y).float().mean()))
+                before.append(float(F.cross_entropy(logits, y)))
+            _sync(device)
+            start = time.perf_counter()
+            method.observe(x, y, tids)
+            recent.append((x, y, tids))
+            step += 1
+            if step % cfg.consolidate_every == 0:
+                snapshot = list(recent)
+                method.end_task(pseudo, lambda snapshot=snapshot: iter(snapshot))
+                pseudo += 1
+                method.begin_task(pseudo)
+            _sync(device)
+            busy += time.perf_counter() - start
+            with torch.no_grad():
+                after.append(float(F.cross_entropy(method.logits(x, tids), y)))
+            if step % window == 0:
+                online_steps.append(step)
+                online_acc.append(float(np.mean(correct[-window:])))
+                rec.stability_point(step, method)
+        R[t] = _evaluate(method, scen, device)
+        rec.accuracy(step, R[t].tolist())
+    online = {
+        "online_acc": metrics.average_online_accuracy(correct),
+        "plasticity": metrics.plasticity(before, after),
+        "curve": {"step": online_steps, "acc": online_acc},
+    }
+    return R, busy, step, online
+
+
+def _scenario(cfg: BenchConfig, name: str, seed: int) -> Scenario:
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    if cfg.eval_split == "val":
+        data = validation_split(data)
+    opts = ScenarioOptions(cfg.train_per_task, cfg.test_per_task, cfg.stream_steps,
+                           cfg.stream_batch)
+    # The task sequence depends on the seed only, so every method sees the same tasks.
+    return build_scenario(name, data, cfg.n_tasks, np.random.default_rng(seed), opts,
+                          DATASETS[cfg.dataset].sequence_tasks)
+
+
+def run_cell(cfg: BenchConfig, scenario: str, method_name: str, seed: int) -> dict[str, Any]:
+    """Train and evaluate one method on one scenario with one seed; return its record."""
+    cfg = cfg.resolved()
+    device = _device(cfg.device)
+    scen = _scenario(cfg, scenario, seed)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, tuple(scen.x_train.shape[1:]), scen.n_outputs, cfg.hidden)
+    model.to(device)
+    masks = scen.logit_masks()
+    ctx = Context(
+        n_outputs=scen.n_outputs,
+        batch_size=cfg.stream_batch if scen.streaming else cfg.batch_size,
+        masks=None if masks is None else masks.to(device),
+        task_classes=None if scen.streaming else [t.classes for t in scen.tasks],
+    )
+    method = make_method(cfg.method_spec(method_name), model, ctx)
+    b = _evaluate(method, scen, device)  # random-init accuracy, for FWT
+    rec = _Recorder()
+    gen = torch.Generator().manual_seed(seed)
+    wall = time.perf_counter()
+    if scen.streaming:
+        R, busy, steps, online = _train_stream(cfg, scen, method, device, rec)
+    else:
+        (R, busy, steps), online = _train_offline(cfg, scen, method, device, gen, rec), None
+    n_params = sum(p.numel() for p in model.parameters())
+    result = {
+        "scenario": scenario, "method": method_name, "seed": seed,
+        "metrics": {
+            **metrics.matrix_metrics(R, b),
+            **({} if online is None else {k: online[k] for k in ("online_acc", "plasticity")}),
+            "time_per_step_ms": 1000.0 * busy / max(steps, 1),
+            "state_bytes_per_param": _state_bytes(method) / n_params,
+        },
+        "steps": steps,
+        "wall_s": time.perf_counter() - wall,
+        "n_params": n_params,
+        "R": R.tolist(),
+        "b": b,
+        "curve": rec.to_dict(),
+        "online_curve": None if online is None else online["curve"],
+        "stability": rec.stability_dict(),
+    }
+    log.info("cell %s/%s/seed%d: acc=%.4f", scenario, method_name, seed,
+             result["metrics"]["acc"])
+    return result
+
+
+# -- a whole run -----------------------------------------------------------------------------------
+
+
+def _cells(cfg: BenchConfig) -> list[tuple[str, str, int]]:
+    return list(product(cfg.scenarios, cfg.methods, cfg.seeds))
+
+
+def _load_cell(path: Path, config_id: str) -> dict[str, Any] | None:
+    try:
+        cell = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("ignoring unreadable cell file %s (%s)", path, exc)
+        return None
+    return cell if cell.get("run_id") == config_id else None
+
+
+def summarize(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and (population) std over seeds of every metric, per (scenario, method)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for cell in cells:
+        groups.setdefault((cell["scenario"], cell["method"]), []).append(cell)
+    rows = []
+    for (scenario, method), group in groups.items():
+        row: dict[str, Any] = {"scenario": scenario, "method": method, "n_seeds": len(group)}
+        for m in SUMMARY_METRICS:
+            values = [c["metrics"][m] for c in group if m in c["metrics"]]
+            if values:
+                row[f"{m}_mean"] = float(np.mean(values))
+                row[f"{m}_std"] = float(np.std(values))
+        rows.append(row)
+    return rows
+
+
+def run(config: BenchConfig, *, out_dir: str | Path = "runs", resume: bool = False,
+        on_cell: Callable[[dict[str, Any], bool], None] | None = None,
+        write_reports: bool = True) -> Results:
+    """Run every cell of ``config`` and write ``<out_dir>/<run-id>/``.
+
+    ``resume=True`` reuses cells already on disk for this run id. ``on_cell(cell, cached)``
+    is called after each cell (for progress bars). ``write_reports`` writes results.json,
+    results.csv, cells.csv and the plots.
+    """
+    cfg = config.resolved()
+    run_id = config.run_id()
+    run_dir = Path(out_dir) / run_id
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    cells = []
+    for scenario, method, seed in _cells(cfg):
+        path = run_dir / "cells" / f"{_cell_name(scenario, method, seed)}.json"
+        cell = _load_cell(path, run_id) if resume and path.exists() else None
+        cached = cell is not None
+        if cell is None:
+            cell = {"run_id": run_id, **run_cell(cfg, scenario, method, seed)}
+            atomic_write_text(path, json.dumps(cell))
+        cells.append(cell)
+        if on_cell is not None:
+            on_cell(cell, cached)
+    results = Results(cfg, run_id, run_dir, cells, summarize(cells))
+    if write_reports:
+        from swgl.bench import report  # matplotlib is only needed here
+
+        report.write_all(results)
+    return results
+
+
+def grid(config: BenchConfig, **axes: Iterable[Any]) -> list[BenchConfig]:
+    """Every combination of ``axes`` applied to ``config``.
+
+    Keys are config fields (``epochs=[1, 2]``) or, with ``__`` for a dot, keys of the
+    dict fields: ``swgl_opts__alpha=[0.9, 0.99]`` or ``method_opts__ewc__lam=[10, 100]``.
+    """
+    names = list(axes)
+    configs = []
+    for values in product(*(list(axes[n]) for n in names)):
+        d = config.to_dict()
+        for name, value in zip(names, values):
+            path = name.split("__")
+            if path[0] not in d:
+                raise ValueError(f"grid axis {name!r}: {path[0]!r} is not a BenchConfig field")
+            target = d
+            for part in path[:-1]:
+                target[part] = dict(target.get(part) or {})
+                target = target[part]
+            target[path[-1]] = value
+        configs.append(BenchConfig.from_dict(d))
+    return configs
