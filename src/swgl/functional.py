@@ -13,6 +13,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from swgl import kernels
 from swgl._validate import check_choice
 from swgl.rules import RULES, Context, Hyper
 
@@ -42,6 +43,7 @@ def swgl(
     max_boost: float,
     grad_scale: float = 1.0,
     foreach: bool = True,
+    fused: bool | None = None,
 ) -> bool:
     """Modulate ``grads`` in place and update ``stabilities``; return False if skipped.
 
@@ -49,12 +51,25 @@ def swgl(
     ``steps`` are the per-tensor step counters, incremented here and only on calls that update
     the state. ``grad_scale`` is the loss scale the grads still carry. The math of each rule is
     in :mod:`swgl.rules`.
+
+    ``fused`` picks the Triton kernels of :mod:`swgl.kernels` (one pass over the whole list):
+    None (auto) uses them when ``foreach`` is set, every param is on CUDA and Triton is
+    installed; True requires Triton; False never uses them. Tensors the kernels cannot take
+    (non-contiguous, fp64, ...) fall back to foreach within the same call.
     """
     check_choice("rule", rule, RULES)
     if not params:
         return True
     hp = Hyper(alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost)
     impl = RULES[rule].foreach if foreach else RULES[rule].single
+    if fused is None:
+        fused = foreach and kernels.can_fuse(rule, params, hp)
+    elif fused and not kernels.triton_available():
+        raise RuntimeError("fused=True needs a CUDA device and Triton (pip install triton)")
+    if fused:
+        if rule not in kernels.FUSED:
+            raise ValueError(f"fused=True: rule {rule!r} has no kernel; use fused=None or False")
+        impl = kernels.FUSED[rule]
     dtensor = _dtensor_type()
     if dtensor is not None and any(isinstance(p, dtensor) for p in params):
         return _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale)

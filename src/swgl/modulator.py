@@ -54,6 +54,9 @@ def _check_options(group: dict[str, Any], prefix: str = "") -> None:
     group[key("storage")] = check_choice(key("storage"), group[key("storage")], STORAGES)
     if not isinstance(group[key("foreach")], bool):
         raise TypeError(f"{key('foreach')} must be a bool, got {group[key('foreach')]!r}")
+    fused = group.setdefault(key("fused"), None)
+    if fused is not None and not isinstance(fused, bool):
+        raise TypeError(f"{key('fused')} must be None or a bool, got {fused!r}")
 
 
 def _check_params(group: dict[str, Any]) -> None:
@@ -136,6 +139,7 @@ class _SWGLBase(Optimizer):
                 max_boost=group[pre + "max_boost"],
                 grad_scale=grad_scale,
                 foreach=group[pre + "foreach"],
+                fused=group.get(pre + "fused"),
             )
             if group_applied:
                 storage = self._storage(group)
@@ -209,6 +213,8 @@ class SWGL(_SWGLBase):
         rule: ``"v2"`` (default, bounded), ``"v1"`` or ``"v1-paper"`` (the seed's formulas).
         storage: how the stability state is stored (see :mod:`swgl.state`); ``"fp32"``.
         foreach: use the multi-tensor implementation (default) or the per-tensor reference.
+        fused: the Triton kernels (:mod:`swgl.kernels`): None picks them on CUDA when Triton
+            is installed, True requires them, False never uses them.
         scaler: a ``torch.amp.GradScaler`` whose scaled grads ``step()`` will see (the seed's
             AMP snippet). Without it, call ``scaler.unscale_(base)`` before ``swgl.step()``;
             the seed's order without ``scaler=`` raises instead of training on scaled grads.
@@ -228,11 +234,12 @@ class SWGL(_SWGLBase):
         rule: str = DEFAULT_RULE,
         storage: str = "fp32",
         foreach: bool = True,
+        fused: bool | None = None,
         scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         defaults = dict(
             rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
-            storage=storage, foreach=foreach,
+            storage=storage, foreach=foreach, fused=fused,
         )
         _check_options(dict(defaults))
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
@@ -358,6 +365,7 @@ class SWGLWrapper(_SWGLBase):
         rule: str = DEFAULT_RULE,
         storage: str = "fp32",
         foreach: bool = True,
+        fused: bool | None = None,
     ) -> None:
         if isinstance(params, Optimizer):
             if base is not None or base_kwargs is not None:
@@ -375,7 +383,7 @@ class SWGLWrapper(_SWGLBase):
             PREFIX + k: v
             for k, v in dict(
                 rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
-                storage=storage, foreach=foreach,
+                storage=storage, foreach=foreach, fused=fused,
             ).items()
         }
         _check_options(dict(defaults), PREFIX)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import os
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -32,6 +33,8 @@ __all__ = ["FUSED", "triton_available", "can_fuse", "supports", "fusable_tensor"
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost"})
+# Triton's interpreter runs the kernels on CPU tensors: lets the kernels be debugged anywhere
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,7 +54,7 @@ def supports(hp: Hyper) -> bool:
 def fusable_tensor(p: Tensor, g: Tensor, s: Tensor) -> bool:
     """True when the kernels can take this (param, grad, stability) triple."""
     return (
-        p.is_cuda
+        (p.is_cuda or _INTERPRET)
         and p.dtype in _DTYPES
         and g.dtype in _DTYPES
         and s.dtype == torch.float32

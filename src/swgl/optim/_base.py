@@ -1,0 +1,211 @@
+"""What the fused SWGL optimizers share: options, state, the guard and the two paths.
+
+A step takes one of two paths, chosen per call:
+
+* **Triton** (``fused=None`` on CUDA with Triton, or ``fused=True``): every param of every
+  group must be a contiguous CUDA tensor on one device (fp32/bf16/fp16, fp32 state). The
+  non-finite check writes a flag on the device that every later kernel reads, and the step
+  counters are bumped by ``1 - found_inf`` on the device, so the step never syncs with the
+  host. Launches per step: about five for v1 and eight for v2, whatever the number of
+  params.
+* **foreach** (everything else): the same math through ``torch._foreach_*``, with one host
+  sync for the non-finite guard (:func:`swgl.functional.all_finite`).
+
+On either path a non-finite gradient anywhere skips the whole step: params, optimizer state,
+SWGL state and step counters are left as they were. Gradients are only read, never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from swgl import kernels
+from swgl._validate import check_choice, check_range
+from swgl.functional import all_finite
+from swgl.optim._coeffs import COEFFS
+from swgl.rules import RULES, Context, Hyper
+
+SWGL_DEFAULTS: dict[str, Any] = dict(
+    rule="v2", alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0, mode="grad"
+)
+#: where the SWGL factor is applied: to the gradient the base optimizer sees, or to its update
+MODES = ("grad", "update")
+
+
+def check_swgl(options: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate an ``swgl=`` dict (merged over ``base`` or the defaults); return a full copy."""
+    if not isinstance(options, dict):
+        raise TypeError(f"swgl must be a dict of SWGL options, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(SWGL_DEFAULTS))
+    if unknown:
+        raise ValueError(f"swgl has unknown options {unknown}; known: {sorted(SWGL_DEFAULTS)}")
+    out = {**(base or SWGL_DEFAULTS), **options}
+    out["rule"] = check_choice("swgl['rule']", out["rule"], COEFFS)
+    out["alpha"] = check_range("swgl['alpha']", out["alpha"], 0.0, 1.0, high_open=True)
+    out["lambda_reg"] = check_range("swgl['lambda_reg']", out["lambda_reg"], 0.0)
+    out["eps"] = check_range("swgl['eps']", out["eps"], 0.0, low_open=True)
+    out["max_boost"] = check_range("swgl['max_boost']", out["max_boost"], 1.0, 1e30)
+    out["mode"] = check_choice("swgl['mode']", out["mode"], MODES)
+    return out
+
+
+def hyper(options: dict[str, Any]) -> Hyper:
+    return Hyper(alpha=options["alpha"], lambda_reg=options["lambda_reg"], eps=options["eps"],
+                 max_boost=options["max_boost"])
+
+
+def check_fused(fused: Any) -> bool | None:
+    if fused is not None and not isinstance(fused, bool):
+        raise TypeError(f"fused must be None or a bool, got {fused!r}")
+    if fused and not kernels.triton_available():
+        raise RuntimeError("fused=True needs a CUDA device and Triton (pip install triton)")
+    return fused
+
+
+class SWGLOptimizer(Optimizer):
+    """Base class: subclasses name their buffers and implement the two update paths."""
+
+    #: optimizer-state keys of the fp32 buffers shaped like the param, in kernel order
+    buffer_keys: tuple[str, ...] = ()
+    #: the kernels' optimizer id (see :mod:`swgl.kernels.triton_swgl`)
+    kernel_opt: int = 0
+
+    def __init__(self, params, defaults: dict[str, Any], swgl: dict[str, Any] | None,
+                 fused: bool | None) -> None:
+        defaults = {**defaults, "swgl": check_swgl(swgl or {}), "fused": check_fused(fused)}
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if "swgl" in param_group:
+            param_group["swgl"] = check_swgl(param_group["swgl"], self.defaults["swgl"])
+        if "fused" in param_group:
+            param_group["fused"] = check_fused(param_group["fused"])
+        super().add_param_group(param_group)
+
+    def group_buffer_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return self.buffer_keys
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _gather(self, group: dict[str, Any]):
+        params, grads, stabilities, steps = [], [], [], []
+        keys = self.group_buffer_keys(group)
+        buffers: list[list[Tensor]] = [[] for _ in keys]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise TypeError(f"{type(self).__name__} does not support sparse gradients")
+            state = self.state[p]
+            if "step" not in state:
+                init = RULES[group["swgl"]["rule"]].init_value
+                device = p.device if p.is_cuda else torch.device("cpu")
+                state["step"] = torch.zeros((), dtype=torch.float32, device=device)
+                state["swgl_stability"] = torch.full_like(
+                    p, init, dtype=torch.float32, memory_format=torch.contiguous_format
+                )
+            for key, out in zip(keys, buffers):
+                if key not in state:
+                    state[key] = torch.zeros_like(
+                        p, dtype=torch.float32, memory_format=torch.contiguous_format
+                    )
+                out.append(state[key])
+            params.append(p.detach())
+            grads.append(p.grad)
+            stabilities.append(state["swgl_stability"])
+            steps.append(state["step"])
+        return params, grads, stabilities, steps, buffers
+
+    # -- step ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = [(group, self._gather(group)) for group in self.param_groups]
+        work = [(group, lists) for group, lists in work if lists[0]]
+        if not work:
+            return loss
+        if self._use_triton(work):
+            self._triton_step(work)
+        else:
+            self._foreach_step(work)
+        return loss
+
+    def _use_triton(self, work) -> bool:
+        wants = {group["fused"] for group, _ in work}
+        if wants == {False}:
+            return False
+        devices = {p.device for _, lists in work for p in lists[0]}
+        ok = len(devices) == 1 and all(
+            group["swgl"]["rule"] in kernels.FUSED
+            and not kernels.split(params, grads, stabs, buffers)[1]
+            for group, (params, grads, stabs, _, buffers) in work
+        )
+        ok = ok and next(iter(devices)).type == "cuda" and kernels.triton_available()
+        if True in wants and not ok:
+            raise RuntimeError(
+                "fused=True needs every param on one CUDA device, contiguous, of dtype "
+                "fp32/bf16/fp16, and a rule with a kernel; pass fused=None to fall back"
+            )
+        return ok and False not in wants
+
+    def _foreach_step(self, work) -> None:
+        if not all_finite([g for _, lists in work for g in lists[1]]):
+            return
+        for group, (params, grads, stabilities, steps, buffers) in work:
+            torch._foreach_add_(steps, 1.0)
+            options = group["swgl"]
+            c, k = COEFFS[options["rule"]](params, grads, stabilities, steps, hyper(options),
+                                           Context())
+            w = [p.float() for p in params]
+            g = [x.float() for x in grads]
+            self._foreach_update(group, w, g, buffers, [float(t) for t in steps], c, k,
+                                 options["mode"])
+            for p, w32 in zip(params, w):
+                if w32 is not p:
+                    p.copy_(w32)
+
+    def _foreach_update(self, group, w, g, buffers, steps, c, k, mode) -> None:
+        """Update the fp32 params ``w`` in place from fp32 grads ``g`` (subclasses)."""
+        raise NotImplementedError
+
+    def kernel_args(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The optimizer's hyperparameters as :func:`swgl.kernels.triton_swgl.step` takes them."""
+        raise NotImplementedError
+
+    def _triton_step(self, work) -> None:
+        from swgl.kernels import triton_swgl as K
+
+        ctx = Context()
+        device = work[0][1][0][0].device
+        found = torch.zeros(1, dtype=torch.float32, device=device)
+        plans = []
+        for group, (params, grads, stabilities, steps, buffers) in work:
+            rule = group["swgl"]["rule"]
+            for idx in kernels.split(params, grads, stabilities, buffers)[0].values():
+                lists = [[xs[i] for i in idx] for xs in (params, grads, stabilities, *buffers)]
+                lau = K.Launch(lists)
+                if rule == "v2":
+                    sumsq = K.v2_weight_sums(lau, ctx, found)
+                else:
+                    sumsq = None
+                    K.nonfinite(lau, found)
+                plans.append((group, lau, [steps[i] for i in idx], sumsq))
+        all_steps = [t for _, lau, steps, _ in plans for t in steps]
+        torch._foreach_add_(all_steps, 1.0)
+        torch._foreach_sub_(all_steps, found.reshape(()))
+        for group, lau, steps, sumsq in plans:
+            options = group["swgl"]
+            hp = hyper(options)
+            lau.steps = torch.stack(steps)
+            sums = K.v2_ema(lau, hp, ctx, sumsq, found) if sumsq is not None else None
+            K.step(lau, options["rule"], hp, ctx, sums=sums, found=found, opt=self.kernel_opt,
+                   mode=options["mode"], **self.kernel_args(group))

@@ -1,0 +1,95 @@
+r"""AdamW with SWGL fused into the same pass.
+
+For each param, with the SWGL pair :math:`(c, k)` of :mod:`swgl.optim._coeffs` (the rule's
+output is :math:`c \odot g + k \odot w`) and step :math:`t`:
+
+mode ``"grad"`` (exactly ``SWGL`` on the gradient, then ``torch.optim.AdamW``):
+
+.. math::
+    d = c \odot g + k \odot w,\quad m \leftarrow \beta_1 m + (1-\beta_1) d,\quad
+    v \leftarrow \beta_2 v + (1-\beta_2) d^2,\\
+    u = \frac{m / (1-\beta_1^t)}{\sqrt{v / (1-\beta_2^t)} + \epsilon},\quad
+    w \leftarrow w (1 - \eta\lambda) - \eta u
+
+mode ``"update"`` (the moments see the raw gradient; SWGL scales Adam's update, where Adam's
+per-parameter normalisation cannot cancel it):
+
+.. math::
+    m, v \text{ from } g,\quad w \leftarrow w (1 - \eta\lambda) - \eta (c \odot u + k \odot w)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from swgl._validate import check_range
+from swgl.optim._base import SWGLOptimizer
+
+__all__ = ["AdamW"]
+
+
+class AdamW(SWGLOptimizer):
+    """``torch.optim.AdamW`` (no amsgrad, no maximize) with SWGL in the same pass.
+
+    Args:
+        params: iterable of tensors or of param-group dicts; a group may carry its own
+            ``swgl`` dict, merged over the constructor's.
+        lr, betas, eps, weight_decay: as in ``torch.optim.AdamW``.
+        swgl: SWGL options: ``rule`` ("v2", "v1", "v1-paper"), ``alpha``, ``lambda_reg``,
+            ``eps``, ``max_boost`` (see :class:`swgl.SWGL`) and ``mode`` ("grad" or "update").
+        fused: None picks the Triton kernels when every param is a contiguous CUDA tensor and
+            Triton is installed, else foreach; True requires the kernels; False never uses them.
+
+    State per param: ``step``, ``exp_avg``, ``exp_avg_sq`` (fp32) and ``swgl_stability``.
+    Gradients are read, never modified. A non-finite gradient skips the whole step.
+    """
+
+    buffer_keys = ("exp_avg", "exp_avg_sq")
+    kernel_opt = 1
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, *,
+                 swgl: dict[str, Any] | None = None, fused: bool | None = None) -> None:
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair of floats, got {betas!r}")
+        defaults = dict(
+            lr=check_range("lr", lr, 0.0),
+            betas=(check_range("betas[0]", betas[0], 0.0, 1.0, high_open=True),
+                   check_range("betas[1]", betas[1], 0.0, 1.0, high_open=True)),
+            eps=check_range("eps", eps, 0.0),
+            weight_decay=check_range("weight_decay", weight_decay, 0.0),
+        )
+        super().__init__(params, defaults, swgl, fused)
+
+    def kernel_args(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return dict(lr=group["lr"], beta1=beta1, beta2=beta2, opt_eps=group["eps"],
+                    weight_decay=group["weight_decay"])
+
+    def _foreach_update(self, group, w, g, buffers, steps, c, k, mode) -> None:
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        beta1, beta2 = group["betas"]
+        exp_avgs, exp_avg_sqs = buffers
+        if mode == "grad":
+            d = torch._foreach_mul(g, c)
+            if k is not None:
+                torch._foreach_addcmul_(d, k, w)
+        else:
+            d = g
+        torch._foreach_lerp_(exp_avgs, d, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, d, d, value=1.0 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, [math.sqrt(1.0 - beta2**t) for t in steps])
+        torch._foreach_add_(denom, eps)
+        u = torch._foreach_div(exp_avgs, denom)
+        torch._foreach_div_(u, [1.0 - beta1**t for t in steps])
+        if mode == "update":
+            torch._foreach_mul_(u, c)
+            if k is not None:
+                torch._foreach_addcmul_(u, k, w)
+        torch._foreach_mul_(w, 1.0 - lr * wd)
+        torch._foreach_add_(w, u, alpha=-lr)

@@ -1,0 +1,89 @@
+r"""SGD (with momentum) with SWGL fused into the same pass.
+
+With the SWGL pair :math:`(c, k)` (the rule's output is :math:`c \odot g + k \odot w`):
+
+mode ``"grad"`` (exactly ``SWGL`` on the gradient, then ``torch.optim.SGD``):
+
+.. math::
+    d = c \odot g + k \odot w + \lambda w,\quad
+    b \leftarrow \mu b + (1-\tau) d\ (b = d \text{ at the first step}),\quad
+    u = d + \mu b \text{ (nesterov) or } b,\quad w \leftarrow w - \eta u
+
+mode ``"update"``: the same with :math:`d = g + \lambda w`, then
+:math:`w \leftarrow w - \eta (c \odot u + k \odot w)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from swgl._validate import check_range
+from swgl.optim._base import SWGLOptimizer
+
+__all__ = ["SGD"]
+
+
+class SGD(SWGLOptimizer):
+    """``torch.optim.SGD`` (no maximize) with SWGL in the same pass.
+
+    Args:
+        params: iterable of tensors or of param-group dicts (a group may carry ``swgl``).
+        lr, momentum, dampening, weight_decay, nesterov: as in ``torch.optim.SGD``.
+        swgl, fused: as in :class:`swgl.optim.AdamW`.
+
+    State per param: ``step``, ``swgl_stability`` and, with momentum, ``momentum_buffer``.
+    """
+
+    kernel_opt = 2
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *,
+                 swgl: dict[str, Any] | None = None, fused: bool | None = None) -> None:
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+        momentum = check_range("momentum", momentum, 0.0)
+        dampening = check_range("dampening", dampening)
+        if nesterov and (momentum <= 0.0 or dampening != 0.0):
+            raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
+        defaults = dict(lr=check_range("lr", lr, 0.0), momentum=momentum, dampening=dampening,
+                        weight_decay=check_range("weight_decay", weight_decay, 0.0),
+                        nesterov=nesterov)
+        super().__init__(params, defaults, swgl, fused)
+
+    def group_buffer_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("momentum_buffer",) if group["momentum"] != 0.0 else ()
+
+    def kernel_args(self, group: dict[str, Any]) -> dict[str, Any]:
+        return dict(lr=group["lr"], weight_decay=group["weight_decay"],
+                    momentum=group["momentum"], dampening=group["dampening"],
+                    nesterov=group["nesterov"])
+
+    def _foreach_update(self, group, w, g, buffers, steps, c, k, mode) -> None:
+        lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+        if mode == "grad":
+            d = torch._foreach_mul(g, c)
+            if k is not None:
+                torch._foreach_addcmul_(d, k, w)
+        else:
+            d = torch._foreach_mul(g, 1.0)
+        if wd != 0.0:
+            torch._foreach_add_(d, w, alpha=wd)
+        u = d
+        if mu != 0.0:
+            (bufs,) = buffers
+            for buf, d_i, t in zip(bufs, d, steps):
+                if t == 1.0:
+                    buf.copy_(d_i)
+                else:
+                    buf.mul_(mu).add_(d_i, alpha=1.0 - group["dampening"])
+            if group["nesterov"]:
+                torch._foreach_add_(d, bufs, alpha=mu)
+            else:
+                u = bufs
+        if mode == "update":
+            u = torch._foreach_mul(u, c)
+            if k is not None:
+                torch._foreach_addcmul_(u, k, w)
+        torch._foreach_add_(w, u, alpha=-lr)
