@@ -115,7 +115,8 @@ def check_consistency(
     compared; sharded DTensor state (FSDP2) belongs to one rank per shard and is counted in
     ``sharded`` instead. ``named_params`` (e.g. ``model.named_parameters()``) names the
     tensors in the report; ``params=True`` compares the params themselves too. It costs a
-    copy of the compared state and four all-reduces: a diagnostic, not a per-step call.
+    copy of the compared state, one all-reduce for the layout and four per dtype: a
+    diagnostic, not a per-step call.
     """
     _check_optimizer(optimizer)
     names = {id(p): name for name, p in (named_params or ())}
