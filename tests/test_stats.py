@@ -173,3 +173,48 @@ def test_history_pads_late_layers_and_is_json():
     assert out["layers"]["late"][0] is None and len(out["layers"]["late"][1]) == 2
     assert out["at_boost"]["late"][0] is None and out["mean_scale"]["0.weight"][1] > 0
     assert len(out["layers"]["0.weight"]) == 2
+
+
+def _history() -> dict:
+    model = _model()
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1), max_boost=3.0)
+    history = StatsHistory()
+    for step in range(1, 5):
+        opt.zero_grad()
+        _backward(model, step)
+        opt.step()
+        history.record(step, opt, model)
+    return history.to_dict()
+
+
+def test_plot_cell_and_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    from swgl.plots import plot_cell, plot_run
+
+    stability = _history()
+    stability["layers"]["late"] = [None, None, [0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5]]
+    cell = {"scenario": "permuted", "method": "swgl-sgd", "seed": 0, "stability": stability,
+            "curve": {"step": [2, 4], "acc": [[0.5], [0.4, 0.9]]}}
+    png = plot_cell(cell, tmp_path / "one.png", layers=["0.weight", "late"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The harness's own record: quantiles only, no limit fractions.
+    run = tmp_path / "run"
+    (run / "cells").mkdir(parents=True)
+    bare = {"step": stability["step"], "quantiles": stability["quantiles"],
+            "layers": {"0.weight": stability["layers"]["0.weight"]}}
+    (run / "cells" / "a.json").write_text(json.dumps({"stability": bare, "curve": cell["curve"]}))
+    (run / "cells" / "b.json").write_text(json.dumps({"curve": cell["curve"], "stability": {}}))
+    paths = plot_run(run)
+    assert [p.name for p in paths] == ["a.png", "b.png"] and all(p.stat().st_size for p in paths)
+
+
+def test_plot_errors(tmp_path):
+    pytest.importorskip("matplotlib")
+    from swgl.plots import plot_cell, plot_run
+
+    with pytest.raises(ValueError, match="neither"):
+        plot_cell({"stability": {}, "curve": {"step": []}}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="not in the record"):
+        plot_cell({"stability": _history()}, tmp_path / "x.png", layers=["nope"])
+    with pytest.raises(FileNotFoundError, match="bench run"):
+        plot_run(tmp_path)
