@@ -29,7 +29,7 @@ from torch import Tensor
 
 from swgl.rules import RULES, Context, Hyper
 
-__all__ = ["FUSED", "triton_available", "can_fuse", "supports", "fusable_tensor"]
+__all__ = ["FUSED", "triton_available", "runs_on", "can_fuse", "supports", "fusable_tensor"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost"})
@@ -39,8 +39,14 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
-    """True when Triton is installed and a CUDA device is visible."""
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+    """True when Triton is installed and a CUDA device (or its CPU interpreter) can run it."""
+    installed = importlib.util.find_spec("triton") is not None
+    return installed and (torch.cuda.is_available() or _INTERPRET)
+
+
+def runs_on(device: torch.device) -> bool:
+    """True when the kernels can run on tensors of ``device``."""
+    return triton_available() and (device.type == "cuda" or _INTERPRET)
 
 
 def supports(hp: Hyper) -> bool:
@@ -73,7 +79,7 @@ def can_fuse(rule: str, params: Sequence[Tensor], hp: Hyper | None = None) -> bo
     return (
         rule in FUSED
         and bool(params)
-        and all(p.is_cuda for p in params)
+        and all(p.is_cuda or _INTERPRET for p in params)
         and (hp is None or supports(hp))
         and triton_available()
     )

@@ -149,7 +149,7 @@ class SWGLOptimizer(Optimizer):
             and not kernels.split(params, grads, stabs, buffers)[1]
             for group, (params, grads, stabs, _, buffers) in work
         )
-        ok = ok and next(iter(devices)).type == "cuda" and kernels.triton_available()
+        ok = ok and kernels.runs_on(next(iter(devices)))
         if True in wants and not ok:
             raise RuntimeError(
                 "fused=True needs every param on one CUDA device, contiguous, of dtype "

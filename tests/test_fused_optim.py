@@ -1,0 +1,327 @@
+"""swgl.optim.AdamW / SGD: SWGL fused into the optimizer step.
+
+* foreach fallback (everywhere): mode "grad" equals SWGL (foreach) followed by torch's
+  optimizer; mode "update" equals a per-tensor reference written out here.
+* Triton path (CUDA + Triton, or TRITON_INTERPRET=1): equals the foreach fallback, skips
+  non-finite steps without a host sync.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import swgl.optim
+from swgl import kernels
+from swgl.modulator import SWGL
+from swgl.optim._coeffs import COEFFS
+from swgl.rules import RULES, Context, Hyper
+
+RULE_NAMES = ("v1", "v1-paper", "v2")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+needs_kernels = pytest.mark.skipif(
+    not kernels.runs_on(torch.device(DEV)),
+    reason="needs CUDA and Triton (or TRITON_INTERPRET=1 with Triton installed)",
+)
+SW = dict(alpha=0.9, lambda_reg=0.05, eps=1e-8, max_boost=10.0)
+ADAMW = dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1)
+SGD_KW = [
+    dict(lr=1e-2, momentum=0.9, dampening=0.1, weight_decay=0.1),
+    dict(lr=1e-2, momentum=0.9, nesterov=True),
+    dict(lr=1e-2),
+]
+
+
+def _model(dtype=torch.float32, device="cpu"):
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 33), torch.nn.Tanh(), torch.nn.Linear(33, 3))
+    return net.to(device=device, dtype=dtype)
+
+
+def _backward(net, seed):
+    gen = torch.Generator().manual_seed(seed)
+    p = next(net.parameters())
+    x = torch.randn(16, 7, generator=gen).to(p)
+    y = torch.randn(16, 3, generator=gen).to(p.device)
+    net.zero_grad()
+    torch.nn.functional.mse_loss(net(x).float(), y).backward()
+
+
+def _max_diff(a, b):
+    return max((p.float() - q.float()).abs().max().item() for p, q in zip(a.parameters(),
+                                                                            b.parameters()))
+
+
+def _make(kind, params, rule, mode="grad", fused=False, **kw):
+    cls = swgl.optim.AdamW if kind == "adamw" else swgl.optim.SGD
+    return cls(params, **kw, swgl=dict(rule=rule, mode=mode, **SW), fused=fused)
+
+
+# -- foreach fallback -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("kind", ["adamw", "sgd0", "sgd1", "sgd2"])
+def test_grad_mode_equals_swgl_then_torch_optimizer(rule, kind):
+    fused_net, ref_net = _model(), _model()
+    if kind == "adamw":
+        opt = _make("adamw", fused_net.parameters(), rule, **ADAMW)
+        base = torch.optim.AdamW(ref_net.parameters(), **ADAMW, foreach=True)
+    else:
+        kw = SGD_KW[int(kind[-1])]
+        opt = _make("sgd", fused_net.parameters(), rule, **kw)
+        base = torch.optim.SGD(ref_net.parameters(), **kw)
+    mod = SWGL(ref_net.parameters(), rule=rule, **SW)
+    for i in range(5):
+        _backward(fused_net, i)
+        _backward(ref_net, i)
+        grads = [p.grad.clone() for p in fused_net.parameters()]
+        opt.step()
+        assert all(torch.equal(p.grad, g) for p, g in zip(fused_net.parameters(), grads))
+        mod.step()
+        base.step()
+    assert _max_diff(fused_net, ref_net) < 1e-6
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_coefficients_reproduce_the_rule(rule):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5,), (7, 13)]
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    stabs = [torch.rand(s, generator=gen) + 0.5 for s in shapes]
+    steps = [torch.tensor(3.0)] * 2
+    hp = Hyper(**SW)
+    for scale in (1.0, 16.0):
+        ref_g, ref_s = [g.clone() for g in grads], [s.clone() for s in stabs]
+        RULES[rule].foreach(params, ref_g, ref_s, steps, hp, Context(grad_scale=scale))
+        s = [x.clone() for x in stabs]
+        c, k = COEFFS[rule](params, grads, s, steps, hp, Context(grad_scale=scale))
+        for i in range(2):
+            torch.testing.assert_close(c[i] * grads[i] + k[i] * params[i], ref_g[i])
+            torch.testing.assert_close(s[i], ref_s[i])
+
+
+def _update_mode_reference(kind, net, states, rule, kw, step):
+    """Per-tensor update-mode step, written out: the factor scales the base's update."""
+    hp = Hyper(**SW)
+    params = [p.detach() for p in net.parameters()]
+    grads = [p.grad for p in params_of(net)]
+    c, k = COEFFS[rule](params, grads, states["s"], [torch.tensor(float(step))] * len(params),
+                        hp, Context())
+    for i, (w, g) in enumerate(zip(params, grads)):
+        if kind == "adamw":
+            b1, b2 = kw["betas"]
+            m, v = states["m"][i], states["v"][i]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            u = (m / (1 - b1**step)) / ((v / (1 - b2**step)).sqrt() + kw["eps"])
+            new = w * (1 - kw["lr"] * kw["weight_decay"]) - kw["lr"] * (c[i] * u + k[i] * w)
+        else:
+            d = g + kw.get("weight_decay", 0.0) * w
+            mu = kw.get("momentum", 0.0)
+            if mu:
+                buf = states["m"][i]
+                if step == 1:
+                    buf.copy_(d)
+                else:
+                    buf.mul_(mu).add_(d, alpha=1 - kw.get("dampening", 0.0))
+                d = d + mu * buf if kw.get("nesterov") else buf
+            new = w - kw["lr"] * (c[i] * d + k[i] * w)
+        w.copy_(new)
+
+
+def params_of(net):
+    return list(net.parameters())
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("kind", ["adamw", "sgd0", "sgd1"])
+def test_update_mode_matches_written_out_reference(rule, kind):
+    net, ref = _model(), _model()
+    kw = ADAMW if kind == "adamw" else SGD_KW[int(kind[-1])]
+    opt = _make(kind[:5] if kind == "adamw" else "sgd", net.parameters(), rule, "update", **kw)
+    init = RULES[rule].init_value
+    states = {key: [torch.zeros_like(p) for p in ref.parameters()] for key in "mv"}
+    states["s"] = [torch.full_like(p, init) for p in ref.parameters()]
+    for step in range(1, 5):
+        _backward(net, step)
+        _backward(ref, step)
+        opt.step()
+        with torch.no_grad():
+            _update_mode_reference(kind[:5] if kind == "adamw" else "sgd", ref, states, rule,
+                                   kw, step)
+    assert _max_diff(net, ref) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_nonfinite_grad_skips_whole_step(kind):
+    net = _model()
+    kw = ADAMW if kind == "adamw" else SGD_KW[0]
+    opt = _make(kind, net.parameters(), "v2", **kw)
+    _backward(net, 0)
+    opt.step()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    state = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in net.parameters()}
+    _backward(net, 1)
+    net[2].bias.grad[0] = float("nan")
+    opt.step()
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k])
+    for p in net.parameters():
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, state[id(p)][k]), k
+
+
+def test_state_dict_round_trip_continues_identically():
+    a, b = _model(), _model()
+    opt_a = _make("adamw", a.parameters(), "v2", "update", **ADAMW)
+    for i in range(3):
+        _backward(a, i)
+        opt_a.step()
+    b.load_state_dict(a.state_dict())
+    opt_b = _make("adamw", b.parameters(), "v1", **ADAMW)
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
+    assert opt_b.param_groups[0]["swgl"]["rule"] == "v2"
+    assert set(opt_b.state[next(b.parameters())]) == {
+        "step", "exp_avg", "exp_avg_sq", "swgl_stability"}
+    for i in range(3, 5):
+        for net, opt in ((a, opt_a), (b, opt_b)):
+            _backward(net, i)
+            opt.step()
+    assert _max_diff(a, b) == 0.0
+
+
+def test_param_group_swgl_options_merge_over_defaults():
+    net = _model()
+    opt = swgl.optim.SGD([{"params": net[0].parameters(), "swgl": {"alpha": 0.5}},
+                          {"params": net[2].parameters()}], lr=0.1, swgl={"rule": "v1"})
+    assert opt.param_groups[0]["swgl"]["alpha"] == 0.5
+    assert opt.param_groups[0]["swgl"]["rule"] == "v1"
+    assert opt.param_groups[1]["swgl"]["alpha"] == 0.99
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(swgl={"alpha": 1.5}), ValueError, r"swgl\['alpha'\]"),
+        (dict(swgl={"mode": "both"}), ValueError, r"swgl\['mode'\]"),
+        (dict(swgl={"rule": "v9"}), ValueError, r"swgl\['rule'\]"),
+        (dict(swgl={"bogus": 1}), ValueError, "unknown options"),
+        (dict(swgl=[("alpha", 0.5)]), TypeError, "swgl must be a dict"),
+        (dict(fused="yes"), TypeError, "fused"),
+        (dict(lr=-1.0), ValueError, "lr"),
+        (dict(betas=(0.9,)), ValueError, "betas"),
+        (dict(betas=(0.9, 1.0)), ValueError, r"betas\[1\]"),
+    ],
+)
+def test_adamw_argument_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        swgl.optim.AdamW(_model().parameters(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(nesterov=True), ValueError, "nesterov"),
+        (dict(momentum=0.9, dampening=0.1, nesterov=True), ValueError, "nesterov"),
+        (dict(nesterov=1), TypeError, "nesterov"),
+        (dict(momentum=-0.1), ValueError, "momentum"),
+    ],
+)
+def test_sgd_argument_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        swgl.optim.SGD(_model().parameters(), lr=0.1, **kwargs)
+
+
+@pytest.mark.skipif(kernels.triton_available(), reason="checks the error without Triton")
+def test_fused_true_without_triton_raises():
+    with pytest.raises(RuntimeError, match="fused=True"):
+        swgl.optim.AdamW(_model().parameters(), fused=True)
+
+
+# -- Triton path ------------------------------------------------------------------------------
+
+
+def _pair(kind, rule, mode, dtype, kw):
+    nets = [_model(dtype, DEV), _model(dtype, DEV)]
+    opts = [_make(kind, nets[0].parameters(), rule, mode, fused=True, **kw),
+            _make(kind, nets[1].parameters(), rule, mode, fused=False, **kw)]
+    return nets, opts
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["grad", "update"])
+@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("kind", ["adamw", "sgd0", "sgd1", "sgd2"])
+def test_triton_step_matches_foreach(kind, rule, mode):
+    kw = ADAMW if kind == "adamw" else SGD_KW[int(kind[-1])]
+    base = "adamw" if kind == "adamw" else "sgd"
+    nets, opts = _pair(base, rule, mode, torch.float32, kw)
+    for i in range(4):
+        for net, opt in zip(nets, opts):
+            _backward(net, i)
+            if i == 2:
+                net[0].weight.grad[1, 1] = float("inf")
+            opt.step()
+        # v2 + Adam amplifies fp32 rounding of the per-tensor mean a little
+        assert _max_diff(*nets) < (1e-5 if rule == "v2" else 1e-6)
+    for p, q in zip(*(n.parameters() for n in nets)):
+        st, ref = opts[0].state[p], opts[1].state[q]
+        assert float(st["step"]) == float(ref["step"]) == 3.0
+        for key in ref:
+            torch.testing.assert_close(st[key].cpu(), ref[key].cpu(), rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("base", ["adamw", "sgd"])
+def test_triton_step_bf16_params_one_step(base, rule):
+    kw = ADAMW if base == "adamw" else SGD_KW[0]
+    nets, opts = _pair(base, rule, "grad", torch.bfloat16, kw)
+    for net, opt in zip(nets, opts):
+        _backward(net, 0)
+        opt.step()
+    for p, q in zip(*(n.parameters() for n in nets)):
+        assert p.dtype == torch.bfloat16
+        # one bf16 ulp where the fp32 results straddle a rounding boundary
+        torch.testing.assert_close(p, q, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and kernels.triton_available()),
+                    reason="needs CUDA and Triton")
+@pytest.mark.parametrize("rule", ["v1", "v2"])
+def test_triton_step_never_syncs_and_skips_on_device(rule):
+    net = _model(device="cuda")
+    opt = _make("adamw", net.parameters(), rule, fused=True, **ADAMW)
+    _backward(net, 0)
+    opt.step()  # compiles the kernels
+    torch.cuda.synchronize()
+    before = [p.clone() for p in net.parameters()]
+    _backward(net, 1)
+    net[0].bias.grad[0] = float("nan")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
+    assert float(opt.state[net[0].weight]["step"]) == 1.0
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and kernels.triton_available()),
+                    reason="needs CUDA and Triton")
+def test_triton_grad_mode_equals_swgl_then_torch_fused_adamw():
+    nets = [_model(device="cuda"), _model(device="cuda")]
+    opt = _make("adamw", nets[0].parameters(), "v2", fused=True, **ADAMW)
+    mod = SWGL(nets[1].parameters(), rule="v2", **SW)
+    base = torch.optim.AdamW(nets[1].parameters(), **ADAMW, fused=True)
+    for i in range(4):
+        for net in nets:
+            _backward(net, i)
+        opt.step()
+        mod.step()
+        base.step()
+    assert _max_diff(*nets) < 1e-5

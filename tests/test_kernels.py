@@ -1,0 +1,248 @@
+"""The fused (Triton) and compiled SWGL passes against the single-tensor reference.
+
+GPU tests need CUDA and Triton and skip cleanly without them. With ``TRITON_INTERPRET=1`` and
+Triton installed, the kernel tests run on the CPU through Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from swgl import compiled, kernels
+from swgl.functional import swgl as swgl_fn
+from swgl.modulator import SWGL
+from swgl.rules import RULES, Context, Hyper
+
+RULE_NAMES = ("v1", "v1-paper", "v2")
+KDEV = "cuda" if torch.cuda.is_available() else "cpu"
+needs_kernels = pytest.mark.skipif(
+    not (kernels.triton_available() and kernels.runs_on(torch.device(KDEV))),
+    reason="needs CUDA and Triton (or TRITON_INTERPRET=1 with Triton installed)",
+)
+needs_cuda_kernels = pytest.mark.skipif(
+    not (torch.cuda.is_available() and kernels.triton_available()),
+    reason="needs CUDA and Triton",
+)
+SHAPES = [(1,), (3,), (7, 13), (4096,), (4097,), (3, 5, 67), (130, 31)]
+HP = Hyper(alpha=0.9, lambda_reg=0.05, eps=1e-8, max_boost=10.0)
+
+
+def _inputs(rule, shapes, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen).to(device=device, dtype=dtype) for s in shapes]
+    grads = [(torch.randn(s, generator=gen) * 0.1).to(device=device, dtype=dtype) for s in shapes]
+    base = 0.5 if RULES[rule].init_value else 0.0
+    stabs = [(torch.rand(s, generator=gen) + base).to(device) for s in shapes]
+    steps = [torch.tensor(float(3 + i % 4)) for i in range(len(shapes))]
+    return params, grads, stabs, steps
+
+
+def _clone(xs):
+    return [x.clone() for x in xs]
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def _run(impl, rule, inputs, ctx, hp=HP):
+    params, grads, stabs, steps = inputs
+    g, s = _clone(grads), _clone(stabs)
+    impl(params, g, s, steps, hp, ctx)
+    return g, s
+
+
+def _check(out, ref, dtype, tol=None):
+    if tol is None:
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for a, b in zip(out[0], ref[0]):
+        assert torch.isfinite(a).all()
+        assert _rel(a, b) < tol
+    for a, b in zip(out[1], ref[1]):
+        assert _rel(a, b) < (1e-5 if dtype == torch.float32 else 5e-3)
+
+
+# -- everywhere -------------------------------------------------------------------------------
+
+
+def test_registry_covers_rules_with_one_signature():
+    assert set(kernels.FUSED) == set(RULE_NAMES) == set(compiled.COMPILED)
+
+
+def test_import_swgl_does_not_import_triton():
+    code = "import sys, swgl, swgl.optim; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_auto_dispatch_never_fuses_cpu_tensors():
+    params = [torch.randn(4)]
+    assert not kernels.can_fuse("v2", params, HP) or kernels._INTERPRET
+
+
+def test_unknown_hyper_options_are_not_fused():
+    @dataclasses.dataclass(frozen=True)
+    class Hyper2(Hyper):
+        mode: str = "grad"
+
+    assert kernels.supports(Hyper2(0.9, 0.0, 1e-8, 10.0))
+    assert not kernels.supports(Hyper2(0.9, 0.0, 1e-8, 10.0, mode="update"))
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_fused_registry_falls_back_to_foreach_for_tensors_it_cannot_take(rule):
+    # CPU (outside the interpreter) and fp64 tensors go to foreach inside the same call
+    inputs = _inputs(rule, [(5,), (3, 4)], torch.float64, "cpu")
+    out = _run(kernels.FUSED[rule], rule, inputs, Context(grad_scale=8.0))
+    ref = _run(RULES[rule].single, rule, inputs, Context(grad_scale=8.0))
+    _check(out, ref, torch.float32)
+
+
+@pytest.mark.skipif(kernels.triton_available(), reason="checks the error without Triton")
+def test_fused_true_without_triton_raises():
+    p, g, s, st = _inputs("v2", [(3,)], torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match="fused=True"):
+        swgl_fn(p, g, s, st, rule="v2", alpha=0.9, lambda_reg=0.0, eps=1e-8, max_boost=10.0,
+                fused=True)
+
+
+def test_modulator_checks_fused_option():
+    with pytest.raises(TypeError, match="fused"):
+        SWGL([torch.nn.Parameter(torch.randn(3))], fused="yes")
+    opt = SWGL([torch.nn.Parameter(torch.randn(3))], fused=False)
+    assert opt.param_groups[0]["fused"] is False
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_compiled_matches_reference(rule, monkeypatch):
+    # "eager" checks the traced graph (one graph over the whole list) quickly on the CPU;
+    # the GPU suite runs Inductor.
+    monkeypatch.setattr(compiled, "BACKEND", "eager" if KDEV == "cpu" else "inductor")
+    inputs = _inputs(rule, [(5,), (7, 13), (130,)], torch.float32, KDEV)
+    for scale in (1.0, 4.0):
+        out = _run(compiled.COMPILED[rule], rule, inputs, Context(grad_scale=scale))
+        ref = _run(RULES[rule].single, rule, inputs, Context(grad_scale=scale))
+        _check(out, ref, torch.float32)
+
+
+# -- kernels ----------------------------------------------------------------------------------
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_kernel_matches_single_tensor_reference(rule, dtype):
+    from swgl.kernels import triton_swgl
+
+    for seed, scale in ((0, 1.0), (1, 1024.0)):
+        inputs = _inputs(rule, SHAPES, dtype, KDEV, seed)
+        ctx = Context(grad_scale=scale)
+
+        def fused(*args, rule=rule):
+            triton_swgl.swgl_pass(*args, rule=rule)
+
+        out = _run(fused, rule, inputs, ctx)
+        ref = _run(RULES[rule].single, rule, inputs, ctx)
+        _check(out, ref, dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_kernel_handles_unaligned_and_noncontiguous_tensors(rule):
+    base = _inputs(rule, [(67, 9), (301,), (8, 8)], torch.float32, KDEV)
+    params, grads, stabs, steps = base
+    # a transposed view (foreach fallback) and a contiguous slice at an odd address
+    params[0] = params[0].t()
+    grads[0] = grads[0].t()
+    stabs[0] = stabs[0].t()
+    params[1], grads[1], stabs[1] = params[1][1:], grads[1][1:], stabs[1][1:]
+    assert not params[0].is_contiguous() and params[1].data_ptr() % 16 != 0
+    inputs = (params, grads, stabs, steps)
+    out = _run(kernels.FUSED[rule], rule, inputs, Context(grad_scale=2.0))
+    ref = _run(RULES[rule].single, rule, inputs, Context(grad_scale=2.0))
+    # the transposed view takes foreach, whose shifted log-sum differs from single by ~1e-5
+    _check(out, ref, torch.float32, tol=1e-4)
+
+
+@needs_kernels
+def test_kernel_honours_reduce_sum_and_global_numels():
+    # Two "ranks" in one process: each sees half of every tensor; reduce_sum adds the other
+    # half's partial sums, so each half must come out as the full-tensor reference's half.
+    rule = "v2"
+    full = _inputs(rule, [(64,), (30, 6)], torch.float32, KDEV)
+    ref = _run(RULES[rule].single, rule, full, Context())
+    halves = [[t.flatten()[: t.numel() // 2] for t in xs] for xs in full[:3]]
+    others = [[t.flatten()[t.numel() // 2:] for t in xs] for xs in full[:3]]
+    from swgl.kernels import triton_swgl
+
+    # partial sums of the other half, computed by the reference's own ops
+    def reduce_sum(partials, calls=[]):  # noqa: B006 - counts the two reductions in order
+        p_o, g_o, s_o = others
+        if not calls:
+            extra = torch.stack([w.float().square().sum() for w in p_o])
+        else:
+            extra = torch.stack([_other_log_sum(i) for i in range(len(p_o))])
+        calls.append(1)
+        return partials + extra.to(partials.device)
+
+    def _other_log_sum(i):
+        p_o, g_o, s_o = others
+        w = p_o[i].float()
+        n = full[0][i].numel()
+        delta = 1e-8 + 1e-3 * (full[0][i].float().square().sum() / n).sqrt()
+        r = (g_o[i].float().abs() / (w.abs() + delta)).clamp(max=1e20)
+        s = s_o[i] * HP.alpha + r * (1 - HP.alpha)
+        s_hat = s / (1 - HP.alpha ** int(full[3][i]))
+        return (s_hat + 1e-30).log().sum()
+
+    ctx = Context(reduce_sum=reduce_sum, numels=tuple(t.numel() for t in full[0]))
+    g, s = _clone(halves[1]), _clone(halves[2])
+    triton_swgl.swgl_pass(halves[0], g, s, full[3], HP, ctx, rule=rule)
+    for i in range(2):
+        n = full[0][i].numel() // 2
+        assert _rel(g[i], ref[0][i].flatten()[:n]) < 1e-5
+        assert _rel(s[i], ref[1][i].flatten()[:n]) < 1e-5
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("rule", ["v1", "v2"])
+def test_kernel_tensor_over_2_31_bytes(rule):
+    n = 2**29 + 1031  # 2 GiB + 4 KiB of fp32: offsets past 2^31 bytes need int64
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    p = torch.randn(n, device="cuda", generator=gen)
+    g = torch.randn(n, device="cuda", generator=gen) * 0.1
+    s = torch.rand(n, device="cuda", generator=gen) + (0.5 if rule == "v1" else 0.0)
+    steps = [torch.tensor(2.0)]
+    g2, s2 = g.clone(), s.clone()
+    RULES[rule].foreach([p], [g2], [s2], steps, HP, Context())
+    kernels.FUSED[rule]([p], [g], [s], steps, HP, Context())
+    tail = slice(n - 5000, n)  # past the 2^31-byte mark
+    torch.testing.assert_close(g[tail], g2[tail], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(s[tail], s2[tail], rtol=1e-5, atol=1e-7)
+    assert _rel(g, g2) < 1e-5
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_functional_auto_dispatch_uses_kernels_on_cuda(rule, monkeypatch):
+    calls = []
+    fused = kernels.FUSED[rule]
+    monkeypatch.setitem(kernels.FUSED, rule, lambda *a: (calls.append(1), fused(*a)))
+    params, grads, stabs, steps = _inputs(rule, SHAPES, torch.float32, "cuda")
+    ref_g, ref_s = _clone(grads), _clone(stabs)
+    ref_steps = _clone(steps)
+    kw = dict(rule=rule, alpha=0.9, lambda_reg=0.05, eps=1e-8, max_boost=10.0)
+    assert swgl_fn(params, grads, stabs, steps, **kw)
+    assert swgl_fn(params, ref_g, ref_s, ref_steps, **kw, fused=False)
+    assert calls == [1]
+    for a, b in zip(grads, ref_g):
+        assert _rel(a, b) < 1e-5
+    grads[2][0] = float("inf")
+    before = _clone(stabs)
+    assert not swgl_fn(params, grads, stabs, steps, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(stabs, before))
