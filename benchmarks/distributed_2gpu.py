@@ -145,12 +145,15 @@ def _fsdp(model):
     return fully_shard(model)
 
 
-def step_time(method, mode, args, rank, world, device):
+def step_time(method, mode, args, rank, world, device, fused=None):
     torch.manual_seed(0)
     model = mlp(args.wide, 3).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     net = _fsdp(model) if mode == "fsdp2" else DDP(model) if world > 1 else model
     opt = METHODS[method](net.parameters())
+    if method != "adamw":
+        for group in opt.param_groups:
+            group["swgl_fused"] = fused
     local = args.timing_batch // world
     x = torch.randn(local, 784, device=device)
     y = torch.randint(0, 10, (local,), device=device)
@@ -176,8 +179,42 @@ def step_time(method, mode, args, rank, world, device):
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     stabilities = [s["stability"] for s in opt.state.values() if "stability" in s]
     state_numel = sum(getattr(s, "_local_tensor", s).numel() for s in stabilities)
-    return {"method": method, "mode": mode, "world": world, "ms_per_step": ms,
+    return {"method": method, "mode": mode, "world": world, "ms_per_step": ms, "fused": fused,
             "peak_mib": peak, "params": n_params, "swgl_state_numel_rank": state_numel}
+
+
+def fsdp_parity(fused, args, data, rank, world, device, steps=20):
+    """FSDP2 vs one process on the global batch: the largest relative differences.
+
+    After one step the stability must agree to float rounding. Later steps drift apart the
+    way any two reduction orders do: v2's update is about ``m * (|w| + delta) * sign(g)`` where
+    it is not clamped, so a grad that is pure rounding noise flips its sign between runs.
+    """
+    x_tr, y_tr, _, _ = data
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the same initial weights for both
+        nets.append(mlp(args.hidden, 2).to(device))
+    model, reference = _fsdp(nets[0]), nets[1]
+    # SGD, not AdamW: Adam's first steps are sign(g), which turns rounding in tiny grads into
+    # lr-sized differences and would hide what this checks.
+    opts = [SWGL.wrap(torch.optim.SGD(m.parameters(), lr=0.05), fused=fused)
+            for m in (model, reference)]
+    local = args.batch // world
+    for step in range(steps):
+        idx = torch.arange(step * args.batch, (step + 1) * args.batch, device=device)
+        for net, opt, rows in ((model, opts[0], idx[rank * local:(rank + 1) * local]),
+                               (reference, opts[1], idx)):
+            nn.functional.cross_entropy(net(x_tr[rows]), y_tr[rows]).backward()
+            opt.step()
+            opt.zero_grad()
+    stab, param = 0.0, 0.0
+    for p, q in zip(model.parameters(), reference.parameters()):
+        s_p, s_q = opts[0].stability(p).full_tensor(), opts[1].stability(q)
+        stab = max(stab, float((s_p - s_q).abs().max() / s_q.abs().max()))
+        q = q.detach()
+        param = max(param, float((p.detach().full_tensor() - q).abs().max() / q.abs().max()))
+    return {"fused": fused, "steps": steps, "stab_rel_diff": stab, "param_rel_diff": param}
 
 
 # -- driver ------------------------------------------------------------------------------------
@@ -201,15 +238,22 @@ def worker(args):
         if rank == 0:
             Path(args.out).write_text(json.dumps(out, indent=1))
 
+    out["parity"] = []
+    if world > 1 and "fsdp2" in args.modes:
+        for fused, steps in ((f, n) for f in args.fused for n in (1, 20)):
+            res = fsdp_parity(fused, args, data, rank, world, device, steps)
+            out["parity"].append(res)
+            if rank == 0:
+                print(f"FSDP2 parity {res}", flush=True)
     for mode in args.modes:  # first: seconds, where the accuracy runs take minutes
         if mode == "fsdp2" and world == 1 and not args.fsdp_single:
             continue
-        for method in ("adamw", "swgl-v2"):
-            res = step_time(method, mode, args, rank, world, device)
+        for method, fused in [("adamw", None)] + [("swgl-v2", f) for f in args.fused]:
+            res = step_time(method, mode, args, rank, world, device, fused)
             out["timing"].append(res)
             if rank == 0:
                 ms = res["ms_per_step"]
-                print(f"world {world} {mode} {method}: {ms:.2f} ms/step", flush=True)
+                print(f"world {world} {mode} {method} fused={fused}: {ms:.2f} ms/step", flush=True)
             save()
     for seed in range(args.seeds):
         for method in args.methods:
@@ -225,11 +269,12 @@ def worker(args):
 
 
 def summarize(paths: list[str], out: str | None) -> None:
-    runs, timing, devices = [], [], set()
+    runs, timing, parity, devices = [], [], [], set()
     for p in paths:
         d = json.loads(Path(p).read_text())
         runs += d["runs"]
         timing += d["timing"]
+        parity += d.get("parity", [])
         devices.add(d["device"])
     summary = {"devices": sorted(devices), "accuracy": [], "timing": timing}
     print(f"devices: {sorted(devices)}")
@@ -258,12 +303,16 @@ def summarize(paths: list[str], out: str | None) -> None:
             print(f"{method:10} {world:>5} {row['acc_mean']:>9.4f} {row['acc_sd']:>6.4f} "
                   f"{row['forgetting']:>7.4f} {row['ms_per_step']:>8.2f} "
                   f"{'-' if diff is None else f'{diff:.2e}':>15} {str(row['state_identical']):>15}")
-    print(f"\n{'mode':6} {'method':8} {'world':>5} {'ms/step':>8} {'peak MiB':>9} "
+    print(f"\n{'mode':6} {'method':8} {'fused':>6} {'world':>5} {'ms/step':>8} {'peak MiB':>9} "
           f"{'state/rank':>11}")
     for t in timing:
         peak = "-" if t["peak_mib"] is None else f"{t['peak_mib']:.0f}"
-        print(f"{t['mode']:6} {t['method']:8} {t['world']:>5} {t['ms_per_step']:>8.2f} {peak:>9} "
-              f"{t['swgl_state_numel_rank']:>11}")
+        print(f"{t['mode']:6} {t['method']:8} {str(t.get('fused')):>6} {t['world']:>5} "
+              f"{t['ms_per_step']:>8.2f} {peak:>9} {t['swgl_state_numel_rank']:>11}")
+    summary["parity"] = parity
+    for row in parity:
+        print(f"FSDP2 vs 1 process, fused={row['fused']}, {row['steps']} steps: stability rel diff "
+              f"{row['stab_rel_diff']:.2e}, params rel diff {row['param_rel_diff']:.2e}")
     if out:
         Path(out).write_text(json.dumps(summary, indent=1))
 
@@ -285,6 +334,8 @@ def main() -> None:
     ap.add_argument("--timed", type=int, default=50)
     ap.add_argument("--params-dir", help="save each run's final params here")
     ap.add_argument("--compare-dir", help="compare final params with a run saved here")
+    ap.add_argument("--fused", nargs="+", default=[None], type=lambda v: {"auto": None,
+                    "on": True, "off": False}[v], help="SWGL fused settings to time: auto on off")
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--summarize", nargs="+", metavar="JSON")
     args = ap.parse_args()
