@@ -412,7 +412,7 @@ def test_stability_keeps_fp32_when_params_are_bf16():
 def test_loading_another_models_state_raises():
     swgl = SWGL(_model().parameters())
     other = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 3))
-    message = re.escape("has shape (8, 6), but the param has shape (9, 6)")
+    message = re.escape("has shape (8, 6)") + ".*another model"
     with pytest.raises(ValueError, match=message):
         SWGL(other.parameters()).load_state_dict(swgl.state_dict())
     smaller = nn.Linear(6, 3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -17,7 +18,20 @@ from swgl import kernels
 from swgl._validate import check_choice
 from swgl.rules import RULES, Context, Hyper
 
-__all__ = ["swgl", "all_finite"]
+__all__ = ["swgl", "all_finite", "Outcome", "MODES", "SIGNALS"]
+
+#: Where the factor applies: to the gradient, or to the update the base optimizer makes.
+MODES = ("grad", "update")
+#: What the EMA tracks (see :mod:`swgl.rules`).
+SIGNALS = ("relative", "utility", "fisher")
+
+
+class Outcome(NamedTuple):
+    """What one call did: ``applied`` is False when non-finite grads made it skip; ``factors``
+    are the per-tensor factors to apply to the base optimizer's update (``mode="update"``)."""
+
+    applied: bool
+    factors: list[Tensor] | None = None
 
 
 def all_finite(tensors: list[Tensor]) -> bool:
@@ -41,11 +55,15 @@ def swgl(
     lambda_reg: float,
     eps: float,
     max_boost: float,
+    signal: str = "relative",
+    max_damping: float | None = None,
+    mode: str = "grad",
+    shock: float = 0.0,
     grad_scale: float = 1.0,
     foreach: bool = True,
     fused: bool | None = None,
-) -> bool:
-    """Modulate ``grads`` in place and update ``stabilities``; return False if skipped.
+) -> Outcome:
+    """Modulate ``grads`` in place (or return update factors) and update ``stabilities``.
 
     ``stabilities`` are fp32 working tensors shaped like ``params`` (see :mod:`swgl.state`);
     ``steps`` are the per-tensor step counters, incremented here and only on calls that update
@@ -59,26 +77,31 @@ def swgl(
     """
     check_choice("rule", rule, RULES)
     if not params:
-        return True
-    hp = Hyper(alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost)
+        return Outcome(True, [] if mode == "update" else None)
+    hp = Hyper(
+        alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
+        max_damping=max_damping, mode=mode, shock=shock,
+    )
     impl = RULES[rule].foreach if foreach else RULES[rule].single
     if fused is None:
         fused = foreach and kernels.can_fuse(rule, params, hp)
     elif fused and not kernels.triton_available():
         raise RuntimeError("fused=True needs a CUDA device and Triton (pip install triton)")
     if fused:
-        if rule not in kernels.FUSED:
-            raise ValueError(f"fused=True: rule {rule!r} has no kernel; use fused=None or False")
+        if rule not in kernels.FUSED or not kernels.supports(hp):
+            raise ValueError(
+                f"fused=True: no kernel for rule {rule!r} with these options ({hp}); "
+                "use fused=None or False"
+            )
         impl = kernels.FUSED[rule]
     dtensor = _dtensor_type()
     if dtensor is not None and any(isinstance(p, dtensor) for p in params):
         return _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale)
     if not all_finite(grads):
-        return False
+        return Outcome(False)
     for step in steps:
         step.add_(1)
-    impl(params, grads, stabilities, steps, hp, Context(grad_scale=grad_scale))
-    return True
+    return Outcome(True, impl(params, grads, stabilities, steps, hp, Context(grad_scale)))
 
 
 # -- DTensor (FSDP2, tensor parallel): the rules run on local shards ---------------------------
@@ -103,7 +126,7 @@ def _all_reduce(t: Tensor, groups: list, op) -> Tensor:
     return t
 
 
-def _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale) -> bool:
+def _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale) -> Outcome:
     """Run ``impl`` once per (mesh, placements) bucket on the local shards.
 
     Per-tensor sums are all-reduced over the sharded mesh dims and ``numels`` are global, so
@@ -134,9 +157,10 @@ def _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale) -> bo
     for mesh in dict.fromkeys(key[0] for key in buckets if key is not None):
         _all_reduce(bad, _mesh_groups(mesh), torch.distributed.ReduceOp.MAX)
     if bad.item():
-        return False
+        return Outcome(False)
     for step in steps:
         step.add_(1)
+    factors: list[Tensor | None] = [None] * len(params)
     for key, idx in buckets.items():
         ctx = Context(grad_scale=grad_scale)
         if key is not None:
@@ -146,8 +170,10 @@ def _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale) -> bo
                 reduce_sum=partial(_all_reduce, groups=groups, op=torch.distributed.ReduceOp.SUM),
                 numels=tuple(params[i].numel() for i in idx),
             )
-        impl(
+        bucket_factors = impl(
             [local(params[i]) for i in idx], [grads_local[i] for i in idx],
             [local(stabilities[i]) for i in idx], [steps[i] for i in idx], hp, ctx,
         )
-    return True
+        for i, c in zip(idx, bucket_factors or ()):
+            factors[i] = c
+    return Outcome(True, factors if hp.mode == "update" else None)

@@ -23,10 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 from swgl import functional
 from swgl._validate import check_choice, check_range
+from swgl.functional import MODES, SIGNALS
 from swgl.rules import RULES
 from swgl.state import STORAGES
 
@@ -51,6 +55,20 @@ def _check_options(group: dict[str, Any], prefix: str = "") -> None:
     group[key("max_boost")] = check_range(key("max_boost"), group[key("max_boost")], 1.0)
     if group[key("max_boost")] == float("inf"):
         raise ValueError(f"{key('max_boost')} must be finite, got inf")
+    group[key("signal")] = check_choice(key("signal"), group[key("signal")], SIGNALS)
+    group[key("mode")] = check_choice(key("mode"), group[key("mode")], MODES)
+    if group[key("mode")] == "update" and group[key("rule")] != "v2":
+        raise ValueError(
+            f"{key('mode')}='update' needs rule 'v2'; rule {group[key('rule')]!r} is the seed's "
+            "gradient rule"
+        )
+    if group[key("max_damping")] is not None:
+        group[key("max_damping")] = check_range(key("max_damping"), group[key("max_damping")], 1.0)
+        if group[key("max_damping")] == float("inf"):
+            raise ValueError(f"{key('max_damping')} must be finite, got inf")
+    group[key("shock")] = check_range(key("shock"), group[key("shock")], 0.0)
+    if 0.0 < group[key("shock")] <= 1.0:
+        raise ValueError(f"{key('shock')} must be 0 (off) or > 1, got {group[key('shock')]!r}")
     group[key("storage")] = check_choice(key("storage"), group[key("storage")], STORAGES)
     if not isinstance(group[key("foreach")], bool):
         raise TypeError(f"{key('foreach')} must be a bool, got {group[key('foreach')]!r}")
@@ -121,13 +139,18 @@ class _SWGLBase(Optimizer):
         """Hook for the wrapper's 'base has state but SWGL does not' warning."""
 
     @torch.no_grad()
-    def _modulate(self, grad_scale: float = 1.0) -> bool:
-        """Run the SWGL pass over every group; False if non-finite grads made it skip."""
+    def _modulate(self, grad_scale: float = 1.0) -> tuple[bool, list[tuple[Tensor, Tensor]]]:
+        """Run the SWGL pass over every group.
+
+        Returns whether it ran (False if non-finite grads made it skip) and, for groups in
+        ``mode="update"``, the (param, factor) pairs to apply to the base optimizer's update.
+        """
         applied = True
+        pending: list[tuple[Tensor, Tensor]] = []
         pre = self.option_prefix
         for group in self.param_groups:
             params, grads, stabilities, steps = self._gather(group)
-            group_applied = functional.swgl(
+            outcome = functional.swgl(
                 params,
                 grads,
                 stabilities,
@@ -137,17 +160,31 @@ class _SWGLBase(Optimizer):
                 lambda_reg=group[pre + "lambda_reg"],
                 eps=group[pre + "eps"],
                 max_boost=group[pre + "max_boost"],
+                signal=group[pre + "signal"],
+                max_damping=group[pre + "max_damping"],
+                mode=group[pre + "mode"],
+                shock=group[pre + "shock"],
                 grad_scale=grad_scale,
                 foreach=group[pre + "foreach"],
                 fused=group.get(pre + "fused"),
             )
-            if group_applied:
+            if outcome.applied:
                 storage = self._storage(group)
                 owners = [p for p in group["params"] if p.grad is not None]
                 for p, working in zip(owners, stabilities):
                     storage.store(self.state[p], working)
-            applied &= group_applied
-        return applied
+                if outcome.factors is not None:
+                    pending.extend(zip(owners, outcome.factors))
+            applied &= outcome.applied
+        return applied, pending
+
+    def on_task_boundary(self) -> None:
+        """Forget the stability estimates (as after a full shock), for users who know where one
+        task ends and the next begins. The base optimizer's state is left alone."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "step" in self.state.get(p, {}):
+                    self.state[p].update(self._new_state(p, group))
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -211,6 +248,16 @@ class SWGL(_SWGLBase):
         eps: numerical floor, > 0.
         max_boost: the largest factor a gradient is multiplied by, >= 1.
         rule: ``"v2"`` (default, bounded), ``"v1"`` or ``"v1-paper"`` (the seed's formulas).
+        signal: what v2's EMA tracks: ``"relative"`` :math:`|g|/(|w|+\delta)` (the seed's),
+            ``"utility"`` :math:`|g w|` or ``"fisher"`` :math:`g^2`.
+        mode: ``"grad"`` scales the gradient; ``"update"`` (v2 only) scales the change the
+            base optimizer makes, which Adam's normalisation would otherwise cancel. In the
+            two-object pattern the update is rescaled by a step post-hook on the base
+            optimizer; it holds a copy of the params and the factors from ``swgl.step()`` until
+            ``base_optimizer.step()`` (2 extra param-sized buffers, transiently).
+        max_damping: the strongest damping is ``1/max_damping`` (default: ``max_boost``).
+        shock: restart a tensor's EMA when its signal jumps above ``shock`` times the EMA (drift;
+            0 = off).
         storage: how the stability state is stored (see :mod:`swgl.state`); ``"fp32"``.
         foreach: use the multi-tensor implementation (default) or the per-tensor reference.
         fused: the Triton kernels (:mod:`swgl.kernels`): None picks them on CUDA when Triton
@@ -232,6 +279,10 @@ class SWGL(_SWGLBase):
         max_boost: float = 10.0,
         *,
         rule: str = DEFAULT_RULE,
+        signal: str = "relative",
+        mode: str = "grad",
+        max_damping: float | None = None,
+        shock: float = 0.0,
         storage: str = "fp32",
         foreach: bool = True,
         fused: bool | None = None,
@@ -239,6 +290,7 @@ class SWGL(_SWGLBase):
     ) -> None:
         defaults = dict(
             rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
+            signal=signal, mode=mode, max_damping=max_damping, shock=shock,
             storage=storage, foreach=foreach, fused=fused,
         )
         _check_options(dict(defaults))
@@ -248,6 +300,7 @@ class SWGL(_SWGLBase):
         self.scaler = scaler
         self._param_ids = {id(p) for g in self.param_groups for p in g["params"]}
         self._fingerprint: tuple[Tensor, Tensor] | None = None
+        self._pending_update: list[tuple[Tensor, Tensor, Tensor]] = []
         self._fresh = True
         for group in self.param_groups:
             for p in group["params"]:
@@ -282,8 +335,9 @@ class SWGL(_SWGLBase):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        applied = self._modulate(self._current_grad_scale())
+        applied, pending = self._modulate(self._current_grad_scale())
         self._fingerprint = self._take_fingerprint() if applied and self.scaler is None else None
+        self._pending_update = _snapshot(pending)
         return loss
 
     def _take_fingerprint(self) -> tuple[Tensor, Tensor] | None:
@@ -363,6 +417,10 @@ class SWGLWrapper(_SWGLBase):
         eps: float = 1e-8,
         max_boost: float = 10.0,
         rule: str = DEFAULT_RULE,
+        signal: str = "relative",
+        mode: str = "grad",
+        max_damping: float | None = None,
+        shock: float = 0.0,
         storage: str = "fp32",
         foreach: bool = True,
         fused: bool | None = None,
@@ -383,6 +441,7 @@ class SWGLWrapper(_SWGLBase):
             PREFIX + k: v
             for k, v in dict(
                 rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
+                signal=signal, mode=mode, max_damping=max_damping, shock=shock,
                 storage=storage, foreach=foreach, fused=fused,
             ).items()
         }
@@ -428,8 +487,10 @@ class SWGLWrapper(_SWGLBase):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._modulate()
+        _, pending = self._modulate()
+        snapshot = _snapshot(pending)
         self.base.step()
+        _scale_updates(snapshot)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -536,7 +597,38 @@ def _ensure_companion_hook() -> None:
     global _HOOK_INSTALLED
     if not _HOOK_INSTALLED:
         register_optimizer_step_pre_hook(_companion_pre_hook)
+        register_optimizer_step_post_hook(_companion_post_hook)
         _HOOK_INSTALLED = True
+
+
+def _companion_post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    """``mode="update"`` in the two-object pattern: rescale what the base optimizer did."""
+    if isinstance(optimizer, _SWGLBase) or not _COMPANIONS:
+        return
+    ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for swgl in list(_COMPANIONS):
+        mine = [entry for entry in swgl._pending_update if id(entry[0]) in ids]
+        if mine:
+            _scale_updates(mine)
+            swgl._pending_update = [e for e in swgl._pending_update if id(e[0]) not in ids]
+
+
+def _snapshot(pending: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """(param, factor, copy of the param before the base step) for each pending update."""
+    return [(p, c, p.detach().clone()) for p, c in pending]
+
+
+@torch.no_grad()
+def _scale_updates(snapshot: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+    """w <- w_before + c * (w_after - w_before), for each (param, c, w_before)."""
+    if not snapshot:
+        return
+    params = [p.detach() for p, _, _ in snapshot]
+    before = [b for _, _, b in snapshot]
+    delta = torch._foreach_sub(params, before)
+    torch._foreach_mul_(delta, [c.to(d.dtype) for (_, c, _), d in zip(snapshot, delta)])
+    torch._foreach_add_(before, delta)
+    torch._foreach_copy_(params, before)
 
 
 def _companion_pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:

@@ -68,6 +68,14 @@ class Hyper:
     lambda_reg: float
     eps: float
     max_boost: float
+    signal: str = "relative"
+    max_damping: float | None = None
+    mode: str = "grad"
+    shock: float = 0.0
+
+    @property
+    def min_scale(self) -> float:
+        return 1.0 / (self.max_boost if self.max_damping is None else self.max_damping)
 
 
 def _local_sum(partial_sums: Tensor) -> Tensor:
@@ -95,7 +103,9 @@ class Rule:
     """A rule's two implementations and the value its stability state starts at.
 
     Both implementations have the signature
-    ``impl(params, grads, stabilities, steps, hp: Hyper, ctx: Context) -> None``.
+    ``impl(params, grads, stabilities, steps, hp: Hyper, ctx: Context)``. They return None,
+    or, for ``hp.mode == "update"``, the per-tensor factors the caller applies to the base
+    optimizer's update (the grads then only receive the ``lambda_reg`` term).
     """
 
     name: str
@@ -174,23 +184,42 @@ def _log_means(tensors: list[Tensor], numels: list[int], ctx: Context) -> list[f
     return [total / n - _LOG_SHIFT for total, n in zip(_tensor_sums(logs, 1, ctx), numels)]
 
 
+def _signal(g32: Tensor, w: Tensor, delta: float | Tensor, signal: str) -> Tensor:
+    """The per-element quantity the EMA tracks (see the module docstring)."""
+    if signal == "relative":
+        r = g32.abs().div_(w.abs().add_(delta))
+    elif signal == "utility":
+        r = (g32 * w).abs_()
+    else:  # "fisher"
+        r = g32.square()
+    return r.clamp_(max=R_MAX)
+
+
 def _v2_single(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
+    factors = []
     for i, (p, g, s, step) in enumerate(zip(params, grads, stabilities, steps)):
         n = ctx.numel(i, p)
         w = p.float()
         g32 = g.float() / ctx.grad_scale
         w_sq = ctx.reduce_sum(w.square().sum().reshape(1))
         delta = hp.eps + WEIGHT_FLOOR * (w_sq / n).sqrt()
-        r = (g32.abs() / (w.abs() + delta)).clamp_(max=R_MAX)
+        r = _signal(g32, w, delta, hp.signal)
+        if hp.shock > 0.0 and step.item() > 1:
+            prev = ctx.reduce_sum(s.sum().reshape(1)) / (1.0 - hp.alpha ** (step.item() - 1))
+            if ctx.reduce_sum(r.sum().reshape(1)) > hp.shock * prev:
+                s.zero_()
+                step.fill_(1)
         s.mul_(hp.alpha).add_(r, alpha=1.0 - hp.alpha)
         s_hat = s / (1.0 - hp.alpha ** int(step.item()))
         m = (ctx.reduce_sum((s_hat + _TINY).log_().sum().reshape(1)) / n).exp()
-        c = (m / (s_hat + _TINY)).clamp_(1.0 / hp.max_boost, hp.max_boost)
-        new_g = g32.mul_(c)
+        c = (m / (s_hat + _TINY)).clamp_(hp.min_scale, hp.max_boost)
+        new_g = g32.mul_(c) if hp.mode == "grad" else g32
         if hp.lambda_reg > 0.0:
             excess = (s_hat / (m + _TINY) - 1.0).clamp_(0.0, hp.max_boost - 1.0)
             new_g.add_(excess.mul_(w), alpha=hp.lambda_reg)
         g.copy_(new_g.mul_(ctx.grad_scale))
+        factors.append(c)
+    return factors if hp.mode == "update" else None
 
 
 def _v2_foreach(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
@@ -199,26 +228,35 @@ def _v2_foreach(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
     g32 = [g.float() for g in grads]
     if ctx.grad_scale != 1.0:
         g32 = torch._foreach_div(g32, ctx.grad_scale)
-    w_sq = _tensor_sums(w, 2, ctx)
-    delta = [hp.eps + WEIGHT_FLOOR * (sq / n) ** 0.5 for sq, n in zip(w_sq, numels)]
-    denom = torch._foreach_abs(w)
-    torch._foreach_add_(denom, delta)
-    r = torch._foreach_abs(g32)
-    torch._foreach_div_(r, denom)
+    if hp.signal == "relative":
+        w_sq = _tensor_sums(w, 2, ctx)
+        delta = [hp.eps + WEIGHT_FLOOR * (sq / n) ** 0.5 for sq, n in zip(w_sq, numels)]
+        denom = torch._foreach_abs(w)
+        torch._foreach_add_(denom, delta)
+        r = torch._foreach_abs(g32)
+        torch._foreach_div_(r, denom)
+        del denom
+    elif hp.signal == "utility":
+        r = torch._foreach_mul(g32, w)
+        torch._foreach_abs_(r)
+    else:  # "fisher"
+        r = torch._foreach_mul(g32, g32)
     torch._foreach_clamp_max_(r, R_MAX)
+    if hp.shock > 0.0:
+        _restart_shocked(r, stabilities, steps, hp, ctx)
     torch._foreach_mul_(stabilities, hp.alpha)
     torch._foreach_add_(stabilities, r, alpha=1.0 - hp.alpha)
-    del r, denom
+    del r
     inv_bc = [1.0 / (1.0 - hp.alpha ** int(t.item())) for t in steps]
     s_hat = torch._foreach_mul(stabilities, inv_bc)
     means = [math.exp(log_m) for log_m in _log_means(s_hat, numels, ctx)]
     c = torch._foreach_add(s_hat, _TINY)
     torch._foreach_reciprocal_(c)
     torch._foreach_mul_(c, means)
-    torch._foreach_clamp_min_(c, 1.0 / hp.max_boost)
+    torch._foreach_clamp_min_(c, hp.min_scale)
     torch._foreach_clamp_max_(c, hp.max_boost)
-    torch._foreach_mul_(g32, c)
-    del c
+    if hp.mode == "grad":
+        torch._foreach_mul_(g32, c)
     if hp.lambda_reg > 0.0:
         excess = torch._foreach_mul(s_hat, [1.0 / (m + _TINY) for m in means])
         torch._foreach_sub_(excess, 1.0)
@@ -231,6 +269,18 @@ def _v2_foreach(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
     for g, new_g in zip(grads, g32):
         if new_g is not g:
             g.copy_(new_g)
+    return c if hp.mode == "update" else None
+
+
+def _restart_shocked(r, stabilities, steps, hp: Hyper, ctx: Context) -> None:
+    """Restart the EMA of every tensor whose signal jumped above ``shock`` x its EMA."""
+    current = _tensor_sums(r, 1, ctx)
+    previous = _tensor_sums(stabilities, 1, ctx)
+    for now, before, s, step in zip(current, previous, stabilities, steps):
+        t = int(step.item())
+        if t > 1 and now > hp.shock * before / (1.0 - hp.alpha ** (t - 1)):
+            s.zero_()
+            step.fill_(1)
 
 
 RULES: dict[str, Rule] = {

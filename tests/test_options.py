@@ -1,0 +1,143 @@
+"""Issue 4's options: signal, update mode, damping floor, shock-aware EMA, task boundaries."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from swgl import SWGL
+from swgl.rules import RULES, Context, Hyper
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _batches(n, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen))
+            for _ in range(n)]
+
+
+def _loss(model, batch):
+    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+
+@pytest.mark.parametrize("signal", ["relative", "utility", "fisher"])
+def test_each_signal_tracks_its_quantity(signal):
+    w = torch.tensor([[2.0, -0.5, 1.0]])
+    g = torch.tensor([[0.1, 0.2, -0.4]])
+    hp = Hyper(alpha=0.0, lambda_reg=0.0, eps=1e-8, max_boost=10.0, signal=signal)
+    s, step = [torch.zeros_like(w)], [torch.ones(())]
+    RULES["v2"].single([w], [g.clone()], s, step, hp, Context())
+    delta = 1e-8 + 1e-3 * w.square().mean().sqrt()
+    expected = {
+        "relative": g.abs() / (w.abs() + delta),
+        "utility": (g * w).abs(),
+        "fisher": g.square(),
+    }[signal]
+    torch.testing.assert_close(s[0], expected)
+
+
+def test_max_damping_sets_the_floor_independently():
+    gen = torch.Generator().manual_seed(0)
+    w, g = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
+    hp = Hyper(alpha=0.0, lambda_reg=0.0, eps=1e-8, max_boost=1.0, max_damping=4.0)
+    out = g.clone()
+    RULES["v2"].foreach([w], [out], [torch.zeros(50)], [torch.ones(())], hp, Context())
+    ratio = out / g
+    assert ratio.max() <= 1.0 + 1e-6  # damping only
+    assert ratio.min() >= 0.25 - 1e-6 and ratio.min() < 0.5
+
+
+@pytest.mark.parametrize("impl", ["single", "foreach"])
+def test_update_mode_returns_factors_and_leaves_grads(impl):
+    gen = torch.Generator().manual_seed(1)
+    w, g = torch.randn(5, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    hp = dict(alpha=0.9, lambda_reg=0.0, eps=1e-8, max_boost=10.0)
+    grad_out, update_out = g.clone(), g.clone()
+    getattr(RULES["v2"], impl)([w], [grad_out], [torch.zeros(5, 4)], [torch.ones(())],
+                               Hyper(**hp), Context())
+    factors = getattr(RULES["v2"], impl)([w], [update_out], [torch.zeros(5, 4)],
+                                         [torch.ones(())], Hyper(**hp, mode="update"), Context())
+    assert torch.equal(update_out, g)
+    torch.testing.assert_close(factors[0] * g, grad_out)
+
+
+@pytest.mark.parametrize("wrapper", [False, True])
+def test_update_mode_scales_the_base_optimizers_step(wrapper):
+    """With AdamW, mode='update' multiplies each element's Adam step by its factor."""
+    model, ref = _model(), _model()
+    batch = _batches(1)[0]
+    base = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    ref_base = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.0)
+    opts = dict(mode="update", lambda_reg=0.0, alpha=0.5)
+    ref_swgl = SWGL(ref.parameters(), **{**opts, "mode": "grad"})  # to read the factors
+    before = [p.detach().clone() for p in model.parameters()]
+    if wrapper:
+        opt = SWGL.wrap(base, **opts)
+        opt.zero_grad()
+        _loss(model, batch).backward()
+        opt.step()
+    else:
+        swgl = SWGL(model.parameters(), **opts)
+        base.zero_grad()
+        _loss(model, batch).backward()
+        swgl.step()
+        base.step()
+    # Reference: plain AdamW step, then the factors v2 computes from the same grads.
+    _loss(ref, batch).backward()
+    raw = [p.grad.clone() for p in ref.parameters()]
+    ref_swgl.step()
+    factors = [p.grad / g for p, g in zip(ref.parameters(), raw)]
+    for p, g in zip(ref.parameters(), raw):
+        p.grad = g
+    ref_base.step()
+    for p, r, b, c in zip(model.parameters(), ref.parameters(), before, factors):
+        torch.testing.assert_close(p - b, c * (r - b), rtol=1e-4, atol=1e-7)
+
+
+def test_update_mode_needs_rule_v2():
+    with pytest.raises(ValueError, match="mode='update' needs rule 'v2'"):
+        SWGL(_model().parameters(), rule="v1", mode="update")
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (dict(signal="hessian"), ValueError, r"signal must be one of"),
+    (dict(mode="param"), ValueError, r"mode must be one of \['grad', 'update'\]"),
+    (dict(max_damping=0.5), ValueError, r"max_damping must be in \[1.0, inf\]"),
+    (dict(shock=0.5), ValueError, r"shock must be 0 \(off\) or > 1, got 0.5"),
+    (dict(shock=-1.0), ValueError, r"shock must be in"),
+])
+def test_bad_new_options(bad, error, message):
+    with pytest.raises(error, match=message):
+        SWGL(_model().parameters(), **bad)
+
+
+def test_shock_restarts_the_ema_of_a_tensor_whose_signal_jumps():
+    w = torch.ones(10)
+    hp = Hyper(alpha=0.99, lambda_reg=0.0, eps=1e-8, max_boost=10.0, shock=5.0)
+    s, step = [torch.zeros(10)], [torch.zeros(())]
+    for _ in range(50):
+        step[0].add_(1)
+        RULES["v2"].foreach([w], [torch.full((10,), 0.01)], s, step, hp, Context())
+    assert int(step[0]) == 50
+    step[0].add_(1)
+    RULES["v2"].foreach([w], [torch.full((10,), 1.0)], s, step, hp, Context())
+    # restarted: the bias-corrected EMA is the new signal, not a 1% blend
+    assert int(step[0]) == 1
+    torch.testing.assert_close(s[0] / (1 - 0.99), torch.full((10,), 1.0 / (1 + 1e-3)), rtol=1e-3,
+                               atol=0)
+
+
+def test_on_task_boundary_resets_swgl_state_only():
+    model = _model()
+    base = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = SWGL.wrap(base)
+    _loss(model, _batches(1)[0]).backward()
+    opt.step()
+    adam = base.state[model[0].weight]["exp_avg"].clone()
+    opt.on_task_boundary()
+    assert float(opt.state[model[0].weight]["step"]) == 0
+    assert torch.equal(opt.state[model[0].weight]["stability"], torch.zeros(8, 6))
+    assert torch.equal(base.state[model[0].weight]["exp_avg"], adam)
