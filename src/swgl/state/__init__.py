@@ -4,6 +4,28 @@ The rules in :mod:`swgl.rules` always compute on fp32 working tensors. A storage
 state entries into such a tensor (:meth:`Storage.load`) and writes the updated tensor back
 (:meth:`Storage.store`), so compact formats cost a transient fp32 buffer during the step and
 nothing between steps. Register a new format in :data:`STORAGES`.
+
+Formats (bytes per parameter between steps, plus 4 bytes per tensor for the step counter):
+
+==================  ===========  ======================================================
+name                B/param      state
+==================  ===========  ======================================================
+``fp32``            4            the EMA itself (the seed's format)
+``bf16``            2            bf16, stochastic rounding (:mod:`swgl.state.bf16`)
+``blockwise8``      1.031        8-bit log-spaced codes, 256-element blocks
+                                 (:mod:`swgl.state.blockwise8`)
+``grouped``         4 / row len  one fp32 mean per dim-0 slice (:mod:`swgl.state.grouped`)
+``grouped-block``   0.016        one fp32 mean per 256 consecutive elements
+``factored``        4(r+c)/(rc)  row and column means, full fp32 for 1-D tensors
+                                 (:mod:`swgl.state.factored`)
+==================  ===========  ======================================================
+
+Every format works with every rule and implementation, because the math only ever sees the
+fp32 working tensors. A fused kernel that updates fp32 state in place can take ``fp32``
+directly; any other format goes through ``load`` -> the rule -> ``store`` (the foreach
+path), at the cost of the transient fp32 buffer. State entries are plain tensors of fixed
+dtype (uint8, bf16, fp32), so checkpoints load with ``torch.load(weights_only=True)`` and
+the optimizers install them without torch's cast to the param dtype.
 """
 
 from __future__ import annotations
@@ -12,6 +34,8 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
+
+from swgl.state._common import check_tensor
 
 __all__ = ["Storage", "Fp32Storage", "STORAGES"]
 
@@ -32,11 +56,16 @@ class Storage(Protocol):
         ...
 
     def store(self, entry: dict[str, Tensor], working: Tensor) -> None:
-        """Write ``working`` (as returned by :meth:`load`, then updated) back into ``entry``."""
+        """Write ``working`` (as returned by :meth:`load`, then updated) back into ``entry``.
+
+        ``entry`` is the param's whole state: its ``"step"`` (already counted for this step)
+        seeds stochastic rounding, so a resumed run rounds exactly as the original did.
+        """
         ...
 
     def check(self, entry: dict[str, Tensor], p: Tensor, index: int) -> None:
-        """Raise ``ValueError`` if a loaded ``entry`` cannot belong to ``p``."""
+        """Raise ``ValueError`` if a loaded ``entry`` cannot belong to ``p`` (wrong dtype or
+        shape, non-finite or negative stability)."""
         ...
 
 
@@ -61,22 +90,26 @@ class Fp32Storage:
             entry["stability"].copy_(working)
 
     def check(self, entry: dict[str, Tensor], p: Tensor, index: int) -> None:
-        check_like_param(entry["stability"], p, f"stability for param {index}", torch.float32)
-
-
-def check_like_param(t: object, p: Tensor, what: str, dtype: torch.dtype) -> None:
-    """A loaded state tensor must be a finite tensor of ``dtype`` shaped like ``p``."""
-    if not isinstance(t, Tensor):
-        raise ValueError(f"{what} must be a tensor, got {type(t).__name__}")
-    if t.dtype != dtype:
-        raise ValueError(f"{what} must have dtype {dtype}, got {t.dtype}")
-    if t.shape != p.shape:
-        raise ValueError(
-            f"{what} has shape {tuple(t.shape)}, but the param has shape {tuple(p.shape)}: "
-            "this checkpoint belongs to another model"
+        check_tensor(
+            entry["stability"], f"stability for param {index}", torch.float32, tuple(p.shape)
         )
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{what} holds non-finite values")
 
 
-STORAGES: dict[str, Storage] = {s.name: s for s in (Fp32Storage(),)}
+def _registry() -> dict[str, Storage]:
+    from swgl.state.bf16 import Bf16Storage
+    from swgl.state.blockwise8 import Blockwise8Storage
+    from swgl.state.factored import FactoredStorage
+    from swgl.state.grouped import GroupedStorage
+
+    formats: tuple[Storage, ...] = (
+        Fp32Storage(),
+        Bf16Storage("bf16", stochastic=True),
+        Blockwise8Storage(),
+        GroupedStorage("grouped", block=None),
+        GroupedStorage("grouped-block", block=256),
+        FactoredStorage(),
+    )
+    return {s.name: s for s in formats}
+
+
+STORAGES: dict[str, Storage] = _registry()
