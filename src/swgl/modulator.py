@@ -178,6 +178,15 @@ class _SWGLBase(Optimizer):
             applied &= outcome.applied
         return applied, pending
 
+    def stats(self, names: Any = None, quantiles: tuple[float, ...] | None = None):
+        """Per-layer summaries of the stability state (see :func:`swgl.stats.layer_stats`).
+
+        ``names`` is a model or an iterable of ``(name, param)`` used to label the layers.
+        """
+        from swgl.stats import DEFAULT_QUANTILES, layer_stats
+
+        return layer_stats(self, names, DEFAULT_QUANTILES if quantiles is None else quantiles)
+
     def on_task_boundary(self) -> None:
         """Forget the stability estimates (as after a full shock), for users who know where one
         task ends and the next begins. The base optimizer's state is left alone."""

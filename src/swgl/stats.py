@@ -62,7 +62,7 @@ def _scale_v1_paper(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
 def _scale_v2(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
     s_hat = s / (1.0 - hp.alpha**step)
     log_mean = (s_hat + _TINY).log_().mean()
-    c = (log_mean.exp() / (s_hat + _TINY)).clamp_(1.0 / hp.max_boost, hp.max_boost)
+    c = (log_mean.exp() / (s_hat + _TINY)).clamp_(hp.min_scale, hp.max_boost)
     return s_hat, c
 
 
@@ -185,6 +185,7 @@ def layer_stats(
         hp = Hyper(
             alpha=group[pre + "alpha"], lambda_reg=group[pre + "lambda_reg"],
             eps=group[pre + "eps"], max_boost=group[pre + "max_boost"],
+            max_damping=group[pre + "max_damping"],
         )
         for p in group["params"]:
             state = opt.state.get(p)
@@ -194,7 +195,7 @@ def layer_stats(
             s = _full(opt.stability(p)).float()
             seen, c = SCALES[rule](s, step, hp)
             boost = torch.tensor(hp.max_boost, dtype=c.dtype)
-            damp = torch.tensor(1.0 / hp.max_boost, dtype=c.dtype)
+            damp = torch.tensor(hp.min_scale, dtype=c.dtype)
             values = torch.cat([
                 _quantiles(seen, qs).float(),
                 torch.stack([
