@@ -88,10 +88,12 @@ def test_auto_dispatch_never_fuses_cpu_tensors():
 def test_unknown_hyper_options_are_not_fused():
     @dataclasses.dataclass(frozen=True)
     class Hyper2(Hyper):
-        mode: str = "grad"
+        future_option: str = "off"
 
     assert kernels.supports(Hyper2(0.9, 0.0, 1e-8, 10.0))
-    assert not kernels.supports(Hyper2(0.9, 0.0, 1e-8, 10.0, mode="update"))
+    assert not kernels.supports(Hyper2(0.9, 0.0, 1e-8, 10.0, future_option="on"))
+    assert not kernels.supports(dataclasses.replace(HP, mode="update"))
+    assert not kernels.supports(dataclasses.replace(HP, shock=2.0))
 
 
 @pytest.mark.parametrize("rule", RULE_NAMES)
@@ -149,6 +151,18 @@ def test_kernel_matches_single_tensor_reference(rule, dtype):
         out = _run(fused, rule, inputs, ctx)
         ref = _run(RULES[rule].single, rule, inputs, ctx)
         _check(out, ref, dtype)
+
+
+@needs_kernels
+@pytest.mark.parametrize("options", [dict(signal="utility"), dict(signal="fisher"),
+                                     dict(max_damping=3.0)])
+def test_kernel_v2_options(options):
+    hp = dataclasses.replace(HP, **options)
+    assert kernels.supports(hp)
+    inputs = _inputs("v2", SHAPES, torch.float32, KDEV)
+    out = _run(kernels.FUSED["v2"], "v2", inputs, Context(grad_scale=2.0), hp)
+    ref = _run(RULES["v2"].single, "v2", inputs, Context(grad_scale=2.0), hp)
+    _check(out, ref, torch.float32)
 
 
 @needs_kernels
@@ -246,3 +260,40 @@ def test_functional_auto_dispatch_uses_kernels_on_cuda(rule, monkeypatch):
     before = _clone(stabs)
     assert not swgl_fn(params, grads, stabs, steps, **kw)
     assert all(torch.equal(a, b) for a, b in zip(stabs, before))
+
+
+# -- CPU: cache-blocked foreach ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signal", ["relative", "fisher"])
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_blocked_foreach_matches_reference(rule, signal, monkeypatch):
+    from swgl.kernels import blocked
+
+    monkeypatch.setattr(blocked, "CHUNK", 64)  # several chunks per tensor, a partial last one
+    shapes = [(3,), (7, 13), (300,), (65,)]
+    inputs = _inputs(rule, shapes, torch.float32, "cpu")
+    inputs[0][3] = inputs[0][3][::2]  # non-contiguous: stays one chunk
+    inputs[1][3] = inputs[1][3][::2]
+    inputs[2][3] = inputs[2][3][::2]
+    hp = dataclasses.replace(HP, signal=signal, max_damping=4.0)
+    assert blocked.worth_it(inputs[0]) and kernels.supports(hp)
+    out = _run(blocked.BLOCKED[rule], rule, inputs, Context(grad_scale=4.0), hp)
+    ref = _run(RULES[rule].single, rule, inputs, Context(grad_scale=4.0), hp)
+    _check(out, ref, torch.float32)
+    if rule == "v1":  # elementwise: bit-exact with the unblocked foreach
+        plain = _run(RULES[rule].foreach, rule, inputs, Context(grad_scale=4.0), hp)
+        assert all(torch.equal(a, b) for a, b in zip(out[0], plain[0]))
+
+
+@pytest.mark.skipif(kernels._INTERPRET, reason="the interpreter sends CPU tensors to Triton")
+def test_functional_uses_blocked_foreach_on_cpu(monkeypatch):
+    from swgl.kernels import blocked
+
+    calls = []
+    impl = blocked.BLOCKED["v2"]
+    monkeypatch.setitem(blocked.BLOCKED, "v2", lambda *a: (calls.append(1), impl(*a))[1])
+    params, grads, stabs, steps = _inputs("v2", [(40000,), (3,)], torch.float32, "cpu")
+    swgl_fn(params, grads, stabs, steps, rule="v2", alpha=0.9, lambda_reg=0.0, eps=1e-8,
+            max_boost=10.0)
+    assert calls == [1]

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from swgl import kernels
 from swgl._validate import check_choice
+from swgl.kernels import blocked
 from swgl.rules import RULES, Context, Hyper
 
 __all__ = ["swgl", "all_finite", "Outcome", "MODES", "SIGNALS"]
@@ -73,7 +74,8 @@ def swgl(
     ``fused`` picks the Triton kernels of :mod:`swgl.kernels` (one pass over the whole list):
     None (auto) uses them when ``foreach`` is set, every param is on CUDA and Triton is
     installed; True requires Triton; False never uses them. Tensors the kernels cannot take
-    (non-contiguous, fp64, ...) fall back to foreach within the same call.
+    (non-contiguous, fp64, ...) fall back to foreach within the same call. On the CPU, foreach
+    runs over cache-sized chunks (:mod:`swgl.kernels.blocked`).
     """
     check_choice("rule", rule, RULES)
     if not params:
@@ -94,6 +96,8 @@ def swgl(
                 "use fused=None or False"
             )
         impl = kernels.FUSED[rule]
+    elif foreach and blocked.worth_it(params) and kernels.supports(hp):
+        impl = blocked.BLOCKED[rule]  # CPU: the same foreach, over cache-sized chunks
     dtensor = _dtensor_type()
     if dtensor is not None and any(isinstance(p, dtensor) for p in params):
         return _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale)

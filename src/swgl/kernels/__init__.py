@@ -8,9 +8,9 @@ the number of tensors, and the rest to the rule's foreach implementation, so any
 * handled: CUDA params and grads of fp32, bf16 or fp16, fp32 stability, all three contiguous
   and non-empty;
 * the rest (non-contiguous views, fp64, CPU tensors, ...) take ``RULES[rule].foreach``;
-* a :class:`~swgl.rules.Hyper` carrying options the kernels do not know (any field beyond
-  ``alpha, lambda_reg, eps, max_boost`` set to a non-default value) takes foreach for the
-  whole call.
+* a :class:`~swgl.rules.Hyper` carrying options the kernels do not implement (any field
+  beyond ``alpha, lambda_reg, eps, max_boost, signal, max_damping`` set to a non-default
+  value: today ``mode="update"`` and ``shock``) takes foreach for the whole call.
 
 Triton is imported on the first fused call, never at ``import swgl``.
 """
@@ -32,7 +32,7 @@ from swgl.rules import RULES, Context, Hyper
 __all__ = ["FUSED", "triton_available", "runs_on", "can_fuse", "supports", "fusable_tensor"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost"})
+_KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping"})
 # Triton's interpreter runs the kernels on CPU tensors: lets the kernels be debugged anywhere
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

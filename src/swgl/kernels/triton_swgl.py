@@ -44,6 +44,7 @@ _TINY_C = tl.constexpr(_TINY)
 _FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 RULE_IDS = {"v1": 0, "v1-paper": 1, "v2": 2}
+SIGNALS = {"relative": 0, "utility": 1, "fisher": 2}
 OPT_NONE, OPT_ADAMW, OPT_SGD = 0, 1, 2
 MODES = {"grad": 0, "update": 1}
 
@@ -104,12 +105,12 @@ def _v1_coeffs(g, w, s, alpha, eps, max_boost, lam_scaled, inv_scale,
 
 
 @triton.jit
-def _v2_coeffs(s, inv_bc, m, lam, max_boost, HAS_LAMBDA: tl.constexpr):
+def _v2_coeffs(s, inv_bc, m, lam, min_scale, max_boost, HAS_LAMBDA: tl.constexpr):
     """v2, from the updated EMA and the geometric mean ``m`` of s_hat: (c, k) such that the
     output is c * g + k * w (in true units)."""
     s_hat = s * inv_bc
     c = m / (s_hat + _TINY_C)
-    c = tl.minimum(tl.maximum(c, 1.0 / max_boost), max_boost)
+    c = tl.minimum(tl.maximum(c, min_scale), max_boost)
     if HAS_LAMBDA:
         excess = s_hat / (m + _TINY_C) - 1.0
         k = lam * tl.minimum(tl.maximum(excess, 0.0), max_boost - 1.0)
@@ -198,12 +199,18 @@ def _segsum_kernel(partials, first, out, RBLOCK: tl.constexpr):
 
 @triton.jit
 def _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, pid,
-                 MASKED: tl.constexpr):
+                 SIGNAL: tl.constexpr, MASKED: tl.constexpr):
     mask = offs < n
     w = _ld(pp, offs, mask, MASKED)
-    g = _ld(gp, offs, mask, MASKED)
+    g = _ld(gp, offs, mask, MASKED) * inv_scale
     s = _ld(sp, offs, mask, MASKED)
-    r = tl.minimum(tl.abs(g * inv_scale) / (tl.abs(w) + delta), _RMAX)
+    if SIGNAL == 0:
+        r = tl.abs(g) / (tl.abs(w) + delta)
+    elif SIGNAL == 1:
+        r = tl.abs(g * w)
+    else:
+        r = g * g
+    r = tl.minimum(r, _RMAX)
     s = s * alpha + (1.0 - alpha) * r
     _st(sp, offs, s, mask, MASKED)
     log_s_hat = tl.log(s * inv_bc + _TINY_C)
@@ -213,28 +220,30 @@ def _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials,
 @triton.jit
 def _v2_ema_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sumsq, partials, found,
                    alpha, ln_alpha, eps, inv_scale,
-                   P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, HAS_FOUND: tl.constexpr,
-                   ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+                   P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, SIGNAL: tl.constexpr,
+                   HAS_FOUND: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
     """v2 pass 2: s = alpha s + (1 - alpha) r, and per-program partial sums of log s_hat."""
     pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, HAS_FOUND, BLOCK_)
     if not skip:
         pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
         gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
         sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
-        gn = tl.load(gnumels + i).to(tl.float32)
-        delta = eps + _FLOOR * tl.sqrt(tl.load(sumsq + i) / gn)
+        delta = 0.0
+        if SIGNAL == 0:
+            gn = tl.load(gnumels + i).to(tl.float32)
+            delta = eps + _FLOOR * tl.sqrt(tl.load(sumsq + i) / gn)
         inv_bc = 1.0 / _bias_correction(tl.load(steps + i).to(tl.float32), ln_alpha)
         if full:
             _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, pid,
-                         False)
+                         SIGNAL, False)
         else:
             _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, pid,
-                         True)
+                         SIGNAL, True)
 
 
 @triton.jit
 def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
-               alpha, ln_alpha, eps, max_boost, lam, grad_scale, inv_scale,
+               alpha, ln_alpha, eps, min_scale, max_boost, lam, grad_scale, inv_scale,
                lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
                RULE: tl.constexpr, OPT: tl.constexpr, MODE: tl.constexpr,
                HAS_LAMBDA: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
@@ -245,7 +254,7 @@ def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
     s = _ld(sp, offs, mask, MASKED)
     if RULE == 2:
         inv_bc = 1.0 / _bias_correction(t, ln_alpha)
-        c, k = _v2_coeffs(s, inv_bc, m_ref, lam, max_boost, HAS_LAMBDA)
+        c, k = _v2_coeffs(s, inv_bc, m_ref, lam, min_scale, max_boost, HAS_LAMBDA)
         # v2 works on the true gradient g / S and hands back S times its output
         k = k * grad_scale
     else:
@@ -290,7 +299,7 @@ def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
 
 @triton.jit
 def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, found,
-                 alpha, ln_alpha, eps, max_boost, lam, grad_scale, inv_scale,
+                 alpha, ln_alpha, eps, min_scale, max_boost, lam, grad_scale, inv_scale,
                  lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, RULE: tl.constexpr,
                  OPT: tl.constexpr, MODE: tl.constexpr, HAS_LAMBDA: tl.constexpr,
@@ -314,12 +323,14 @@ def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, found,
         if RULE == 2:
             m_ref = tl.exp(tl.load(sums + i) / tl.load(gnumels + i).to(tl.float32))
         if full:
-            _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref, alpha, ln_alpha, eps, max_boost,
+            _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref, alpha, ln_alpha, eps, min_scale,
+                       max_boost,
                        lam, grad_scale, inv_scale, lr, beta1, beta2, ln_beta1, ln_beta2,
                        opt_eps, wd, momentum, dampening, RULE, OPT, MODE, HAS_LAMBDA,
                        HAS_MOMENTUM, NESTEROV, False)
         else:
-            _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref, alpha, ln_alpha, eps, max_boost,
+            _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref, alpha, ln_alpha, eps, min_scale,
+                       max_boost,
                        lam, grad_scale, inv_scale, lr, beta1, beta2, ln_beta1, ln_beta2,
                        opt_eps, wd, momentum, dampening, RULE, OPT, MODE, HAS_LAMBDA,
                        HAS_MOMENTUM, NESTEROV, True)
@@ -388,6 +399,14 @@ class Launch:
         return (self.nblocks,)
 
 
+def _signal(hp: Hyper) -> str:
+    return getattr(hp, "signal", "relative")
+
+
+def _min_scale(hp: Hyper) -> float:
+    return getattr(hp, "min_scale", 1.0 / hp.max_boost)
+
+
 def _needs_reduce(ctx: Context) -> bool:
     return ctx.reduce_sum is not Context().reduce_sum
 
@@ -423,7 +442,8 @@ def v2_ema(lau: Launch, hp: Hyper, ctx: Context, sumsq: Tensor,
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.gnumels, lau.steps, sumsq,
         partials, found if found is not None else partials, hp.alpha, _ln(hp.alpha), hp.eps,
         1.0 / ctx.grad_scale, P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype,
-        HAS_FOUND=found is not None, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
+        SIGNAL=SIGNALS[_signal(hp)], HAS_FOUND=found is not None, ALIGNED=lau.aligned,
+        BLOCK_=BLOCK, num_warps=NUM_WARPS,
     )
     return _per_tensor_sum(lau, partials, ctx)
 
@@ -438,7 +458,8 @@ def step(lau: Launch, rule: str, hp: Hyper, ctx: Context, *, sums: Tensor | None
     _step_kernel[lau.grid()](
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.gnumels, lau.steps,
         sums if sums is not None else dummy, found if found is not None else dummy,
-        hp.alpha, _ln(hp.alpha), hp.eps, hp.max_boost, hp.lambda_reg, ctx.grad_scale,
+        hp.alpha, _ln(hp.alpha), hp.eps, _min_scale(hp), hp.max_boost, hp.lambda_reg,
+        ctx.grad_scale,
         1.0 / ctx.grad_scale, lr, beta1, beta2, _ln(beta1), _ln(beta2), opt_eps, weight_decay,
         momentum, dampening,
         P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype, RULE=RULE_IDS[rule], OPT=opt,
@@ -456,5 +477,7 @@ def swgl_pass(params, grads, stabilities, steps, hp: Hyper, ctx: Context, *, rul
         lau.steps = torch.stack([t.reshape(()) for t in steps])
     sums = None
     if rule == "v2":
-        sums = v2_ema(lau, hp, ctx, v2_weight_sums(lau, ctx))
+        # only the "relative" signal reads the weight RMS
+        sumsq = v2_weight_sums(lau, ctx) if _signal(hp) == "relative" else lau.numels
+        sums = v2_ema(lau, hp, ctx, sumsq)
     step(lau, rule, hp, ctx, sums=sums)

@@ -31,8 +31,10 @@ from swgl.optim._coeffs import COEFFS
 from swgl.rules import RULES, Context, Hyper
 
 SWGL_DEFAULTS: dict[str, Any] = dict(
-    rule="v2", alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0, mode="grad"
+    rule="v2", alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0, mode="grad",
+    signal="relative", max_damping=None,
 )
+SIGNALS = ("relative", "utility", "fisher")
 #: where the SWGL factor is applied: to the gradient the base optimizer sees, or to its update
 MODES = ("grad", "update")
 
@@ -51,12 +53,17 @@ def check_swgl(options: Any, base: dict[str, Any] | None = None) -> dict[str, An
     out["eps"] = check_range("swgl['eps']", out["eps"], 0.0, low_open=True)
     out["max_boost"] = check_range("swgl['max_boost']", out["max_boost"], 1.0, 1e30)
     out["mode"] = check_choice("swgl['mode']", out["mode"], MODES)
+    out["signal"] = check_choice("swgl['signal']", out["signal"], SIGNALS)
+    if out["max_damping"] is not None:
+        out["max_damping"] = check_range("swgl['max_damping']", out["max_damping"], 1.0, 1e30)
     return out
 
 
 def hyper(options: dict[str, Any]) -> Hyper:
+    """The rules' options; the factor's placement (``mode``) is the optimizer's business."""
     return Hyper(alpha=options["alpha"], lambda_reg=options["lambda_reg"], eps=options["eps"],
-                 max_boost=options["max_boost"])
+                 max_boost=options["max_boost"], signal=options["signal"],
+                 max_damping=options["max_damping"])
 
 
 def check_fused(fused: Any) -> bool | None:

@@ -51,23 +51,30 @@ def _v2(params, grads, stabilities, steps, hp: Hyper, ctx: Context) -> Coeffs:
     g32 = [g.float() for g in grads]
     if ctx.grad_scale != 1.0:
         g32 = torch._foreach_div(g32, ctx.grad_scale)
-    w_sq = _tensor_sums(w, 2, ctx)
-    delta = [hp.eps + WEIGHT_FLOOR * (sq / n) ** 0.5 for sq, n in zip(w_sq, numels)]
-    denom = torch._foreach_abs(w)
-    torch._foreach_add_(denom, delta)
-    r = torch._foreach_abs(g32)
-    torch._foreach_div_(r, denom)
+    if hp.signal == "relative":
+        w_sq = _tensor_sums(w, 2, ctx)
+        delta = [hp.eps + WEIGHT_FLOOR * (sq / n) ** 0.5 for sq, n in zip(w_sq, numels)]
+        denom = torch._foreach_abs(w)
+        torch._foreach_add_(denom, delta)
+        r = torch._foreach_abs(g32)
+        torch._foreach_div_(r, denom)
+        del denom
+    elif hp.signal == "utility":
+        r = torch._foreach_mul(g32, w)
+        torch._foreach_abs_(r)
+    else:  # "fisher"
+        r = torch._foreach_mul(g32, g32)
     torch._foreach_clamp_max_(r, R_MAX)
     torch._foreach_mul_(stabilities, hp.alpha)
     torch._foreach_add_(stabilities, r, alpha=1.0 - hp.alpha)
-    del r, denom
+    del r
     inv_bc = [1.0 / (1.0 - hp.alpha ** int(t.item())) for t in steps]
     s_hat = torch._foreach_mul(stabilities, inv_bc)
     means = [math.exp(log_m) for log_m in _log_means(s_hat, numels, ctx)]
     c = torch._foreach_add(s_hat, _TINY)
     torch._foreach_reciprocal_(c)
     torch._foreach_mul_(c, means)
-    torch._foreach_clamp_min_(c, 1.0 / hp.max_boost)
+    torch._foreach_clamp_min_(c, hp.min_scale)
     torch._foreach_clamp_max_(c, hp.max_boost)
     k = None
     if hp.lambda_reg > 0.0:
