@@ -7,7 +7,8 @@ least (its "model bytes": an SWGL pass reads g, w, s and writes s, g = 20 B/para
 device-to-device copy. Then the end-to-end BERT-base MLM training step (batch 32 x 128, bf16
 autocast, fused AdamW, model built from its config) with and without SWGL.
 
-CPU: the foreach implementation against the v1 per-tensor loop for a 10M-param MLP.
+CPU: the foreach implementation (plain, and over cache-sized chunks as ``swgl()`` runs it on
+the CPU) against the v1 per-tensor loop for a 10M-param MLP.
 
     PYTHONPATH=src python benchmarks/step_speed.py --json step_speed.json      # GPU if any
     PYTHONPATH=src python benchmarks/step_speed.py --cpu --json step_speed_cpu.json
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bert_shapes import bert_base_shapes  # noqa: E402
 
 from swgl import compiled, kernels  # noqa: E402
+from swgl.kernels import blocked  # noqa: E402
 from swgl.functional import swgl as swgl_fn  # noqa: E402
 from swgl.modulator import SWGL  # noqa: E402
 from swgl.optim import SGD as SWGLSGD  # noqa: E402
@@ -300,7 +302,9 @@ def cpu_suite(args) -> dict:
     reps = 3 if args.quick else 7
     for rule in ("v1", "v2"):
         data = _Lists(shapes, "cpu", rule)
-        impls = [("loop (single-tensor)", RULES[rule].single), ("foreach", RULES[rule].foreach)]
+        impls = [("loop (single-tensor)", RULES[rule].single),
+                 ("foreach, whole tensors", RULES[rule].foreach),
+                 ("foreach, cache-blocked (swgl() default)", blocked.BLOCKED[rule])]
         if args.compile:
             impls.append(("torch.compile (whole list)", compiled.COMPILED[rule]))
         for name, impl in impls:
