@@ -32,8 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bert_shapes import bert_base_shapes  # noqa: E402
 
 from swgl import compiled, kernels  # noqa: E402
-from swgl.kernels import blocked  # noqa: E402
 from swgl.functional import swgl as swgl_fn  # noqa: E402
+from swgl.kernels import blocked  # noqa: E402
 from swgl.modulator import SWGL  # noqa: E402
 from swgl.optim import SGD as SWGLSGD  # noqa: E402
 from swgl.optim import AdamW as SWGLAdamW  # noqa: E402
