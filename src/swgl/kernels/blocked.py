@@ -24,8 +24,9 @@ from swgl.rules import RULES, Context, Hyper
 
 __all__ = ["BLOCKED", "CHUNK", "worth_it"]
 
-#: elements per chunk: 128 KiB of fp32, so the ~6 live chunks of a rule fit in L2
-CHUNK = 32768
+#: elements per chunk: 64 KiB of fp32, so the ~6 live chunks of a rule fit in L2, and below
+#: torch's intra-op grain size (32768), so no op wakes the thread pool for one chunk
+CHUNK = 16384
 
 
 def worth_it(params: list[Tensor]) -> bool:
