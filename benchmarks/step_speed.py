@@ -64,6 +64,26 @@ def _gpu_time(fn: Callable[[], None], reset: Callable[[], None] | None, warmup: 
     return statistics.median(times)
 
 
+def _kernel_time(fn: Callable[[], None], reset: Callable[[], None] | None, reps: int = 10) -> float:
+    """Device time per call summed over the GPU kernels (profiler), without launch gaps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    total = 0.0
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            if reset:
+                reset()
+            torch.cuda.synchronize()
+            fn()
+            torch.cuda.synchronize()
+    for evt in prof.key_averages():
+        if evt.key.startswith("_") and "kernel" in evt.key:  # the Triton kernels
+            total += evt.device_time_total
+    return total / reps / 1e3
+
+
 def _cpu_time(fn, reset, warmup: int, reps: int) -> float:
     for _ in range(warmup):
         reset()
@@ -132,6 +152,9 @@ def gpu_suite(args) -> dict:
         rows.append(_row(name, ms, nparams, bpp, copy_gbs, note))
         log.info("%-46s %8.3f ms", name, ms)
 
+    if args.sweep and kernels.triton_available():
+        _sweep(add, shapes, device)
+
     # -- standalone SWGL passes ----------------------------------------------------------------
     for rule in ("v1", "v2"):
         data = _Lists(shapes, device, rule)
@@ -154,6 +177,9 @@ def gpu_suite(args) -> dict:
                                                        data.reset, 3, 50), 20,
                 f"launches: {1 if rule != 'v2' else 5}; first call {first:.1f} s"
                 + ("; moves 36 B/param (two dependent reductions)" if rule == "v2" else ""))
+            add(f"{rule} Triton standalone, kernels only",
+                _kernel_time(data.call(kernels.FUSED[rule]), data.reset), 20,
+                "profiler: device time of the Triton kernels")
             kw = dict(rule=rule, **SW)
             add(f"{rule} Triton via swgl() (+ non-finite guard)",
                 _gpu_time(lambda d=data, kw=kw: swgl_fn(d.params, d.grads, d.stabs, d.steps,
@@ -184,6 +210,9 @@ def gpu_suite(args) -> dict:
                                 fused=True)
                 add(f"swgl.optim.AdamW {rule} {mode} (Triton)", opt_time(opt), 36,
                     "moves 56 B/param" if rule == "v2" else "moves 40 B/param (guard pass)")
+                if mode == "grad":
+                    add(f"swgl.optim.AdamW {rule} {mode}, kernels only",
+                        _kernel_time(opt.step, None), 36, "profiler: Triton kernels' device time")
                 del opt
         swgl_mod = SWGL(leaves, rule="v2", **SW)
         base = torch.optim.AdamW(leaves, lr=1e-4, fused=True)
@@ -207,6 +236,30 @@ def gpu_suite(args) -> dict:
 
     e2e = bert_end_to_end(device, args) if args.bert else {}
     return dict(info=info, rows=rows, bert=e2e)
+
+
+def _sweep(add, shapes, device) -> None:
+    """Tile size and warps of the elementwise kernels: v1 standalone and fused AdamW v1."""
+    from swgl.kernels import triton_swgl
+
+    default = (triton_swgl.BLOCK, triton_swgl.NUM_WARPS)
+    data = _Lists(shapes, device, "v1")
+    leaves = [torch.nn.Parameter(p.clone()) for p in data.params]
+    for p, g in zip(leaves, data.grads0):
+        p.grad = g
+    best = (float("inf"), default)
+    for block, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8)):
+        triton_swgl.BLOCK, triton_swgl.NUM_WARPS = block, warps
+        ms = _gpu_time(data.call(kernels.FUSED["v1"]), data.reset, 3, 30)
+        add(f"sweep: v1 Triton standalone BLOCK={block} warps={warps}", ms, 20)
+        opt = SWGLAdamW(leaves, lr=1e-4, swgl=dict(rule="v1", **SW), fused=True)
+        add(f"sweep: AdamW v1 (Triton) BLOCK={block} warps={warps}",
+            _gpu_time(opt.step, None, 3, 30), 36)
+        best = min(best, (ms, (block, warps)))
+    triton_swgl.BLOCK, triton_swgl.NUM_WARPS = best[1] if os.environ.get("SWGL_SWEEP_APPLY") \
+        else default
+    del data, leaves
+    torch.cuda.empty_cache()
 
 
 def _compiled_row(add, data, rule) -> None:
@@ -344,6 +397,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cpu", action="store_true", help="the CPU suite (default: GPU if any)")
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip torch.compile (slow to compile)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="GPU: try tile sizes / warps of the Triton kernels first")
     parser.add_argument("--compile-only", action="store_true",
                         help="GPU: only the torch.compile rows")
     parser.add_argument("--no-bert", dest="bert", action="store_false",

@@ -208,7 +208,8 @@ class SWGLOptimizer(Optimizer):
                 plans.append((group, lau, [steps[i] for i in idx], sumsq))
         all_steps = [t for _, lau, steps, _ in plans for t in steps]
         torch._foreach_add_(all_steps, 1.0)
-        torch._foreach_sub_(all_steps, found.reshape(()))
+        # a list of 0-d device tensors: the Tensor-scalar overload would sync to read it
+        torch._foreach_sub_(all_steps, [found.reshape(())] * len(all_steps))
         for group, lau, steps, sumsq in plans:
             options = group["swgl"]
             hp = hyper(options)
