@@ -146,6 +146,9 @@ def _bench_parser(sub) -> None:
     t.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1")
     t.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default: 1, fastest for these small models)")
+    t.add_argument("--workers", type=int, default=1,
+                   help="run cells in this many processes, one thread each (default: 1); "
+                   "the numbers do not depend on it")
 
     o = p.add_argument_group("output")
     o.add_argument("--out-dir", default="runs", help="where run folders go (default: runs)")
@@ -158,8 +161,14 @@ def _bench_parser(sub) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
-def _list_methods() -> None:
+def _console():
     from rich.console import Console
+
+    # Piped output (CI logs, files) gets a width that fits the whole table.
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _list_methods() -> None:
     from rich.table import Table
 
     from swgl.bench.methods import METHODS, OPTIMIZERS
@@ -171,8 +180,8 @@ def _list_methods() -> None:
         table.add_row(name, spec.strategy.__name__, spec.optimizer,
                       "yes" if spec.swgl is not None else "", ", ".join(spec.valid_options()),
                       spec.description)
-    Console().print(table)
-    Console().print("default lr per optimizer: " +
+    _console().print(table)
+    _console().print("default lr per optimizer: " +
                     ", ".join(f"{k}={v.lr:g}" for k, v in OPTIMIZERS.items()))
 
 
@@ -197,7 +206,6 @@ def _cmd_bench(args) -> int:
         _list_methods()
         return 0
     import torch
-    from rich.console import Console
     from tqdm import tqdm
 
     from swgl.bench import report, runner
@@ -215,7 +223,7 @@ def _cmd_bench(args) -> int:
         bar.update(1)
 
     results = runner.run(cfg, out_dir=args.out_dir, resume=args.resume, on_cell=on_cell,
-                         write_reports=False)
+                         write_reports=False, workers=args.workers)
     bar.close()
     report.write_all(results, plots=not args.no_plots)
     if args.json:
@@ -224,7 +232,7 @@ def _cmd_bench(args) -> int:
                   sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        console = Console()
+        console = _console()
         r = results.config
         title = (f"{r.dataset}, {r.model} h={r.hidden}, {r.epochs} epochs/task, "
                  f"seeds {list(r.seeds)}: mean ± std")
@@ -236,16 +244,14 @@ def _cmd_bench(args) -> int:
 def _cmd_plot(args) -> int:
     from pathlib import Path
 
-    from rich.console import Console
-
     from swgl.bench import report
 
     results = report.load_results(args.run, args.runs_dir)
     out = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir()
                                                else Path(args.runs_dir) / args.run)
     files = report.write_plots(results, out)
-    Console().print(report.summary_table(results["summary"], results["run_id"]))
-    Console().print(f"{len(files)} plots in {out}")
+    _console().print(report.summary_table(results["summary"], results["run_id"]))
+    _console().print(f"{len(files)} plots in {out}")
     return 0
 
 

@@ -354,30 +354,58 @@ def summarize(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
 def run(config: BenchConfig, *, out_dir: str | Path = "runs", resume: bool = False,
         on_cell: Callable[[dict[str, Any], bool], None] | None = None,
-        write_reports: bool = True) -> Results:
+        write_reports: bool = True, workers: int = 1) -> Results:
     """Run every cell of ``config`` and write ``<out_dir>/<run-id>/``.
 
     ``resume=True`` reuses cells already on disk for this run id. ``on_cell(cell, cached)``
     is called after each cell (for progress bars). ``write_reports`` writes results.json,
-    results.csv, cells.csv and the plots.
+    results.csv, cells.csv and the plots. ``workers > 1`` runs cells in that many processes
+    (one torch thread each); the numbers do not depend on it.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     cfg = config.resolved()
     run_id = config.run_id()
     run_dir = Path(out_dir) / run_id
     atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-    cells = []
-    for scenario, method, seed in _cells(cfg):
-        path = run_dir / "cells" / f"{_cell_name(scenario, method, seed)}.json"
+    done: dict[tuple[str, str, int], dict[str, Any]] = {}
+    pending = []
+    for key in _cells(cfg):
+        path = run_dir / "cells" / f"{_cell_name(*key)}.json"
         cell = _load_cell(path, run_id) if resume and path.exists() else None
-        cached = cell is not None
         if cell is None:
-            cell = {"run_id": run_id, **run_cell(cfg, scenario, method, seed)}
-            atomic_write_text(path, json.dumps(cell))
-        cells.append(cell)
+            pending.append(key)
+        else:
+            done[key] = cell
+            if on_cell is not None:
+                on_cell(cell, True)
+
+    def finish(key: tuple[str, str, int], record: dict[str, Any]) -> None:
+        cell = {"run_id": run_id, **record}
+        atomic_write_text(run_dir / "cells" / f"{_cell_name(*key)}.json", json.dumps(cell))
+        done[key] = cell
         if on_cell is not None:
-            on_cell(cell, cached)
+            on_cell(cell, False)
+
+    if workers == 1:
+        for key in pending:
+            finish(key, run_cell(cfg, *key))
+    elif pending:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(1,)) as pool:
+            futures = {pool.submit(run_cell, cfg, *key): key for key in pending}
+            for future in as_completed(futures):
+                finish(futures[future], future.result())
+    cells = [done[key] for key in _cells(cfg)]
     results = Results(cfg, run_id, run_dir, cells, summarize(cells))
     if write_reports:
         from swgl.bench import report  # matplotlib is only needed here

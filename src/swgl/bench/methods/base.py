@@ -1,5 +1,9 @@
 """The strategy base class, the method registry and the per-method option handling.
 
+The quadratic regularizers (EWC, online EWC, SI, MAS) use Adam, as in van de Ven & Tolias 2019:
+with SGD (lr 0.1) every penalty strong enough to matter diverged on Fashion-MNIST (see
+docs/results.md).
+
 A *method* is a :class:`MethodSpec`: a strategy class (how the loss and the hooks work), a
 base optimizer, whether SWGL wraps it, and option overrides. Variants are new specs, not new
 code: ``derive("swgl-v1", "swgl-sgd", swgl={"rule": "v1"})``.

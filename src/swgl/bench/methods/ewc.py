@@ -47,4 +47,4 @@ class EWC(Method):
         return [t for fisher, anchor in self.anchors for d in (fisher, anchor) for t in d.values()]
 
 
-register(MethodSpec("ewc", EWC, "sgd", description="EWC, one Fisher penalty per task"))
+register(MethodSpec("ewc", EWC, "adam", description="EWC, one Fisher penalty per task"))

@@ -39,4 +39,4 @@ class MAS(Method):
         return [*self.omega.values(), *self.anchor.values()]
 
 
-register(MethodSpec("mas", MAS, "sgd", description="memory-aware synapses"))
+register(MethodSpec("mas", MAS, "adam", description="memory-aware synapses"))

@@ -20,4 +20,4 @@ class OnlineEWC(EWC):
         self.anchors = [(fisher, params)]
 
 
-register(MethodSpec("online-ewc", OnlineEWC, "sgd", description="online EWC, one running Fisher"))
+register(MethodSpec("online-ewc", OnlineEWC, "adam", description="online EWC, one running Fisher"))

@@ -53,4 +53,4 @@ class SI(Method):
         return [*self.omega.values(), *self.path.values(), *self.anchor.values()]
 
 
-register(MethodSpec("si", SI, "sgd", description="synaptic intelligence"))
+register(MethodSpec("si", SI, "adam", description="synaptic intelligence"))

@@ -1,0 +1,92 @@
+import dataclasses
+import json
+
+import pytest
+
+from swgl.bench import runner
+from swgl.bench.config import BenchConfig
+
+
+def test_class_il_known_pattern(tiny):
+    # Without replay class-IL ends near 1/#tasks of the classes; replay is far better.
+    cfg = dataclasses.replace(tiny, methods=("naive-sgd", "replay"), hidden=32, epochs=3,
+                              train_per_task=None, test_per_task=None)
+    accs = {m: runner.run_cell(cfg, "split-class", m, 0)["metrics"]["acc"]
+            for m in cfg.methods}
+    assert accs["naive-sgd"] < 0.3
+    assert accs["replay"] > accs["naive-sgd"] + 0.2
+
+
+def test_same_seed_same_numbers(tiny):
+    cfg = dataclasses.replace(tiny, methods=("swgl-replay",))
+    a = runner.run_cell(cfg, "split-class", "swgl-replay", 3)
+    b = runner.run_cell(cfg, "split-class", "swgl-replay", 3)
+    assert a["R"] == b["R"] and a["stability"] == b["stability"]
+    c = runner.run_cell(cfg, "split-class", "swgl-replay", 4)
+    assert c["R"] != a["R"]
+
+
+def test_streaming_reports_online_metrics(tiny):
+    cell = runner.run_cell(dataclasses.replace(tiny, methods=("ewc",), n_tasks=2),
+                           "stream-input-permuted", "ewc", 0)
+    m = cell["metrics"]
+    assert 0 <= m["online_acc"] <= 1 and 0 <= m["plasticity"] <= 1
+    assert cell["steps"] == 40 and len(cell["online_curve"]["acc"]) == 20
+
+
+def test_run_writes_files_and_resume_skips_done_cells(tiny, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(tiny, methods=("naive-sgd", "swgl-sgd"), seeds=(0, 1))
+    res = runner.run(cfg, out_dir=tmp_path)
+    d = tmp_path / cfg.run_id()
+    assert res.run_dir == d
+    for name in ("results.json", "results.csv", "cells.csv", "config.json",
+                 "acc_matrix_split-class.png", "task_curves_split-class.png",
+                 "stability_split-class_swgl-sgd.png"):
+        assert (d / name).is_file(), name
+    assert len(list((d / "cells").glob("*.json"))) == 4
+    assert not list(d.rglob("*.tmp"))
+    summary = {r["method"]: r for r in json.loads((d / "results.json").read_text())["summary"]}
+    assert summary["naive-sgd"]["n_seeds"] == 2
+
+    # A lost cell is recomputed, the others come from disk.
+    (d / "cells" / "split-class__swgl-sgd__seed1.json").unlink()
+    calls = []
+    real = runner.run_cell
+    monkeypatch.setattr(runner, "run_cell", lambda *a: calls.append(a[1:]) or real(*a))
+    again = runner.run(cfg, out_dir=tmp_path, resume=True, write_reports=False)
+    assert calls == [("split-class", "swgl-sgd", 1)]
+    assert [c["R"] for c in again.cells] == [c["R"] for c in res.cells]
+
+
+def test_run_id_follows_the_config(tiny):
+    assert tiny.run_id() == dataclasses.replace(tiny).run_id()
+    assert tiny.run_id() != dataclasses.replace(tiny, swgl_opts={"alpha": 0.9}).run_id()
+    assert tiny.run_id() == dataclasses.replace(tiny, data_dir="/elsewhere").run_id()
+    assert tiny.run_id().startswith("digits-")
+
+
+def test_grid_expands_fields_and_nested_options(tiny):
+    configs = runner.grid(tiny, epochs=[1, 2], swgl_opts__alpha=[0.9, 0.99],
+                          method_opts=[{}])
+    assert len(configs) == 4
+    assert {(c.epochs, c.swgl_opts["alpha"]) for c in configs} == {
+        (1, 0.9), (1, 0.99), (2, 0.9), (2, 0.99)}
+    with pytest.raises(ValueError, match="not a BenchConfig field"):
+        runner.grid(tiny, nonsense=[1])
+
+
+def test_workers_must_be_positive(tiny, tmp_path):
+    with pytest.raises(ValueError, match="workers"):
+        runner.run(tiny, out_dir=tmp_path, workers=0)
+
+
+def test_summary_mean_and_std():
+    cells = [{"scenario": "s", "method": "m", "metrics": {"acc": a}} for a in (0.2, 0.4)]
+    (row,) = runner.summarize(cells)
+    assert row["acc_mean"] == pytest.approx(0.3) and row["acc_std"] == pytest.approx(0.1)
+
+
+def test_from_dict_roundtrip(tiny):
+    assert BenchConfig.from_dict(tiny.to_dict()) == tiny
+    with pytest.raises(ValueError, match="unknown config keys"):
+        BenchConfig.from_dict({"datset": "digits"})
