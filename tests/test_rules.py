@@ -155,3 +155,23 @@ def test_v2_grad_scale_is_transparent():
         torch.testing.assert_close(a, b)
     for a, b in zip(g_plain[-1], g_scaled[-1]):
         torch.testing.assert_close(a * 1024.0, b)
+
+
+@pytest.mark.parametrize("impl", ["single", "foreach"])
+def test_v2_reference_ignores_weights_that_never_get_a_gradient(impl):
+    """Dead units: exact-zero grads must not drag the geometric mean to 0 and push every live
+    element to the damping floor."""
+    gen = torch.Generator().manual_seed(6)
+    w = torch.randn(40, 10, generator=gen)
+    g = torch.randn(40, 10, generator=gen)
+    g_dead = g.clone()
+    g_dead[:10] = 0.0  # a quarter of the rows are dead
+    hp = Hyper(alpha=0.9, lambda_reg=0.0, eps=1e-8, max_boost=10.0)
+    out = {}
+    for name, grad in (("live", g[10:]), ("with-dead", g_dead)):
+        weights = w[10:] if name == "live" else w
+        grads = [grad.clone()]
+        getattr(RULES["v2"], impl)([weights], grads, [torch.zeros_like(weights)],
+                                   [torch.ones(())], hp, Context())
+        out[name] = grads[0][-30:] / grad[-30:]
+    torch.testing.assert_close(out["with-dead"], out["live"], rtol=1e-4, atol=1e-6)

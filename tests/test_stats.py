@@ -45,6 +45,7 @@ def test_scale_matches_the_step(rule, foreach):
     model = _model()
     max_boost = 3.0  # small, so that elements reach both limits
     swgl = SWGL(model.parameters(), alpha=0.9, lambda_reg=0.0, max_boost=max_boost, rule=rule,
+                mode="grad",
                 foreach=foreach)
     for seed in range(6):
         model.zero_grad()

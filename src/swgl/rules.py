@@ -29,14 +29,17 @@ Rules
     r     = min(|g| / (|w| + delta), R_MAX)
     s     = alpha * s + (1 - alpha) * r           # s starts at 0
     s_hat = s / (1 - alpha^t)                     # bias-corrected, no start-up transient
-    m     = exp(mean(log(s_hat + tiny)))          # per-tensor geometric mean
+    m     = exp(mean(log s_hat over s_hat > 0))   # geometric mean of the active elements
     c     = clamp(m / (s_hat + tiny), 1 / max_boost, max_boost)
     g     = c * g + lambda_reg * clamp(s_hat / m - 1, 0, max_boost - 1) * w
 
 so an element as volatile as its tensor's typical element gets ``c = 1``; a more volatile one
 is damped, down to ``1/max_boost``; a steadier one is boosted, up to ``max_boost``. The
 geometric mean (not the arithmetic one) is the reference because ``|g|/|w|`` is heavy-tailed:
-a few near-zero weights would otherwise drag the mean up and boost almost every element.
+a few near-zero weights would otherwise drag the mean up and boost almost every element. It
+is taken over the elements whose EMA is not exactly 0: weights that never receive a gradient
+(dead units, constant-zero inputs, unused embedding rows) would contribute ``log 0`` and push
+every live element to the floor.
 ``lambda_reg`` is a weight decay applied only to elements more volatile than their tensor's
 typical element, with a coefficient that never exceeds ``lambda_reg * (max_boost - 1)``.
 """
@@ -176,12 +179,25 @@ def _tensor_sums(tensors: list[Tensor], ord: float, ctx: Context) -> list[float]
     return ctx.reduce_sum(norms).tolist()
 
 
-def _log_means(tensors: list[Tensor], numels: list[int], ctx: Context) -> list[float]:
-    """Per-tensor ``mean(log(x + tiny))`` for ``x >= 0``, through shifted 1-norms."""
+def _log_means(tensors: list[Tensor], ctx: Context) -> list[float]:
+    """Per-tensor mean of ``log x`` over the elements with ``x > 0`` (0 if there are none),
+    for ``x >= 0``, through shifted, masked 1-norms."""
+    active = torch._foreach_sign(tensors)
     logs = torch._foreach_add(tensors, _TINY)
     torch._foreach_log_(logs)
     torch._foreach_add_(logs, _LOG_SHIFT)
-    return [total / n - _LOG_SHIFT for total, n in zip(_tensor_sums(logs, 1, ctx), numels)]
+    torch._foreach_mul_(logs, active)
+    counts = _tensor_sums(active, 1, ctx)
+    return [total / n - _LOG_SHIFT if n > 0 else 0.0
+            for total, n in zip(_tensor_sums(logs, 1, ctx), counts)]
+
+
+def _active_log_mean(s_hat: Tensor, ctx: Context) -> Tensor:
+    """The single-tensor form of :func:`_log_means`."""
+    active = s_hat > 0
+    total = ctx.reduce_sum(torch.where(active, s_hat, 1.0).log().sum().reshape(1))
+    count = ctx.reduce_sum(active.sum().float().reshape(1))
+    return torch.where(count > 0, total / count.clamp(min=1.0), 0.0)
 
 
 def _signal(g32: Tensor, w: Tensor, delta: float | Tensor, signal: str) -> Tensor:
@@ -211,7 +227,7 @@ def _v2_single(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
                 step.fill_(1)
         s.mul_(hp.alpha).add_(r, alpha=1.0 - hp.alpha)
         s_hat = s / (1.0 - hp.alpha ** int(step.item()))
-        m = (ctx.reduce_sum((s_hat + _TINY).log_().sum().reshape(1)) / n).exp()
+        m = _active_log_mean(s_hat, ctx).exp()
         c = (m / (s_hat + _TINY)).clamp_(hp.min_scale, hp.max_boost)
         new_g = g32.mul_(c) if hp.mode == "grad" else g32
         if hp.lambda_reg > 0.0:
@@ -249,7 +265,7 @@ def _v2_foreach(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
     del r
     inv_bc = [1.0 / (1.0 - hp.alpha ** int(t.item())) for t in steps]
     s_hat = torch._foreach_mul(stabilities, inv_bc)
-    means = [math.exp(log_m) for log_m in _log_means(s_hat, numels, ctx)]
+    means = [math.exp(log_m) for log_m in _log_means(s_hat, ctx)]
     c = torch._foreach_add(s_hat, _TINY)
     torch._foreach_reciprocal_(c)
     torch._foreach_mul_(c, means)
