@@ -188,6 +188,7 @@ def plot(results: dict, path: Path, every: int) -> None:
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(4.0 * cols, 3.2 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    axes[0, 0].set_ylim(1e-8, 10.0)  # a diverged or frozen run would stretch the shared axis
     for ax, name in zip(axes.flat, names):
         series = results[name]["update_series"]
         depth = len(series[0]) if series else 0
@@ -219,7 +220,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/starvation.json"))
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from --out's JSON")
     args = ap.parse_args()
+    if args.plot_only:
+        saved = json.loads(args.out.read_text())
+        plot(saved["results"], args.out.with_suffix(".png"), saved["every"])
+        return
     torch.set_num_threads(1)
 
     from swgl.bench.data import load_dataset
