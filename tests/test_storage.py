@@ -234,8 +234,11 @@ def test_single_tensor_and_foreach_agree(name):
         opt = SWGL(model.parameters(), storage=name, foreach=foreach)
         _train(model, opt, torch.optim.SGD(model.parameters(), 0.1), _batches(4))
         results.append([opt.stability(p) for p in model.parameters()])
+    # The two paths differ in the last fp32 bits, which can flip one rounding decision: allow
+    # one quantisation level where the format rounds.
+    rtol = {"bf16": 2**-7, "blockwise8": 0.1}.get(name, 1e-5)
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-30)
+        torch.testing.assert_close(a, b, rtol=rtol, atol=1e-30)
 
 
 @pytest.mark.parametrize("rule", ["v1", "v2"])

@@ -4,13 +4,14 @@ bf16 keeps 8 significant bits, so one rounding is off by at most 2^-9 (0.2%) rel
 EMA ``s = alpha*s + (1-alpha)*r`` moves ``s`` by ``(1-alpha)`` of the gap each step; with
 alpha = 0.99 any move smaller than half a bf16 step (a gap under about 39% of ``s``) rounds
 away under round-to-nearest, so the estimate stalls. Stochastic rounding keeps every step
-unbiased, and measured better (``benchmarks/storage_accuracy.py``: 1.2% against 3.8% mean
-error in the modulated gradient; docs/results.md), so the registered ``"bf16"`` rounds
-stochastically; ``Bf16Storage(name, stochastic=False)`` rounds to nearest.
+unbiased, and measured better (``benchmarks/storage_accuracy.py``: 1.2% against 1.5% mean
+error in the modulated gradient, 6.7% against 36% p99 stability error; docs/results.md),
+so the registered ``"bf16"`` rounds stochastically; ``Bf16Storage(name, stochastic=False)``
+rounds to nearest.
 
 Its rounding noise is unbiased but not free: each step adds a fresh error of up to one bf16
 step, which the EMA keeps for about ``1 / (1 - alpha)`` steps, so the stored value's relative
-error settles near ``sigma / sqrt(1 - alpha^2)`` (about 7 sigma at alpha = 0.99): about 1.5%
+error settles near ``sigma / sqrt(1 - alpha^2)`` (about 7 sigma at alpha = 0.99): about 1.2%
 median, measured.
 """
 
