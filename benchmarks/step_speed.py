@@ -41,7 +41,7 @@ from swgl.rules import RULES, Context, Hyper  # noqa: E402
 
 log = logging.getLogger("step_speed")
 HP = Hyper(alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0)
-SW = dict(alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0)
+SW = dict(alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0, signal="relative")
 
 
 def _gpu_time(fn: Callable[[], None], reset: Callable[[], None] | None, warmup: int,
@@ -214,7 +214,7 @@ def gpu_suite(args) -> dict:
                     add(f"swgl.optim.AdamW {rule} {mode}, kernels only",
                         _kernel_time(opt.step, None), 36, "profiler: Triton kernels' device time")
                 del opt
-        swgl_mod = SWGL(leaves, rule="v2", **SW)
+        swgl_mod = SWGL(leaves, rule="v2", mode="grad", **SW)
         base = torch.optim.AdamW(leaves, lr=1e-4, fused=True)
         grads = [p.grad for p in leaves]
         saved = [g.clone() for g in grads]
@@ -295,7 +295,7 @@ def bert_end_to_end(device, args) -> dict:
         else:
             opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
             if variant == "SWGL v2 (Triton) + AdamW fused":
-                pre = SWGL(params, rule="v2", **SW)
+                pre = SWGL(params, rule="v2", mode="grad", **SW)
             elif variant == "SWGL v1 loop + AdamW fused":
                 pre = SWGL(params, rule="v1", foreach=False, fused=False, **SW)
 

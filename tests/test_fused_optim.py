@@ -25,7 +25,7 @@ needs_kernels = pytest.mark.skipif(
     not kernels.runs_on(torch.device(DEV)),
     reason="needs CUDA and Triton (or TRITON_INTERPRET=1 with Triton installed)",
 )
-SW = dict(alpha=0.9, lambda_reg=0.05, eps=1e-8, max_boost=10.0)
+SW = dict(alpha=0.9, lambda_reg=0.05, eps=1e-8, max_boost=10.0, signal="utility")
 ADAMW = dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1)
 SGD_KW = [
     dict(lr=1e-2, momentum=0.9, dampening=0.1, weight_decay=0.1),
@@ -73,7 +73,7 @@ def test_grad_mode_equals_swgl_then_torch_optimizer(rule, kind):
         kw = SGD_KW[int(kind[-1])]
         opt = _make("sgd", fused_net.parameters(), rule, **kw)
         base = torch.optim.SGD(ref_net.parameters(), **kw)
-    mod = SWGL(ref_net.parameters(), rule=rule, **SW)
+    mod = SWGL(ref_net.parameters(), rule=rule, mode="grad", **SW)
     for i in range(5):
         _backward(fused_net, i)
         _backward(ref_net, i)
@@ -272,7 +272,7 @@ def test_triton_step_matches_foreach(kind, rule, mode):
         st, ref = opts[0].state[p], opts[1].state[q]
         assert float(st["step"]) == float(ref["step"]) == 3.0
         for key in ref:
-            torch.testing.assert_close(st[key].cpu(), ref[key].cpu(), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(st[key].cpu(), ref[key].cpu(), rtol=1e-4, atol=1e-4)
 
 
 @needs_kernels
@@ -316,7 +316,7 @@ def test_triton_step_never_syncs_and_skips_on_device(rule):
 def test_triton_grad_mode_equals_swgl_then_torch_fused_adamw():
     nets = [_model(device="cuda"), _model(device="cuda")]
     opt = _make("adamw", nets[0].parameters(), "v2", fused=True, **ADAMW)
-    mod = SWGL(nets[1].parameters(), rule="v2", **SW)
+    mod = SWGL(nets[1].parameters(), rule="v2", mode="grad", **SW)
     base = torch.optim.AdamW(nets[1].parameters(), **ADAMW, fused=True)
     for i in range(4):
         for net in nets:
@@ -325,3 +325,14 @@ def test_triton_grad_mode_equals_swgl_then_torch_fused_adamw():
         mod.step()
         base.step()
     assert _max_diff(*nets) < 1e-5
+
+
+def test_load_state_dict_keeps_fp32_state_for_bf16_params():
+    net = _model(torch.bfloat16)
+    opt = _make("adamw", net.parameters(), "v2", **ADAMW)
+    _backward(net, 0)
+    opt.step()
+    other = _make("adamw", _model(torch.bfloat16).parameters(), "v2", **ADAMW)
+    other.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for state in other.state.values():
+        assert state["exp_avg"].dtype == state["swgl_stability"].dtype == torch.float32

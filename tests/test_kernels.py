@@ -194,25 +194,27 @@ def test_kernel_honours_reduce_sum_and_global_numels():
     others = [[t.flatten()[t.numel() // 2:] for t in xs] for xs in full[:3]]
     from swgl.kernels import triton_swgl
 
-    # partial sums of the other half, computed by the reference's own ops
-    def reduce_sum(partials, calls=[]):  # noqa: B006 - counts the two reductions in order
-        p_o, g_o, s_o = others
-        if not calls:
-            extra = torch.stack([w.float().square().sum() for w in p_o])
-        else:
-            extra = torch.stack([_other_log_sum(i) for i in range(len(p_o))])
+    # partial sums of the other half, in the order the kernels ask for them:
+    # sum w^2, sum log s_hat over s_hat > 0, count of s_hat > 0
+    def reduce_sum(partials, calls=[]):  # noqa: B006 - counts the reductions in order
+        extra = torch.stack([_other(i, len(calls)) for i in range(len(others[0]))])
         calls.append(1)
         return partials + extra.to(partials.device)
 
-    def _other_log_sum(i):
+    def _other(i, which):
         p_o, g_o, s_o = others
         w = p_o[i].float()
+        if which == 0:
+            return w.square().sum()
         n = full[0][i].numel()
         delta = 1e-8 + 1e-3 * (full[0][i].float().square().sum() / n).sqrt()
         r = (g_o[i].float().abs() / (w.abs() + delta)).clamp(max=1e20)
         s = s_o[i] * HP.alpha + r * (1 - HP.alpha)
         s_hat = s / (1 - HP.alpha ** int(full[3][i]))
-        return (s_hat + 1e-30).log().sum()
+        active = s_hat > 0
+        if which == 1:
+            return torch.where(active, s_hat, 1.0).log().sum()
+        return active.sum().float()
 
     ctx = Context(reduce_sum=reduce_sum, numels=tuple(t.numel() for t in full[0]))
     g, s = _clone(halves[1]), _clone(halves[2])

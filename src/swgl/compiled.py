@@ -43,7 +43,10 @@ def _v2_body(params, grads, stabilities, inv_bc: Tensor, alpha, eps, max_boost, 
         s_new = s * alpha + r * (1.0 - alpha)
         s.copy_(s_new)
         s_hat = s_new * inv_bc[i]
-        m = (s_hat + _TINY).log().mean().exp()
+        active = s_hat > 0
+        count = active.sum()
+        total = torch.where(active, s_hat, 1.0).log().sum()
+        m = torch.where(count > 0, total / count.clamp(min=1), 0.0).exp()
         c = (m / (s_hat + _TINY)).clamp(1.0 / max_boost, max_boost)
         new_g = g32 * c
         if lam > 0.0:

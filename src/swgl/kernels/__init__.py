@@ -60,17 +60,17 @@ def supports(hp: Hyper) -> bool:
 def fusable_tensor(p: Tensor, g: Tensor, s: Tensor) -> bool:
     """True when the kernels can take this (param, grad, stability) triple."""
     return (
-        (p.is_cuda or _INTERPRET)
+        type(p) is Tensor  # plain tensors only: a DTensor's data_ptr is its local shard
+        and type(g) is Tensor
         and p.dtype in _DTYPES
         and g.dtype in _DTYPES
         and s.dtype == torch.float32
-        and p.device == g.device == s.device
-        and p.numel() > 0
         and p.is_contiguous()
         and g.is_contiguous()
         and s.is_contiguous()
-        and type(p) is Tensor  # plain tensors only: a DTensor's data_ptr is its local shard
-        and type(g) is Tensor
+        and p.numel() > 0
+        and (p.is_cuda or _INTERPRET)
+        and p.device == g.device == s.device
     )
 
 

@@ -16,8 +16,9 @@ Layout. One launch covers a whole list of tensors of one dtype pair:
 
 v2 needs two per-tensor reductions that depend on each other (the weight RMS feeds the EMA,
 the EMA's mean feeds the factor), so it takes five launches whatever the list's length:
-partial sums of w^2, their per-tensor totals, the EMA update with partial sums of log s_hat,
-their totals (v2's reference level is the geometric mean), and the elementwise pass (which
+partial sums of w^2, their per-tensor totals, the EMA update with partial sums of log s_hat
+(and counts of s_hat > 0), their totals (v2's reference level is the geometric mean of the
+active elements), and the elementwise pass (which
 is also where a fused optimizer steps).
 """
 
@@ -198,7 +199,7 @@ def _segsum_kernel(partials, first, out, RBLOCK: tl.constexpr):
 
 
 @triton.jit
-def _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, pid,
+def _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, counts, pid,
                  SIGNAL: tl.constexpr, MASKED: tl.constexpr):
     mask = offs < n
     w = _ld(pp, offs, mask, MASKED)
@@ -213,16 +214,21 @@ def _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials,
     r = tl.minimum(r, _RMAX)
     s = s * alpha + (1.0 - alpha) * r
     _st(sp, offs, s, mask, MASKED)
-    log_s_hat = tl.log(s * inv_bc + _TINY_C)
-    tl.store(partials + pid, tl.sum(tl.where(mask, log_s_hat, 0.0), axis=0))
+    s_hat = s * inv_bc
+    active = mask & (s_hat > 0.0)  # the geometric mean runs over the active elements only
+    tl.store(partials + pid, tl.sum(tl.where(active, tl.log(tl.where(active, s_hat, 1.0)), 0.0),
+                                    axis=0))
+    tl.store(counts + pid, tl.sum(active.to(tl.float32), axis=0))
 
 
 @triton.jit
-def _v2_ema_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sumsq, partials, found,
+def _v2_ema_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sumsq, partials, counts,
+                   found,
                    alpha, ln_alpha, eps, inv_scale,
                    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, SIGNAL: tl.constexpr,
                    HAS_FOUND: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
-    """v2 pass 2: s = alpha s + (1 - alpha) r, and per-program partial sums of log s_hat."""
+    """v2 pass 2: s = alpha s + (1 - alpha) r, and per-program sums of log s_hat and counts of
+    s_hat > 0."""
     pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, HAS_FOUND, BLOCK_)
     if not skip:
         pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
@@ -234,11 +240,11 @@ def _v2_ema_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sumsq, part
             delta = eps + _FLOOR * tl.sqrt(tl.load(sumsq + i) / gn)
         inv_bc = 1.0 / _bias_correction(tl.load(steps + i).to(tl.float32), ln_alpha)
         if full:
-            _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, pid,
-                         SIGNAL, False)
+            _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, counts,
+                         pid, SIGNAL, False)
         else:
-            _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, pid,
-                         SIGNAL, True)
+            _v2_ema_body(pp, gp, sp, offs, n, delta, inv_bc, alpha, inv_scale, partials, counts,
+                         pid, SIGNAL, True)
 
 
 @triton.jit
@@ -298,7 +304,7 @@ def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
 
 
 @triton.jit
-def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, found,
+def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, counts, found,
                  alpha, ln_alpha, eps, min_scale, max_boost, lam, grad_scale, inv_scale,
                  lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, RULE: tl.constexpr,
@@ -321,7 +327,8 @@ def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, found,
         t = tl.load(steps + i).to(tl.float32)
         m_ref = 0.0
         if RULE == 2:
-            m_ref = tl.exp(tl.load(sums + i) / tl.load(gnumels + i).to(tl.float32))
+            count = tl.load(counts + i)
+            m_ref = tl.where(count > 0.0, tl.exp(tl.load(sums + i) / tl.maximum(count, 1.0)), 1.0)
         if full:
             _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref, alpha, ln_alpha, eps, min_scale,
                        max_boost,
@@ -435,20 +442,23 @@ def v2_weight_sums(lau: Launch, ctx: Context, found: Tensor | None = None) -> Te
 
 
 def v2_ema(lau: Launch, hp: Hyper, ctx: Context, sumsq: Tensor,
-           found: Tensor | None = None) -> Tensor:
-    """v2 pass 2: the EMA update in place; returns the per-tensor sums of log(s_hat + tiny)."""
-    partials = torch.empty(lau.nblocks, device=lau.device, dtype=torch.float32)
+           found: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """v2 pass 2: the EMA update in place; returns the per-tensor sums of log s_hat over the
+    elements with s_hat > 0, and their counts."""
+    partials = torch.empty(2, lau.nblocks, device=lau.device, dtype=torch.float32)
     _v2_ema_kernel[lau.grid()](
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.gnumels, lau.steps, sumsq,
-        partials, found if found is not None else partials, hp.alpha, _ln(hp.alpha), hp.eps,
+        partials[0], partials[1], found if found is not None else partials, hp.alpha,
+        _ln(hp.alpha), hp.eps,
         1.0 / ctx.grad_scale, P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype,
         SIGNAL=SIGNALS[_signal(hp)], HAS_FOUND=found is not None, ALIGNED=lau.aligned,
         BLOCK_=BLOCK, num_warps=NUM_WARPS,
     )
-    return _per_tensor_sum(lau, partials, ctx)
+    return _per_tensor_sum(lau, partials[0], ctx), _per_tensor_sum(lau, partials[1], ctx)
 
 
-def step(lau: Launch, rule: str, hp: Hyper, ctx: Context, *, sums: Tensor | None = None,
+def step(lau: Launch, rule: str, hp: Hyper, ctx: Context, *,
+         sums: tuple[Tensor, Tensor] | None = None,
          found: Tensor | None = None, opt: int = OPT_NONE, mode: str = "grad",
          lr: float = 0.0, beta1: float = 0.0, beta2: float = 0.0, opt_eps: float = 0.0,
          weight_decay: float = 0.0, momentum: float = 0.0, dampening: float = 0.0,
@@ -457,7 +467,7 @@ def step(lau: Launch, rule: str, hp: Hyper, ctx: Context, *, sums: Tensor | None
     dummy = lau.numels
     _step_kernel[lau.grid()](
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.gnumels, lau.steps,
-        sums if sums is not None else dummy, found if found is not None else dummy,
+        *(sums if sums is not None else (dummy, dummy)), found if found is not None else dummy,
         hp.alpha, _ln(hp.alpha), hp.eps, _min_scale(hp), hp.max_boost, hp.lambda_reg,
         ctx.grad_scale,
         1.0 / ctx.grad_scale, lr, beta1, beta2, _ln(beta1), _ln(beta2), opt_eps, weight_decay,

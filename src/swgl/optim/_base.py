@@ -32,7 +32,7 @@ from swgl.rules import RULES, Context, Hyper
 
 SWGL_DEFAULTS: dict[str, Any] = dict(
     rule="v2", alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0, mode="grad",
-    signal="relative", max_damping=None,
+    signal="utility", max_damping=None,
 )
 SIGNALS = ("relative", "utility", "fisher")
 #: where the SWGL factor is applied: to the gradient the base optimizer sees, or to its update
@@ -140,29 +140,56 @@ class SWGLOptimizer(Optimizer):
         work = [(group, lists) for group, lists in work if lists[0]]
         if not work:
             return loss
-        if self._use_triton(work):
-            self._triton_step(work)
+        plan = self._triton_plan(work)
+        if plan is not None:
+            self._triton_step(work, plan)
         else:
             self._foreach_step(work)
         return loss
 
-    def _use_triton(self, work) -> bool:
+    def _triton_plan(self, work) -> list[list[list[int]]] | None:
+        """Per group, the index lists of its launch groups; None for the foreach path.
+
+        Optimizer buffers and stabilities are created (and reloaded) as contiguous fp32 on the
+        param's device, so only params and grads are checked here.
+        """
         wants = {group["fused"] for group, _ in work}
         if wants == {False}:
-            return False
-        devices = {p.device for _, lists in work for p in lists[0]}
-        ok = len(devices) == 1 and all(
-            group["swgl"]["rule"] in kernels.FUSED
-            and not kernels.split(params, grads, stabs, buffers)[1]
-            for group, (params, grads, stabs, _, buffers) in work
-        )
-        ok = ok and kernels.runs_on(next(iter(devices)))
+            return None
+        plan = []
+        device = work[0][1][0][0].device
+        ok = kernels.runs_on(device)
+        for group, (params, grads, stabilities, _, _) in work:
+            if not ok:
+                break
+            groups, rest = kernels.split(params, grads, stabilities)
+            ok = not rest and group["swgl"]["rule"] in kernels.FUSED and all(
+                key[0] == device for key in groups
+            )
+            plan.append(list(groups.values()))
         if True in wants and not ok:
             raise RuntimeError(
                 "fused=True needs every param on one CUDA device, contiguous, of dtype "
                 "fp32/bf16/fp16, and a rule with a kernel; pass fused=None to fall back"
             )
-        return ok and False not in wants
+        return plan if ok and False not in wants else None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``state_dict()``; buffers and SWGL state stay fp32 (torch casts them to the
+        param's dtype) and contiguous, ``step`` lives on a CUDA param's device."""
+        super().load_state_dict(state_dict)
+        for state in self.state.values():
+            for key, value in state.items():
+                if key == "step":
+                    continue
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    state[key] = value.to(torch.float32).contiguous()
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "step" in state:
+                    device = p.device if p.is_cuda else torch.device("cpu")
+                    state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
     def _foreach_step(self, work) -> None:
         if not all_finite([g for _, lists in work for g in lists[1]]):
@@ -188,16 +215,16 @@ class SWGLOptimizer(Optimizer):
         """The optimizer's hyperparameters as :func:`swgl.kernels.triton_swgl.step` takes them."""
         raise NotImplementedError
 
-    def _triton_step(self, work) -> None:
+    def _triton_step(self, work, plan) -> None:
         from swgl.kernels import triton_swgl as K
 
         ctx = Context()
         device = work[0][1][0][0].device
         found = torch.zeros(1, dtype=torch.float32, device=device)
         plans = []
-        for group, (params, grads, stabilities, steps, buffers) in work:
+        for (group, (params, grads, stabilities, steps, buffers)), launches in zip(work, plan):
             rule = group["swgl"]["rule"]
-            for idx in kernels.split(params, grads, stabilities, buffers)[0].values():
+            for idx in launches:
                 lists = [[xs[i] for i in idx] for xs in (params, grads, stabilities, *buffers)]
                 lau = K.Launch(lists)
                 if rule == "v2":

@@ -70,7 +70,7 @@ def _v2(params, grads, stabilities, steps, hp: Hyper, ctx: Context) -> Coeffs:
     del r
     inv_bc = [1.0 / (1.0 - hp.alpha ** int(t.item())) for t in steps]
     s_hat = torch._foreach_mul(stabilities, inv_bc)
-    means = [math.exp(log_m) for log_m in _log_means(s_hat, numels, ctx)]
+    means = [math.exp(log_m) for log_m in _log_means(s_hat, ctx)]
     c = torch._foreach_add(s_hat, _TINY)
     torch._foreach_reciprocal_(c)
     torch._foreach_mul_(c, means)
