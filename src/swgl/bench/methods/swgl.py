@@ -28,7 +28,6 @@ def stability_tensors(method: Method) -> dict[str, Tensor]:
         return {}
     out = {}
     for name, p in method.model.named_parameters():
-        state = opt.state.get(p, {})
-        if "stability" in state:
-            out[name] = state["stability"].detach().float()
+        if "step" in opt.state.get(p, {}):  # any storage format: the fp32 view
+            out[name] = opt.stability(p).detach().float()
     return out
