@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from swgl import SWGL, SWGLWrapper
+from swgl.modulator import DEFAULT_RULE
 
 
 def _model(seed=0):
@@ -117,7 +118,7 @@ def test_seed_tuning_presets_are_accepted():
 
 def test_step_modulates_grads_in_place_and_only_there():
     model = _model()
-    swgl = SWGL(model.parameters())
+    swgl = SWGL(model.parameters(), mode="grad")  # the default, "update", leaves grads alone
     _loss(model, _batches(1)[0]).backward()
     weights = [p.detach().clone() for p in model.parameters()]
     grads = [p.grad.clone() for p in model.parameters()]
@@ -172,7 +173,7 @@ BAD_OPTIONS = [
     (dict(max_boost=float("inf")), ValueError, r"max_boost must be finite"),
     (dict(max_boost=None), TypeError, r"max_boost must be a real number, got None"),
     (dict(lambda_reg=-0.01), ValueError, r"lambda_reg must be in \[0.0, inf\]"),
-    (dict(rule="v3"), ValueError, r"rule must be one of \['v1', 'v1-paper', 'v2'\], got 'v3'"),
+    (dict(rule="v9"), ValueError, r"rule must be one of \[.*'v3'\], got 'v9'"),
     (dict(storage="fp64"), ValueError, r"storage must be one of .*got 'fp64'"),
     (dict(foreach=1), TypeError, r"foreach must be a bool, got 1"),
 ]
@@ -299,7 +300,7 @@ def test_wrapper_shares_groups_with_schedulers_and_add_param_group():
     opt.add_param_group({"params": model[2].parameters(), "swgl_alpha": 0.5})
     assert len(base.param_groups) == 2
     assert base.param_groups[1]["lr"] == 1.0 and base.param_groups[1]["swgl_alpha"] == 0.5
-    assert base.param_groups[1]["swgl_rule"] == "v2"
+    assert base.param_groups[1]["swgl_rule"] == DEFAULT_RULE
     _loss(model, _batches(1)[0]).backward()
     opt.step()
     sched.step()

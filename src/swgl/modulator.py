@@ -38,7 +38,9 @@ __all__ = ["SWGL", "SWGLWrapper", "DEFAULT_RULE"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RULE = "v2"
+DEFAULT_RULE = "v3"
+#: Rules that return per-tensor factors, so they can scale the base optimizer's update.
+_UPDATE_RULES = ("v2", "v3")
 #: Prefix of SWGL's keys in the wrapper's param groups and state_dict.
 PREFIX = "swgl_"
 
@@ -56,11 +58,13 @@ def _check_options(group: dict[str, Any], prefix: str = "") -> None:
     if group[key("max_boost")] == float("inf"):
         raise ValueError(f"{key('max_boost')} must be finite, got inf")
     group[key("signal")] = check_choice(key("signal"), group[key("signal")], SIGNALS)
+    if group[key("mode")] is None:  # the rule's own: v2 scales updates, the seed's rules grads
+        group[key("mode")] = "update" if group[key("rule")] in _UPDATE_RULES else "grad"
     group[key("mode")] = check_choice(key("mode"), group[key("mode")], MODES)
-    if group[key("mode")] == "update" and group[key("rule")] != "v2":
+    if group[key("mode")] == "update" and group[key("rule")] not in _UPDATE_RULES:
         raise ValueError(
-            f"{key('mode')}='update' needs rule 'v2'; rule {group[key('rule')]!r} is the seed's "
-            "gradient rule"
+            f"{key('mode')}='update' needs rule 'v2' or 'v3'; rule {group[key('rule')]!r} is the "
+            "seed's gradient rule"
         )
     if group[key("max_damping")] is not None:
         group[key("max_damping")] = check_range(key("max_damping"), group[key("max_damping")], 1.0)
@@ -256,11 +260,14 @@ class SWGL(_SWGLBase):
         lambda_reg: decay on volatile weights, >= 0 (see :mod:`swgl.rules`).
         eps: numerical floor, > 0.
         max_boost: the largest factor a gradient is multiplied by, >= 1.
-        rule: ``"v2"`` (default, bounded), ``"v1"`` or ``"v1-paper"`` (the seed's formulas).
-        signal: what v2's EMA tracks: ``"relative"`` :math:`|g|/(|w|+\delta)` (the seed's),
-            ``"utility"`` :math:`|g w|` or ``"fisher"`` :math:`g^2`.
-        mode: ``"grad"`` scales the gradient; ``"update"`` (v2 only) scales the change the
-            base optimizer makes, which Adam's normalisation would otherwise cancel. In the
+        rule: ``"v3"`` (default: v2 that only damps), ``"v2"`` (bounded, boosts and damps),
+            ``"v1"`` or ``"v1-paper"`` (the seed's formulas); see :mod:`swgl.rules`.
+        signal: what v2's EMA tracks: ``"utility"`` :math:`|g w|` (default, chosen by
+            measurement: docs/results.md), ``"relative"`` :math:`|g|/(|w|+\delta)` (the seed's)
+            or ``"fisher"`` :math:`g^2`.
+        mode: ``"grad"`` scales the gradient; ``"update"`` (v2/v3) scales the change the
+            base optimizer makes, which Adam's normalisation would otherwise cancel. Default
+            None: ``"update"`` for v2/v3, ``"grad"`` for the seed's v1 rules. In the
             two-object pattern the update is rescaled by a step post-hook on the base
             optimizer; it holds a copy of the params and the factors from ``swgl.step()`` until
             ``base_optimizer.step()`` (2 extra param-sized buffers, transiently).
@@ -288,8 +295,8 @@ class SWGL(_SWGLBase):
         max_boost: float = 10.0,
         *,
         rule: str = DEFAULT_RULE,
-        signal: str = "relative",
-        mode: str = "grad",
+        signal: str = "utility",
+        mode: str | None = None,
         max_damping: float | None = None,
         shock: float = 0.0,
         storage: str = "fp32",
@@ -426,8 +433,8 @@ class SWGLWrapper(_SWGLBase):
         eps: float = 1e-8,
         max_boost: float = 10.0,
         rule: str = DEFAULT_RULE,
-        signal: str = "relative",
-        mode: str = "grad",
+        signal: str = "utility",
+        mode: str | None = None,
         max_damping: float | None = None,
         shock: float = 0.0,
         storage: str = "fp32",

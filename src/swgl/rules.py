@@ -42,13 +42,24 @@ is taken over the elements whose EMA is not exactly 0: weights that never receiv
 every live element to the floor.
 ``lambda_reg`` is a weight decay applied only to elements more volatile than their tensor's
 typical element, with a coefficient that never exceeds ``lambda_reg * (max_boost - 1)``.
+
+``v3`` (protective, the default since issue 4): ``v2`` that never enlarges a step::
+
+    c = clamp(m / (s_hat + tiny), 1 / max_damping, 1)      # max_damping defaults to max_boost
+
+with ``s_hat`` and ``m`` as in ``v2``. ``max_boost`` keeps the seed's meaning *relatively*: the
+least protected elements move up to ``max_boost`` times as fast as the most protected ones,
+but no element moves faster than the base optimizer makes it. The ``lambda_reg`` term's
+coefficient is bounded by the ceiling minus 1, so it is 0: ``lambda_reg`` has no effect in
+``v3``. ``v3`` is exactly ``v2`` with ``max_boost=1, max_damping=<v3's floor>``; the
+measurements (docs/results.md, issue 4) show that every boost above 1 increases forgetting.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -299,11 +310,20 @@ def _restart_shocked(r, stabilities, steps, hp: Hyper, ctx: Context) -> None:
             step.fill_(1)
 
 
+def _v3(v2_impl: Callable[..., list[Tensor] | None]) -> Callable[..., list[Tensor] | None]:
+    """``v2_impl`` with the ceiling at 1 and the floor kept (see ``v3`` in the docstring)."""
+    def v3(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
+        damping_only = replace(hp, max_boost=1.0, max_damping=1.0 / hp.min_scale)
+        return v2_impl(params, grads, stabilities, steps, damping_only, ctx)
+    return v3
+
+
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (
         Rule("v1", partial(_v1_single, paper=False), partial(_v1_foreach, paper=False), 1.0),
         Rule("v1-paper", partial(_v1_single, paper=True), partial(_v1_foreach, paper=True), 1.0),
         Rule("v2", _v2_single, _v2_foreach, 0.0),
+        Rule("v3", _v3(_v2_single), _v3(_v2_foreach), 0.0),
     )
 }

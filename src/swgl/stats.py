@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 import torch
@@ -66,12 +66,17 @@ def _scale_v2(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
     return s_hat, c
 
 
+def _scale_v3(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
+    return _scale_v2(s, step, replace(hp, max_boost=1.0, max_damping=1.0 / hp.min_scale))
+
+
 #: ``rule name -> f(stability, step, hyper) -> (stability as the rule reads it, scale c)``.
 #: tests/test_stats.py checks each against the scale a real step applies.
 SCALES: dict[str, Callable[[Tensor, int, Hyper], tuple[Tensor, Tensor]]] = {
     "v1": _scale_v1,
     "v1-paper": _scale_v1_paper,
     "v2": _scale_v2,
+    "v3": _scale_v3,
 }
 
 
