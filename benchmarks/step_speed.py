@@ -357,7 +357,7 @@ def cpu_suite(args) -> dict:
         data = _Lists(shapes, "cpu", rule)
         impls = [("loop (single-tensor)", RULES[rule].single),
                  ("foreach, whole tensors", RULES[rule].foreach),
-                 ("foreach, cache-blocked (swgl() default)", blocked.BLOCKED[rule])]
+                 ("foreach, cache-blocked", blocked.BLOCKED[rule])]
         if args.compile:
             impls.append(("torch.compile (whole list)", compiled.COMPILED[rule]))
         for name, impl in impls:

@@ -294,9 +294,11 @@ def test_functional_uses_blocked_foreach_on_cpu(monkeypatch):
     from swgl.kernels import blocked
 
     calls = []
-    impl = blocked.BLOCKED["v2"]
-    monkeypatch.setitem(blocked.BLOCKED, "v2", lambda *a: (calls.append(1), impl(*a))[1])
-    params, grads, stabs, steps = _inputs("v2", [(40000,), (3,)], torch.float32, "cpu")
-    swgl_fn(params, grads, stabs, steps, rule="v2", alpha=0.9, lambda_reg=0.0, eps=1e-8,
-            max_boost=10.0)
-    assert calls == [1]
+    for rule in ("v1", "v2"):
+        impl = blocked.BLOCKED[rule]
+        monkeypatch.setitem(blocked.BLOCKED, rule,
+                            lambda *a, impl=impl: (calls.append(1), impl(*a))[1])
+        params, grads, stabs, steps = _inputs(rule, [(40000,), (3,)], torch.float32, "cpu")
+        swgl_fn(params, grads, stabs, steps, rule=rule, alpha=0.9, lambda_reg=0.0, eps=1e-8,
+                max_boost=10.0, mode="grad")
+    assert calls == [1]  # v1 only: v2 keeps whole-tensor foreach

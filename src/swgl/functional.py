@@ -74,8 +74,8 @@ def swgl(
     ``fused`` picks the Triton kernels of :mod:`swgl.kernels` (one pass over the whole list):
     None (auto) uses them when ``foreach`` is set, every param is on CUDA and Triton is
     installed; True requires Triton; False never uses them. Tensors the kernels cannot take
-    (non-contiguous, fp64, ...) fall back to foreach within the same call. On the CPU, foreach
-    runs over cache-sized chunks (:mod:`swgl.kernels.blocked`).
+    (non-contiguous, fp64, ...) fall back to foreach within the same call. On the CPU, v1's
+    foreach runs over cache-sized chunks (:mod:`swgl.kernels.blocked`).
     """
     check_choice("rule", rule, RULES)
     if not params:
@@ -96,7 +96,7 @@ def swgl(
                 "use fused=None or False"
             )
         impl = kernels.FUSED[rule]
-    elif foreach and blocked.worth_it(params) and kernels.supports(hp):
+    elif foreach and rule in blocked.DEFAULT_RULES and blocked.worth_it(params):
         impl = blocked.BLOCKED[rule]  # CPU: the same foreach, over cache-sized chunks
     dtensor = _dtensor_type()
     if dtensor is not None and any(isinstance(p, dtensor) for p in params):

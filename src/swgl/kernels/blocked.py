@@ -22,7 +22,7 @@ from torch import Tensor
 
 from swgl.rules import RULES, Context, Hyper
 
-__all__ = ["BLOCKED", "CHUNK", "worth_it"]
+__all__ = ["BLOCKED", "CHUNK", "DEFAULT_RULES", "worth_it"]
 
 #: elements per chunk: 64 KiB of fp32, so the ~6 live chunks of a rule fit in L2, and below
 #: torch's intra-op grain size (32768), so no op wakes the thread pool for one chunk
@@ -64,3 +64,7 @@ def _blocked(rule: str, params, grads, stabilities, steps, hp: Hyper, ctx: Conte
 
 #: rule name -> cache-blocked foreach implementation (the rules' signature)
 BLOCKED: dict[str, Callable[..., None]] = {name: partial(_blocked, name) for name in RULES}
+#: the rules ``swgl()`` runs blocked on the CPU: the elementwise ones (bit-exact with foreach,
+#: 2.5-3x faster on a 10M-param MLP). v2's chunked reductions measured between 0.4x and 1.9x
+#: on shared CPUs (docs/results.md), so v2 keeps whole-tensor foreach.
+DEFAULT_RULES = ("v1", "v1-paper")
