@@ -415,15 +415,8 @@ def test_fsdp2_nonfinite_guard_agrees_across_ranks(run):
         assert r["unchanged"] and r["steps"] == [1.0] * 4
 
 
-#: Elementwise formats that fail under FSDP2 for a reason outside swgl.distributed (see
-#: docs/distributed.md); they may pass, and must not fail silently.
-KNOWN_BROKEN_UNDER_FSDP2 = {"bf16"}
-
-
 def test_fsdp2_storage_formats_train_or_are_rejected(run):
     r0, r1 = _get(run, "fsdp_storages")
-    for name in KNOWN_BROKEN_UNDER_FSDP2:
-        r0.pop(name, None), r1.pop(name, None)
     assert r0 == r1 and r0["fp32"] == {"elementwise": True, "result": "ok"}
     for name, found in r0.items():
         if found["elementwise"]:
