@@ -1,5 +1,6 @@
 """The optimizer classes: seed API, wrapper mode, argument checks, checkpoints, AMP."""
 
+import copy
 import math
 import re
 import warnings
@@ -394,6 +395,7 @@ def test_wrapper_state_dict_is_one_standard_dict_with_namespaced_keys():
     assert set(sd) == {"state", "param_groups"}
     assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "swgl_stability", "swgl_step"}
     assert all(isinstance(v, torch.Tensor) for v in sd["state"][0].values())
+    assert set(opt.base.state[model[0].weight]) == {"step", "exp_avg", "exp_avg_sq"}
 
 
 def test_stability_keeps_fp32_when_params_are_bf16():
@@ -421,16 +423,29 @@ def test_loading_another_models_state_raises():
         SWGL(smaller.parameters()).load_state_dict(swgl.state_dict())
 
 
-def test_a_bad_checkpoint_leaves_state_untouched():
+@pytest.mark.parametrize("mode", ["two-object", "wrapper"])
+def test_a_bad_checkpoint_leaves_state_untouched(mode):
     model = _model()
-    swgl = SWGL(model.parameters())
-    _train_two_object(model, torch.optim.SGD(model.parameters(), lr=0.1), swgl, _batches(2))
+    base = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if mode == "wrapper":
+        swgl = SWGL.wrap(base, alpha=0.9)
+        _train_wrapper(model, swgl, _batches(2))
+    else:
+        swgl = SWGL(model.parameters(), alpha=0.9)
+        _train_two_object(model, base, swgl, _batches(2))
     before = {id(p): s["stability"].clone() for p, s in swgl.state.items()}
-    sd = swgl.state_dict()
-    sd["state"][3]["stability"] = torch.full((3,), float("nan"))
+    adam_before = base.state[model[0].weight]["exp_avg"].clone()
+    assert len(before) == 4
+    sd = copy.deepcopy(swgl.state_dict())
+    key = "stability" if mode == "two-object" else "swgl_stability"
+    sd["state"][3][key] = torch.full((3,), float("nan"))
+    sd["param_groups"][0]["swgl_alpha" if mode == "wrapper" else "alpha"] = 0.5
     with pytest.raises(ValueError, match="non-finite"):
         swgl.load_state_dict(sd)
+    assert len(swgl.state) == 4
     assert all(torch.equal(before[id(p)], s["stability"]) for p, s in swgl.state.items())
+    assert swgl.param_groups[0]["swgl_alpha" if mode == "wrapper" else "alpha"] == 0.9
+    assert torch.equal(base.state[model[0].weight]["exp_avg"], adam_before)
 
 
 def test_wrapper_warns_when_the_checkpoint_has_no_swgl_state():

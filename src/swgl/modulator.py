@@ -7,8 +7,10 @@
   ``param_groups`` with the base, so LR schedulers, ``add_param_group`` and ``zero_grad`` act on
   both, and its ``state_dict()`` is the base's with SWGL's tensors under ``swgl_*`` keys.
 
-Both keep SWGL's per-parameter state in ``self.state[p]`` as ``{"stability", "step"}``, so the
-seed's monitoring loop (``swgl.state[p]['stability']``) works in either mode.
+Both keep SWGL's per-parameter state in ``self.state[p]``: the storage format's tensors (for
+the default fp32 format ``{"stability"}``) plus ``"step"``, so the seed's monitoring loop
+(``swgl.state[p]['stability']``) works in either mode; ``opt.stability(p)`` gives the fp32
+view under any format.
 """
 
 from __future__ import annotations
@@ -213,21 +215,19 @@ class _SWGLBase(Optimizer):
                 index += 1
         return out
 
-    def _load_swgl_state(self, saved: dict[int, dict[str, Any]]) -> None:
-        """Install saved SWGL state, checking keys and shapes and keeping the saved dtypes.
-
-        Everything is checked before anything is installed, so a bad checkpoint leaves the
-        optimizer as it was.
-        """
-        owners = [(p, group) for group in self.param_groups for p in group["params"]]
+    def _check_swgl_state(self, saved: dict[int, dict[str, Any]], saved_groups: list) -> None:
+        """Check saved SWGL state against the params, with the storage format each saved group
+        names; raises ValueError and changes nothing."""
+        owners = [(p, saved_group) for group, saved_group in zip(self.param_groups, saved_groups)
+                  for p in group["params"]]
         for index, entry in saved.items():
             if not isinstance(index, int) or not 0 <= index < len(owners):
                 raise ValueError(
                     f"state_dict has SWGL state for param index {index!r}, but the optimizer "
                     f"holds {len(owners)} params"
                 )
-            p, group = owners[index]
-            storage = self._storage(group)
+            p, saved_group = owners[index]
+            storage = STORAGES[saved_group[self.option_prefix + "storage"]]
             expected = {*storage.keys, "step"}
             if not isinstance(entry, dict) or set(entry) != expected:
                 keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
@@ -239,11 +239,25 @@ class _SWGLBase(Optimizer):
             if not isinstance(step, Tensor) or step.numel() != 1:
                 raise ValueError(f"step for param {index} must be a one-element tensor")
             storage.check(entry, p, index)
+
+    def _install_swgl_state(self, saved: dict[int, dict[str, Any]]) -> None:
+        """Replace SWGL's state with checked ``saved`` state, keeping the saved dtypes."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        self.state.clear()
         for index, entry in saved.items():
-            p, _ = owners[index]
+            p = params[index]
             state = {k: v.detach().to(device=p.device, copy=True) for k, v in entry.items()}
             state["step"] = entry["step"].detach().to(device="cpu", dtype=torch.float32, copy=True)
             self.state[p] = state
+
+    def _saved_groups(self, state_dict: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each group's SWGL options after loading ``state_dict`` (checked), without applying."""
+        merged = []
+        for group, saved in zip(self.param_groups, state_dict["param_groups"]):
+            options = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+            _check_options(options, self.option_prefix)
+            merged.append(options)
+        return merged
 
 
 class SWGL(_SWGLBase):
@@ -398,12 +412,12 @@ class SWGL(_SWGLBase):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a ``state_dict()``; stability keeps its saved dtype (torch would cast it)."""
         _check_state_dict_layout(state_dict, self.param_groups)
-        for group, saved in zip(self.param_groups, state_dict["param_groups"]):
-            options = {k: v for k, v in saved.items() if k != "params"}
-            _check_options({**group, **options})
-            group.update(options)
-        self.state.clear()
-        self._load_swgl_state(_by_position(state_dict["state"], state_dict["param_groups"]))
+        merged = self._saved_groups(state_dict)
+        saved = _by_position(state_dict["state"], state_dict["param_groups"])
+        self._check_swgl_state(saved, merged)
+        for group, options in zip(self.param_groups, merged):
+            group.update({k: v for k, v in options.items() if k != "params"})
+        self._install_swgl_state(saved)
         self._fresh = False
 
 
@@ -526,8 +540,10 @@ class SWGLWrapper(_SWGLBase):
         """The base optimizer's state_dict with SWGL's tensors under ``swgl_*`` keys."""
         out = self.base.state_dict()
         for index, entry in self._swgl_state_dict().items():
-            slot = out["state"].setdefault(index, {})
-            slot.update({PREFIX + k: v for k, v in entry.items()})
+            # A new dict per param: the base's state_dict shares its live per-param dicts.
+            out["state"][index] = {
+                **out["state"].get(index, {}), **{PREFIX + k: v for k, v in entry.items()}
+            }
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -545,9 +561,8 @@ class SWGLWrapper(_SWGLBase):
                 swgl_state[index] = ours
             if theirs:
                 base_state[index] = theirs
-        for saved in state_dict["param_groups"]:
-            options = {k: v for k, v in saved.items() if k != "params"}
-            _check_options({**self.defaults, **options}, PREFIX)
+        saved = _by_position(swgl_state, state_dict["param_groups"])
+        self._check_swgl_state(saved, self._saved_groups(state_dict))
         if base_state and not swgl_state:
             warnings.warn(
                 "this checkpoint holds base-optimizer state but no SWGL state (no swgl_* keys); "
@@ -557,8 +572,7 @@ class SWGLWrapper(_SWGLBase):
             self._warned_fresh = True
         self.base.load_state_dict({"state": base_state, "param_groups": state_dict["param_groups"]})
         self.param_groups = self.base.param_groups
-        self.state.clear()
-        self._load_swgl_state(_by_position(swgl_state, state_dict["param_groups"]))
+        self._install_swgl_state(saved)
 
     def __repr__(self) -> str:
         return f"SWGLWrapper(base={self.base!r})"
@@ -629,9 +643,14 @@ def _companion_post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             swgl._pending_update = [e for e in swgl._pending_update if id(e[0]) not in ids]
 
 
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (FSDP2: the factors are computed on shards), else ``t``."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _snapshot(pending: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """(param, factor, copy of the param before the base step) for each pending update."""
-    return [(p, c, p.detach().clone()) for p, c in pending]
+    """(param, factor, copy of the param's local shard before the base step) per update."""
+    return [(p, c, _local(p.detach()).clone()) for p, c in pending]
 
 
 @torch.no_grad()
@@ -639,7 +658,7 @@ def _scale_updates(snapshot: list[tuple[Tensor, Tensor, Tensor]]) -> None:
     """w <- w_before + c * (w_after - w_before), for each (param, c, w_before)."""
     if not snapshot:
         return
-    params = [p.detach() for p, _, _ in snapshot]
+    params = [_local(p.detach()) for p, _, _ in snapshot]
     before = [b for _, _, b in snapshot]
     delta = torch._foreach_sub(params, before)
     torch._foreach_mul_(delta, [c.to(d.dtype) for (_, c, _), d in zip(snapshot, delta)])
