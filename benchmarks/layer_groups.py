@@ -8,7 +8,8 @@ It trains on the harness's Permuted Fashion-MNIST (:func:`swgl.bench.scenarios.b
 (:mod:`swgl.bench.metrics`) score the accuracy matrix. Methods, for each base optimizer:
 
 * ``<base>``: the base optimizer alone;
-* ``<base>+swgl``: ``SWGL.wrap(base)`` with its defaults on every tensor (one size fits all);
+* ``<base>+swgl``: ``SWGLWrapper`` with :data:`SWGL_OPTIONS` on every tensor (one size fits
+  all);
 * ``<base>+swgl-aware``: the same, but biases, norms and embeddings unmodulated
   (``max_boost=1, max_damping=1`` through :func:`swgl.groups.param_groups`);
 * ``<base>+swgl-weights-only``: the same as ``-aware`` with embeddings modulated too (only
@@ -37,6 +38,8 @@ from swgl.bench.scenarios import ScenarioOptions, build_scenario
 from swgl.groups import param_groups
 
 UNMODULATED = dict(max_boost=1.0, max_damping=1.0)
+#: SWGL's options for every variant, pinned (the library's defaults of 2026-11-22 11:00)
+SWGL_OPTIONS = dict(rule="v3", signal="utility", mode="update")
 
 BASES = {
     "sgd": (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}),
@@ -77,7 +80,7 @@ def build(method: str, model: nn.Module) -> torch.optim.Optimizer:
     if options is None:
         return cls(model.parameters(), **kwargs)
     return SWGLWrapper(param_groups(model, **options, for_wrapper=True), base=cls,
-                       base_kwargs=kwargs)
+                       base_kwargs=kwargs, **SWGL_OPTIONS)
 
 
 @torch.no_grad()
@@ -111,12 +114,13 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=3)
     ap.add_argument("--steps", type=int, default=300, help="batches per task")
     ap.add_argument("--bases", nargs="*", default=list(BASES))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/layer_groups.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("fashion-mnist")
     opts = ScenarioOptions(train_per_task=args.steps * 64, test_per_task=1000)
-    methods = [b + v for b in args.bases for v in VARIANTS]
+    methods = [b + v for b in args.bases for v in args.variants]
     results: dict[str, list[dict]] = {m: [] for m in methods}
     t0 = time.time()
     for seed in args.seeds:
@@ -136,6 +140,7 @@ def main() -> None:
         print(f"{m:28}" + "".join(f"{row[k][0]:14.2f} ± {row[k][1]:5.2f}" for k in keys))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    meta["swgl_options"] = SWGL_OPTIONS
     args.out.write_text(json.dumps({"args": meta, "summary": summary, "runs": results,
                                     "seconds": time.time() - t0}))
     print(f"wrote {args.out} ({time.time() - t0:.0f} s)")

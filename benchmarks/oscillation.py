@@ -77,7 +77,9 @@ def run(method: Method, x, y, *, steps: int, alpha: float, every: int, seed: int
     model = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 256), nn.ReLU(),
                           nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
     base = BASES[method.base](model.parameters())
-    swgl = SWGL(model.parameters(), alpha=alpha, rule=method.rule, lambda_reg=method.lambda_reg)
+    # pinned: the measured rule, whatever the library's defaults become
+    swgl = SWGL(model.parameters(), alpha=alpha, rule=method.rule, lambda_reg=method.lambda_reg,
+                signal="relative", mode="grad")
     weights = {n: p for n, p in model.named_parameters() if p.dim() == 2}
     hp = Hyper(alpha=alpha, lambda_reg=method.lambda_reg, eps=1e-8, max_boost=10.0)
     log_scale, gnorm, q_steps = [], [], []

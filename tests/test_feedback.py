@@ -18,7 +18,7 @@ ALPHA, EPS, STEPS = 0.9, 1e-8, 4
 
 def _signal(rule: str, signal: str, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     g, w = g.double(), w.double()
-    if rule != "v2":
+    if rule.startswith("v1"):
         return g.abs() / (w.abs() + EPS)
     if signal == "relative":
         delta = EPS + WEIGHT_FLOOR * w.square().mean().sqrt()
@@ -43,6 +43,8 @@ CASES = [
     ("v2", "fisher", "grad", True),
     ("v2", "relative", "update", True),
     ("v2", "relative", "update", False),
+    ("v3", "relative", "grad", True),
+    ("v3", "utility", "update", True),
 ]
 
 
@@ -57,7 +59,7 @@ def test_ema_sees_the_raw_gradient(api, rule, signal, mode, foreach):
         opt = SWGL(params, **options)
     else:  # lr=0: the weights stay put, so the reference sees the same w at every step
         opt = SWGLWrapper(params, base=torch.optim.SGD, base_kwargs={"lr": 0.0}, **options)
-    init = 1.0 if rule != "v2" else 0.0
+    init = 1.0 if rule.startswith("v1") else 0.0
     expected = [torch.full(p.shape, init, dtype=torch.float64) for p in params]
     modulated_far_from_raw = False
     for step in range(STEPS):

@@ -121,11 +121,12 @@ def test_unmodulated_categories_keep_their_grads(api):
     torch.manual_seed(0)
     model = Tiny()
     kw = dict(biases=UNMODULATED, norms=UNMODULATED, embeddings=dict(alpha=0.5))
+    grad_mode = dict(rule="v2", signal="relative", mode="grad")  # p.grad shows the scale
     if api == "two-object":
-        opt = SWGL(param_groups(model, **kw))
+        opt = SWGL(param_groups(model, **kw), **grad_mode)
     else:  # lr=0 keeps the weights, so the grads left in p.grad are the modulated ones
         opt = SWGLWrapper(param_groups(model, **kw, for_wrapper=True), base=torch.optim.SGD,
-                          base_kwargs={"lr": 0.0})
+                          base_kwargs={"lr": 0.0}, **grad_mode)
     _backward(model)
     raw = _grads(model)
     opt.step()

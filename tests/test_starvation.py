@@ -39,8 +39,9 @@ def runs():
     out = {}
     for name, method in {
         "sgd": S.Method("sgd"),
-        "v1": S.Method("sgd", dict(rule="v1", lambda_reg=0.0)),
-        "v2": S.Method("sgd", dict(rule="v2", lambda_reg=0.0)),
+        "v1": S.Method("sgd", dict(rule="v1", lambda_reg=0.0, mode="grad")),
+        # pinned to the gradient mode: in mode="update" the gain is 1 by construction
+        "v2": S.Method("sgd", dict(S.V2, lambda_reg=0.0)),
     }.items():
         _, rec = S.train(method, data.x_train, data.y_train, steps=STEPS, width=WIDTH,
                          depth=DEPTH, stats_every=STEPS)
@@ -70,13 +71,15 @@ def test_v2_does_not_starve_any_layer(runs):
     """Exact-zero grads (dead ReLU units) once dragged v2's geometric mean to 0 and clamped every
     live element to 1/max_boost; the mean is now over active elements only."""
     v2, _ = runs["v2"]
-    assert min(v2["gain_late"]) > 0.25
+    # v2 damps the volatile elements that carry most of the norm, so a gain below 1 is by
+    # design; a starved layer sits at the floor, 1/max_boost = 0.1, as it did before the fix
+    assert min(v2["gain_late"]) > 0.15
 
 
 def test_v2_scale_of_live_elements_ignores_dead_ones():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(64, 64))
-    opt = SWGL([w], lambda_reg=0.0, mode="grad")
+    opt = SWGL([w], lambda_reg=0.0, **S.V2)
     for _ in range(5):
         g = torch.randn(64, 64)
         g[:, :16] = 0.0  # a quarter of the inputs come from dead units
