@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from swgl.rules import _TINY, Context, Hyper, _active_log_mean
+from swgl.rules import _TINY, Context, Hyper, _log_means
 
 __all__ = [
     "DEFAULT_QUANTILES",
@@ -61,8 +61,8 @@ def _scale_v1_paper(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
 
 def _scale_v2(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
     s_hat = s / (1.0 - hp.alpha**step)
-    log_mean = _active_log_mean(s_hat, Context())
-    c = (log_mean.exp() / (s_hat + _TINY)).clamp_(hp.min_scale, hp.max_boost)
+    m = math.exp(_log_means([s_hat], Context())[0])
+    c = (m / (s_hat + _TINY)).clamp_(hp.min_scale, hp.max_boost)
     return s_hat, c
 
 
