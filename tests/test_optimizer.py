@@ -572,3 +572,44 @@ def test_grad_scaler_step_on_the_wrapper_sees_unscaled_grads():
         scaler.update()
     for a, b in zip(plain.parameters(), amp.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# -- real fp16 AMP on a GPU --------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for fp16")
+
+
+@cuda
+@pytest.mark.parametrize("order", ["unscale-first", "scaler-given", "wrapper"])
+def test_fp16_autocast_trains_and_skips_overflow_steps(order):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4)).cuda()
+    base = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    # A huge initial scale: the first steps overflow in fp16 and must be skipped.
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**40)
+    if order == "wrapper":
+        opt = SWGL.wrap(base)
+    else:
+        opt = SWGL(model.parameters(), scaler=scaler if order == "scaler-given" else None)
+    x = torch.randn(256, 32, device="cuda")
+    y = (x[:, :4].argmax(1)).cuda()
+    losses = []
+    for _ in range(60):
+        base.zero_grad()
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        if order == "wrapper":
+            scaler.step(opt)
+        else:
+            if order == "unscale-first":
+                scaler.unscale_(base)
+            opt.step()
+            scaler.step(base)
+        scaler.update()
+        losses.append(loss.item())
+    assert scaler.get_scale() < 2.0**40  # overflow steps happened and were skipped
+    steps = [float(s["step"]) for s in opt.state.values()]
+    assert 0 < max(steps) < 60  # SWGL counted only the finite steps
+    assert all(torch.isfinite(opt.stability(p)).all() for p in model.parameters())
+    assert losses[-1] < 0.5 * losses[0]
