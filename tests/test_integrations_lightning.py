@@ -190,7 +190,9 @@ def test_fp16_amp_fit_sees_unscaled_grads():
         runs[precision] = layer_stats(trainer.optimizers[0], module)
     for name, fp32 in runs["32-true"].items():
         amp = runs["16-mixed"][name]
-        assert amp.step >= 2 * STEPS_PER_EPOCH - 2  # at most a couple of overflow skips
+        # GradScaler's first steps overflow at its initial 2^16 scale and are skipped: SWGL
+        # must not count them (measured on an H100: 3 of 8 skipped).
+        assert STEPS_PER_EPOCH <= amp.step < 2 * STEPS_PER_EPOCH
         # Scaled grads (x65536) would shift the stability quantiles by orders of magnitude.
         ratio = amp.quantiles[0.5] / fp32.quantiles[0.5]
         assert 0.2 < ratio < 5.0, (name, ratio)
