@@ -27,7 +27,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from swgl.rules import RULES, Context, Hyper
+from swgl.rules import RULES, Context, Hyper, _v3
 
 __all__ = ["FUSED", "triton_available", "runs_on", "can_fuse", "supports", "fusable_tensor"]
 
@@ -138,3 +138,5 @@ def _fused(rule: str, params, grads, stabilities, steps, hp: Hyper, ctx: Context
 FUSED: dict[str, Callable[..., None]] = {
     name: partial(_fused, name) for name in ("v1", "v1-paper", "v2")
 }
+# v3 is v2 with its ceiling at 1: the same kernels, options translated by the rule itself.
+FUSED["v3"] = _v3(FUSED["v2"])
