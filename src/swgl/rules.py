@@ -223,7 +223,8 @@ def _v2_single(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
         n = ctx.numel(i, p)
         w = p.float()
         g32 = g.float() / ctx.grad_scale
-        w_sq = ctx.reduce_sum(w.square().sum().reshape(1))
+        # [0]: a 0-d delta, so that it broadcasts in place into 0-d params too
+        w_sq = ctx.reduce_sum(w.square().sum().reshape(1))[0]
         delta = hp.eps + WEIGHT_FLOOR * (w_sq / n).sqrt()
         r = _signal(g32, w, delta, hp.signal)
         if hp.shock > 0.0 and step.item() > 1:
