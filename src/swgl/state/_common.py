@@ -82,6 +82,8 @@ def check_tensor(
     """A loaded state tensor must be a tensor of ``dtype`` and ``shape`` with sane values."""
     if not isinstance(t, Tensor):
         raise ValueError(f"{what} must be a tensor, got {type(t).__name__}")
+    if t.is_meta:  # its values cannot be checked (or copied): fail here, not mid-install
+        raise ValueError(f"{what} is on the meta device: it holds no data to load")
     if t.dtype != dtype:
         raise ValueError(f"{what} must have dtype {dtype}, got {t.dtype}")
     if tuple(t.shape) != tuple(shape):
