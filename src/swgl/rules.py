@@ -245,7 +245,13 @@ def _v2_single(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
     return factors if hp.mode == "update" else None
 
 
-def _v2_foreach(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
+def v2_coefficients(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
+    """v2's EMA update (in place) and its coefficients, with foreach ops.
+
+    Returns ``(c, k)``: the rule maps a gradient ``g`` (in the caller's units) to
+    ``c * g + k * w``; ``k`` is None when ``lambda_reg`` is 0. The foreach rule applies them,
+    and the fused optimizers' fallback (:mod:`swgl.optim`) applies ``c`` to their own update.
+    """
     numels = [ctx.numel(i, p) for i, p in enumerate(params)]
     w = [p.float() for p in params]
     g32 = [g.float() for g in grads]
@@ -278,20 +284,26 @@ def _v2_foreach(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
     torch._foreach_mul_(c, means)
     torch._foreach_clamp_min_(c, hp.min_scale)
     torch._foreach_clamp_max_(c, hp.max_boost)
-    if hp.mode == "grad":
-        torch._foreach_mul_(g32, c)
+    k = None
     if hp.lambda_reg > 0.0:
-        excess = torch._foreach_mul(s_hat, [1.0 / (m + _TINY) for m in means])
-        torch._foreach_sub_(excess, 1.0)
-        torch._foreach_clamp_min_(excess, 0.0)
-        torch._foreach_clamp_max_(excess, hp.max_boost - 1.0)
-        torch._foreach_mul_(excess, w)
-        torch._foreach_add_(g32, excess, alpha=hp.lambda_reg)
-    if ctx.grad_scale != 1.0:
-        torch._foreach_mul_(g32, ctx.grad_scale)
-    for g, new_g in zip(grads, g32):
-        if new_g is not g:
-            g.copy_(new_g)
+        k = torch._foreach_mul(s_hat, [1.0 / (m + _TINY) for m in means])
+        torch._foreach_sub_(k, 1.0)
+        torch._foreach_clamp_min_(k, 0.0)
+        torch._foreach_clamp_max_(k, hp.max_boost - 1.0)
+        torch._foreach_mul_(k, hp.lambda_reg * ctx.grad_scale)
+    return c, k
+
+
+def _v2_foreach(params, grads, stabilities, steps, hp: Hyper, ctx: Context):
+    c, k = v2_coefficients(params, grads, stabilities, steps, hp, ctx)
+    new_g = [g.float() for g in grads]
+    if hp.mode == "grad":
+        new_g = torch._foreach_mul(new_g, c)
+    if k is not None:
+        torch._foreach_addcmul_(new_g, k, [p.float() for p in params])
+    for g, value in zip(grads, new_g):
+        if value is not g:
+            g.copy_(value)
     return c if hp.mode == "update" else None
 
 
