@@ -70,7 +70,18 @@ def load_results(run: str | Path, runs_dir: str | Path = "runs") -> dict[str, An
     file = path / "results.json"
     if not file.is_file():
         raise FileNotFoundError(f"run={str(run)!r}: no results.json in {path}")
-    return json.loads(file.read_text())
+    try:
+        results = json.loads(file.read_text())
+    except ValueError as exc:  # bad JSON, or bytes that are not UTF-8
+        results, reason = None, str(exc)
+    else:
+        reason = "not a results object"
+    if not isinstance(results, dict) or "summary" not in results:
+        raise ValueError(
+            f"{file} is damaged ({reason}); rebuild it from the cell files by rerunning "
+            "`swgl bench` with the same options and --resume"
+        )
+    return results
 
 
 def summary_table(summary: Sequence[dict[str, Any]], title: str = "") -> Table:

@@ -328,13 +328,21 @@ def _cells(cfg: BenchConfig) -> list[tuple[str, str, int]]:
     return list(product(cfg.scenarios, cfg.methods, cfg.seeds))
 
 
+#: Keys every finished cell file has (what summarize and the reports read).
+_CELL_KEYS = frozenset({"run_id", "scenario", "method", "seed", "metrics", "R"})
+
+
 def _load_cell(path: Path, config_id: str) -> dict[str, Any] | None:
+    """A finished cell of this run, or None (logged) if the file is damaged or another run's."""
     try:
         cell = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        log.warning("ignoring unreadable cell file %s (%s)", path, exc)
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        log.warning("ignoring unreadable cell file %s (%s); recomputing that cell", path, exc)
         return None
-    return cell if cell.get("run_id") == config_id else None
+    if not isinstance(cell, dict) or not cell.keys() >= _CELL_KEYS:
+        log.warning("ignoring malformed cell file %s; recomputing that cell", path)
+        return None
+    return cell if cell["run_id"] == config_id else None
 
 
 def summarize(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
