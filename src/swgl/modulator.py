@@ -16,6 +16,7 @@ view under any format.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import warnings
 import weakref
@@ -235,9 +236,7 @@ class _SWGLBase(Optimizer):
                     f"state_dict entry for param {index} must have keys {sorted(expected)} "
                     f"(storage {storage.name!r}), got {keys}"
                 )
-            step = entry["step"]
-            if not isinstance(step, Tensor) or step.numel() != 1:
-                raise ValueError(f"step for param {index} must be a one-element tensor")
+            _check_step(entry["step"], index)
             storage.check(entry, p, index)
 
     def _install_swgl_state(self, saved: dict[int, dict[str, Any]]) -> None:
@@ -597,6 +596,17 @@ def _by_position(state: dict[Any, Any], saved_groups: list[dict[str, Any]]) -> d
     ids = [pid for group in saved_groups for pid in group["params"]]
     position = {pid: i for i, pid in enumerate(ids)}
     return {position.get(key, key): entry for key, entry in state.items()}
+
+
+def _check_step(step: Any, index: int) -> None:
+    """A saved step counter must be one finite, non-negative whole number on a real device."""
+    if not isinstance(step, Tensor) or step.numel() != 1:
+        raise ValueError(f"step for param {index} must be a one-element tensor")
+    if step.is_meta:
+        raise ValueError(f"step for param {index} is on the meta device: it holds no value")
+    value = float(step)
+    if not (math.isfinite(value) and value >= 0 and value == int(value)):
+        raise ValueError(f"step for param {index} must be a whole number >= 0, got {value!r}")
 
 
 def _check_state_dict_layout(state_dict: Any, groups: list[dict[str, Any]]) -> None:
