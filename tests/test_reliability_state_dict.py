@@ -89,7 +89,7 @@ def corruptions(prefix: str):
     """(name, function) pairs; ``prefix`` is the wrapper's ``swgl_``."""
     def on_swgl_tensor(fn, valid=lambda key, t: False):
         """Corrupt one SWGL tensor; returns True if the result is still valid state."""
-        # the step counter's own checks are test_bad_step_counters_are_rejected's (xfail)
+        # the step counter's own checks are test_bad_step_counters_are_rejected's
         def corrupt(sd, draw):
             keys = [(i, k) for i, k in _swgl_keys(sd, prefix) if k != prefix + "step"]
             i, k = draw(st.sampled_from(keys))
