@@ -215,8 +215,6 @@ def test_bad_choices_list_the_valid_ones(argv, expected, tmp_path, capsys):
         assert text in err
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 finding: bench/config.py passes an unknown "
-                   "--swgl-opts key to SWGL.wrap, whose TypeError does not list the valid keys")
 def test_unknown_swgl_option_lists_the_valid_ones(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main([*ARGS, "--out-dir", str(tmp_path), "--swgl-opts", "alhpa=0.9"])

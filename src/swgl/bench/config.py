@@ -134,10 +134,18 @@ class BenchConfig:
 
 def _check_swgl_options(method: str, options: Mapping[str, Any]) -> None:
     """Fail at config time, not mid-run, on SWGL options the core rejects."""
+    import inspect
+
     import torch
 
-    from swgl import SWGL
+    from swgl import SWGL, SWGLWrapper
 
+    known = set(inspect.signature(SWGLWrapper).parameters) - {"params", "base", "base_kwargs"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(
+            f"unknown SWGL option(s) {unknown} for method {method!r}; valid: {sorted(known)}"
+        )
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     try:
         SWGL.wrap(probe, **options)
