@@ -15,7 +15,6 @@ view under any format.
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import warnings
@@ -38,8 +37,6 @@ from swgl.rules import RULES
 from swgl.state import STORAGES
 
 __all__ = ["SWGL", "SWGLWrapper", "DEFAULT_RULE"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_RULE = "v3"
 #: Rules that return per-tensor factors, so they can scale the base optimizer's update.
