@@ -23,17 +23,21 @@ Rules
 ``v1-paper`` (the formula in the seed's README): as ``v1`` but
 ``g = g / clamp(s, max=max_boost)``, so the boost is unbounded and the damping is capped.
 
-``v2`` (bounded, the safe default), for each tensor at finite step ``t``::
+``v2`` (bounded), for each tensor at finite step ``t``::
 
     delta = eps + floor * rms(w)                 # a weight floor relative to the tensor
-    r     = min(|g| / (|w| + delta), R_MAX)
+    r     = min(signal, R_MAX)                   # relative: |g| / (|w| + delta);
+                                                 # utility: |g w|; fisher: g^2
     s     = alpha * s + (1 - alpha) * r           # s starts at 0
     s_hat = s / (1 - alpha^t)                     # bias-corrected, no start-up transient
     m     = exp(mean(log s_hat over s_hat > 0))   # geometric mean of the active elements
-    c     = clamp(m / (s_hat + tiny), 1 / max_boost, max_boost)
+    c     = clamp(m / (s_hat + tiny), 1 / max_damping, max_boost)   # max_damping: max_boost
     g     = c * g + lambda_reg * clamp(s_hat / m - 1, 0, max_boost - 1) * w
 
-so an element as volatile as its tensor's typical element gets ``c = 1``; a more volatile one
+(in ``mode="update"`` the grads get only the ``lambda_reg`` term and ``c`` scales the base
+optimizer's step instead; ``shock`` restarts a tensor's EMA when the sum of its signal jumps
+above ``shock`` times the bias-corrected EMA's). So an element as volatile as its tensor's
+typical element gets ``c = 1``; a more volatile one
 is damped, down to ``1/max_boost``; a steadier one is boosted, up to ``max_boost``. The
 geometric mean (not the arithmetic one) is the reference because ``|g|/|w|`` is heavy-tailed:
 a few near-zero weights would otherwise drag the mean up and boost almost every element. It
