@@ -11,22 +11,9 @@ import torch.nn as nn
 
 from swgl import SWGL, SWGLWrapper
 from swgl.modulator import DEFAULT_RULE
-
-
-def _model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
-def _batches(n, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen))
-            for _ in range(n)]
-
-
-def _loss(model, batch):
-    x, y = batch
-    return nn.functional.cross_entropy(model(x), y)
+from toy import toy_batches as _batches
+from toy import toy_loss as _loss
+from toy import toy_model as _model
 
 
 def _train_two_object(model, base, swgl, batches):

@@ -2,25 +2,12 @@
 
 import pytest
 import torch
-import torch.nn as nn
 
 from swgl import SWGL
 from swgl.rules import RULES, Context, Hyper
-
-
-def _model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-
-
-def _batches(n, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen))
-            for _ in range(n)]
-
-
-def _loss(model, batch):
-    return nn.functional.cross_entropy(model(batch[0]), batch[1])
+from toy import toy_batches as _batches
+from toy import toy_loss as _loss
+from toy import toy_model as _model
 
 
 @pytest.mark.parametrize("signal", ["relative", "utility", "fisher"])
