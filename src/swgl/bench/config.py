@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from swgl.bench.data import DATASETS
-from swgl.bench.methods import METHODS, MethodSpec
+from swgl.bench.methods import METHODS, OPTIMIZERS, MethodSpec
 from swgl.bench.models import MODELS
+from swgl.bench.provenance import code_identity
 from swgl.bench.scenarios import SCENARIOS
 
 __all__ = ["BenchConfig", "DEFAULT_METHODS", "DEFAULT_SCENARIOS", "EVAL_SPLITS"]
@@ -26,7 +27,9 @@ EVAL_SPLITS = ("test", "val")
 class BenchConfig:
     """Everything that determines a benchmark's numbers.
 
-    ``None`` fields take the dataset's or scenario's default when resolved. ``swgl_opts``
+    ``None`` fields take the dataset's or scenario's default when resolved.
+    ``steps_per_task`` (if set) trains each task for exactly that many batches, reshuffling
+    the task's data at each pass, instead of ``epochs`` passes. ``swgl_opts``
     are passed to ``SWGL.wrap`` for every SWGL method; ``method_opts[name]`` overrides one
     method's options (``lr``, strategy options, optimizer kwargs, ``swgl.<opt>``);
     ``variants[name] = {"base": "swgl-sgd", "swgl.rule": "v1", "lr": 0.02, ...}`` defines new
@@ -41,6 +44,7 @@ class BenchConfig:
     model: str = "mlp"
     hidden: int | None = None
     epochs: int | None = None
+    steps_per_task: int | None = None
     batch_size: int = 32
     train_per_task: int | None = None
     test_per_task: int | None = None
@@ -68,7 +72,8 @@ class BenchConfig:
             _choice("scenario", s, SCENARIOS)
         for seed in self.seeds:
             _int("seed", seed, 0)
-        for name in ("n_tasks", "hidden", "epochs", "train_per_task", "test_per_task"):
+        for name in ("n_tasks", "hidden", "epochs", "steps_per_task", "train_per_task",
+                     "test_per_task"):
             if getattr(self, name) is not None:
                 _int(name, getattr(self, name), 1)
         for name in ("batch_size", "stream_steps", "stream_batch", "consolidate_every",
@@ -103,15 +108,18 @@ class BenchConfig:
                 raise ValueError(f"variants[{name!r}]['base'] must be one of {sorted(METHODS)}, "
                                  f"got {base!r}")
             parent = METHODS[base]
-            spec = replace(parent, name=name, optimizer=variant.pop("optimizer", parent.optimizer))
+            optimizer = variant.pop("optimizer", parent.optimizer)
+            _choice(f"variants[{name!r}]['optimizer']", optimizer, OPTIMIZERS)
+            spec = replace(parent, name=name, optimizer=optimizer)
         elif name in METHODS:
             spec, variant = METHODS[name], {}
         else:
             raise ValueError(f"method must be one of {sorted(METHODS)} or a variant "
                              f"{sorted(self.variants)}, got {name!r}")
+        info = OPTIMIZERS[spec.optimizer]
         if spec.swgl is not None:
-            spec = spec.with_options({f"swgl.{k}": v for k, v in self.swgl_opts.items()})
-        return spec.with_options({**variant, **self.method_opts.get(name, {})})
+            spec = spec.with_options({f"swgl.{k}": v for k, v in self.swgl_opts.items()}, info)
+        return spec.with_options({**variant, **self.method_opts.get(name, {})}, info)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -124,10 +132,16 @@ class BenchConfig:
             raise ValueError(f"unknown config keys {sorted(unknown)}; valid: {sorted(known)}")
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
-    def run_id(self) -> str:
-        """``<dataset>-<hash>``: equal configs share a run folder, so --resume finds it."""
+    def run_id(self, code: Mapping[str, str] | None = None) -> str:
+        """``<dataset>-<hash>`` of the resolved config and ``code`` (the code identity).
+
+        Equal configs run by equal code share a run folder, so --resume finds it; any change
+        to swgl's source, its version or torch's gives a new id, so stale cells are never
+        reused. ``code`` defaults to :func:`swgl.bench.provenance.code_identity`.
+        """
         d = self.resolved().to_dict()
         d.pop("data_dir")  # where the files live does not change the numbers
+        d["code"] = dict(code_identity() if code is None else code)
         digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.dataset}-{digest}"
 

@@ -14,7 +14,7 @@ docs/results.md copies; ``--out`` also writes it as JSON. Stages:
 * ``modes``: ``mode="grad"`` against ``mode="update"`` with SGD, SGD + momentum and AdamW.
 
 Sizes are cut for a shared 2-core CPU (see :data:`SIZES`); every method runs at its base
-optimizer's default learning rate (:data:`swgl.bench.methods.optim.OPTIMIZERS`), SWGL included.
+optimizer's default learning rate (:data:`swgl.bench.methods.OPTIMIZERS`), SWGL included.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from types import MappingProxyType
 from typing import Any
 
 from swgl.bench.config import BenchConfig
-from swgl.bench.methods.base import Method, MethodSpec, register
 from swgl.bench.runner import Results, run
 
 __all__ = ["SIZES", "SEEDS", "STAGES", "run_stage", "table"]
@@ -55,21 +54,6 @@ GRID: dict[str, dict[str, Any]] = {
     "utility update damp lambda0": {"swgl.signal": "utility", "swgl.mode": "update",
                                     "swgl.lambda_reg": 0.0, **_DAMP},
 }
-
-
-class _BoundaryAware(Method):
-    """Plain fine-tuning that calls ``optimizer.on_task_boundary()`` at each boundary."""
-
-    hparams = MappingProxyType({})
-
-    def begin_task(self, t: int) -> None:
-        if t > 0:
-            self.optimizer.on_task_boundary()
-
-
-for _opt in ("sgd", "adamw"):
-    register(MethodSpec(f"swgl-boundary-{_opt}", _BoundaryAware, _opt, swgl={},
-                        description=f"SWGL wrapping {_opt}, reset at every task boundary"))
 
 
 def _grid_variants() -> dict[str, dict[str, Any]]:
@@ -152,9 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    # The boundary-aware methods are registered by this module: run them in this process.
-    workers = 1 if args.stage == "drift" else args.workers
-    res = run_stage(args.stage, seeds=seeds, workers=workers)
+    res = run_stage(args.stage, seeds=seeds, workers=args.workers)
     print(table(res))  # noqa: T201 (a script's output)
     if args.out:
         with open(args.out, "w") as f:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swgl.bench.runner import SUMMARY_METRICS, Results, atomic_write_text
+from swgl.bench.results import SUMMARY_METRICS, Results, atomic_write_text
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from swgl.bench import metrics
+from swgl.bench import metrics, report
 from swgl.bench.config import BenchConfig
 from swgl.bench.data import DATASETS, load_dataset, validation_split
 from swgl.bench.methods import Context, Method, make_method
 from swgl.bench.methods.swgl import stability_tensors
 from swgl.bench.models import build_model
+from swgl.bench.provenance import code_identity
+from swgl.bench.results import Results, atomic_write_text, summarize
 from swgl.bench.scenarios import Scenario, ScenarioOptions, build_scenario
 
 __all__ = ["Results", "run", "run_cell", "grid", "summarize", "atomic_write_text"]
@@ -40,42 +39,13 @@ log = logging.getLogger(__name__)
 
 #: Quantiles of each layer's stability recorded for the stability-over-time plots.
 STABILITY_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-#: Metrics summarised as mean and std over seeds.
-SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_acc", "online_acc", "plasticity",
-                   "time_per_step_ms", "state_bytes_per_param")
 _EVAL_CHUNK = 2048
 _STREAM_WINDOWS = 10          # online-accuracy points per stream segment
 _CONSOLIDATE_BATCHES = 16     # recent batches a stream hands to end_task at a pseudo-boundary
 _END_TASK_BATCH = 64
 
 
-@dataclass
-class Results:
-    """What :func:`run` returns: the config, every cell's record and the seed summary."""
-
-    config: BenchConfig
-    run_id: str
-    run_dir: Path
-    cells: list[dict[str, Any]]
-    summary: list[dict[str, Any]]
-
-
 # -- files ---------------------------------------------------------------------------------------
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cell_name(scenario: str, method: str, seed: int) -> str:
@@ -179,6 +149,19 @@ def _task_batches(scen: Scenario, t: int, device: torch.device) -> Callable[[], 
     return batches
 
 
+def _task_order(train_idx: Tensor, batch_size: int, steps: int,
+                gen: torch.Generator) -> Iterator[Tensor]:
+    """``steps`` batches of indices: passes over a fresh shuffle, the last pass cut short."""
+    n, done = len(train_idx), 0
+    while done < steps:
+        order = train_idx[torch.randperm(n, generator=gen)]
+        for i in range(0, n, batch_size):
+            if done == steps:
+                return
+            yield order[i:i + batch_size]
+            done += 1
+
+
 def _train_offline(cfg: BenchConfig, scen: Scenario, method: Method, device: torch.device,
                    gen: torch.Generator, rec: _Recorder) -> tuple[np.ndarray, float, int]:
     T = len(scen.tasks)
@@ -186,24 +169,22 @@ def _train_offline(cfg: BenchConfig, scen: Scenario, method: Method, device: tor
     step, busy = 0, 0.0
     for t, task in enumerate(scen.tasks):
         n = len(task.train_idx)
-        per_task = cfg.epochs * math.ceil(n / cfg.batch_size)
+        per_task = cfg.steps_per_task or cfg.epochs * math.ceil(n / cfg.batch_size)
         eval_every = max(1, per_task // cfg.evals_per_task)
         _sync(device)
         start = time.perf_counter()
         method.begin_task(t)
-        for _ in range(cfg.epochs):
-            order = task.train_idx[torch.randperm(n, generator=gen)]
-            for i in range(0, n, cfg.batch_size):
-                x, y = scen.train_batch(t, order[i:i + cfg.batch_size])
-                x, y = x.to(device), y.to(device)
-                method.observe(x, y, torch.full((len(x),), t, device=device))
-                step += 1
-                if step % eval_every == 0 and step % per_task:
-                    _sync(device)
-                    busy += time.perf_counter() - start
-                    rec.accuracy(step, _evaluate(method, scen, device))
-                    rec.stability_point(step, method)
-                    start = time.perf_counter()
+        for idx in _task_order(task.train_idx, cfg.batch_size, per_task, gen):
+            x, y = scen.train_batch(t, idx)
+            x, y = x.to(device), y.to(device)
+            method.observe(x, y, torch.full((len(x),), t, device=device))
+            step += 1
+            if step % eval_every == 0 and step % per_task:
+                _sync(device)
+                busy += time.perf_counter() - start
+                rec.accuracy(step, _evaluate(method, scen, device))
+                rec.stability_point(step, method)
+                start = time.perf_counter()
         method.end_task(t, _task_batches(scen, t, device))
         _sync(device)
         busy += time.perf_counter() - start
@@ -345,23 +326,6 @@ def _load_cell(path: Path, config_id: str) -> dict[str, Any] | None:
     return cell if cell["run_id"] == config_id else None
 
 
-def summarize(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and (population) std over seeds of every metric, per (scenario, method)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for cell in cells:
-        groups.setdefault((cell["scenario"], cell["method"]), []).append(cell)
-    rows = []
-    for (scenario, method), group in groups.items():
-        row: dict[str, Any] = {"scenario": scenario, "method": method, "n_seeds": len(group)}
-        for m in SUMMARY_METRICS:
-            values = [c["metrics"][m] for c in group if m in c["metrics"]]
-            if values:
-                row[f"{m}_mean"] = float(np.mean(values))
-                row[f"{m}_std"] = float(np.std(values))
-        rows.append(row)
-    return rows
-
-
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
@@ -371,17 +335,20 @@ def run(config: BenchConfig, *, out_dir: str | Path = "runs", resume: bool = Fal
         write_reports: bool = True, workers: int = 1) -> Results:
     """Run every cell of ``config`` and write ``<out_dir>/<run-id>/``.
 
-    ``resume=True`` reuses cells already on disk for this run id. ``on_cell(cell, cached)``
-    is called after each cell (for progress bars). ``write_reports`` writes results.json,
-    results.csv, cells.csv and the plots. ``workers > 1`` runs cells in that many processes
-    (one torch thread each); the numbers do not depend on it.
+    ``resume=True`` reuses cells already on disk for this run id (which hashes the config
+    and the code identity, so cells of other code are never reused). ``on_cell(cell,
+    cached)`` is called after each cell (for progress bars). ``write_reports`` writes
+    results.json, results.csv, cells.csv and the plots. ``workers > 1`` runs cells in that
+    many processes (one torch thread each); the numbers do not depend on it.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     cfg = config.resolved()
-    run_id = config.run_id()
+    code = code_identity()
+    run_id = config.run_id(code)
     run_dir = Path(out_dir) / run_id
-    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+    atomic_write_text(run_dir / "config.json",
+                      json.dumps({**cfg.to_dict(), "code": code}, indent=2))
     done: dict[tuple[str, str, int], dict[str, Any]] = {}
     pending = []
     for key in _cells(cfg):
@@ -416,8 +383,6 @@ def run(config: BenchConfig, *, out_dir: str | Path = "runs", resume: bool = Fal
     cells = [done[key] for key in _cells(cfg)]
     results = Results(cfg, run_id, run_dir, cells, summarize(cells))
     if write_reports:
-        from swgl.bench import report  # matplotlib is only needed here
-
         report.write_all(results)
     return results
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from swgl.bench.methods._buffer import ReservoirBuffer, make_generator
-from swgl.bench.methods.base import Batches, Method, MethodSpec, register
+from swgl.bench.methods.base import Batches, Method, MethodSpec
 
 
 class AGEM(Method):
@@ -49,4 +49,5 @@ class AGEM(Method):
         return self.buffer.tensors()
 
 
-register(MethodSpec("agem", AGEM, "sgd", description="averaged gradient episodic memory"))
+#: The memory size is fixed (a memory budget), so only the learning rate is tuned.
+SPECS = (MethodSpec("agem", AGEM, "sgd", description="averaged gradient episodic memory"),)

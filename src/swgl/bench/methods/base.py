@@ -1,4 +1,4 @@
-"""The strategy base class, the method registry and the per-method option handling.
+"""The strategy base class, the method spec and the per-method option handling.
 
 The quadratic regularizers (EWC, online EWC, SI, MAS) use Adam, as in van de Ven & Tolias 2019:
 with SGD (lr 0.1) every penalty strong enough to matter diverged on Fashion-MNIST (see
@@ -6,7 +6,10 @@ docs/results.md).
 
 A *method* is a :class:`MethodSpec`: a strategy class (how the loss and the hooks work), a
 base optimizer, whether SWGL wraps it, and option overrides. Variants are new specs, not new
-code: ``derive("swgl-v1", "swgl-sgd", swgl={"rule": "v1"})``.
+code: ``BenchConfig(variants={"swgl-v1": {"base": "swgl-sgd", "swgl.rule": "v1"}})``.
+
+Nothing here keeps global state: the method table is built explicitly in
+``swgl.bench.methods`` from each method module's ``SPECS``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from swgl.bench.methods.optim import OPTIMIZERS, build_optimizer
+from swgl.bench.methods.optim import OptimizerInfo, build_optimizer
 
-__all__ = ["METHODS", "Context", "Method", "MethodSpec", "derive", "make_method", "register"]
+__all__ = ["Batches", "Context", "Method", "MethodSpec", "build_method"]
 
 Batches = Callable[[], Iterator[tuple[Tensor, Tensor, Tensor]]]
 
@@ -102,7 +105,12 @@ class Method:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: strategy + optimizer (+ SWGL) + option overrides."""
+    """A method: strategy + optimizer (+ SWGL) + option overrides + its tuning grid.
+
+    ``tune`` maps the method's strength option(s) to the values ``swgl bench --tune`` tries
+    (the learning rate is tuned for every method; see :mod:`swgl.bench.tuning`). Empty: the
+    strategy's ``tune_grid`` class attribute, if any, else only the learning rate.
+    """
 
     name: str
     strategy: type[Method]
@@ -110,16 +118,21 @@ class MethodSpec:
     swgl: Mapping[str, Any] | None = None   # None: no SWGL; a dict: SWGL.wrap(base, **swgl)
     options: Mapping[str, Any] = field(default_factory=dict)  # lr, hparams, optimizer kwargs
     description: str = ""
+    tune: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
-    def valid_options(self) -> list[str]:
-        opt_cls = OPTIMIZERS[self.optimizer].cls
-        opt_keys = [k for k in inspect.signature(opt_cls).parameters if k not in ("params", "lr")]
+    def strength_grid(self) -> Mapping[str, tuple[Any, ...]]:
+        """Option -> values tuned besides the learning rate (their product is the grid)."""
+        return dict(self.tune or getattr(self.strategy, "tune_grid", None) or {})
+
+    def valid_options(self, info: OptimizerInfo) -> list[str]:
+        """Options this spec accepts, given its optimizer's ``info``."""
+        opt_keys = [k for k in inspect.signature(info.cls).parameters if k not in ("params", "lr")]
         return sorted({"lr", *self.strategy.hparams, *opt_keys})
 
-    def with_options(self, overrides: Mapping[str, Any]) -> MethodSpec:
+    def with_options(self, overrides: Mapping[str, Any], info: OptimizerInfo) -> MethodSpec:
         """A copy with ``overrides`` applied; keys ``swgl.X`` set SWGL option X."""
         options, swgl = dict(self.options), None if self.swgl is None else dict(self.swgl)
-        valid = self.valid_options()
+        valid = self.valid_options(info)
         for key, value in overrides.items():
             if key.startswith("swgl."):
                 if swgl is None:
@@ -135,34 +148,10 @@ class MethodSpec:
         return replace(self, options=options, swgl=swgl)
 
 
-METHODS: dict[str, MethodSpec] = {}
-
-
-def register(spec: MethodSpec) -> MethodSpec:
-    if spec.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {spec.optimizer!r}")
-    METHODS[spec.name] = spec
-    return spec
-
-
-def derive(name: str, base: str, *, optimizer: str | None = None,
-           swgl: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
-           description: str = "") -> MethodSpec:
-    """Register a variant of method ``base`` (the way to add a config-defined method)."""
-    if base not in METHODS:
-        raise ValueError(f"base method must be one of {sorted(METHODS)}, got {base!r}")
-    parent = METHODS[base]
-    spec = replace(parent, name=name, optimizer=optimizer or parent.optimizer,
-                   description=description or f"{parent.description} (variant)")
-    overrides = dict(options or {})
-    overrides.update({f"swgl.{k}": v for k, v in (swgl or {}).items()})
-    return register(spec.with_options(overrides))
-
-
-def make_method(spec: MethodSpec, model: nn.Module, ctx: Context) -> Method:
-    """Build the optimizer (SWGL-wrapped if asked) and the strategy for ``model``."""
+def build_method(spec: MethodSpec, info: OptimizerInfo, model: nn.Module, ctx: Context) -> Method:
+    """Build the optimizer ``info`` describes (SWGL-wrapped if asked) and the strategy."""
     opts = dict(spec.options)
     hp = {k: opts.pop(k) for k in list(opts) if k in spec.strategy.hparams}
-    lr = opts.pop("lr", OPTIMIZERS[spec.optimizer].lr)
-    optimizer = build_optimizer(spec.optimizer, model.parameters(), lr, opts, spec.swgl)
+    lr = opts.pop("lr", info.lr)
+    optimizer = build_optimizer(info, model.parameters(), lr, opts, spec.swgl)
     return spec.strategy(model, optimizer, ctx, hp)

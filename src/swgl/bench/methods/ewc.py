@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from swgl.bench.methods._importance import per_sample_mean
-from swgl.bench.methods.base import Batches, Method, MethodSpec, register
+from swgl.bench.methods.base import Batches, Method, MethodSpec
 
 
 class EWC(Method):
@@ -47,4 +47,5 @@ class EWC(Method):
         return [t for fisher, anchor in self.anchors for d in (fisher, anchor) for t in d.values()]
 
 
-register(MethodSpec("ewc", EWC, "adam", description="EWC, one Fisher penalty per task"))
+SPECS = (MethodSpec("ewc", EWC, "adam", description="EWC, one Fisher penalty per task",
+                   tune={"lam": (1e2, 1e3, 1e4)}),)

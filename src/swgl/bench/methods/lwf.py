@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from swgl.bench.methods.base import Method, MethodSpec, register
+from swgl.bench.methods.base import Method, MethodSpec
 
 
 def distill(new: Tensor, old: Tensor, temperature: float) -> Tensor:
@@ -57,4 +57,5 @@ class LwF(Method):
         return [] if self.old is None else list(self.old.parameters())
 
 
-register(MethodSpec("lwf", LwF, "sgd", description="learning without forgetting"))
+SPECS = (MethodSpec("lwf", LwF, "sgd", description="learning without forgetting",
+                   tune={"alpha": (0.3, 1.0, 3.0)}),)

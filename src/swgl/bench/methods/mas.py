@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from swgl.bench.methods._importance import per_sample_mean
-from swgl.bench.methods.base import Batches, Method, MethodSpec, register
+from swgl.bench.methods.base import Batches, Method, MethodSpec
 
 
 class MAS(Method):
@@ -39,4 +39,5 @@ class MAS(Method):
         return [*self.omega.values(), *self.anchor.values()]
 
 
-register(MethodSpec("mas", MAS, "adam", description="memory-aware synapses"))
+SPECS = (MethodSpec("mas", MAS, "adam", description="memory-aware synapses",
+                   tune={"lam": (0.1, 1.0, 10.0)}),)

@@ -1,6 +1,6 @@
-"""Naive fine-tuning: the lower bound every method must beat."""
+"""Naive fine-tuning: the lower bound every method must beat, and the tuned baseline."""
 
-from swgl.bench.methods.base import Method, MethodSpec, register
+from swgl.bench.methods.base import Method, MethodSpec
 
-for _opt in ("sgd", "sgd-momentum", "adam", "adamw"):
-    register(MethodSpec(f"naive-{_opt}", Method, _opt, description=f"fine-tuning with {_opt}"))
+SPECS = tuple(MethodSpec(f"naive-{opt}", Method, opt, description=f"fine-tuning with {opt}")
+              for opt in ("sgd", "sgd-momentum", "adam", "adamw"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from swgl.bench.methods.base import Batches, MethodSpec, register
+from swgl.bench.methods.base import Batches, MethodSpec
 from swgl.bench.methods.ewc import EWC
 
 
@@ -20,4 +20,5 @@ class OnlineEWC(EWC):
         self.anchors = [(fisher, params)]
 
 
-register(MethodSpec("online-ewc", OnlineEWC, "adam", description="online EWC, one running Fisher"))
+SPECS = (MethodSpec("online-ewc", OnlineEWC, "adam", description="online EWC, one running Fisher",
+                   tune={"lam": (1e2, 1e3, 1e4)}),)

@@ -1,4 +1,4 @@
-"""Base optimizers a method can use, with the learning rates tuned in docs/results.md."""
+"""Base optimizers a method can use: default learning rate, tuning range, baseline method."""
 
 from __future__ import annotations
 
@@ -16,24 +16,33 @@ __all__ = ["OPTIMIZERS", "OptimizerInfo", "build_optimizer"]
 
 @dataclass(frozen=True)
 class OptimizerInfo:
+    """How to build an optimizer, and how ``swgl bench --tune`` treats its methods.
+
+    ``lr_range`` is the (low, high) learning rate span the tuning grid covers, log-spaced;
+    ``baseline`` names the plain method every method on this optimizer is compared with
+    (its delta ACC in the tuned table).
+    """
+
     cls: type[Optimizer]
-    lr: float                                            # default learning rate
-    kwargs: Mapping[str, Any] = field(default_factory=dict)  # fixed extra arguments
+    lr: float                                                 # default learning rate
+    kwargs: Mapping[str, Any] = field(default_factory=dict)   # fixed extra arguments
+    lr_range: tuple[float, float] = (0.01, 0.3)
+    baseline: str = "naive-sgd"
 
 
+#: The torch optimizers; method modules that define their own add them via ``OPTIMIZERS``.
 OPTIMIZERS: dict[str, OptimizerInfo] = {
-    "sgd": OptimizerInfo(torch.optim.SGD, 0.1),
-    "sgd-momentum": OptimizerInfo(torch.optim.SGD, 0.01, {"momentum": 0.9}),
-    "adam": OptimizerInfo(torch.optim.Adam, 1e-3),
-    "adamw": OptimizerInfo(torch.optim.AdamW, 1e-3, {"weight_decay": 0.01}),
+    "sgd": OptimizerInfo(torch.optim.SGD, 0.1, lr_range=(0.01, 0.3), baseline="naive-sgd"),
+    "sgd-momentum": OptimizerInfo(torch.optim.SGD, 0.01, {"momentum": 0.9},
+                                  lr_range=(0.001, 0.03), baseline="naive-sgd-momentum"),
+    "adam": OptimizerInfo(torch.optim.Adam, 1e-3, lr_range=(1e-4, 3e-3), baseline="naive-adam"),
+    "adamw": OptimizerInfo(torch.optim.AdamW, 1e-3, {"weight_decay": 0.01},
+                           lr_range=(1e-4, 3e-3), baseline="naive-adamw"),
 }
 
 
-def build_optimizer(name: str, params: Iterable[torch.Tensor], lr: float,
+def build_optimizer(info: OptimizerInfo, params: Iterable[torch.Tensor], lr: float,
                     kwargs: Mapping[str, Any], swgl: Mapping[str, Any] | None) -> Optimizer:
-    """``name``'s optimizer; wrapped as ``SWGL.wrap(base, **swgl)`` unless ``swgl`` is None."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}")
-    info = OPTIMIZERS[name]
+    """``info``'s optimizer; wrapped as ``SWGL.wrap(base, **swgl)`` unless ``swgl`` is None."""
     base = info.cls(params, lr=lr, **{**info.kwargs, **kwargs})
     return base if swgl is None else SWGL.wrap(base, **swgl)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from swgl.bench.methods._buffer import ReservoirBuffer, make_generator
-from swgl.bench.methods.base import Method, MethodSpec, register
+from swgl.bench.methods.base import Method, MethodSpec
 
 
 class Replay(Method):
@@ -32,4 +32,5 @@ class Replay(Method):
         return self.buffer.tensors()
 
 
-register(MethodSpec("replay", Replay, "sgd", description="reservoir experience replay"))
+#: The buffer size is fixed (a memory budget), so only the learning rate is tuned.
+SPECS = (MethodSpec("replay", Replay, "sgd", description="reservoir experience replay"),)

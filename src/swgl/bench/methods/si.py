@@ -7,7 +7,7 @@ from types import MappingProxyType
 import torch
 from torch import Tensor
 
-from swgl.bench.methods.base import Batches, Method, MethodSpec, register
+from swgl.bench.methods.base import Batches, Method, MethodSpec
 
 
 class SI(Method):
@@ -53,4 +53,5 @@ class SI(Method):
         return [*self.omega.values(), *self.path.values(), *self.anchor.values()]
 
 
-register(MethodSpec("si", SI, "adam", description="synaptic intelligence"))
+SPECS = (MethodSpec("si", SI, "adam", description="synaptic intelligence",
+                   tune={"c": (0.1, 1.0, 10.0)}),)

@@ -9,16 +9,20 @@ from __future__ import annotations
 from torch import Tensor
 
 from swgl import SWGLWrapper
-from swgl.bench.methods.base import Method, MethodSpec, register
+from swgl.bench.methods.base import Method, MethodSpec
 from swgl.bench.methods.replay import Replay
 
-__all__ = ["stability_tensors"]
+__all__ = ["SPECS", "STRENGTH", "stability_tensors"]
 
-for _opt in ("sgd", "sgd-momentum", "adam", "adamw"):
-    register(MethodSpec(f"swgl-{_opt}", Method, _opt, swgl={},
-                        description=f"SWGL wrapping {_opt}"))
-register(MethodSpec("swgl-replay", Replay, "sgd", swgl={},
-                    description="SWGL wrapping sgd, plus reservoir replay"))
+#: SWGL's strength for ``--tune``: the damping floor 1/max_damping of the default rule.
+STRENGTH = {"swgl.max_damping": (3.0, 10.0, 30.0)}
+
+SPECS = (
+    *(MethodSpec(f"swgl-{opt}", Method, opt, swgl={}, description=f"SWGL wrapping {opt}",
+                 tune=STRENGTH) for opt in ("sgd", "sgd-momentum", "adam", "adamw")),
+    MethodSpec("swgl-replay", Replay, "sgd", swgl={}, tune=STRENGTH,
+               description="SWGL wrapping sgd, plus reservoir replay"),
+)
 
 
 def stability_tensors(method: Method) -> dict[str, Tensor]:

@@ -1,0 +1,67 @@
+"""What a run produces: the :class:`Results` record, the seed summary and atomic file writes.
+
+Shared by the runner (which fills it) and the reports (which read it), so neither imports
+the other's internals.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swgl.bench.config import BenchConfig
+
+__all__ = ["Results", "SUMMARY_METRICS", "atomic_write_text", "summarize"]
+
+#: Metrics summarised as mean and std over seeds.
+SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_acc", "online_acc", "plasticity",
+                   "time_per_step_ms", "state_bytes_per_param")
+
+
+@dataclass
+class Results:
+    """What :func:`swgl.bench.runner.run` returns: the config, every cell and the summary."""
+
+    config: BenchConfig
+    run_id: str
+    run_dir: Path
+    cells: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def summarize(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and (population) std over seeds of every metric, per (scenario, method)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for cell in cells:
+        groups.setdefault((cell["scenario"], cell["method"]), []).append(cell)
+    rows = []
+    for (scenario, method), group in groups.items():
+        row: dict[str, Any] = {"scenario": scenario, "method": method, "n_seeds": len(group)}
+        for m in SUMMARY_METRICS:
+            values = [c["metrics"][m] for c in group if m in c["metrics"]]
+            if values:
+                row[f"{m}_mean"] = float(np.mean(values))
+                row[f"{m}_std"] = float(np.std(values))
+        rows.append(row)
+    return rows
