@@ -17,7 +17,8 @@ from swgl.bench.results import SUMMARY_METRICS, Results, atomic_write_text
 if TYPE_CHECKING:
     from rich.table import Table
 
-__all__ = ["TABLE_COLUMNS", "load_results", "summary_table", "write_all", "write_plots"]
+__all__ = ["TABLE_COLUMNS", "frontier_plot", "load_results", "summary_table", "tuned_markdown",
+           "tuned_table", "write_all", "write_plots"]
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,104 @@ def summary_table(summary: Sequence[dict[str, Any]], title: str = "") -> Table:
     return table
 
 
+# -- the tuned table (swgl bench --tune) ------------------------------------------------------------
+
+_METRIC_NAMES = {"acc": "ACC", "online_acc": "online acc"}
+
+
+def _pm(row: dict[str, Any], key: str, signed: bool = False) -> str:
+    mean, std = 100 * row[f"{key}_mean"], 100 * row[f"{key}_std"]
+    return f"{mean:{'+' if signed else ''}.1f} ± {std:.1f}"
+
+
+def _chosen(options: dict[str, Any]) -> tuple[str, str]:
+    rest = ", ".join(f"{k.removeprefix('swgl.')}={v:g}" if isinstance(v, float)
+                     else f"{k.removeprefix('swgl.')}={v}" for k, v in options.items() if k != "lr")
+    return f"{options['lr']:g}", rest
+
+
+def _tuned_cells(row: dict[str, Any]) -> list[str]:
+    lr, strength = _chosen(row["options"])
+    delta = ("baseline" if row["method"] == row["baseline"]
+             else f"{_pm(row, 'delta', signed=True)} vs {row['baseline']}")
+    return [row["method"], lr, strength, f"{100 * row['val_score']:.1f}",
+            _pm(row, row["metric"]), _pm(row, "learning_acc"), _pm(row, "forgetting"), delta]
+
+
+_TUNED_HEAD = ["method", "lr", "strength", "val %", "test %", "LA %", "forgetting %",
+               "Δ vs tuned plain (paired by seed)"]
+
+
+def tuned_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """One markdown table per scenario: chosen options, test score ± std, delta vs baseline."""
+    lines = []
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        group = [r for r in rows if r["scenario"] == scenario]
+        metric = _METRIC_NAMES.get(group[0]["metric"], group[0]["metric"])
+        lines += [f"**{scenario}**: test {metric} %, mean ± std over {group[0]['n_seeds']} "
+                  "seeds, options tuned on the validation split", "",
+                  "| " + " | ".join(_TUNED_HEAD) + " |", "|" + "---|" * len(_TUNED_HEAD)]
+        lines += ["| " + " | ".join(_tuned_cells(r)) + " |" for r in group]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def tuned_table(rows: Sequence[dict[str, Any]], title: str = "") -> Table:
+    """The tuned table as a rich table (every scenario, one row per method)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("scenario")
+    for head in _TUNED_HEAD:
+        table.add_column(head, justify="left" if head in ("method", "strength") else "right")
+    for r in rows:
+        table.add_row(r["scenario"], *_tuned_cells(r))
+    return table
+
+
 # -- plots -----------------------------------------------------------------------------------------
+
+
+def frontier_plot(scenario: str, val: dict[str, list[dict[str, Any]]],
+                  chosen: dict[str, dict[str, Any]], metric: str, path: Path) -> Path:
+    """The stability-plasticity frontier on validation: score and LA against lr, per method.
+
+    At each learning rate a method's line takes its best strength point (by score); the
+    chosen point is circled.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (method, points) in enumerate(val.items()):
+        best: dict[float, dict[str, Any]] = {}
+        for p in points:
+            if p["lr"] not in best or p["score"] > best[p["lr"]]["score"]:
+                best[p["lr"]] = p
+        lrs = sorted(best)
+        style = dict(color=f"C{i % 10}", ls="-" if method.startswith("naive") else "--",
+                     marker="o", ms=3, lw=1.4 if method.startswith("naive") else 1.0)
+        left.plot(lrs, [100 * best[x]["score"] for x in lrs], label=method, **style)
+        right.plot(lrs, [100 * best[x]["learning_acc"] for x in lrs], **style)
+        pick = next(p for p in points if p["options"] == chosen[method])
+        left.plot([pick["lr"]], [100 * pick["score"]], "o", mfc="none", ms=9, color=style["color"])
+        right.plot([pick["lr"]], [100 * pick["learning_acc"]], "o", mfc="none", ms=9,
+                   color=style["color"])
+    for ax, label in ((left, f"validation {_METRIC_NAMES.get(metric, metric)} %"),
+                      (right, "validation learning accuracy %")):
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{scenario}: stability-plasticity frontier (best strength per lr; "
+                 "circle = chosen)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path)
+    return path
 
 
 def _by(cells, scenario):

@@ -1,109 +1,257 @@
-"""The documented tuning grid: each method's options are chosen on a validation split.
+"""``swgl bench --tune``: every method tuned on a validation split with the same budget.
 
-``python -m swgl.bench.tuning --dataset fashion-mnist --scenario permuted`` runs every grid
-point on ``eval_split="val"`` (a fixed 1/6 of the training set; the test set is never seen)
-and prints the best options per method by final ACC. docs/results.md records the outcome.
+The protocol (issue 12, "Earn its place"):
+
+1. **Grid, on validation.** Each method gets ``budget`` grid points: ``budget // S`` learning
+   rates (log-spaced over its optimizer's ``lr_range``) times its ``S`` strength points
+   (:meth:`MethodSpec.strength_grid`: EWC's ``lam``, SI's ``c``, SWGL's ``max_damping``...;
+   ``S = 1`` for plain optimizers, which therefore get a finer learning-rate grid). ``budget``
+   is ``lr_points`` times the largest ``S`` among the methods. Every point runs on
+   ``eval_split="val"`` (a fixed 1/6 of the training set; the test set is never seen).
+2. **Choice, per scenario.** The point with the best mean validation score (ACC; online
+   accuracy in streams), ties within :data:`TIE` broken by learning accuracy.
+3. **Final, on test.** Every method with its chosen options, ``final_seeds`` seeds, side by
+   side in one run per scenario. Each method's delta score is paired by seed against the
+   tuned plain optimizer of its family (``OptimizerInfo.baseline``: ``naive-sgd`` for SGD and
+   UPGD, ``naive-adam`` for Adam, ``naive-adamw`` for AdamW), which is added to the run.
+
+Every cell is an ordinary cached cell (``runner.run``), so a killed tuning resumes.
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import product
+from pathlib import Path
 from typing import Any
 
-from swgl.bench.config import BenchConfig
-from swgl.bench.runner import run
+import numpy as np
 
-__all__ = ["GRID", "tune"]
+from swgl.bench import report
+from swgl.bench.config import BenchConfig
+from swgl.bench.methods import OPTIMIZERS
+from swgl.bench.results import Results, atomic_write_text
+from swgl.bench.runner import run
+from swgl.bench.scenarios import SCENARIOS
+
+__all__ = ["TIE", "TuneOptions", "TuneResults", "headline", "lr_grid", "method_grids", "tune"]
 
 log = logging.getLogger(__name__)
 
-#: ACC differences below this are ties, broken by learning accuracy.
+#: Validation-score differences below this are ties, broken by learning accuracy.
 TIE = 0.005
-#: method -> option dicts tried (lr for the optimizer, then the strategy's main strength).
-GRID: dict[str, list[dict[str, Any]]] = {
-    "naive-sgd": [{"lr": lr} for lr in (0.03, 0.1, 0.3)],
-    "naive-adamw": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3)],
-    "naive-adam": [{"lr": lr} for lr in (3e-4, 1e-3)],
-    "ewc": [{"lam": lam} for lam in (1e2, 1e3, 1e4, 1e5)],
-    "online-ewc": [{"lam": lam} for lam in (1e2, 1e3, 1e4, 1e5)],
-    "si": [{"c": c} for c in (0.1, 1.0, 10.0, 100.0)],
-    "mas": [{"lam": lam} for lam in (0.1, 1.0, 10.0, 100.0)],
-    "lwf": [{"alpha": a} for a in (0.3, 1.0, 3.0)],
-    "agem": [{"lr": lr} for lr in (0.03, 0.1)],
-    "replay": [{"lr": lr} for lr in (0.03, 0.1)],
-    "upgd": [{"lr": lr, "sigma": s} for lr in (0.03, 0.1) for s in (1e-3, 1e-2)],
-    "swgl-sgd": [{"lr": lr} for lr in (0.03, 0.1, 0.3, 1.0)],
-    "swgl-adamw": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3)],
-    "swgl-replay": [{"lr": lr} for lr in (0.03, 0.1, 0.3)],
-}
 
 
-def tune(base: BenchConfig, grid: Mapping[str, Sequence[Mapping[str, Any]]] = GRID,
-         out_dir: str = "runs/tuning", workers: int = 1) -> dict[str, dict[str, Any]]:
-    """Run ``grid`` on ``base`` with ``eval_split="val"``; return the best options per method.
+@dataclass(frozen=True)
+class TuneOptions:
+    """How ``--tune`` spends its budget.
 
-    Every grid point is one variant method (``<method>@<i>``) of a single run, so all points
-    run in parallel across ``workers`` processes.
+    ``lr_ranges`` overrides an optimizer's ``lr_range`` (``{"sgd": (0.003, 0.3)}``);
+    ``strength`` overrides a method's strength grid (``{"ewc": {"lam": (10, 100, 1000)}}``,
+    ``{}`` to tune the learning rate only).
     """
-    variants, points_of = {}, {}
-    for method, points in grid.items():
-        for i, opts in enumerate(points):
-            name = f"{method}@{i}"
-            variants[name] = {"base": method, **opts}
-            points_of[name] = (method, dict(opts))
-    cfg = replace(base, methods=tuple(variants), variants=variants, eval_split="val")
-    res = run(cfg, out_dir=out_dir, resume=True, write_reports=False, workers=workers)
-    by_method: dict[str, list[tuple[float, float, dict[str, Any]]]] = {}
-    for name in variants:
-        rows = [r for r in res.summary if r["method"] == name]
-        acc = sum(r["acc_mean"] for r in rows) / len(rows)
-        la = sum(r["learning_acc_mean"] for r in rows) / len(rows)
-        method, opts = points_of[name]
-        by_method.setdefault(method, []).append((acc, la, opts))
-        log.info("%s %s: val ACC %.4f, LA %.4f", method, opts, acc, la)
-    best: dict[str, dict[str, Any]] = {}
-    for method, scores in by_method.items():
-        # Best ACC; within TIE of it (e.g. every class-IL point near 1/#classes), the one
-        # that learns each task best.
-        top = max(s[0] for s in scores)
-        acc, _, opts = max((s for s in scores if s[0] >= top - TIE), key=lambda s: s[1])
-        best[method] = {"options": opts, "val_acc": acc,
-                        "all": [{"options": o, "val_acc": a, "val_la": la} for a, la, o in scores]}
-    return best
+
+    lr_points: int = 4
+    seeds: tuple[int, ...] = (0,)
+    final_seeds: tuple[int, ...] = (0, 1, 2)
+    lr_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    strength: Mapping[str, Mapping[str, Sequence[Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lr_points, bool) or not isinstance(self.lr_points, int):
+            raise TypeError(f"lr_points must be an int, got {self.lr_points!r}")
+        if self.lr_points < 1:
+            raise ValueError(f"lr_points must be >= 1, got {self.lr_points!r}")
+        for name in ("seeds", "final_seeds"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)) or not value:
+                raise TypeError(f"{name} must be a non-empty tuple of ints, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        for opt, span in self.lr_ranges.items():
+            if opt not in OPTIMIZERS:
+                raise ValueError(f"lr_ranges: optimizer must be one of {sorted(OPTIMIZERS)}, "
+                                 f"got {opt!r}")
+            if (not isinstance(span, (tuple, list)) or len(span) != 2
+                    or not 0 < span[0] <= span[1]):
+                raise ValueError(f"lr_ranges[{opt!r}] must be (low, high) with "
+                                 f"0 < low <= high, got {span!r}")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    import torch
+@dataclass
+class TuneResults:
+    """What :func:`tune` returns; ``tune_dir`` holds grid.json, tuned.json/.md, frontier PNGs."""
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="fashion-mnist", help="dataset (default: fashion-mnist)")
-    p.add_argument("--scenario", default="permuted", help="scenario(s), comma-separated")
-    p.add_argument("--tasks", type=int, default=5, help="tasks (default: 5)")
-    p.add_argument("--train-per-task", type=int, default=1000, help="(default: 1000)")
-    p.add_argument("--epochs", type=int, default=1, help="epochs per task (default: 1)")
-    p.add_argument("--methods", default=",".join(GRID), help="methods to tune, comma-separated")
-    p.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's)")
-    p.add_argument("--out", default=None, help="write the JSON outcome here")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    base = BenchConfig(dataset=args.dataset, scenarios=tuple(args.scenario.split(",")),
-                       seeds=(0,), n_tasks=args.tasks, train_per_task=args.train_per_task,
-                       epochs=args.epochs, data_dir=args.data_dir)
-    best = tune(base, {m: GRID[m] for m in args.methods.split(",")}, workers=args.workers)
-    text = json.dumps(best, indent=2)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    else:
-        print(text)  # noqa: T201 (a script's output)
+    tune_dir: Path
+    grids: dict[str, list[dict[str, Any]]]
+    val: dict[str, dict[str, list[dict[str, Any]]]]
+    chosen: dict[str, dict[str, dict[str, Any]]]
+    final: dict[str, Results]
+    rows: list[dict[str, Any]]
 
 
-if __name__ == "__main__":
-    main()
+def headline(scenario: str) -> str:
+    """The metric a scenario is judged on: online accuracy in streams, else final ACC."""
+    return "online_acc" if SCENARIOS[scenario].streaming else "acc"
+
+
+def lr_grid(low: float, high: float, n: int) -> list[float]:
+    """``n`` learning rates log-spaced over [low, high], to 3 significant digits."""
+    if n == 1:
+        return [float(f"{math.sqrt(low * high):.3g}")]
+    return [float(f"{v:.3g}") for v in np.geomspace(low, high, n)]
+
+
+def _strength_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in product(*(tuple(grid[k]) for k in keys))]
+
+
+def method_grids(cfg: BenchConfig, methods: Sequence[str],
+                 opts: TuneOptions) -> dict[str, list[dict[str, Any]]]:
+    """Each method's grid points (``{"lr": ..., **strength}``), with an equal budget."""
+    strengths = {}
+    for m in methods:
+        spec = cfg.method_spec(m)
+        grid = opts.strength[m] if m in opts.strength else spec.strength_grid()
+        strengths[m] = _strength_points(grid) if grid else [{}]
+    budget = opts.lr_points * max(len(s) for s in strengths.values())
+    grids = {}
+    for m in methods:
+        spec = cfg.method_spec(m)
+        info = OPTIMIZERS[spec.optimizer]
+        n_lr = max(1, budget // len(strengths[m]))
+        if n_lr * len(strengths[m]) != budget:
+            log.warning("%s: %d strength points do not divide the budget %d; it gets %d points",
+                        m, len(strengths[m]), budget, n_lr * len(strengths[m]))
+        lrs = lr_grid(*opts.lr_ranges.get(spec.optimizer, info.lr_range), n_lr)
+        grids[m] = [{"lr": lr, **s} for s in strengths[m] for lr in lrs]
+    return grids
+
+
+def baselines(cfg: BenchConfig, methods: Sequence[str]) -> dict[str, str]:
+    """method -> the plain method it is compared with (its optimizer's ``baseline``)."""
+    return {m: OPTIMIZERS[cfg.method_spec(m).optimizer].baseline for m in methods}
+
+
+def _with_baselines(cfg: BenchConfig) -> tuple[str, ...]:
+    base = baselines(cfg, cfg.methods)
+    extra = [b for b in dict.fromkeys(base.values()) if b not in cfg.methods]
+    return (*extra, *cfg.methods)
+
+
+def _variant(cfg: BenchConfig, method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A variant of ``method`` with ``options`` on top of the config's own for it."""
+    own = dict(cfg.variants.get(method, {"base": method}))
+    return {**own, **cfg.method_opts.get(method, {}), **options}
+
+
+def _check_no_fixed_tuned(cfg: BenchConfig, grids: Mapping[str, list[dict[str, Any]]]) -> None:
+    for m, points in grids.items():
+        fixed = set(cfg.method_opts.get(m, {})) & set(points[0])
+        if fixed:
+            raise ValueError(f"method_opts[{m!r}] sets {sorted(fixed)}, which --tune tunes; "
+                             "drop them or change the grid (--tune-grid)")
+
+
+def _pick(points: list[dict[str, Any]]) -> dict[str, Any]:
+    top = max(p["score"] for p in points)
+    return max((p for p in points if p["score"] >= top - TIE), key=lambda p: p["learning_acc"])
+
+
+def _val_table(res: Results, names: Mapping[str, tuple[str, dict[str, Any]]]
+               ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for row in res.summary:
+        method, options = names[row["method"]]
+        key = headline(row["scenario"])
+        out.setdefault(row["scenario"], {}).setdefault(method, []).append({
+            "options": options, "lr": options["lr"], "score": row[f"{key}_mean"],
+            "score_std": row[f"{key}_std"], "acc": row["acc_mean"],
+            "learning_acc": row["learning_acc_mean"], "forgetting": row["forgetting_mean"],
+        })
+    return out
+
+
+def _final_rows(scenario: str, res: Results, chosen: Mapping[str, Mapping[str, Any]],
+                val: Mapping[str, list[dict[str, Any]]], base: Mapping[str, str]
+                ) -> list[dict[str, Any]]:
+    key = headline(scenario)
+    by = {(c["method"], c["seed"]): c["metrics"] for c in res.cells}
+    seeds = sorted({c["seed"] for c in res.cells})
+    rows = []
+    for row in res.summary:
+        m = row["method"]
+        b = base.get(m, m)
+        deltas = [by[(m, s)][key] - by[(b, s)][key] for s in seeds]
+        rows.append({
+            "scenario": scenario, "method": m, "baseline": b, "metric": key,
+            "options": dict(chosen[m]), "val_score": _pick(val[m])["score"],
+            "n_seeds": row["n_seeds"],
+            **{k: row[k] for k in row if k.endswith(("_mean", "_std"))},
+            "delta_mean": float(np.mean(deltas)), "delta_std": float(np.std(deltas)),
+        })
+    return rows
+
+
+def tune(base: BenchConfig, opts: TuneOptions = TuneOptions(), *, out_dir: str | Path = "runs",
+         resume: bool = False, workers: int = 1,
+         on_cell: Callable[[dict[str, Any], bool], None] | None = None,
+         plots: bool = True) -> TuneResults:
+    """Tune every method of ``base`` per scenario on validation, then run the test table.
+
+    ``base.seeds`` and ``base.eval_split`` are replaced by ``opts.seeds`` (on "val") and
+    ``opts.final_seeds`` (on "test"). Writes ``<out_dir>/tune-<id>/``.
+    """
+    methods = _with_baselines(base)
+    cfg = replace(base, methods=methods)
+    grids = method_grids(cfg, methods, opts)
+    _check_no_fixed_tuned(cfg, grids)
+    names, variants = {}, {}
+    for m, points in grids.items():
+        for i, point in enumerate(points):
+            names[f"{m}@{i}"] = (m, point)
+            variants[f"{m}@{i}"] = _variant(cfg, m, point)
+    grid_cfg = replace(cfg, methods=tuple(variants), variants=variants, method_opts={},
+                       seeds=opts.seeds, eval_split="val")
+    tag = json.dumps({"grid": grid_cfg.run_id(), "final": list(opts.final_seeds)})
+    tune_dir = Path(out_dir) / f"tune-{base.dataset}-{hashlib.sha1(tag.encode()).hexdigest()[:10]}"
+    val_res = run(grid_cfg, out_dir=tune_dir / "val", resume=resume, on_cell=on_cell,
+                  write_reports=False, workers=workers)
+    val = _val_table(val_res, names)
+    chosen = {s: {m: _pick(points)["options"] for m, points in per.items()}
+              for s, per in val.items()}
+    base_of = baselines(cfg, methods)
+    final, rows = {}, []
+    for scenario in cfg.scenarios:
+        final_cfg = replace(cfg, scenarios=(scenario,), seeds=opts.final_seeds,
+                            eval_split="test",
+                            method_opts={m: {**cfg.method_opts.get(m, {}), **chosen[scenario][m]}
+                                         for m in methods})
+        res = run(final_cfg, out_dir=tune_dir / "test", resume=resume, on_cell=on_cell,
+                  write_reports=False, workers=workers)
+        if plots:
+            report.write_all(res)
+        final[scenario] = res
+        rows += _final_rows(scenario, res, chosen[scenario], val[scenario], base_of)
+    out = TuneResults(tune_dir, grids, val, chosen, final, rows)
+    _write(out, grid_cfg, plots)
+    return out
+
+
+def _write(res: TuneResults, grid_cfg: BenchConfig, plots: bool) -> None:
+    d = res.tune_dir
+    atomic_write_text(d / "grid.json", json.dumps({
+        "val_config": grid_cfg.to_dict(), "grids": res.grids, "val": res.val,
+        "chosen": res.chosen, "final_runs": {s: r.run_id for s, r in res.final.items()},
+    }, indent=2))
+    atomic_write_text(d / "tuned.json", json.dumps({"rows": res.rows}, indent=2))
+    atomic_write_text(d / "tuned.md", report.tuned_markdown(res.rows))
+    if plots:
+        for scenario, per in res.val.items():
+            report.frontier_plot(scenario, per, res.chosen[scenario], headline(scenario),
+                                 d / f"frontier_{scenario}.png")
