@@ -25,7 +25,7 @@ from swgl import cli
 #: 2 methods x 2 seeds = 4 cells of a few tenths of a second each.
 ARGS = ["bench", "--dataset", "digits", "--scenario", "split-class",
         "--methods", "naive-sgd,swgl-sgd", "--seeds", "2", "--hidden", "16", "--epochs", "1",
-        "--train-per-task", "40", "--test-per-task", "20", "--evals-per-task", "2",
+        "--no-tune", "--train-per-task", "40", "--test-per-task", "20", "--evals-per-task", "2",
         "--no-plots", "--json"]
 TIMING = {"wall_s", "time_per_step_ms", "time_per_step_ms_mean", "time_per_step_ms_std"}
 
@@ -66,7 +66,7 @@ CHILD = textwrap.dedent("""
                 if count["renames"] == n:
                     die()
             return real_replace(src, dst)
-        runner.os.replace = replace
+        os.replace = replace  # atomic_write_text (swgl.bench.results) renames through it
     sys.exit(cli.main(sys.argv[3:]))
 """)
 

@@ -13,11 +13,12 @@ __all__ = ["main", "parse_options", "parse_value"]
 
 _EPILOG = """\
 examples:
-  swgl bench                                   # digits, 2 scenarios, main methods, 3 seeds
-  swgl bench --dataset fashion-mnist --scenario split-class --methods naive-sgd,replay --seeds 2
-  swgl bench --methods swgl-sgd,swgl-adamw --swgl-opts rule=v1,alpha=0.95,lambda_reg=0
-  swgl bench --methods naive-sgd,swgl-fast --variant swgl-fast=swgl-sgd:lr=0.2,swgl.alpha=0.9
-  swgl bench --methods ewc,si --method-opts ewc.lam=1000,si.c=2 --eval-split val
+  swgl bench                          # digits: every method tuned on val, then 3 seeds on test
+  swgl bench --preset short --jobs 16 # Permuted Fashion-MNIST, one pass (see --list-presets)
+  swgl bench --preset long --methods naive-sgd,swgl-sgd --tune-grid swgl-sgd.swgl.alpha=0.99:0.999
+  swgl bench --no-tune --methods swgl-sgd,swgl-adamw --swgl-opts rule=v1,alpha=0.95
+  swgl bench --no-tune --methods naive-sgd,swgl-fast --variant swgl-fast=swgl-sgd:lr=0.2
+  swgl bench --no-tune --methods ewc,si --method-opts ewc.lam=1000,si.c=2 --eval-split val
   swgl bench --list-methods
 """
 
@@ -73,30 +74,79 @@ def _csv_list(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+def _lr_ranges(text: str) -> dict[str, tuple[float, float]]:
+    out = {}
+    for opt, span in parse_options(text, "--lr-range").items():
+        low, sep, high = str(span).partition(":")
+        try:
+            out[opt] = (float(low), float(high))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--lr-range: expected OPTIMIZER=LOW:HIGH, got {opt}={span!r}")
+    return out
+
+
+def _tune_grid(text: str) -> dict[str, dict[str, tuple[Any, ...]]]:
+    """``"ewc.lam=10:100,si=none"`` -> ``{"ewc": {"lam": (10, 100)}, "si": {}}``."""
+    out: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for key, value in parse_options(text, "--tune-grid").items():
+        method, sep, option = key.partition(".")
+        if not sep:
+            if value is not None:
+                raise ValueError(f"--tune-grid: expected METHOD.OPTION=V1:V2:... or "
+                                 f"METHOD=none, got {key}={value!r}")
+            out[method] = {}
+            continue
+        out.setdefault(method, {})[option] = tuple(parse_value(v) for v in str(value).split(":"))
+    return out
+
+
+def _positive(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an int, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
+        return value
+    return parse
+
+
 def _bench_parser(sub) -> None:
     from swgl.bench.config import DEFAULT_METHODS, DEFAULT_SCENARIOS, EVAL_SPLITS
     from swgl.bench.data import DATASETS
     from swgl.bench.models import MODELS
+    from swgl.bench.presets import PRESETS
     from swgl.bench.scenarios import SCENARIOS
 
     p = sub.add_parser(
         "bench", help="run the continual-learning benchmark",
-        description="Train every method on every scenario for every seed, print mean ± std "
-        "over seeds, and write runs/<run-id>/ (results.json, results.csv, cells.csv, plots, "
-        "one cells/*.json per finished cell).",
+        description="Tune every method's learning rate and strength on a validation split "
+        "with the same budget, then train every method on every scenario for every seed with "
+        "the chosen values and print mean ± std over seeds with each method's delta against "
+        "the tuned plain optimizer (runs/tune-<id>/: grid.json, tuned.md, tuned.json, "
+        "frontier_<scenario>.png). --no-tune runs the given options as they are "
+        "(runs/<run-id>/). Every finished cell is cached; --resume reuses them.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data and scenarios")
-    d.add_argument("--dataset", default="digits", choices=sorted(DATASETS),
+    d.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="a named regime that sets dataset, scenario and sizes (explicit flags "
+                   "win); see --list-presets")
+    d.add_argument("--list-presets", action="store_true",
+                   help="list the presets and the fields they set, then exit")
+    d.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="dataset (default: digits, embedded in scikit-learn; fashion-mnist and "
                    "mnist read IDX files; mnist-tv/cifar10/cifar100 download via torchvision)")
     d.add_argument("--data-dir", default=None,
                    help="folder with the dataset files (default for fashion-mnist: "
                    "/usr/share/datasets/fashion-mnist, from apt package dataset-fashion-mnist)")
     d.add_argument("--scenario", "--scenarios", dest="scenarios", type=_csv_list,
-                   default=DEFAULT_SCENARIOS, metavar="LIST",
+                   default=None, metavar="LIST",
                    help=f"comma-separated scenarios from {sorted(SCENARIOS)} "
                    f"(default: {','.join(DEFAULT_SCENARIOS)})")
-    d.add_argument("--tasks", type=int, default=None,
+    d.add_argument("--tasks", dest="n_tasks", type=int, default=None,
                    help="number of tasks or stream segments (default: n_classes/2 for split-*, "
                    "else 10, or 5 on digits)")
     d.add_argument("--train-per-task", type=int, default=None,
@@ -104,19 +154,19 @@ def _bench_parser(sub) -> None:
                    "fashion-mnist 2000)")
     d.add_argument("--test-per-task", type=int, default=None,
                    help="evaluation samples per task (default: per dataset)")
-    d.add_argument("--eval-split", default="test", choices=EVAL_SPLITS,
-                   help="evaluate on the test set, or on a fixed 1/6 validation split of the "
-                   "training set (use 'val' for tuning grids)")
-    d.add_argument("--stream-steps", type=int, default=500,
+    d.add_argument("--eval-split", default=None, choices=EVAL_SPLITS,
+                   help="with --no-tune: evaluate on the test set (default), or on a fixed 1/6 "
+                   "validation split of the training set")
+    d.add_argument("--stream-steps", type=int, default=None,
                    help="batches per segment in stream-* scenarios (default: 500)")
-    d.add_argument("--stream-batch", type=int, default=16,
+    d.add_argument("--stream-batch", type=int, default=None,
                    help="batch size in stream-* scenarios (default: 16)")
-    d.add_argument("--consolidate-every", type=int, default=256,
+    d.add_argument("--consolidate-every", type=int, default=None,
                    help="in streams, steps between the pseudo task boundaries given to "
                    "EWC/SI/MAS/LwF/A-GEM (default: 256)")
 
     m = p.add_argument_group("methods")
-    m.add_argument("--methods", type=_csv_list, default=DEFAULT_METHODS, metavar="LIST",
+    m.add_argument("--methods", type=_csv_list, default=None, metavar="LIST",
                    help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)}); "
                    "see --list-methods")
     m.add_argument("--list-methods", action="store_true",
@@ -131,22 +181,42 @@ def _bench_parser(sub) -> None:
                    help="define a new method from a registered one (repeatable), e.g. "
                    "swgl-v1=swgl-sgd:swgl.rule=v1,lr=0.02; add it to --methods")
 
+    u = p.add_argument_group("tuning (the default protocol)")
+    u.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
+                   help="tune lr and strength per method and scenario on the validation split "
+                   "first (default); --no-tune runs the options as given")
+    u.add_argument("--tune-lrs", type=_positive("--tune-lrs"), default=4, metavar="N",
+                   help="learning rates per strength point; every method gets N x (largest "
+                   "strength grid) points, plain optimizers all in lr (default: 4)")
+    u.add_argument("--tune-seeds", type=_positive("--tune-seeds"), default=1, metavar="N",
+                   help="seeds of each validation grid point (default: 1)")
+    u.add_argument("--tune-grid", default="", metavar="M.K=V1:V2,...",
+                   help="override a method's strength grid, e.g. ewc.lam=10:100:1000 or "
+                   "swgl-sgd.swgl.alpha=0.99:0.999; METHOD=none tunes its lr only")
+    u.add_argument("--lr-range", default="", metavar="OPT=LOW:HIGH,...",
+                   help="override an optimizer's tuned lr span, e.g. adam=1e-5:1e-3 "
+                   "(see --list-methods for the defaults)")
+
     t = p.add_argument_group("training")
-    t.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
+    t.add_argument("--seeds", type=int, default=3,
+                   help="number of seeds (default: 3; with --tune, of the final test table)")
     t.add_argument("--first-seed", type=int, default=0, help="first seed (default: 0)")
-    t.add_argument("--model", default="mlp", choices=sorted(MODELS),
+    t.add_argument("--model", default=None, choices=sorted(MODELS),
                    help="mlp (2 hidden layers, default) or cnn (2 conv blocks)")
     t.add_argument("--hidden", type=int, default=None,
                    help="hidden width (default: per dataset, 100 for digits, 256 otherwise)")
     t.add_argument("--epochs", type=int, default=None,
-                   help="epochs per task (default: per dataset, 5 for digits, 2 otherwise)")
-    t.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    t.add_argument("--evals-per-task", type=int, default=4,
+                   help="epochs per task (default: per dataset, 3 for digits, 2 otherwise)")
+    t.add_argument("--steps-per-task", type=int, default=None,
+                   help="train each task for exactly this many batches instead of --epochs "
+                   "passes (the literature preset: 5000)")
+    t.add_argument("--batch-size", type=int, default=None, help="batch size (default: 32)")
+    t.add_argument("--evals-per-task", type=int, default=None,
                    help="evaluations of all tasks per task, for the curves (default: 4)")
-    t.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1")
+    t.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:1")
     t.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default: 1, fastest for these small models)")
-    t.add_argument("--workers", type=int, default=1,
+    t.add_argument("--jobs", "--workers", dest="workers", type=int, default=1,
                    help="run cells in this many processes, one thread each (default: 1); "
                    "the numbers do not depend on it")
 
@@ -155,7 +225,8 @@ def _bench_parser(sub) -> None:
     o.add_argument("--resume", action="store_true",
                    help="reuse the cells already finished in runs/<run-id>/cells/")
     o.add_argument("--json", action="store_true",
-                   help="print the summary as JSON on stdout instead of the table")
+                   help="print the summary (with --tune: the tuned rows) as JSON on stdout "
+                   "instead of the table")
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     o.add_argument("--verbose", "-v", action="store_true", help="log each cell")
     p.set_defaults(func=_cmd_bench)
@@ -174,54 +245,109 @@ def _list_methods() -> None:
     from swgl.bench.methods import METHODS, OPTIMIZERS
 
     table = Table(title="registered methods")
-    for col in ("method", "strategy", "optimizer", "SWGL", "options", "description"):
+    for col in ("method", "strategy", "optimizer", "SWGL", "tuned strength", "options",
+                "description"):
         table.add_column(col)
     for name, spec in METHODS.items():
+        grid = ", ".join(f"{k}: {'/'.join(f'{v:g}' for v in vs)}"
+                         for k, vs in spec.strength_grid().items())
         table.add_row(name, spec.strategy.__name__, spec.optimizer,
-                      "yes" if spec.swgl is not None else "", ", ".join(spec.valid_options()),
-                      spec.description)
+                      "yes" if spec.swgl is not None else "", grid,
+                      ", ".join(spec.valid_options(OPTIMIZERS[spec.optimizer])), spec.description)
     _console().print(table)
-    _console().print("default lr per optimizer: " +
-                    ", ".join(f"{k}={v.lr:g}" for k, v in OPTIMIZERS.items()))
+    _console().print("optimizers (default lr; tuned lr span; baseline): " + "; ".join(
+        f"{k} {v.lr:g}; {v.lr_range[0]:g}-{v.lr_range[1]:g}; {v.baseline}"
+        for k, v in OPTIMIZERS.items()))
+
+
+def _list_presets() -> None:
+    from rich.table import Table
+
+    from swgl.bench.presets import PRESETS
+
+    table = Table(title="presets (--preset NAME)")
+    for col in ("preset", "regime", "fields"):
+        table.add_column(col)
+    for name, preset in PRESETS.items():
+        fields = ", ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}"
+                           for k, v in preset.fields.items())
+        table.add_row(name, preset.description, fields)
+    _console().print(table)
+
+
+#: argparse destinations that are BenchConfig fields under the same name (None: not given).
+_FIELDS = ("dataset", "scenarios", "methods", "n_tasks", "model", "hidden", "epochs",
+           "steps_per_task", "batch_size", "train_per_task", "test_per_task", "stream_steps",
+           "stream_batch", "consolidate_every", "evals_per_task", "eval_split", "device",
+           "data_dir")
 
 
 def _config(args):
+    """BenchConfig defaults < the preset's fields < the flags given."""
     from swgl.bench.config import BenchConfig
+    from swgl.bench.presets import PRESETS
 
+    fields: dict[str, Any] = dict(PRESETS[args.preset].fields) if args.preset else {}
+    fields.update({k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None})
+    if args.tune and args.eval_split is not None:
+        raise ValueError("--eval-split is set by --tune (val for the grid, test for the "
+                         "table); pass --no-tune to choose it")
     return BenchConfig(
-        dataset=args.dataset, scenarios=args.scenarios, methods=args.methods,
-        seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)), n_tasks=args.tasks,
-        model=args.model, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
-        train_per_task=args.train_per_task, test_per_task=args.test_per_task,
-        stream_steps=args.stream_steps, stream_batch=args.stream_batch,
-        consolidate_every=args.consolidate_every, evals_per_task=args.evals_per_task,
+        **fields, seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
         swgl_opts=parse_options(args.swgl_opts, "--swgl-opts"),
         method_opts=_method_options(args.method_opts), variants=_variants(args.variant),
-        eval_split=args.eval_split, device=args.device, data_dir=args.data_dir,
     )
+
+
+def _tune_options(args, cfg):
+    from swgl.bench.tuning import TuneOptions
+
+    return TuneOptions(lr_points=args.tune_lrs, seeds=tuple(range(args.tune_seeds)),
+                       final_seeds=cfg.seeds, lr_ranges=_lr_ranges(args.lr_range),
+                       strength=_tune_grid(args.tune_grid))
 
 
 def _cmd_bench(args) -> int:
     if args.list_methods:
         _list_methods()
         return 0
+    if args.list_presets:
+        _list_presets()
+        return 0
     import torch
     from tqdm import tqdm
 
-    from swgl.bench import report, runner
+    from swgl.bench import report, runner, tuning
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     cfg = _config(args)
-    n_cells = len(cfg.scenarios) * len(cfg.methods) * len(cfg.seeds)
-    bar = tqdm(total=n_cells, unit="cell", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(unit="cell", file=sys.stderr, dynamic_ncols=True)
 
     def on_cell(cell: dict[str, Any], cached: bool) -> None:
         bar.set_postfix_str(f"{cell['scenario']}/{cell['method']}/seed{cell['seed']}"
                             f"{' (cached)' if cached else ''}")
         bar.update(1)
 
+    if args.tune:
+        opts = _tune_options(args, cfg)
+        bar.total = tuning.n_cells(cfg, opts)
+        tuned = tuning.tune(cfg, opts, out_dir=args.out_dir, resume=args.resume,
+                            workers=args.workers, on_cell=on_cell, plots=not args.no_plots)
+        bar.close()
+        if args.json:
+            json.dump({"tune_dir": str(tuned.tune_dir), "chosen": tuned.chosen,
+                       "rows": tuned.rows}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            title = (f"{cfg.dataset}: tuned on validation ({len(opts.seeds)} seed(s)), "
+                     f"test over seeds {list(opts.final_seeds)}, mean ± std")
+            _console().print(report.tuned_table(tuned.rows, title))
+            _console().print(f"tuned table, grid and frontier plots: {tuned.tune_dir}")
+        return 0
+
+    bar.total = len(cfg.scenarios) * len(cfg.methods) * len(cfg.seeds)
     results = runner.run(cfg, out_dir=args.out_dir, resume=args.resume, on_cell=on_cell,
                          write_reports=False, workers=args.workers)
     bar.close()

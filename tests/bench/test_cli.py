@@ -5,7 +5,8 @@ import pytest
 from swgl import cli
 
 TINY = ["--scenario", "split-class", "--methods", "naive-sgd,swgl-sgd", "--seeds", "1",
-        "--hidden", "16", "--epochs", "1", "--train-per-task", "40", "--test-per-task", "20"]
+        "--hidden", "16", "--epochs", "1", "--train-per-task", "40", "--test-per-task", "20",
+        "--no-tune"]
 
 
 def test_help_documents_every_option(capsys):

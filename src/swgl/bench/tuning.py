@@ -39,7 +39,8 @@ from swgl.bench.results import Results, atomic_write_text
 from swgl.bench.runner import run
 from swgl.bench.scenarios import SCENARIOS
 
-__all__ = ["TIE", "TuneOptions", "TuneResults", "headline", "lr_grid", "method_grids", "tune"]
+__all__ = ["TIE", "TuneOptions", "TuneResults", "baselines", "headline", "lr_grid", "method_grids",
+           "n_cells", "tune", "with_baselines"]
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,20 @@ def baselines(cfg: BenchConfig, methods: Sequence[str]) -> dict[str, str]:
     return {m: OPTIMIZERS[cfg.method_spec(m).optimizer].baseline for m in methods}
 
 
-def _with_baselines(cfg: BenchConfig) -> tuple[str, ...]:
+def with_baselines(cfg: BenchConfig) -> tuple[str, ...]:
+    """``cfg.methods`` preceded by the baselines they are compared with but lack."""
     base = baselines(cfg, cfg.methods)
     extra = [b for b in dict.fromkeys(base.values()) if b not in cfg.methods]
     return (*extra, *cfg.methods)
+
+
+def n_cells(cfg: BenchConfig, opts: TuneOptions) -> int:
+    """How many cells :func:`tune` runs (validation grid plus final table), for progress bars."""
+    methods = with_baselines(cfg)
+    grids = method_grids(replace(cfg, methods=methods), methods, opts)
+    per_scenario = (sum(len(g) for g in grids.values()) * len(opts.seeds)
+                    + len(methods) * len(opts.final_seeds))
+    return len(cfg.scenarios) * per_scenario
 
 
 def _variant(cfg: BenchConfig, method: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -155,7 +166,7 @@ def _check_no_fixed_tuned(cfg: BenchConfig, grids: Mapping[str, list[dict[str, A
         fixed = set(cfg.method_opts.get(m, {})) & set(points[0])
         if fixed:
             raise ValueError(f"method_opts[{m!r}] sets {sorted(fixed)}, which --tune tunes; "
-                             "drop them or change the grid (--tune-grid)")
+                             "drop them, change the grid (--tune-grid) or pass --no-tune")
 
 
 def _pick(points: list[dict[str, Any]]) -> dict[str, Any]:
@@ -207,7 +218,7 @@ def tune(base: BenchConfig, opts: TuneOptions = TuneOptions(), *, out_dir: str |
     ``base.seeds`` and ``base.eval_split`` are replaced by ``opts.seeds`` (on "val") and
     ``opts.final_seeds`` (on "test"). Writes ``<out_dir>/tune-<id>/``.
     """
-    methods = _with_baselines(base)
+    methods = with_baselines(base)
     cfg = replace(base, methods=methods)
     grids = method_grids(cfg, methods, opts)
     _check_no_fixed_tuned(cfg, grids)
