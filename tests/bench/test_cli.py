@@ -58,3 +58,64 @@ def test_bad_arguments_exit_with_a_message(argv, match, capsys):
 def test_parse_value():
     assert [cli.parse_value(v) for v in ("1", "0.5", "true", "False", "none", "v2")] == [
         1, 0.5, True, False, None, "v2"]
+
+
+TUNE = ["bench", "--scenario", "permuted", "--tasks", "2", "--methods", "swgl-sgd",
+        "--seeds", "2", "--hidden", "16", "--epochs", "1", "--train-per-task", "60",
+        "--test-per-task", "30", "--tune-lrs", "1", "--tune-grid", "swgl-sgd.swgl.max_damping=3:30"]
+
+
+def test_tune_is_one_command_with_a_table_and_a_frontier(tmp_path, capsys):
+    assert cli.main([*TUNE, "--out-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "vs naive-sgd" in captured.out and "baseline" in captured.out
+    assert "cell" in captured.err                          # the progress bar
+    (tune_dir,) = tmp_path.glob("tune-digits-*")
+    assert (tune_dir / "frontier_permuted.png").is_file()
+    grid = json.loads((tune_dir / "grid.json").read_text())
+    assert {len(p) for p in grid["grids"].values()} == {2}
+    assert (cli.main([*TUNE, "--out-dir", str(tmp_path), "--resume", "--json", "--no-plots"])
+            == 0)
+    out = json.loads(capsys.readouterr().out)
+    assert out["tune_dir"] == str(tune_dir)
+    assert {r["method"] for r in out["rows"]} == {"naive-sgd", "swgl-sgd"}
+
+
+def test_preset_sets_fields_and_flags_win():
+    from swgl.bench.presets import PRESETS
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["bench", "--preset", "literature", "--dataset", "digits",
+                              "--tasks", "3"])
+    cfg = cli._config(args)
+    assert (cfg.dataset, cfg.n_tasks, cfg.hidden, cfg.steps_per_task, cfg.batch_size) == (
+        "digits", 3, 1000, 5000, 128)
+    for name in PRESETS:                      # every preset is a valid config
+        cli._config(parser.parse_args(["bench", "--preset", name]))
+    assert {"short", "long", "literature", "rotated", "split-domain", "stream-input",
+            "stream-label", "single-task"} <= set(PRESETS)
+    default = cli._config(parser.parse_args(["bench"]))
+    assert default.dataset == "digits" and default.seeds == (0, 1, 2)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--tune-lrs", "0"], "--tune-lrs must be >= 1"),
+    (["--tune-seeds", "x"], "--tune-seeds must be an int"),
+    (["--tune-grid", "ewc=3"], "METHOD.OPTION=V1:V2"),
+    (["--lr-range", "sgd=0.1"], "OPTIMIZER=LOW:HIGH"),
+    (["--lr-range", "sgd=1:0.1"], "lr_ranges['sgd']"),
+    (["--lr-range", "nadam=0.1:1"], "optimizer must be one of"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--eval-split", "val"], "--eval-split is set by --tune"),
+    (["--method-opts", "swgl-sgd.lr=0.1"], "which --tune tunes"),
+])
+def test_bad_tune_arguments_exit_with_a_message(argv, match, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*TUNE, "--out-dir", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_jobs_is_the_process_pool():
+    args = cli.build_parser().parse_args(["bench", "--jobs", "4"])
+    assert args.workers == 4
