@@ -250,7 +250,7 @@ def _list_methods() -> None:
         table.add_column(col)
     for name, spec in METHODS.items():
         grid = ", ".join(f"{k}: {'/'.join(f'{v:g}' for v in vs)}"
-                         for k, vs in spec.strength_grid().items())
+                         for k, vs in spec.strength_grid(OPTIMIZERS[spec.optimizer]).items())
         table.add_row(name, spec.strategy.__name__, spec.optimizer,
                       "yes" if spec.swgl is not None else "", grid,
                       ", ".join(spec.valid_options(OPTIMIZERS[spec.optimizer])), spec.description)
@@ -323,16 +323,17 @@ def _cmd_bench(args) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     cfg = _config(args)
-    bar = tqdm(unit="cell", file=sys.stderr, dynamic_ncols=True)
+    opts = _tune_options(args, cfg) if args.tune else None
+    total = (tuning.n_cells(cfg, opts) if opts is not None
+             else len(cfg.scenarios) * len(cfg.methods) * len(cfg.seeds))
+    bar = tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True)
 
     def on_cell(cell: dict[str, Any], cached: bool) -> None:
         bar.set_postfix_str(f"{cell['scenario']}/{cell['method']}/seed{cell['seed']}"
                             f"{' (cached)' if cached else ''}")
         bar.update(1)
 
-    if args.tune:
-        opts = _tune_options(args, cfg)
-        bar.total = tuning.n_cells(cfg, opts)
+    if opts is not None:
         tuned = tuning.tune(cfg, opts, out_dir=args.out_dir, resume=args.resume,
                             workers=args.workers, on_cell=on_cell, plots=not args.no_plots)
         bar.close()
@@ -347,7 +348,6 @@ def _cmd_bench(args) -> int:
             _console().print(f"tuned table, grid and frontier plots: {tuned.tune_dir}")
         return 0
 
-    bar.total = len(cfg.scenarios) * len(cfg.methods) * len(cfg.seeds)
     results = runner.run(cfg, out_dir=args.out_dir, resume=args.resume, on_cell=on_cell,
                          write_reports=False, workers=args.workers)
     bar.close()

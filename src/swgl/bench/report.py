@@ -108,7 +108,7 @@ def summary_table(summary: Sequence[dict[str, Any]], title: str = "") -> Table:
     return table
 
 
-# -- the tuned table (swgl bench --tune) ------------------------------------------------------------
+# -- the tuned table (swgl bench --tune) -----------------------------------------------------------
 
 _METRIC_NAMES = {"acc": "ACC", "online_acc": "online acc"}
 
@@ -132,7 +132,8 @@ def _tuned_cells(row: dict[str, Any]) -> list[str]:
             _pm(row, row["metric"]), _pm(row, "learning_acc"), _pm(row, "forgetting"), delta]
 
 
-_TUNED_HEAD = ["method", "lr", "strength", "val %", "test %", "LA %", "forgetting %",
+_TUNED_HEAD = ["method", "lr", "strength", "val %", "test % (ACC; online in streams)", "LA %",
+               "forgetting %",
                "Δ vs tuned plain (paired by seed)"]
 
 

@@ -118,7 +118,8 @@ def method_grids(cfg: BenchConfig, methods: Sequence[str],
     strengths = {}
     for m in methods:
         spec = cfg.method_spec(m)
-        grid = opts.strength[m] if m in opts.strength else spec.strength_grid()
+        grid = (opts.strength[m] if m in opts.strength
+                else spec.strength_grid(OPTIMIZERS[spec.optimizer]))
         strengths[m] = _strength_points(grid) if grid else [{}]
     budget = opts.lr_points * max(len(s) for s in strengths.values())
     grids = {}

@@ -109,7 +109,8 @@ class MethodSpec:
 
     ``tune`` maps the method's strength option(s) to the values ``swgl bench --tune`` tries
     (the learning rate is tuned for every method; see :mod:`swgl.bench.tuning`). Empty: the
-    strategy's ``tune_grid`` class attribute, if any, else only the learning rate.
+    strategy's ``tune_grid`` class attribute, else the optimizer's ``OptimizerInfo.tune_grid``,
+    else only the learning rate.
     """
 
     name: str
@@ -120,9 +121,9 @@ class MethodSpec:
     description: str = ""
     tune: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
-    def strength_grid(self) -> Mapping[str, tuple[Any, ...]]:
+    def strength_grid(self, info: OptimizerInfo) -> dict[str, tuple[Any, ...]]:
         """Option -> values tuned besides the learning rate (their product is the grid)."""
-        return dict(self.tune or getattr(self.strategy, "tune_grid", None) or {})
+        return dict(self.tune or getattr(self.strategy, "tune_grid", None) or info.tune_grid)
 
     def valid_options(self, info: OptimizerInfo) -> list[str]:
         """Options this spec accepts, given its optimizer's ``info``."""

@@ -20,7 +20,8 @@ class OptimizerInfo:
 
     ``lr_range`` is the (low, high) learning rate span the tuning grid covers, log-spaced;
     ``baseline`` names the plain method every method on this optimizer is compared with
-    (its delta ACC in the tuned table).
+    (its delta ACC in the tuned table); ``tune_grid`` is the strength grid of methods that
+    declare none (an optimizer's own option, e.g. a noise scale: option -> values).
     """
 
     cls: type[Optimizer]
@@ -28,6 +29,7 @@ class OptimizerInfo:
     kwargs: Mapping[str, Any] = field(default_factory=dict)   # fixed extra arguments
     lr_range: tuple[float, float] = (1e-3, 1.0)
     baseline: str = "naive-sgd"
+    tune_grid: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 #: The torch optimizers; method modules that define their own add them via ``OPTIMIZERS``.
