@@ -118,6 +118,7 @@ def _bench_parser(sub) -> None:
     from swgl.bench.config import DEFAULT_METHODS, DEFAULT_SCENARIOS, EVAL_SPLITS
     from swgl.bench.data import DATASETS
     from swgl.bench.models import MODELS
+    from swgl.bench.presets import DEFAULT as DEFAULT_PRESET
     from swgl.bench.presets import PRESETS
     from swgl.bench.scenarios import SCENARIOS
 
@@ -131,9 +132,9 @@ def _bench_parser(sub) -> None:
         "(runs/<run-id>/). Every finished cell is cached; --resume reuses them.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data and scenarios")
-    d.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="a named regime that sets dataset, scenario and sizes (explicit flags "
-                   "win); see --list-presets")
+    d.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help="a named regime that sets dataset, scenario, sizes and the tuned lr "
+                   f"spans (explicit flags win; default: {DEFAULT_PRESET}); see --list-presets")
     d.add_argument("--list-presets", action="store_true",
                    help="list the presets and the fields they set, then exit")
     d.add_argument("--dataset", default=None, choices=sorted(DATASETS),
@@ -266,12 +267,13 @@ def _list_presets() -> None:
     from swgl.bench.presets import PRESETS
 
     table = Table(title="presets (--preset NAME)")
-    for col in ("preset", "regime", "fields"):
+    for col in ("preset", "regime", "fields", "tuned lr spans"):
         table.add_column(col)
     for name, preset in PRESETS.items():
         fields = ", ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}"
                            for k, v in preset.fields.items())
-        table.add_row(name, preset.description, fields)
+        spans = ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in preset.lr_ranges.items())
+        table.add_row(name, preset.description, fields, spans or "optimizer defaults")
     _console().print(table)
 
 
@@ -287,7 +289,7 @@ def _config(args):
     from swgl.bench.config import BenchConfig
     from swgl.bench.presets import PRESETS
 
-    fields: dict[str, Any] = dict(PRESETS[args.preset].fields) if args.preset else {}
+    fields: dict[str, Any] = dict(PRESETS[args.preset].fields)
     fields.update({k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None})
     if args.tune and args.eval_split is not None:
         raise ValueError("--eval-split is set by --tune (val for the grid, test for the "
@@ -300,10 +302,12 @@ def _config(args):
 
 
 def _tune_options(args, cfg):
+    from swgl.bench.presets import PRESETS
     from swgl.bench.tuning import TuneOptions
 
+    spans = {**PRESETS[args.preset].lr_ranges, **_lr_ranges(args.lr_range)}
     return TuneOptions(lr_points=args.tune_lrs, seeds=tuple(range(args.tune_seeds)),
-                       final_seeds=cfg.seeds, lr_ranges=_lr_ranges(args.lr_range),
+                       final_seeds=cfg.seeds, lr_ranges=spans,
                        strength=_tune_grid(args.tune_grid))
 
 

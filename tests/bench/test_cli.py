@@ -119,3 +119,13 @@ def test_bad_tune_arguments_exit_with_a_message(argv, match, tmp_path, capsys):
 def test_jobs_is_the_process_pool():
     args = cli.build_parser().parse_args(["bench", "--jobs", "4"])
     assert args.workers == 4
+
+
+def test_preset_lr_spans_reach_the_tuning_and_the_flag_wins():
+    parser = cli.build_parser()
+    args = parser.parse_args(["bench", "--preset", "literature", "--lr-range", "sgd=0.01:0.1"])
+    opts = cli._tune_options(args, cli._config(args))
+    assert opts.lr_ranges["adam"] == (1e-6, 1e-3)          # the preset's
+    assert opts.lr_ranges["sgd"] == (0.01, 0.1)            # the flag's
+    assert cli._tune_options(parser.parse_args(["bench", "--preset", "short"]),
+                             cli._config(parser.parse_args(["bench"]))).lr_ranges == {}

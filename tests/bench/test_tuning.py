@@ -41,6 +41,7 @@ def test_tune_picks_the_lr_with_the_best_validation_score(small, tmp_path):
     assert final.method_opts["naive-sgd"] == {"lr": 0.3}
     (row,) = res.rows
     assert row["baseline"] == "naive-sgd" and row["delta_mean"] == 0.0
+    assert row["lr_edge"] == "top"
 
 
 def test_tune_writes_the_grid_table_and_frontier_and_compares_with_the_baseline(small,
@@ -153,3 +154,9 @@ def test_steps_per_task_trains_exactly_that_many_batches(tiny):
                               train_per_task=20, batch_size=8)
     cell = runner.run_cell(cfg, "permuted", "naive-sgd", 0)
     assert cell["steps"] == 14   # 20 samples / batch 8 = 3 batches per pass: 2 passes + 1
+
+
+def test_a_choice_at_the_edge_of_the_grid_is_flagged():
+    points = [{"lr": lr} for lr in (0.01, 0.1, 1.0)]
+    assert [tuning._edge(lr, points) for lr in (0.01, 0.1, 1.0)] == ["bottom", None, "top"]
+    assert tuning._edge(0.1, [{"lr": 0.1}]) is None

@@ -126,6 +126,8 @@ def _chosen(options: dict[str, Any]) -> tuple[str, str]:
 
 def _tuned_cells(row: dict[str, Any]) -> list[str]:
     lr, strength = _chosen(row["options"])
+    if row.get("lr_edge"):
+        lr += f" ({row['lr_edge']})"
     delta = ("baseline" if row["method"] == row["baseline"]
              else f"{_pm(row, 'delta', signed=True)} vs {row['baseline']}")
     return [row["method"], lr, strength, f"{100 * row['val_score']:.1f}",
@@ -144,7 +146,8 @@ def tuned_markdown(rows: Sequence[dict[str, Any]]) -> str:
         group = [r for r in rows if r["scenario"] == scenario]
         metric = _METRIC_NAMES.get(group[0]["metric"], group[0]["metric"])
         lines += [f"**{scenario}**: test {metric} %, mean ± std over {group[0]['n_seeds']} "
-                  "seeds, options tuned on the validation split", "",
+                  "seeds, options tuned on the validation split; lr (top)/(bottom): chosen at "
+                  "the edge of the grid, widen --lr-range", "",
                   "| " + " | ".join(_TUNED_HEAD) + " |", "|" + "---|" * len(_TUNED_HEAD)]
         lines += ["| " + " | ".join(_tuned_cells(r)) + " |" for r in group]
         lines.append("")
@@ -155,7 +158,8 @@ def tuned_table(rows: Sequence[dict[str, Any]], title: str = "") -> Table:
     """The tuned table as a rich table (every scenario, one row per method)."""
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption="lr (top)/(bottom): chosen at the edge of the lr grid "
+                  "(the optimum may lie outside: widen --lr-range)")
     table.add_column("scenario")
     for head in _TUNED_HEAD:
         table.add_column(head, justify="left" if head in ("method", "strength") else "right")

@@ -9,7 +9,8 @@ The protocol (issue 12, "Earn its place"):
    is ``lr_points`` times the largest ``S`` among the methods. Every point runs on
    ``eval_split="val"`` (a fixed 1/6 of the training set; the test set is never seen).
 2. **Choice, per scenario.** The point with the best mean validation score (ACC; online
-   accuracy in streams), ties within :data:`TIE` broken by learning accuracy.
+   accuracy in streams), ties within :data:`TIE` broken by learning accuracy. A choice at
+   the top or bottom of the lr grid is flagged (``lr_edge``): the optimum may lie outside.
 3. **Final, on test.** Every method with its chosen options, ``final_seeds`` seeds, side by
    side in one run per scenario. Each method's delta score is paired by seed against the
    tuned plain optimizer of its family (``OptimizerInfo.baseline``: ``naive-sgd`` for SGD and
@@ -189,6 +190,14 @@ def _val_table(res: Results, names: Mapping[str, tuple[str, dict[str, Any]]]
     return out
 
 
+def _edge(lr: float, points: Sequence[dict[str, Any]]) -> str | None:
+    """"top"/"bottom" if ``lr`` is the grid's highest/lowest (the optimum may lie outside)."""
+    lrs = sorted({p["lr"] for p in points})
+    if len(lrs) < 2:
+        return None
+    return "top" if lr == lrs[-1] else "bottom" if lr == lrs[0] else None
+
+
 def _final_rows(scenario: str, res: Results, chosen: Mapping[str, Mapping[str, Any]],
                 val: Mapping[str, list[dict[str, Any]]], base: Mapping[str, str]
                 ) -> list[dict[str, Any]]:
@@ -203,6 +212,7 @@ def _final_rows(scenario: str, res: Results, chosen: Mapping[str, Mapping[str, A
         rows.append({
             "scenario": scenario, "method": m, "baseline": b, "metric": key,
             "options": dict(chosen[m]), "val_score": _pick(val[m])["score"],
+            "lr_edge": _edge(chosen[m]["lr"], val[m]),
             "n_seeds": row["n_seeds"],
             **{k: row[k] for k in row if k.endswith(("_mean", "_std"))},
             "delta_mean": float(np.mean(deltas)), "delta_std": float(np.std(deltas)),
