@@ -164,11 +164,17 @@ def _variant(cfg: BenchConfig, method: str, options: Mapping[str, Any]) -> dict[
 
 
 def _check_no_fixed_tuned(cfg: BenchConfig, grids: Mapping[str, list[dict[str, Any]]]) -> None:
+    """An option both fixed and tuned would be silently overridden: refuse it."""
     for m, points in grids.items():
         fixed = set(cfg.method_opts.get(m, {})) & set(points[0])
         if fixed:
             raise ValueError(f"method_opts[{m!r}] sets {sorted(fixed)}, which --tune tunes; "
                              "drop them, change the grid (--tune-grid) or pass --no-tune")
+        swgl = {k for k in points[0] if k.startswith("swgl.") and k[5:] in cfg.swgl_opts}
+        if swgl and cfg.method_spec(m).swgl is not None:
+            raise ValueError(f"swgl_opts sets {sorted(k[5:] for k in swgl)}, which --tune tunes "
+                             f"for {m!r}; drop it, change the grid (--tune-grid "
+                             f"{m}=none or another option) or pass --no-tune")
 
 
 def _pick(points: list[dict[str, Any]]) -> dict[str, Any]:
