@@ -78,7 +78,7 @@ class UPGD(Optimizer):
 
 
 #: UPGD is an SGD-family optimizer: compared with plain SGD at its tuned learning rate.
-OPTIMIZERS = {"upgd": OptimizerInfo(UPGD, 0.05, MappingProxyType({}), lr_range=(1e-3, 1.0),
+OPTIMIZERS = {"upgd": OptimizerInfo(UPGD, 0.05, MappingProxyType({}), lr_range=(3e-3, 3.0),
                                     baseline="naive-sgd")}
 SPECS = (MethodSpec("upgd", Method, "upgd", description="utility-based perturbed gradient descent",
                     tune={"sigma": (1e-3, 1e-2, 1e-1)}),)
