@@ -12,6 +12,7 @@ from swgl.bench.methods import (  # noqa: F401  (each module registers its metho
     swgl,
     upgd,
 )
+from swgl.bench.methods import mesu, stream_ewc, stream_mas, stream_si
 from swgl.bench.methods.base import (
     METHODS,
     Context,
@@ -22,6 +23,12 @@ from swgl.bench.methods.base import (
     register,
 )
 from swgl.bench.methods.optim import OPTIMIZERS
+
+# Modules in the target design: data only, registered here (the lead reconciles this list).
+OPTIMIZERS.update(mesu.OPTIMIZERS)
+for _module in (stream_ewc, stream_mas, stream_si, mesu):
+    for _spec in _module.SPECS:
+        register(_spec)
 
 __all__ = ["METHODS", "OPTIMIZERS", "Context", "Method", "MethodSpec", "derive", "make_method",
            "register"]
