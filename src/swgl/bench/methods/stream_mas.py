@@ -26,6 +26,7 @@ __all__ = ["SPECS", "StreamMAS"]
 
 class StreamMAS(StreamAnchor):
     hparams = MappingProxyType({**StreamAnchor.hparams, "lam": 0.1})
+    # Spans the pilot of docs/results.md (lam 0.1-1 best, 100 collapsed).
     tune_grid = MappingProxyType({"lam": (0.01, 0.1, 1.0, 10.0)})
 
     def __init__(self, model, optimizer, ctx, options) -> None:
