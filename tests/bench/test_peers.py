@@ -8,14 +8,15 @@ import torch
 import torch.nn as nn
 
 from swgl.bench.methods import METHODS, Context, Method, make_method
+from swgl.bench.methods import bgd, stream_ewc, stream_mas, stream_si
 from swgl.bench.methods import mesu as mesu_mod
-from swgl.bench.methods import stream_ewc, stream_mas, stream_si
+from swgl.bench.methods.bgd import BGD
 from swgl.bench.methods.mesu import MESU, _mesu_update
 from swgl.bench.methods.stream_ewc import StreamEWC
 from swgl.bench.methods.stream_si import StreamSI
 from swgl.bench.runner import run_cell
 
-MODULES = (stream_ewc, stream_mas, stream_si, mesu_mod)
+MODULES = (stream_ewc, stream_mas, stream_si, mesu_mod, bgd)
 PEERS = [spec.name for module in MODULES for spec in module.SPECS]
 
 
@@ -38,7 +39,7 @@ def _method(name, model, **options):
 
 def test_specs_are_registered_data_with_valid_tune_grids():
     assert PEERS == ["stream-ewc", "stream-ewc-adam", "stream-mas", "stream-mas-adam",
-                     "stream-si", "stream-si-adam", "mesu"]
+                     "stream-si", "stream-si-adam", "mesu", "bgd"]
     for name in PEERS:
         spec = METHODS[name]
         grid = spec.strategy.tune_grid
@@ -54,7 +55,7 @@ def test_never_uses_task_boundaries(name):
 
 @pytest.mark.parametrize("name", PEERS)
 def test_trains_a_tiny_model(name):
-    lr = {"sgd": 0.1, "adam": 1e-2, "mesu": 4.0}[METHODS[name].optimizer]
+    lr = {"sgd": 0.1, "adam": 1e-2, "mesu": 4.0, "bgd": 4.0}[METHODS[name].optimizer]
     method = _method(name, _model(), lr=lr)
     x, y = _data()
     losses = []
@@ -195,10 +196,10 @@ def test_mesu_update_matches_the_reference_code(N, clamp_grad):
         assert torch.equal(a, b)                       # gradients untouched
 
 
-def _quadratic_run(h, steps, start=3.0, **options):
+def _quadratic_run(h, steps, start=3.0, cls=MESU, **options):
     torch.manual_seed(0)
     w = nn.Parameter(torch.full((2000,), start))
-    opt = MESU([w], **options)
+    opt = cls([w], **options)
 
     def closure():
         opt.zero_grad()
@@ -211,9 +212,10 @@ def _quadratic_run(h, steps, start=3.0, **options):
     return w, opt.state[w]
 
 
-def test_mesu_sigma_shrinks_with_evidence_as_bayes_says():
+@pytest.mark.parametrize("cls, options", [(MESU, {"N": math.inf}), (BGD, {})])
+def test_sigma_shrinks_with_evidence_as_bayes_says(cls, options):
     h, steps, s0 = 4.0, 200, 0.2
-    w, state = _quadratic_run(h, steps, sigma_init=s0, N=math.inf)
+    w, state = _quadratic_run(h, steps, cls=cls, sigma_init=s0, **options)
     # Gaussian evidence of precision h per step: 1/sigma^2 grows by about h per step.
     precision = 1 / state["sigma"].square().mean().item()
     assert precision == pytest.approx(1 / s0 ** 2 + h * steps, rel=0.15)
@@ -221,7 +223,7 @@ def test_mesu_sigma_shrinks_with_evidence_as_bayes_says():
     # From a prior mean of 0, the mean reaches the posterior mean of Gaussian evidence at 3:
     # 3 * (h t) / (1 / s0^2 + h t), with steps of lr * sigma^2.
     s0 = 0.1
-    w, _ = _quadratic_run(h, steps, start=0.0, sigma_init=s0, N=math.inf, mc_samples=16)
+    w, _ = _quadratic_run(h, steps, start=0.0, cls=cls, sigma_init=s0, mc_samples=16, **options)
     assert torch.isfinite(w).all()
     posterior = 3.0 * h * steps / (1 / s0 ** 2 + h * steps)
     assert w.mean().item() == pytest.approx(posterior, rel=0.1)   # first-order steps
@@ -235,9 +237,32 @@ def test_mesu_forgets_toward_the_prior_within_its_window():
     assert long["sigma"].mean().item() == pytest.approx(0.05, rel=0.01)
 
 
-def test_mesu_needs_a_closure():
-    opt = MESU([nn.Parameter(torch.zeros(3))])
-    with pytest.raises(TypeError, match="closure"):
+def _reference_bgd(mu, sigma, g, ge, lr):
+    """igolan/bgd optimizers_lib/bgd_optimizer.py step, one tensor."""
+    mu = mu + -sigma.pow(2).mul(g).mul(lr)
+    sqrt_term = torch.sqrt(ge.mul(sigma).div(2).pow(2).add(1)).mul(sigma)
+    return mu, sqrt_term.add(-ge.mul(sigma.pow(2)).div(2))
+
+
+def test_bgd_update_matches_the_reference_code_and_keeps_sigma_positive():
+    gen = torch.Generator().manual_seed(0)
+    mu = [torch.randn(4, 3, generator=gen)]
+    sigma = [0.05 + torch.rand(4, 3, generator=gen)]
+    g = [torch.randn(4, 3, generator=gen) * 3]
+    ge = [torch.randn(4, 3, generator=gen) * 30]          # large: MESU's first order would flip
+    expected = _reference_bgd(mu[0], sigma[0], g[0], ge[0], 0.7)
+    g_before = g[0].clone()
+    opt = BGD([nn.Parameter(torch.zeros(1))], lr=0.7)
+    opt._update(opt.param_groups[0], mu, sigma, g, ge)
+    torch.testing.assert_close(mu[0], expected[0])
+    torch.testing.assert_close(sigma[0], expected[1])
+    assert (sigma[0] > 0).all() and torch.equal(g[0], g_before)
+
+
+@pytest.mark.parametrize("cls", [MESU, BGD])
+def test_needs_a_closure(cls):
+    opt = cls([nn.Parameter(torch.zeros(3))])
+    with pytest.raises(TypeError, match=f"{cls.__name__}.step needs a closure"):
         opt.step()
 
 
@@ -256,6 +281,9 @@ def test_mesu_needs_a_closure():
     ("mesu", {"mc_samples": 0}, ValueError, "mc_samples must be >= 1"),
     ("mesu", {"mc_samples": 1.5}, TypeError, "mc_samples must be an int"),
     ("mesu", {"clamp_grad": -1.0}, ValueError, "clamp_grad must be in"),
+    ("bgd", {"sigma_init": -0.1}, ValueError, "sigma_init must be in"),
+    ("bgd", {"mc_samples": 0}, ValueError, "mc_samples must be >= 1"),
+    ("bgd", {"lr": float("nan")}, ValueError, "lr must not be NaN"),
 ])
 def test_options_are_validated(name, options, error, match):
     with pytest.raises(error, match=match):
@@ -270,7 +298,7 @@ def test_unknown_option_is_rejected():
 @pytest.mark.parametrize("name, bytes_per_param", [
     ("stream-ewc", 8), ("stream-mas", 8), ("stream-si", 16),                # anchor + importance
     ("stream-ewc-adam", 16), ("stream-mas-adam", 16), ("stream-si-adam", 24),  # + Adam's 8
-    ("mesu", 8),                                                             # mu + sigma
+    ("mesu", 8), ("bgd", 8),                                                 # mu + sigma
 ])
 def test_state_bytes_match_the_docstrings(tiny, name, bytes_per_param):
     cfg = dataclasses.replace(tiny, methods=(name,))

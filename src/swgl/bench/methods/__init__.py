@@ -12,7 +12,7 @@ from swgl.bench.methods import (  # noqa: F401  (each module registers its metho
     swgl,
     upgd,
 )
-from swgl.bench.methods import mesu, stream_ewc, stream_mas, stream_si
+from swgl.bench.methods import bgd, mesu, stream_ewc, stream_mas, stream_si
 from swgl.bench.methods.base import (
     METHODS,
     Context,
@@ -25,8 +25,8 @@ from swgl.bench.methods.base import (
 from swgl.bench.methods.optim import OPTIMIZERS
 
 # Modules in the target design: data only, registered here (the lead reconciles this list).
-OPTIMIZERS.update(mesu.OPTIMIZERS)
-for _module in (stream_ewc, stream_mas, stream_si, mesu):
+for _module in (stream_ewc, stream_mas, stream_si, mesu, bgd):
+    OPTIMIZERS.update(getattr(_module, "OPTIMIZERS", {}))
     for _spec in _module.SPECS:
         register(_spec)
 
