@@ -1,13 +1,14 @@
 """The boundary-free peers: stream EWC / MAS / SI (UPGD's repository) and MESU."""
 
 import dataclasses
+import inspect
 import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-from swgl.bench.methods import METHODS, Context, Method, make_method
+from swgl.bench.methods import METHODS, OPTIMIZERS, Context, Method, make_method
 from swgl.bench.methods import bgd, stream_ewc, stream_mas, stream_si
 from swgl.bench.methods import mesu as mesu_mod
 from swgl.bench.methods.bgd import BGD
@@ -45,6 +46,9 @@ def test_specs_are_registered_data_with_valid_tune_grids():
         grid = spec.strategy.tune_grid
         assert grid and set(grid) <= set(spec.valid_options()), (name, grid)
         assert all(len(values) >= 2 for values in grid.values())
+        # A strategy option must not shadow an optimizer keyword (Adam's eps vs SI's xi).
+        opt_keys = set(inspect.signature(OPTIMIZERS[spec.optimizer].cls).parameters)
+        assert not set(spec.strategy.hparams) & opt_keys, name
 
 
 @pytest.mark.parametrize("name", PEERS)
@@ -109,7 +113,7 @@ def test_stream_si_negative_importance_does_not_push_away():
 
 # -- parity with a transliteration of the reference code --
 
-def _reference_step(kind, state, p, g, lr, lam, bw, bi, eps=1e-3):
+def _reference_step(kind, state, p, g, lr, lam, bw, bi, eps=1e-3):  # eps: our xi
     """mohmdelsayed/upgd core/optim/{ewc,mas,synaptic_intelligence}.py, one tensor, SGD
     (SI with our two documented changes: w_prev starts at w, importance clamped at 0)."""
     if not state:
@@ -273,7 +277,7 @@ def test_needs_a_closure(cls):
     ("stream-ewc", {"lam": -1.0}, ValueError, "lam must be in"),
     ("stream-mas", {"beta_weight": 1.0}, ValueError, "beta_weight must be in"),
     ("stream-ewc-adam", {"beta_importance": -0.1}, ValueError, "beta_importance must be in"),
-    ("stream-si", {"eps": 0.0}, ValueError, "eps must be in"),
+    ("stream-si", {"xi": 0.0}, ValueError, "xi must be in"),
     ("stream-si", {"lam": "big"}, TypeError, "lam must be a real number"),
     ("mesu", {"lr": -1.0}, ValueError, "lr must be in"),
     ("mesu", {"sigma_init": 0.0}, ValueError, "sigma_init must be in"),

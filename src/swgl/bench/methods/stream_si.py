@@ -6,13 +6,14 @@ current gradient is paired with the previous step's move), bias-corrected by ``b
 
     W = beta_i * W + (1 - beta_i) * g * (w_prev - w)
     D = beta_i * D + (1 - beta_i) * (w_prev - w)
-    F = max(0, (W / b) / ((D / b)^2 + eps)),    c_t = 1
+    F = max(0, (W / b) / ((D / b)^2 + xi)),    c_t = 1
 
 and the pull toward the slow weight EMA is ``_stream_anchor``'s. Two departures from the
 reference code, both in its first steps or its sign: ``w_prev`` starts at the initial weights
 (the reference starts it at zero, a spurious first move of ``-w``), and ``F`` is clamped at 0
 (a negative importance would push away from the anchor; offline SI in ``si.py`` clamps too).
-Defaults (``lam=10``, ``beta_weight=beta_importance=0.99``, ``eps=1e-3``) are the reference's
+``xi`` is the reference's ``eps`` (renamed as in ``si.py``: Adam has its own ``eps``).
+Defaults (``lam=10``, ``beta_weight=beta_importance=0.99``, ``xi=1e-3``) are the reference's
 tuned values on input-permuted MNIST (``experiments/statistics_input_permuted_mnist.py``).
 State: anchor, W, D and w_prev, 16 B/param in fp32, plus the optimizer's.
 """
@@ -33,13 +34,13 @@ __all__ = ["SPECS", "StreamSI"]
 
 class StreamSI(StreamAnchor):
     hparams = MappingProxyType({"lam": 10.0, "beta_weight": 0.99, "beta_importance": 0.99,
-                                "eps": 1e-3})
+                                "xi": 1e-3})
     # Spans the pilot of docs/results.md (lam 1 best with SGD, 1e3 with Adam).
     tune_grid = MappingProxyType({"lam": (1.0, 10.0, 100.0, 1000.0)})
 
     def __init__(self, model, optimizer, ctx, options) -> None:
         super().__init__(model, optimizer, ctx, options)
-        self.eps = check_range("eps", self.eps, 0.0, low_open=True)
+        self.xi = check_range("xi", self.xi, 0.0, low_open=True)
         self.work = [torch.zeros_like(p) for p in self.params]
         self.disp = [torch.zeros_like(p) for p in self.params]
         self.prev = [p.detach().clone() for p in self.params]
@@ -55,7 +56,7 @@ class StreamSI(StreamAnchor):
         b = 1.0 - self.beta_importance ** self.t
         den = torch._foreach_mul(disp, disp)
         torch._foreach_div_(den, b * b)
-        torch._foreach_add_(den, self.eps)
+        torch._foreach_add_(den, self.xi)
         fisher = torch._foreach_div(work, den)
         torch._foreach_div_(fisher, b)
         torch._foreach_clamp_min_(fisher, 0.0)
