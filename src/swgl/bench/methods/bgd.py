@@ -50,7 +50,7 @@ class BGD(GaussianMeanField):
 
 
 class BGDEvidence(SummedEvidence):
-    #: Searched by ``swgl bench --tune``: the step multiplier and the initial (= largest) sigma,
+    #: Searched by ``swgl bench --tune``: the step multiplier and the initial sigma,
     #: around the pilot's best (lr 2 at sigma 0.02; 0.05 diverged; docs/results.md).
     tune_grid = MappingProxyType({"lr": (1.0, 2.0, 4.0), "sigma_init": (0.01, 0.02, 0.03)})
 
