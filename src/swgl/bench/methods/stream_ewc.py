@@ -24,7 +24,7 @@ __all__ = ["SPECS", "StreamEWC"]
 
 
 class StreamEWC(StreamAnchor):
-    # Spans the pilot of docs/results.md (lam 1e3 best with SGD and Adam, 1e4 diverged).
+    # Spans the pilot of docs/results.md (lam 1e3 best with SGD and Adam; 1e4 diverged with SGD).
     tune_grid = MappingProxyType({"lam": (1.0, 10.0, 100.0, 1000.0)})
 
     def __init__(self, model, optimizer, ctx, options) -> None:
