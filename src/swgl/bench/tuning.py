@@ -122,9 +122,14 @@ def method_grids(cfg: BenchConfig, methods: Sequence[str],
         grid = (opts.strength[m] if m in opts.strength
                 else spec.strength_grid(OPTIMIZERS[spec.optimizer]))
         strengths[m] = _strength_points(grid) if grid else [{}]
-    budget = opts.lr_points * max(len(s) for s in strengths.values())
-    grids = {}
+    # a grid that names its own lrs (MESU, BGD: a multiplier of sigma^2, not comparable to the
+    # optimizer family's lr) is used as it is
+    own_lr = {m for m, points in strengths.items() if any("lr" in p for p in points)}
+    budget = opts.lr_points * max([len(s) for m, s in strengths.items() if m not in own_lr] or [1])
+    grids = {m: list(strengths[m]) for m in own_lr}
     for m in methods:
+        if m in own_lr:
+            continue
         spec = cfg.method_spec(m)
         info = OPTIMIZERS[spec.optimizer]
         n_lr = max(1, budget // len(strengths[m]))

@@ -15,15 +15,20 @@ import torch.nn as nn
 
 from swgl.bench.methods import (
     agem,
+    bgd,
     boundary,
     ewc,
     lwf,
     mas,
+    mesu,
     naive,
     online_ewc,
     optim,
     replay,
     si,
+    stream_ewc,
+    stream_mas,
+    stream_si,
     swgl,
     upgd,
 )
@@ -35,7 +40,7 @@ __all__ = ["METHODS", "MODULES", "OPTIMIZERS", "Context", "Method", "MethodSpec"
 
 #: The method modules, in the order ``--list-methods`` shows them.
 MODULES: tuple[ModuleType, ...] = (naive, swgl, boundary, ewc, online_ewc, si, mas, replay, agem,
-                                   lwf, upgd)
+                                   lwf, upgd, stream_ewc, stream_mas, stream_si, mesu, bgd)
 
 
 def build_tables(modules: Iterable[ModuleType]) -> tuple[dict[str, MethodSpec],

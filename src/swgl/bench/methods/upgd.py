@@ -17,26 +17,20 @@ from types import MappingProxyType
 import torch
 from torch.optim import Optimizer
 
+from swgl.bench.methods._checks import check_range
 from swgl.bench.methods.base import Method, MethodSpec
 from swgl.bench.methods.optim import OptimizerInfo
 
 __all__ = ["OPTIMIZERS", "SPECS", "UPGD"]
 
 
-def _check(name: str, value: float, high: float = float("inf")) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if not 0.0 <= value < high:
-        raise ValueError(f"{name} must be in [0, {high}), got {value!r}")
-
-
 class UPGD(Optimizer):
     def __init__(self, params, lr: float = 0.01, weight_decay: float = 0.0,
                  beta_utility: float = 0.999, sigma: float = 0.001) -> None:
-        _check("lr", lr)
-        _check("weight_decay", weight_decay)
-        _check("beta_utility", beta_utility, 1.0)
-        _check("sigma", sigma)
+        check_range("lr", lr, 0.0)
+        check_range("weight_decay", weight_decay, 0.0)
+        check_range("beta_utility", beta_utility, 0.0, 1.0, high_open=True)
+        check_range("sigma", sigma, 0.0)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay,
                                       beta_utility=beta_utility, sigma=sigma))
 
