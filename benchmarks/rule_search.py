@@ -21,43 +21,82 @@ run's config; none uses task boundaries):
     python benchmarks/rule_search.py run GRID.json OUT      # {"runs": [...], "jobs": N}
     python benchmarks/rule_search.py summary OUT/res.json ...
 """
-import gzip, json, math, os, sys, time, itertools
+
+import gzip
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 DATA = os.environ.get("FMNIST_DIR", "/usr/share/datasets/fashion-mnist")
+
 
 def load_idx(path):
     with gzip.open(path, "rb") as f:
         raw = f.read()
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
+
 _cache = {}
+
+
 def data():
     if not _cache:
-        xtr = torch.from_numpy(load_idx(f"{DATA}/train-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255.)
+        xtr = torch.from_numpy(
+            load_idx(f"{DATA}/train-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32)
+            / 255.0
+        )
         ytr = torch.from_numpy(load_idx(f"{DATA}/train-labels-idx1-ubyte.gz").astype(np.int64))
-        xte = torch.from_numpy(load_idx(f"{DATA}/t10k-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255.)
+        xte = torch.from_numpy(
+            load_idx(f"{DATA}/t10k-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32)
+            / 255.0
+        )
         yte = torch.from_numpy(load_idx(f"{DATA}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
         _cache.update(xtr=xtr, ytr=ytr, xte=xte, yte=yte)
     return _cache
 
+
 def rotate(x, deg):
     th = math.radians(deg)
-    rot = torch.tensor([[math.cos(th), -math.sin(th), 0.], [math.sin(th), math.cos(th), 0.]])
+    rot = torch.tensor([[math.cos(th), -math.sin(th), 0.0], [math.sin(th), math.cos(th), 0.0]])
     img = x.view(-1, 1, 28, 28)
     grid = F.affine_grid(rot.expand(len(img), 2, 3), list(img.shape), align_corners=False)
     return F.grid_sample(img, grid, align_corners=False).view(-1, 784)
+
 
 # ---------------------------------------------------------------- consolidators
 class Rule:
     """Acts around the base step. kinds:
     plain; damp (c = 1/(1+lam*L/norm)); prox (w=(w'+k mu)/(1+k), k=lam*L/norm);
     ctrl options: per-element 'elem', 'tensor' (factor replaced by its tensor mean), 'global'."""
-    def __init__(self, params, kind="plain", lam=0.0, gamma=1.0, signal="fisher", anchor="lap",
-                 beta_a=0.999, norm="global", ctrl="elem", K=500, cmin=0.0, progress=0.0, dlam=None, r2=1e-2, r3=1e-3):
+
+    def __init__(
+        self,
+        params,
+        kind="plain",
+        lam=0.0,
+        gamma=1.0,
+        signal="fisher",
+        anchor="lap",
+        beta_a=0.999,
+        norm="global",
+        ctrl="elem",
+        K=500,
+        cmin=0.0,
+        progress=0.0,
+        dlam=None,
+        r2=1e-2,
+        r3=1e-3,
+    ):
         self.p = [p for p in params]
         self.kind, self.lam, self.gamma, self.signal, self.anchor = kind, lam, gamma, signal, anchor
         self.beta_a, self.norm, self.ctrl, self.K = beta_a, norm, ctrl, K
@@ -70,7 +109,8 @@ class Rule:
 
     def _norm(self, L):
         if self.norm == "global":
-            tot = sum(float(l.sum()) for l in L); n = sum(l.numel() for l in L)
+            tot = sum(float(l.sum()) for l in L)
+            n = sum(l.numel() for l in L)
             m = tot / n + 1e-30
             return [m] * len(L)
         if self.norm == "tensor":
@@ -88,7 +128,8 @@ class Rule:
     @torch.no_grad()
     def step(self, base):
         if self.kind == "plain":
-            base.step(); return
+            base.step()
+            return
         self.t += 1
         g = [p.grad for p in self.p]
         if self.signal == "si":
@@ -96,7 +137,8 @@ class Rule:
         elif self.signal == "fisher":
             s = torch._foreach_mul(g, g)
         elif self.signal == "utility":
-            s = torch._foreach_mul(g, self.p); torch._foreach_abs_(s)
+            s = torch._foreach_mul(g, self.p)
+            torch._foreach_abs_(s)
         else:  # abs grad (MAS-like)
             s = torch._foreach_abs(g)
         old = [p.clone() for p in self.p] if (self.kind in ("damp", "both") or s is None) else None
@@ -118,7 +160,9 @@ class Rule:
             c = self._ctrl(c)
             if self.progress:  # keep the first-order progress g.u of the base step
                 num = sum(float((gg * (p - o)).sum()) for gg, p, o in zip(g, self.p, old))
-                den = sum(float((gg * cc * (p - o)).sum()) for gg, p, o, cc in zip(g, self.p, old, c))
+                den = sum(
+                    float((gg * cc * (p - o)).sum()) for gg, p, o, cc in zip(g, self.p, old, c)
+                )
                 sc = min(max(num / den, 1.0), self.progress) if den < 0 and num < 0 else 1.0
                 c = [cc * sc for cc in c]
             for p, o, cc in zip(self.p, old, c):
@@ -136,7 +180,8 @@ class Rule:
                 mu.copy_(p)
         elif self.anchor == "chain":
             for mu, u3, p in zip(self.mu, self.u3, self.p):
-                d12 = p - mu; d23 = mu - u3
+                d12 = p - mu
+                d23 = mu - u3
                 mu.add_(d12, alpha=self.r2).sub_(d23, alpha=self.r3)
                 u3.add_(d23, alpha=self.r3 * 0.1)
         # anchor "init": mu stays at the initial weights
@@ -145,12 +190,14 @@ class Rule:
         for p, mu, kk in zip(self.p, self.mu, k):
             p.add_(kk * mu).div_(1.0 + kk)
 
+
 # ---------------------------------------------------------------- one run
 def run(cfg):
     try:
         return _run(cfg)
     except Exception as e:
-        return dict(cfg=cfg, acc=float('nan'), la=float('nan'), forg=float('nan'), err=repr(e))
+        return dict(cfg=cfg, acc=float("nan"), la=float("nan"), forg=float("nan"), err=repr(e))
+
 
 def _run(cfg):
     torch.set_num_threads(cfg.get("threads", 1))
@@ -162,8 +209,10 @@ def _run(cfg):
     scen = cfg.get("scenario", "permuted")
     xtr, ytr = d["xtr"][:50000], d["ytr"][:50000]
     nte = cfg.get("n_test", 2000)
-    evalsets = {"val": (d["xtr"][50000:50000 + nte], d["ytr"][50000:50000 + nte]),
-                "test": (d["xte"][:nte], d["yte"][:nte])}
+    evalsets = {
+        "val": (d["xtr"][50000 : 50000 + nte], d["ytr"][50000 : 50000 + nte]),
+        "test": (d["xte"][:nte], d["yte"][:nte]),
+    }
     n_out = 10
     tasks = []
     for t in range(T):
@@ -179,13 +228,17 @@ def _run(cfg):
         n_out = 2
         keep_tr = ytr < 2 * T
         xtr, ytr = xtr[keep_tr], ytr[keep_tr]
+
     def task_of(t, x, y):
         if scen != "splitdom":
             return tasks[t](x), y
         sel = (y == 2 * t) | (y == 2 * t + 1)
         return x[sel], y[sel] - 2 * t
-    tests = {k: [tuple(a.to(dev) for a in task_of(t, xe, ye)) for t in range(T)]
-             for k, (xe, ye) in evalsets.items()}
+
+    tests = {
+        k: [tuple(a.to(dev) for a in task_of(t, xe, ye)) for t in range(T)]
+        for k, (xe, ye) in evalsets.items()
+    }
     torch.manual_seed(seed)
     layers = [nn.Linear(784, H), nn.ReLU()]
     for _ in range(cfg.get("depth", 2) - 1):
@@ -202,6 +255,7 @@ def _run(cfg):
     if lib is not None:
         sys.path.insert(0, cfg.get("swgl_src", "src"))
         from swgl import SWGL
+
         base = SWGL.wrap(base, **lib)
         rule = Rule(params)
     else:
@@ -213,12 +267,13 @@ def _run(cfg):
             xt, yt = xt[:N].to(dev), yt[:N].to(dev)
         else:
             idx_pool = torch.randperm(len(xtr), generator=g)[:N]
-            xt = tasks[t](xtr[idx_pool]).to(dev); yt = ytr[idx_pool].to(dev)
+            xt = tasks[t](xtr[idx_pool]).to(dev)
+            yt = ytr[idx_pool].to(dev)
         N_t = len(yt)
-        for e in range(E):
+        for _ in range(E):
             order = torch.randperm(N_t, generator=g).to(dev)
             for i in range(0, N_t - B + 1, B):
-                bi = order[i:i + B]
+                bi = order[i : i + B]
                 base.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(xt[bi]), yt[bi])
                 loss.backward()
@@ -230,48 +285,61 @@ def _run(cfg):
     finite = all(bool(torch.isfinite(p).all()) for p in params)
     out = dict(cfg=cfg)
     for k, R in Rs.items():
-        acc = R[-1].mean(); la = np.diag(R).mean()
+        acc = R[-1].mean()
+        la = np.diag(R).mean()
         forg = np.mean([R[:-1, j].max() - R[-1, j] for j in range(T - 1)]) if T > 1 else 0.0
         pre = "" if k == "test" else "val_"
-        out.update({pre + "acc": 100 * acc if finite else float("nan"), pre + "la": 100 * la,
-                    pre + "forg": 100 * forg, pre + "R": R.tolist()})
+        out.update(
+            {
+                pre + "acc": 100 * acc if finite else float("nan"),
+                pre + "la": 100 * la,
+                pre + "forg": 100 * forg,
+                pre + "R": R.tolist(),
+            }
+        )
     return out
+
 
 def summary(paths):
     """Mean and spread over seeds per (regime, optimizer, rule, lr), test split."""
     rows = {}
     for path in paths:
-        for r in json.load(open(path)):
+        for r in json.loads(Path(path).read_text()):
             c = r["cfg"]
             key = (c.get("regime", ""), c["opt"], json.dumps(c["rule"], sort_keys=True), c["lr"])
             rows.setdefault(key, []).append(r)
     for key in sorted(rows):
         rs = rows[key]
         acc = np.array([r["acc"] for r in rs])
-        print(f"{key[0]:6s} {key[1]:5s} lr={key[3]:<7g} ACC {acc.mean():5.1f}+-{acc.std():.1f} "
-              f"LA {np.mean([r['la'] for r in rs]):5.1f} F {np.mean([r['forg'] for r in rs]):5.1f} "
-              f"n={len(rs)} {key[2]}")
+        print(
+            f"{key[0]:6s} {key[1]:5s} lr={key[3]:<7g} ACC {acc.mean():5.1f}+-{acc.std():.1f} "
+            f"LA {np.mean([r['la'] for r in rs]):5.1f} F {np.mean([r['forg'] for r in rs]):5.1f} "
+            f"n={len(rs)} {key[2]}"
+        )
 
 
 def main():
     if sys.argv[1] == "summary":
         summary(sys.argv[2:])
         return
-    cfgs = json.load(open(sys.argv[2])); out = sys.argv[3]
+    cfgs = json.loads(Path(sys.argv[2]).read_text())
+    out = sys.argv[3]
     os.makedirs(out, exist_ok=True)
-    runs = cfgs["runs"]; jobs = cfgs.get("jobs", 1)
+    runs = cfgs["runs"]
+    jobs = cfgs.get("jobs", 1)
     t0 = time.time()
     res = []
     import multiprocessing as mp
+
     ctx = mp.get_context("spawn" if any(r.get("device") == "cuda" for r in runs) else "fork")
     with ctx.Pool(jobs) as pool:
         for i, r in enumerate(pool.imap_unordered(run, runs)):
             res.append(r)
             if i % 10 == 0:
-                print(f"{i+1}/{len(runs)} {time.time()-t0:.0f}s", flush=True)
-                json.dump(res, open(f"{out}/res.json", "w"))
-    json.dump(res, open(f"{out}/res.json", "w"))
-    print(f"done {len(res)} runs in {time.time()-t0:.0f}s")
+                print(f"{i + 1}/{len(runs)} {time.time() - t0:.0f}s", flush=True)
+                Path(f"{out}/res.json").write_text(json.dumps(res))
+    Path(f"{out}/res.json").write_text(json.dumps(res))
+    print(f"done {len(res)} runs in {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":
