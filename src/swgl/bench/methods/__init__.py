@@ -3,6 +3,7 @@
 from swgl.bench.methods import (  # noqa: F401  (each module registers its methods)
     agem,
     ewc,
+    l2_init,
     lwf,
     mas,
     naive,
