@@ -19,6 +19,7 @@ examples:
   swgl bench --methods naive-sgd,swgl-fast --variant swgl-fast=swgl-sgd:lr=0.2,swgl.alpha=0.9
   swgl bench --methods ewc,si --method-opts ewc.lam=1000,si.c=2 --eval-split val
   swgl bench --list-methods
+  swgl bench --scenario text-domains --seeds 2 --workers 2   # continual LM on Debian text
 """
 
 
@@ -158,6 +159,9 @@ def _bench_parser(sub) -> None:
                    help="print the summary as JSON on stdout instead of the table")
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     o.add_argument("--verbose", "-v", action="store_true", help="log each cell")
+    from swgl.bench.text import cli as text_cli
+
+    text_cli.add_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
 
@@ -213,6 +217,12 @@ def _cmd_bench(args) -> int:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    from swgl.bench.config import DEFAULT_METHODS
+    from swgl.bench.text import cli as text_cli
+
+    if text_cli.is_text(args.scenarios):
+        return text_cli.run_text(args, DEFAULT_METHODS, _method_options(args.method_opts),
+                                 parse_options(args.swgl_opts, "--swgl-opts"))
     cfg = _config(args)
     n_cells = len(cfg.scenarios) * len(cfg.methods) * len(cfg.seeds)
     bar = tqdm(total=n_cells, unit="cell", file=sys.stderr, dynamic_ncols=True)

@@ -26,10 +26,10 @@ SIZES: dict[str, dict[str, Any]] = {
                  lr_grid=(), upgd_grid=(), fisher_samples=4, memory=16),
     "cpu": dict(d_model=96, n_layers=2, n_heads=4, seq_len=64, batch_size=16,
                 steps_per_domain=100, eval_windows=32, consolidate_every=50, lr=3e-3,
-                lr_grid=(1e-3, 3e-3), upgd_grid=(0.03, 0.1), fisher_samples=64, memory=256),
+                lr_grid=(3e-3, 1e-2), upgd_grid=(0.03, 0.1), fisher_samples=64, memory=256),
     "gpu": dict(d_model=512, n_layers=8, n_heads=8, seq_len=256, batch_size=64,
                 steps_per_domain=250, eval_windows=64, consolidate_every=125, lr=1e-3,
-                lr_grid=(3e-4, 1e-3, 2e-3), upgd_grid=(0.01, 0.03, 0.1), fisher_samples=128,
+                lr_grid=(5e-4, 1e-3, 2e-3), upgd_grid=(0.01, 0.03, 0.1), fisher_samples=128,
                 memory=2048),
 }
 _PRESET_FIELDS = ("d_model", "n_layers", "n_heads", "seq_len", "batch_size", "steps_per_domain",
