@@ -27,10 +27,11 @@ import numpy as np
 from swgl.bench.methods import OPTIMIZERS
 from swgl.bench.runner import atomic_write_text
 from swgl.bench.text.config import TextConfig
+from swgl.bench.text.metrics import relative_gap
 from swgl.bench.text.methods import text_spec, tuned_grid
 from swgl.bench.text.train import run_cell
 
-__all__ = ["SUMMARY_METRICS", "TIE", "TextResults", "run", "summarize"]
+__all__ = ["SUMMARY_METRICS", "TIE", "TextResults", "compare", "run", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,25 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{m}_std"] = float(np.std(values))
         rows.append(row)
     return rows
+
+
+def compare(summary: list[dict[str, Any]], scenario: str, method: str,
+            reference: str = "naive-adamw") -> dict[str, float]:
+    """``method`` against ``reference`` (mean over seeds): the issue's two goals.
+
+    ``forgetting_delta`` < 0 means ``method`` forgets less; ``learning_gap`` is the relative
+    gap of learning loss (0.01 = 1% worse than ``reference``).
+    """
+    rows = {r["method"]: r for r in summary if r["scenario"] == scenario}
+    for name in (method, reference):
+        if name not in rows:
+            raise ValueError(f"no {name!r} row for scenario {scenario!r} in the summary")
+    a, b = rows[method], rows[reference]
+    return {
+        "forgetting_delta": a["forgetting_mean"] - b["forgetting_mean"],
+        "learning_gap": relative_gap(a["learning_loss_mean"], b["learning_loss_mean"]),
+        "final_gap": relative_gap(a["final_loss_mean"], b["final_loss_mean"]),
+    }
 
 
 def _one_thread() -> None:

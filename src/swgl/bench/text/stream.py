@@ -43,7 +43,7 @@ def sample_windows(data: Tensor, n: int, length: int, gen: torch.Generator) -> T
     if len(data) <= length + 1:
         raise ValueError(f"a split of {len(data)} bytes is too short for windows of {length + 1}")
     starts = torch.randint(0, len(data) - length - 1, (n,), generator=gen)
-    return data[starts[:, None] + torch.arange(length + 1)].long()
+    return data[(starts[:, None] + torch.arange(length + 1)).to(data.device)].long()
 
 
 def eval_windows(data: Tensor, n: int, length: int) -> Tensor:
@@ -51,4 +51,4 @@ def eval_windows(data: Tensor, n: int, length: int) -> Tensor:
     if len(data) <= length + 1:
         raise ValueError(f"a split of {len(data)} bytes is too short for windows of {length + 1}")
     starts = torch.linspace(0, len(data) - length - 1, n).long()
-    return data[starts[:, None] + torch.arange(length + 1)].long()
+    return data[(starts[:, None] + torch.arange(length + 1)).to(data.device)].long()
