@@ -2,7 +2,7 @@
 
 Plots mirror the image scenarios': ``loss_matrix_<scenario>.png`` (the domains x domains
 loss matrix of each method, mean over seeds) and ``domain_curves_<scenario>.png`` (each
-domain's validation loss over training, first seed).
+domain's loss over training, first seed), on the split the cells were scored on.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ def _matrices(scenario: str, methods: dict[str, list[dict]], out: Path) -> Path:
         ax.set_title(f"{method}\nfinal {L[-1].mean():.3f} nats/byte", fontsize=9)
         ax.set_xlabel("evaluated on domain")
         ax.set_ylabel("after training through")
-    fig.suptitle(f"{scenario}: validation loss matrix (nats/byte, mean over seeds)")
+    split = next(iter(methods.values()))[0]["split"]
+    fig.suptitle(f"{scenario}: {split} loss matrix (nats/byte, mean over seeds)")
     fig.tight_layout()
     path = out / f"loss_matrix_{scenario}.png"
     _save(fig, path)
@@ -134,7 +135,7 @@ def _curves(scenario: str, methods: dict[str, list[dict]], out: Path) -> Path:
         ax.set_ylabel("loss (nats/byte)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7)
-    fig.suptitle(f"{scenario}: per-domain validation loss over training")
+    fig.suptitle(f"{scenario}: per-domain {cells[0]['split']} loss over training")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = out / f"domain_curves_{scenario}.png"
     _save(fig, path)
