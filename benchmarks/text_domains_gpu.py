@@ -41,6 +41,7 @@ from swgl.bench.text.corpora import load_domain
 from swgl.bench.text.methods import build_method, text_spec
 from swgl.bench.text.model import VOCAB, ByteTransformer
 from swgl.bench.text.stream import sample_windows
+from swgl.bench.text.train import autocast, sync
 
 DRIFT_METHODS = ("naive-adamw", "replay", "swgl-adamw", "swgl-adamw-groups")
 #: overhead variants: label -> (text method, extra SWGL options)
@@ -50,15 +51,6 @@ OVERHEAD = {
     "swgl fused=False": ("swgl-adamw", {"swgl.fused": False}),
     "swgl-groups": ("swgl-adamw-groups", {}),
 }
-
-
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def step_times(cfg: TextConfig, steps: int, repeats: int) -> dict[str, float]:
@@ -79,13 +71,13 @@ def step_times(cfg: TextConfig, steps: int, repeats: int) -> dict[str, float]:
     times: dict[str, list[float]] = {label: [] for label in runners}
 
     def run(method, n: int) -> float:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for i in range(n):
             w = batches[i % len(batches)]
-            with _autocast(device):
+            with autocast(device):
                 method.observe(w[:, :-1], w[:, 1:], tids)
-        _sync(device)
+        sync(device)
         return 1000.0 * (time.perf_counter() - start) / n
 
     for method in runners.values():

@@ -216,6 +216,10 @@ def test_config_rejects_bad_values(root):
         tiny(root, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="repeat"):
         tiny(root, domains=("en", "en"))
+    with pytest.raises(ValueError, match="lr_grid must hold positive"):
+        tiny(root, lr_grid=(1e-3, 0.0))
+    with pytest.raises(TypeError, match="steps_per_domain must be an int"):
+        tiny(root, steps_per_domain=2.5)
 
 
 # -- end to end ---------------------------------------------------------------------------------

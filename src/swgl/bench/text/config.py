@@ -32,8 +32,9 @@ SIZES: dict[str, dict[str, Any]] = {
                 lr_grid=(5e-4, 1e-3, 2e-3), upgd_grid=(0.01, 0.03, 0.1), fisher_samples=128,
                 memory=2048),
 }
-_PRESET_FIELDS = ("d_model", "n_layers", "n_heads", "seq_len", "batch_size", "steps_per_domain",
-                  "eval_windows", "consolidate_every", "lr", "lr_grid", "upgd_grid")
+_INT_FIELDS = ("d_model", "n_layers", "n_heads", "seq_len", "batch_size", "steps_per_domain",
+               "eval_windows", "consolidate_every")
+_PRESET_FIELDS = (*_INT_FIELDS, "lr", "lr_grid", "upgd_grid")
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,15 @@ class TextConfig:
             _int("seed", seed, 0)
         for name in ("evals_per_domain", "max_bytes"):
             _int(name, getattr(self, name), 1)
-        for name in _PRESET_FIELDS[:8]:
+        for name in _INT_FIELDS:
             if getattr(self, name) is not None:
                 _int(name, getattr(self, name), 1)
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("lr_grid", "upgd_grid"):
+            if any(v <= 0 for v in getattr(self, name) or ()):
+                raise ValueError(f"{name} must hold positive learning rates, got "
+                                 f"{getattr(self, name)!r}")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
         if not 0.0 <= self.min_lr_frac <= 1.0:

@@ -29,7 +29,7 @@ from swgl.bench.text.methods import build_method, text_spec
 from swgl.bench.text.model import VOCAB, ByteTransformer
 from swgl.bench.text.stream import SCENARIOS, domain_weights, eval_windows, sample_windows
 
-__all__ = ["lr_lambda", "run_cell"]
+__all__ = ["autocast", "lr_lambda", "run_cell", "sync"]
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,14 @@ def lr_lambda(total: int, warmup_frac: float, min_frac: float):
     return f
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, nothing elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -69,7 +70,7 @@ def _evaluate(model: torch.nn.Module, windows: list[Tensor], device: torch.devic
         total = torch.zeros((), device=device)
         for i in range(0, len(w), chunk):
             b = w[i:i + chunk]
-            with _autocast(device):
+            with autocast(device):
                 logits = model(b[:, :-1])
             total += F.cross_entropy(logits.float(), b[:, 1:], reduction="sum")
         out.append(total / w[:, 1:].numel())
@@ -106,9 +107,13 @@ def run_cell(cfg: TextConfig, scenario: str, method_name: str, seed: int, lr: fl
         w = torch.cat(parts).to(device)
         return w[:, :-1], w[:, 1:], tids.to(device)
 
+    # Enough sequences for the strategy's importance estimate (EWC's fisher_samples, MAS's
+    # samples), else one batch; fixed per (seed, domain).
+    budget = max([int(getattr(method, k, 0)) for k in ("fisher_samples", "samples")] + [B])
+
     def domain_batches(t: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         fixed = torch.Generator().manual_seed(seed * 1000 + t)
-        for _ in range(max(1, -(-int(getattr(method, "fisher_samples", B)) // B))):
+        for _ in range(-(-budget // B)):
             w = sample_windows(train[t], B, L, fixed).to(device)
             yield w[:, :-1], w[:, 1:], torch.full((B,), t, device=device)
 
@@ -120,7 +125,7 @@ def run_cell(cfg: TextConfig, scenario: str, method_name: str, seed: int, lr: fl
     recent: deque = deque(maxlen=_RECENT)
     busy, pseudo = 0.0, 0
     wall = time.perf_counter()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     method.begin_task(0)
     for step in range(total):
@@ -128,7 +133,7 @@ def run_cell(cfg: TextConfig, scenario: str, method_name: str, seed: int, lr: fl
         if boundaries and step % S == 0 and t > 0:
             method.begin_task(t)
         x, y, tids = batch(domain_weights(scenario, step, S, T))
-        with _autocast(device):
+        with autocast(device):
             method.observe(x, y, tids)
         sched.step()
         done = step + 1
@@ -142,7 +147,7 @@ def run_cell(cfg: TextConfig, scenario: str, method_name: str, seed: int, lr: fl
         if boundaries and done % S == 0:
             method.end_task(t, lambda t=t: domain_batches(t))
         if done % S == 0 or done % eval_every == 0:
-            _sync(device)
+            sync(device)
             busy += time.perf_counter() - start
             losses = _evaluate(model, windows, device, chunk)
             curve_steps.append(done)
