@@ -259,6 +259,13 @@ def _cmd_plot(args) -> int:
     results = report.load_results(args.run, args.runs_dir)
     out = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir()
                                                else Path(args.runs_dir) / args.run)
+    if "chosen_lr" in results:  # a text run (swgl.bench.text)
+        from swgl.bench.text import report as text_report
+
+        files = text_report.write_plots(results, out)
+        _console().print(text_report.summary_table(results["summary"], results["run_id"]))
+        _console().print(f"{len(files)} plots in {out}")
+        return 0
     files = report.write_plots(results, out)
     _console().print(report.summary_table(results["summary"], results["run_id"]))
     _console().print(f"{len(files)} plots in {out}")

@@ -272,6 +272,9 @@ def test_cli_runs_the_boundary_free_form(root, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["chosen_lr"]["text-drift"] == {"naive-adamw": 3e-3, "online-ewc": 3e-3,
                                               "swgl-adamw": 0.002}
+    assert cli.main(["plot", out["run_dir"], "--out", str(tmp_path / "plots")]) == 0
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "domain_curves_text-drift.png", "loss_matrix_text-drift.png"]
     assert all(math.isfinite(r["final_loss_mean"]) for r in out["summary"])
 
 
