@@ -103,9 +103,10 @@ def run_cell(cfg: TextConfig, scenario: str, method_name: str, seed: int, lr: fl
         counts = torch.bincount(torch.multinomial(torch.from_numpy(weights), B, True,
                                                   generator=gen), minlength=T)
         parts = [sample_windows(train[j], int(n), L, gen) for j, n in enumerate(counts) if n]
-        tids = torch.cat([torch.full((int(n),), j) for j, n in enumerate(counts) if n])
         w = torch.cat(parts).to(device)
-        return w[:, :-1], w[:, 1:], tids.to(device)
+        # The domain id is the task id with boundaries; in text-drift no method sees it.
+        t = int(weights.argmax()) if boundaries else 0
+        return w[:, :-1], w[:, 1:], torch.full((B,), t, device=device)
 
     # Enough sequences for the strategy's importance estimate (EWC's fisher_samples, MAS's
     # samples), else one batch; fixed per (seed, domain).
