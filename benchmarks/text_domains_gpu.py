@@ -15,9 +15,13 @@ autocast) trains on six Debian text domains (``swgl.bench.text``):
 Steps per domain are chosen from a measured step time so the whole run fits ``--budget-s``
 (unless ``--steps-per-domain`` is given). Writes ``text_gpu.json`` and the loss-matrix and
 per-domain-curve PNGs of both scenarios into ``--out`` (default ``$OUT``, else
-``benchmarks/results/text_gpu``) and prints the tables.
+``benchmarks/results/text_gpu``), the run folders (cells, ``results.json``) under
+``<out>/runs/``, and prints the tables.
 
-    python benchmarks/text_domains_gpu.py                      # on the H200
+A GPU machine without the Debian packages reads a prepared corpus (same splits)::
+
+    python -m swgl.bench.text.prepare runs/text_corpus          # where the packages are
+    PYTHONPATH=src python benchmarks/text_domains_gpu.py --data-dir runs/text_corpus   # H200
     python benchmarks/text_domains_gpu.py --device cpu --size tiny --budget-s 60   # smoke test
 """
 
@@ -159,25 +163,31 @@ def main(argv=None) -> None:
     }
     (out / "text_gpu.json").write_text(json.dumps(result, indent=2))
     for res in (dom, drift):
-        report.write_plots(report.results_dict(res), out)
+        report.write_all(res, plots=False)  # results.json: `swgl plot` redraws anywhere
+        try:
+            report.write_plots(report.results_dict(res), out)
+        except ImportError as exc:
+            log.warning("no plots (%s); redraw with `swgl plot %s --out %s`", exc, res.run_dir,
+                        out)
 
-    from rich.console import Console
-
-    console = Console(width=160)
     r = cfg.resolved()
-    console.print(report.summary_table(
-        dom.summary + drift.summary,
-        f"{result['n_params'] / 1e6:.1f}M params, {r.steps_per_domain} steps/domain x "
-        f"{len(r.domains)} domains, batch {r.batch_size} x {r.seq_len} bytes: test loss "
-        "(nats/byte)"))
+    lines = [f"{result['n_params'] / 1e6:.1f}M params, {r.steps_per_domain} steps/domain x "
+             f"{len(r.domains)} domains, batch {r.batch_size} x {r.seq_len} bytes: test loss "
+             "(nats/byte), mean ± std over seeds"]
+    for row in dom.summary + drift.summary:
+        lines.append(f"{row['scenario']:>12} {row['method']:>18} lr {row['lr']:<7g} final "
+                     f"{row['final_loss_mean']:.4f} ± {row['final_loss_std']:.4f}  forgetting "
+                     f"{row['forgetting_mean']:.4f} ± {row['forgetting_std']:.4f}  learning "
+                     f"{row['learning_loss_mean']:.4f} ± {row['learning_loss_std']:.4f}")
     for label, ms in overhead.items():
-        console.print(f"{label:>18}: {ms:7.2f} ms/step ({100 * (ms / ref - 1):+.1f}% vs AdamW)")
+        lines.append(f"{label:>18}: {ms:7.2f} ms/step ({100 * (ms / ref - 1):+.1f}% vs AdamW)")
     for s, per in goals.items():
         for m, g in per.items():
-            console.print(f"{s} {m}: forgetting {g['forgetting_delta']:+.4f} vs AdamW, "
-                          f"learning loss {100 * g['learning_gap']:+.2f}%, "
-                          f"final {100 * g['final_gap']:+.2f}%")
-    console.print(f"wall {elapsed:.0f} s; results in {out}")
+            lines.append(f"{s} {m}: forgetting {g['forgetting_delta']:+.4f} vs AdamW, "
+                         f"learning loss {100 * g['learning_gap']:+.2f}%, "
+                         f"final {100 * g['final_gap']:+.2f}%")
+    lines.append(f"wall {elapsed:.0f} s; results in {out}")
+    print("\n".join(lines))  # noqa: T201 (a script's output)
 
 
 if __name__ == "__main__":

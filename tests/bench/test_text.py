@@ -287,5 +287,19 @@ def test_cli_refuses_image_flags_and_mixed_scenarios(capsys):
     assert "cannot share a run" in capsys.readouterr().err
 
 
+def test_prepared_corpus_gives_the_same_splits(root, tmp_path):
+    from swgl.bench.text.corpora import DOMAINS, export
+
+    only = {k: DOMAINS[k] for k in ("en", "python")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("swgl.bench.text.corpora.DOMAINS", only)
+        files = export(tmp_path, root, max_bytes=12 * CHUNK)
+    assert [f.name for f in files] == ["en.txt", "python.txt"]
+    for name in only:
+        a = split_bytes(name, read_domain(name, root), 12 * CHUNK)
+        b = split_bytes(name, read_domain(name, tmp_path), 12 * CHUNK)
+        assert all(torch.equal(a.split(s), b.split(s)) for s in ("train", "val", "test"))
+
+
 def test_load_domain_is_cached(root):
     assert load_domain("en", root) is load_domain("en", root)

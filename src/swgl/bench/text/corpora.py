@@ -24,6 +24,11 @@ Splits: a domain's bytes are cut into :data:`CHUNK`-byte chunks; chunk ``k`` is 
 if ``k % 10 == 8``, test if ``k % 10 == 9``, else training. The split never depends on a
 seed, and interleaving spreads every split over all of a domain's files. Domains longer than
 ``max_bytes`` keep evenly spaced chunks (the stdlib is ~30 MB).
+
+Machines without the packages (a GPU box with no network) read a *prepared* corpus:
+``python -m swgl.bench.text.prepare DIR`` writes every domain's kept chunks to
+``DIR/swgl-text/<domain>.txt`` (~16 MB), and a root holding such a file reads it instead of
+the system files, with the same splits.
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK", "DOMAINS", "DomainInfo", "TextSplits", "load_domain", "read_domain",
-           "split_bytes"]
+__all__ = ["CHUNK", "DOMAINS", "PREPARED", "DomainInfo", "TextSplits", "export", "load_domain",
+           "read_domain", "split_bytes"]
 
 log = logging.getLogger(__name__)
 
 CHUNK = 4096
+#: folder below a root holding prepared ``<domain>.txt`` files (see :func:`export`)
+PREPARED = Path("swgl-text")
 _FORTUNES = Path("usr/share/games/fortunes")
 _SKIP_SUFFIXES = (".dat", ".u8", ".pre", "-pre")
 
@@ -158,27 +165,53 @@ DOMAINS: dict[str, DomainInfo] = {
 
 
 def read_domain(name: str, root: str | Path | None = None) -> bytes:
-    """The raw bytes of domain ``name`` below ``root`` (default ``/``)."""
+    """The raw bytes of domain ``name`` below ``root`` (default ``/``); a prepared
+    ``<root>/swgl-text/<name>.txt`` wins over the system files."""
     if name not in DOMAINS:
         raise ValueError(f"domain must be one of {sorted(DOMAINS)}, got {name!r}")
-    return DOMAINS[name].read(Path(root or "/"))
+    root = Path(root or "/")
+    prepared = root / PREPARED / f"{name}.txt"
+    if prepared.is_file():
+        return prepared.read_bytes()
+    return DOMAINS[name].read(root)
 
 
-def split_bytes(name: str, data: bytes, max_bytes: int | None = None) -> TextSplits:
-    """Cut ``data`` into chunks and deal them into train / val / test (see the module doc)."""
+def _kept_chunks(name: str, data: bytes, max_bytes: int | None) -> np.ndarray:
+    """``(n, CHUNK)`` uint8: the whole chunks of ``data``, evenly thinned to ``max_bytes``."""
     n_chunks = len(data) // CHUNK
     if n_chunks < 10:
         raise ValueError(f"domain {name!r} has {len(data)} bytes; at least {10 * CHUNK} needed "
                          "for one validation and one test chunk")
     chunks = np.frombuffer(data, dtype=np.uint8, count=n_chunks * CHUNK).reshape(n_chunks, CHUNK)
-    keep = np.arange(n_chunks)
     if max_bytes is not None and n_chunks * CHUNK > max_bytes:
         n_keep = max(10, max_bytes // CHUNK)
-        keep = np.linspace(0, n_chunks - 1, n_keep).round().astype(np.int64)
-    slot = np.arange(len(keep)) % 10
-    take = {"train": keep[slot < 8], "val": keep[slot == 8], "test": keep[slot == 9]}
+        chunks = chunks[np.linspace(0, n_chunks - 1, n_keep).round().astype(np.int64)]
+    return chunks
+
+
+def split_bytes(name: str, data: bytes, max_bytes: int | None = None) -> TextSplits:
+    """Cut ``data`` into chunks and deal them into train / val / test (see the module doc)."""
+    chunks = _kept_chunks(name, data, max_bytes)
+    slot = np.arange(len(chunks)) % 10
+    take = {"train": slot < 8, "val": slot == 8, "test": slot == 9}
     as_tensor = {k: torch.from_numpy(chunks[v].reshape(-1).copy()) for k, v in take.items()}
     return TextSplits(name, as_tensor["train"], as_tensor["val"], as_tensor["test"])
+
+
+def export(out_root: str | Path, root: str | Path | None = None,
+           max_bytes: int | None = 4 << 20) -> list[Path]:
+    """Write every domain's kept chunks to ``<out_root>/swgl-text/<domain>.txt``.
+
+    Loading them (``data_dir=out_root``) with the same ``max_bytes`` gives the same splits.
+    """
+    folder = Path(out_root) / PREPARED
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in DOMAINS:
+        path = folder / f"{name}.txt"
+        path.write_bytes(_kept_chunks(name, read_domain(name, root), max_bytes).tobytes())
+        written.append(path)
+    return written
 
 
 _CACHE: dict[tuple[str, str, int | None], TextSplits] = {}
@@ -193,3 +226,4 @@ def load_domain(name: str, root: str | Path | None = None,
         log.info("text domain %s: %d bytes", name, len(data))
         _CACHE[key] = split_bytes(name, data, max_bytes)
     return _CACHE[key]
+
