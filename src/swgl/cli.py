@@ -20,6 +20,7 @@ examples:
   swgl bench --no-tune --methods naive-sgd,swgl-fast --variant swgl-fast=swgl-sgd:lr=0.2
   swgl bench --no-tune --methods ewc,si --method-opts ewc.lam=1000,si.c=2 --eval-split val
   swgl bench --list-methods
+  swgl bench --scenario text-domains --seeds 2 --workers 2   # continual LM on Debian text
 """
 
 
@@ -230,6 +231,9 @@ def _bench_parser(sub) -> None:
                    "instead of the table")
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     o.add_argument("--verbose", "-v", action="store_true", help="log each cell")
+    from swgl.bench.text import cli as text_cli
+
+    text_cli.add_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
 
@@ -326,6 +330,12 @@ def _cmd_bench(args) -> int:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
+    from swgl.bench.config import DEFAULT_METHODS
+    from swgl.bench.text import cli as text_cli
+
+    if text_cli.is_text(args.scenarios):
+        return text_cli.run_text(args, DEFAULT_METHODS, _method_options(args.method_opts),
+                                 parse_options(args.swgl_opts, "--swgl-opts"))
     cfg = _config(args)
     opts = _tune_options(args, cfg) if args.tune else None
     total = (tuning.n_cells(cfg, opts) if opts is not None
@@ -379,6 +389,13 @@ def _cmd_plot(args) -> int:
     results = report.load_results(args.run, args.runs_dir)
     out = Path(args.out) if args.out else Path(args.run if Path(args.run).is_dir()
                                                else Path(args.runs_dir) / args.run)
+    if "chosen_lr" in results:  # a text run (swgl.bench.text)
+        from swgl.bench.text import report as text_report
+
+        files = text_report.write_plots(results, out)
+        _console().print(text_report.summary_table(results["summary"], results["run_id"]))
+        _console().print(f"{len(files)} plots in {out}")
+        return 0
     files = report.write_plots(results, out)
     _console().print(report.summary_table(results["summary"], results["run_id"]))
     _console().print(f"{len(files)} plots in {out}")

@@ -18,6 +18,7 @@ from swgl.bench.methods import (
     bgd,
     boundary,
     ewc,
+    l2_init,
     lwf,
     mas,
     mesu,

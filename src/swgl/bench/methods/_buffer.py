@@ -23,7 +23,7 @@ class ReservoirBuffer:
     def add(self, x: Tensor, y: Tensor, tids: Tensor) -> None:
         if self.x is None:
             self.x = x.new_empty((self.capacity, *x.shape[1:]))
-            self.y = y.new_empty((self.capacity,))
+            self.y = y.new_empty((self.capacity, *y.shape[1:]))  # labels or sequences
             self.t = tids.new_empty((self.capacity,))
         for i in range(len(x)):
             if self.seen < self.capacity:
