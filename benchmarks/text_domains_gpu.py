@@ -135,12 +135,12 @@ def main(argv=None) -> None:
         log.info("%d cells: %d steps per domain fit the %.0f s budget", n_cells, steps,
                  args.budget_s)
     cfg = replace(base, steps_per_domain=steps)
-    dom = bench.run(cfg, out_dir=out / "runs", write_reports=False)
+    dom = bench.run(cfg, out_dir=out / "runs")
     log.info("text-domains done at %.0f s", time.perf_counter() - t0)
     chosen = dom.chosen_lr["text-domains"]
     drift_cfg = replace(cfg, scenarios=("text-drift",), methods=DRIFT_METHODS,
                         method_opts={m: {"lr": chosen[m]} for m in DRIFT_METHODS})
-    drift = bench.run(drift_cfg, out_dir=out / "runs", write_reports=False)
+    drift = bench.run(drift_cfg, out_dir=out / "runs")
     elapsed = time.perf_counter() - t0
     log.info("text-drift done at %.0f s", elapsed)
 

@@ -5,5 +5,5 @@ from swgl.functional import swgl
 from swgl.modulator import DEFAULT_RULE, SWGL, SWGLWrapper
 from swgl.rules import RULES
 
-__all__ = ["SWGL", "SWGLWrapper", "swgl", "RULES", "DEFAULT_RULE"]
+__all__ = ["SWGL", "SWGLWrapper", "swgl", "groups", "RULES", "DEFAULT_RULE"]
 __version__ = "0.1.0"

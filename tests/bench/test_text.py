@@ -12,7 +12,7 @@ import torch
 
 from swgl import SWGLWrapper, cli
 from swgl.bench.methods import Context
-from swgl.bench.text import bench, metrics
+from swgl.bench.text import bench, metrics, report
 from swgl.bench.text.config import TextConfig
 from swgl.bench.text.corpora import (
     CHUNK,
@@ -234,6 +234,7 @@ def test_end_to_end_every_method(root, tmp_path):
     cfg = tiny(root, methods=METHODS, lr_grid=(3e-3, 1e-2), upgd_grid=(0.05,),
                method_opts={"ewc": {"lam": 10.0}})
     res = bench.run(cfg, out_dir=tmp_path)
+    report.write_all(res)
     assert len(res.tuning) == 3 * 2 + 1
     for s in cfg.scenarios:
         assert res.chosen_lr[s]["naive-adamw"] in (3e-3, 1e-2)
@@ -256,8 +257,8 @@ def test_end_to_end_every_method(root, tmp_path):
 
 def test_cells_are_reproducible(root, tmp_path):
     cfg = tiny(root, lr_grid=())
-    a = bench.run(cfg, out_dir=tmp_path / "a", write_reports=False).cells[0]
-    b = bench.run(cfg, out_dir=tmp_path / "b", write_reports=False).cells[0]
+    a = bench.run(cfg, out_dir=tmp_path / "a").cells[0]
+    b = bench.run(cfg, out_dir=tmp_path / "b").cells[0]
     assert a["L"] == b["L"] and a["lr"] == b["lr"] == 3e-3
 
 

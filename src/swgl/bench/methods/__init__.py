@@ -41,7 +41,8 @@ __all__ = ["METHODS", "MODULES", "OPTIMIZERS", "Context", "Method", "MethodSpec"
 
 #: The method modules, in the order ``--list-methods`` shows them.
 MODULES: tuple[ModuleType, ...] = (naive, swgl, boundary, ewc, online_ewc, si, mas, replay, agem,
-                                   lwf, upgd, stream_ewc, stream_mas, stream_si, mesu, bgd)
+                                   lwf, upgd, stream_ewc, stream_mas, stream_si, mesu, bgd,
+                                   l2_init)
 
 
 def build_tables(modules: Iterable[ModuleType]) -> tuple[dict[str, MethodSpec],

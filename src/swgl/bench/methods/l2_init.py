@@ -10,11 +10,14 @@ from types import MappingProxyType
 
 from torch import Tensor
 
-from swgl.bench.methods.base import Method, MethodSpec, register
+from swgl.bench.methods.base import Method, MethodSpec
+
+__all__ = ["SPECS", "L2Init"]
 
 
 class L2Init(Method):
     hparams = MappingProxyType({"lam": 0.01})
+    tune_grid = MappingProxyType({"lam": (1e-3, 1e-2, 1e-1)})
 
     def __init__(self, model, optimizer, ctx, options) -> None:
         super().__init__(model, optimizer, ctx, options)
@@ -28,4 +31,4 @@ class L2Init(Method):
         return list(self.init.values())
 
 
-register(MethodSpec("l2-init", L2Init, "adam", description="L2 pull toward the initial weights"))
+SPECS = (MethodSpec("l2-init", L2Init, "adam", description="L2 pull toward the initial weights"),)

@@ -8,7 +8,7 @@
    ``eval_split`` (test by default).
 
 Each finished cell is written atomically to ``<out_dir>/<run-id>/cells/`` and reused with
-``resume=True``; the report files go next to them.
+``resume=True``; :mod:`swgl.bench.text.report` writes the report files next to them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from swgl.bench.methods import OPTIMIZERS
-from swgl.bench.runner import atomic_write_text
+from swgl.bench.results import atomic_write_text
 from swgl.bench.text.config import TextConfig
 from swgl.bench.text.metrics import relative_gap
 from swgl.bench.text.methods import text_spec, tuned_grid
@@ -115,7 +115,7 @@ def _best(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(config: TextConfig, *, out_dir: str | Path = "runs", resume: bool = False,
         on_cell: Callable[[dict[str, Any], bool], None] | None = None,
-        workers: int = 1, write_reports: bool = True) -> TextResults:
+        workers: int = 1) -> TextResults:
     """Tune, then run every cell of ``config``; write ``<out_dir>/<run-id>/``."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
@@ -186,8 +186,4 @@ def run(config: TextConfig, *, out_dir: str | Path = "runs", resume: bool = Fals
               for k in tune_keys]
     cells = [done[k] for k in keys]
     results = TextResults(cfg, run_id, run_dir, chosen, tuning, cells, summarize(cells))
-    if write_reports:
-        from swgl.bench.text import report
-
-        report.write_all(results)
     return results

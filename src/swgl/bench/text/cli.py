@@ -18,8 +18,8 @@ from swgl.bench.text.stream import SCENARIOS
 __all__ = ["add_arguments", "is_text", "run_text"]
 
 #: flags of ``swgl bench`` that only the image scenarios read
-IMAGE_ONLY = ("dataset", "tasks", "train_per_task", "test_per_task", "stream_steps",
-              "stream_batch", "consolidate_every", "variant", "model", "hidden", "epochs",
+IMAGE_ONLY = ("dataset", "n_tasks", "steps_per_task", "train_per_task", "test_per_task",
+              "stream_steps", "stream_batch", "consolidate_every", "variant", "model", "hidden", "epochs",
               "batch_size", "evals_per_task")
 
 
@@ -76,7 +76,8 @@ def _config(args, default_methods: tuple[str, ...], method_opts: dict[str, dict[
         size=args.text_size, domains=tuple(s.strip() for s in args.text_domains.split(",")),
         steps_per_domain=args.steps_per_domain, lr_grid=args.lr_grid,
         method_opts=method_opts, swgl_opts=swgl_opts,
-        eval_split=args.eval_split, device=args.device, data_dir=args.data_dir,
+        eval_split=args.eval_split or "test", device=args.device or "cpu",
+        data_dir=args.data_dir,
     )
 
 
@@ -107,7 +108,7 @@ def run_text(args, default_methods: tuple[str, ...], method_opts: dict[str, dict
         bar.update(1)
 
     results = bench.run(cfg, out_dir=args.out_dir, resume=args.resume, on_cell=on_cell,
-                        workers=args.workers, write_reports=False)
+                        workers=args.workers)
     bar.close()
     report.write_all(results, plots=not args.no_plots)
     if args.json:

@@ -121,9 +121,13 @@ class TextConfig:
             text_spec(m, self)
         self.model_size()
 
+    @property
+    def size_preset(self) -> dict[str, Any]:
+        return SIZES[self.size]
+
     def resolved(self) -> TextConfig:
         """A copy with the size preset filled in (what the run id hashes)."""
-        preset = SIZES[self.size]
+        preset = self.size_preset
         if all(getattr(self, k) is not None for k in _PRESET_FIELDS):
             return self
         return replace(self, **{k: preset[k] if getattr(self, k) is None else getattr(self, k)

@@ -11,17 +11,13 @@ embeddings unmodulated (``max_boost = max_damping = 1``), as in
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from torch import nn
 
 from swgl import SWGLWrapper
 from swgl.bench.methods import METHODS, OPTIMIZERS, Context, Method, MethodSpec
 from swgl.bench.methods.optim import build_optimizer
-from swgl.groups import param_groups
-
-if TYPE_CHECKING:
-    from swgl.bench.text.config import TextConfig
+from swgl import groups as layer_groups
 
 __all__ = ["GROUPED", "UNMODULATED", "build_method", "text_spec", "tuned_grid"]
 
@@ -32,25 +28,24 @@ GROUPED = {"swgl-adamw-groups": "swgl-adamw"}
 _PRESET_OPTIONS = ("fisher_samples", "memory")
 
 
-def text_spec(name: str, cfg: TextConfig) -> MethodSpec:
-    """``name``'s spec with AdamW as base optimizer and ``cfg``'s options applied."""
-    from swgl.bench.text.config import SIZES
-
+def text_spec(name: str, cfg) -> MethodSpec:
+    """``name``'s spec with AdamW as base optimizer and ``cfg``'s options applied (``cfg``: a
+    :class:`~swgl.bench.text.config.TextConfig`, which imports this module)."""
     base = GROUPED.get(name, name)
     if base not in METHODS:
         raise ValueError(f"method must be one of {sorted([*METHODS, *GROUPED])}, got {name!r}")
     spec = METHODS[base]
     spec = replace(spec, name=name, optimizer=spec.optimizer if spec.optimizer == "upgd"
                    else "adamw")
-    preset = SIZES[cfg.size]
+    preset = cfg.size_preset
     options = {k: preset[k] for k in _PRESET_OPTIONS if k in spec.strategy.hparams}
     if spec.swgl is not None:
         options.update({f"swgl.{k}": v for k, v in cfg.swgl_opts.items()})
     options.update(cfg.method_opts.get(name, {}))
-    return spec.with_options(options)
+    return spec.with_options(options, OPTIMIZERS[spec.optimizer])
 
 
-def tuned_grid(name: str, cfg: TextConfig) -> tuple[float, ...]:
+def tuned_grid(name: str, cfg) -> tuple[float, ...]:
     """The learning rates tried for ``name`` (empty: it takes AdamW's tuned lr or a pin)."""
     r = cfg.resolved()
     if "lr" in cfg.method_opts.get(name, {}):
@@ -69,10 +64,11 @@ def build_method(spec: MethodSpec, model: nn.Module, ctx: Context, lr: float) ->
     lr = opts.pop("lr", lr)
     if spec.name in GROUPED:
         info = OPTIMIZERS["adamw"]
-        groups = param_groups(model, biases=UNMODULATED, norms=UNMODULATED,
-                              embeddings=UNMODULATED, for_wrapper=True)
+        groups = layer_groups.param_groups(model, biases=UNMODULATED, norms=UNMODULATED,
+                                           embeddings=UNMODULATED, for_wrapper=True)
         optimizer = SWGLWrapper(groups, base=info.cls,
                                 base_kwargs={"lr": lr, **info.kwargs, **opts}, **spec.swgl)
     else:
-        optimizer = build_optimizer(spec.optimizer, model.parameters(), lr, opts, spec.swgl)
+        optimizer = build_optimizer(OPTIMIZERS[spec.optimizer], model.parameters(), lr, opts,
+                                    spec.swgl)
     return spec.strategy(model, optimizer, ctx, hp)

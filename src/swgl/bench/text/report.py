@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swgl.bench.runner import atomic_write_text
+from swgl.bench.results import atomic_write_text
 from swgl.bench.text.bench import SUMMARY_METRICS, TextResults
 
 if TYPE_CHECKING:
