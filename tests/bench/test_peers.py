@@ -8,8 +8,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from swgl.bench.methods import METHODS, OPTIMIZERS, Context, Method, make_method
-from swgl.bench.methods import bgd, stream_ewc, stream_mas, stream_si
+from swgl.bench.methods import (
+    METHODS,
+    OPTIMIZERS,
+    Context,
+    Method,
+    bgd,
+    make_method,
+    stream_ewc,
+    stream_mas,
+    stream_si,
+)
 from swgl.bench.methods import mesu as mesu_mod
 from swgl.bench.methods.bgd import BGD
 from swgl.bench.methods.mesu import MESU, _mesu_update
@@ -44,7 +53,8 @@ def test_specs_are_registered_data_with_valid_tune_grids():
     for name in PEERS:
         spec = METHODS[name]
         grid = spec.strategy.tune_grid
-        assert grid and set(grid) <= set(spec.valid_options(OPTIMIZERS[spec.optimizer])), (name, grid)
+        valid = set(spec.valid_options(OPTIMIZERS[spec.optimizer]))
+        assert grid and set(grid) <= valid, (name, grid)
         assert all(len(values) >= 2 for values in grid.values())
         # A strategy option must not shadow an optimizer keyword (Adam's eps vs SI's xi).
         opt_keys = set(inspect.signature(OPTIMIZERS[spec.optimizer].cls).parameters)
@@ -64,7 +74,7 @@ def test_trains_a_tiny_model(name):
     method = _method(name, _model(), lr=lr)
     x, y = _data()
     losses = []
-    for epoch in range(12):
+    for _ in range(12):
         for i in range(0, len(x), 16):
             losses.append(float(method.observe(x[i:i + 16], y[i:i + 16], torch.zeros(16))))
     assert all(math.isfinite(v) for v in losses)

@@ -28,8 +28,10 @@ from swgl.bench.text.train import lr_lambda
 
 FORTUNES = Path("usr/share/games/fortunes")
 WORDS = {
-    "en": "the of and to in is you that it he was for on are as with his they".split(),
-    "de": "der die und in den von zu das mit sich des auf ist im dem nicht ein".split(),
+    "en": ["the", "of", "and", "to", "in", "is", "you", "that", "it", "he", "was", "for", "on",
+           "are", "as", "with", "his", "they"],
+    "de": ["der", "die", "und", "in", "den", "von", "zu", "das", "mit", "sich", "des", "auf",
+           "ist", "im", "dem", "nicht", "ein"],
 }
 
 

@@ -15,7 +15,9 @@ def check_range(name: str, value: Any, low: float = -math.inf, high: float = mat
         raise TypeError(f"{name} must be a real number, got {value!r}")
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN, got {value!r}")
-    if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
         left, right = "(" if low_open else "[", ")" if high_open else "]"
         raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value!r}")
     return float(value)

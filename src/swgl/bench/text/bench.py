@@ -27,8 +27,8 @@ import numpy as np
 from swgl.bench.methods import OPTIMIZERS
 from swgl.bench.results import atomic_write_text
 from swgl.bench.text.config import TextConfig
-from swgl.bench.text.metrics import relative_gap
 from swgl.bench.text.methods import text_spec, tuned_grid
+from swgl.bench.text.metrics import relative_gap
 from swgl.bench.text.train import run_cell
 
 __all__ = ["SUMMARY_METRICS", "TIE", "TextResults", "compare", "run", "summarize"]

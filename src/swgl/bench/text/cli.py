@@ -19,8 +19,8 @@ __all__ = ["add_arguments", "is_text", "run_text"]
 
 #: flags of ``swgl bench`` that only the image scenarios read
 IMAGE_ONLY = ("dataset", "n_tasks", "steps_per_task", "train_per_task", "test_per_task",
-              "stream_steps", "stream_batch", "consolidate_every", "variant", "model", "hidden", "epochs",
-              "batch_size", "evals_per_task")
+              "stream_steps", "stream_batch", "consolidate_every", "variant", "model", "hidden",
+              "epochs", "batch_size", "evals_per_task")
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -15,9 +15,9 @@ from dataclasses import replace
 from torch import nn
 
 from swgl import SWGLWrapper
+from swgl import groups as layer_groups
 from swgl.bench.methods import METHODS, OPTIMIZERS, Context, Method, MethodSpec
 from swgl.bench.methods.optim import build_optimizer
-from swgl import groups as layer_groups
 
 __all__ = ["GROUPED", "UNMODULATED", "build_method", "text_spec", "tuned_grid"]
 
