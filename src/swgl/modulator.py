@@ -18,19 +18,15 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import (
-    register_optimizer_step_post_hook,
-    register_optimizer_step_pre_hook,
-)
 
 from swgl import functional
+from swgl.companion import Hooks, find_owners
 from swgl._validate import check_choice, check_range
 from swgl.functional import MODES, SIGNALS
 from swgl.rules import RULES
@@ -43,6 +39,10 @@ DEFAULT_RULE = "v3"
 _UPDATE_RULES = ("v2", "v3")
 #: Prefix of SWGL's keys in the wrapper's param groups and state_dict.
 PREFIX = "swgl_"
+
+
+def _is_swgl(optimizer: Optimizer) -> bool:
+    return isinstance(optimizer, _SWGLBase)
 
 
 def _check_options(group: dict[str, Any], prefix: str = "") -> None:
@@ -328,12 +328,12 @@ class SWGL(_SWGLBase):
         self._fingerprint: tuple[Tensor, Tensor] | None = None
         self._pending_update: list[tuple[Tensor, Tensor, Tensor]] = []
         self._fresh = True
+        self._hooks = Hooks()
+        self._owned: set[int] = set()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.requires_grad:
                     self.state[p].update(self._new_state(p, group))
-        _COMPANIONS.add(self)
-        _ensure_companion_hook()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -361,10 +361,29 @@ class SWGL(_SWGLBase):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._pending_update or not self._hooks.owner_ids:
+            # first step, or no hooked optimizer stepped since the last one (a new base):
+            # the update made since then is rescaled now, and the owners are looked up again
+            _scale_updates(self._pending_update)
+            self._pending_update = []
+            owners = find_owners(self._param_ids, _is_swgl)
+            self._hooks.attach(owners, self._before_base_step, self._after_base_step)
+            self._owned = {id(p) for o in owners for g in o.param_groups for p in g["params"]}
         applied, pending = self._modulate(self._current_grad_scale())
         self._fingerprint = self._take_fingerprint() if applied and self.scaler is None else None
-        self._pending_update = _snapshot(pending)
+        # a param no optimizer holds is never stepped: there is no update to rescale
+        self._pending_update = _snapshot([e for e in pending if id(e[0]) in self._owned])
         return loss
+
+    def _after_base_step(self, base: Optimizer) -> None:
+        """``mode="update"``: rescale what ``base`` did to the params it holds."""
+        if not self._pending_update:
+            return
+        ids = {id(p) for g in base.param_groups for p in g["params"]}
+        mine = [entry for entry in self._pending_update if id(entry[0]) in ids]
+        if mine:
+            _scale_updates(mine)
+            self._pending_update = [e for e in self._pending_update if id(e[0]) not in ids]
 
     def _take_fingerprint(self) -> tuple[Tensor, Tensor] | None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
@@ -624,30 +643,7 @@ def _check_state_dict_layout(state_dict: Any, groups: list[dict[str, Any]]) -> N
         raise ValueError("state_dict['state'] must be a dict")
 
 
-# -- the seed's two-object pattern: checks made when the base optimizer steps ------------------
-
-_COMPANIONS: weakref.WeakSet[SWGL] = weakref.WeakSet()
-_HOOK_INSTALLED = False
-
-
-def _ensure_companion_hook() -> None:
-    global _HOOK_INSTALLED
-    if not _HOOK_INSTALLED:
-        register_optimizer_step_pre_hook(_companion_pre_hook)
-        register_optimizer_step_post_hook(_companion_post_hook)
-        _HOOK_INSTALLED = True
-
-
-def _companion_post_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-    """``mode="update"`` in the two-object pattern: rescale what the base optimizer did."""
-    if isinstance(optimizer, _SWGLBase) or not _COMPANIONS:
-        return
-    ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    for swgl in list(_COMPANIONS):
-        mine = [entry for entry in swgl._pending_update if id(entry[0]) in ids]
-        if mine:
-            _scale_updates(mine)
-            swgl._pending_update = [e for e in swgl._pending_update if id(e[0]) not in ids]
+# -- mode="update": the base optimizer's update, rescaled ----------------------------------
 
 
 def _local(t: Tensor) -> Tensor:
@@ -671,15 +667,6 @@ def _scale_updates(snapshot: list[tuple[Tensor, Tensor, Tensor]]) -> None:
     torch._foreach_mul_(delta, [c.to(d.dtype) for (_, c, _), d in zip(snapshot, delta)])
     torch._foreach_add_(before, delta)
     torch._foreach_copy_(params, before)
-
-
-def _companion_pre_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-    if isinstance(optimizer, _SWGLBase) or not _COMPANIONS:
-        return
-    ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    for swgl in list(_COMPANIONS):
-        if swgl._param_ids & ids:
-            swgl._before_base_step(optimizer)
 
 
 def _called_from_grad_scaler() -> bool:
