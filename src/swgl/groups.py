@@ -128,11 +128,11 @@ def _check_category_options(category: str, options: Any, known: Mapping[str, Any
         raise ValueError(
             f"{category} has unknown SWGL option(s) {unknown}; the options are {sorted(known)}"
         )
-    from swgl.modulator import _check_options
+    from swgl.options import check_options
 
     checked = {**known, **options}
     try:
-        _check_options(checked)
+        check_options(checked)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{category}: {err}") from None
     return {k: checked[k] for k in options}

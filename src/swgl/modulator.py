@@ -19,7 +19,7 @@ import math
 import sys
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,58 +27,18 @@ from torch.optim import Optimizer
 
 from swgl import functional
 from swgl.companion import Hooks, find_owners
-from swgl._validate import check_choice, check_range
-from swgl.functional import MODES, SIGNALS
-from swgl.rules import RULES
+from swgl.options import check_options, hyper
+from swgl.rules import DEFAULT_RULE, RULES
 from swgl.state import STORAGES
 
 __all__ = ["SWGL", "SWGLWrapper", "DEFAULT_RULE"]
 
-DEFAULT_RULE = "v3"
-#: Rules that return per-tensor factors, so they can scale the base optimizer's update.
-_UPDATE_RULES = ("v2", "v3")
 #: Prefix of SWGL's keys in the wrapper's param groups and state_dict.
 PREFIX = "swgl_"
 
 
 def _is_swgl(optimizer: Optimizer) -> bool:
     return isinstance(optimizer, _SWGLBase)
-
-
-def _check_options(group: dict[str, Any], prefix: str = "") -> None:
-    """Validate one param group's SWGL options in place (coercing numbers to float)."""
-    def key(name: str) -> str:
-        return prefix + name
-
-    group[key("rule")] = check_choice(key("rule"), group[key("rule")], RULES)
-    group[key("alpha")] = check_range(key("alpha"), group[key("alpha")], 0.0, 1.0, high_open=True)
-    group[key("lambda_reg")] = check_range(key("lambda_reg"), group[key("lambda_reg")], 0.0)
-    group[key("eps")] = check_range(key("eps"), group[key("eps")], 0.0, low_open=True)
-    group[key("max_boost")] = check_range(key("max_boost"), group[key("max_boost")], 1.0)
-    if group[key("max_boost")] == float("inf"):
-        raise ValueError(f"{key('max_boost')} must be finite, got inf")
-    group[key("signal")] = check_choice(key("signal"), group[key("signal")], SIGNALS)
-    if group[key("mode")] is None:  # the rule's own: v2 scales updates, the seed's rules grads
-        group[key("mode")] = "update" if group[key("rule")] in _UPDATE_RULES else "grad"
-    group[key("mode")] = check_choice(key("mode"), group[key("mode")], MODES)
-    if group[key("mode")] == "update" and group[key("rule")] not in _UPDATE_RULES:
-        raise ValueError(
-            f"{key('mode')}='update' needs rule 'v2' or 'v3'; rule {group[key('rule')]!r} is the "
-            "seed's gradient rule"
-        )
-    if group[key("max_damping")] is not None:
-        group[key("max_damping")] = check_range(key("max_damping"), group[key("max_damping")], 1.0)
-        if group[key("max_damping")] == float("inf"):
-            raise ValueError(f"{key('max_damping')} must be finite, got inf")
-    group[key("shock")] = check_range(key("shock"), group[key("shock")], 0.0)
-    if 0.0 < group[key("shock")] <= 1.0:
-        raise ValueError(f"{key('shock')} must be 0 (off) or > 1, got {group[key('shock')]!r}")
-    group[key("storage")] = check_choice(key("storage"), group[key("storage")], STORAGES)
-    if not isinstance(group[key("foreach")], bool):
-        raise TypeError(f"{key('foreach')} must be a bool, got {group[key('foreach')]!r}")
-    fused = group.setdefault(key("fused"), None)
-    if fused is not None and not isinstance(fused, bool):
-        raise TypeError(f"{key('fused')} must be None or a bool, got {fused!r}")
 
 
 def _check_params(group: dict[str, Any]) -> None:
@@ -106,7 +66,9 @@ class _SWGLBase(Optimizer):
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         init_value = RULES[self._option(group, "rule")].init_value
-        return {**self._storage(group).init(p, init_value), "step": torch.zeros(())}
+        # the step counter lives on the param's device: the default rule reads it there
+        step = torch.zeros((), device=_local(p).device)
+        return {**self._storage(group).init(p, init_value), "step": step}
 
     def stability(self, p: Tensor) -> Tensor:
         """``p``'s stability EMA as an fp32 tensor, whatever the storage format."""
@@ -143,44 +105,49 @@ class _SWGLBase(Optimizer):
         """Hook for the wrapper's 'base has state but SWGL does not' warning."""
 
     @torch.no_grad()
-    def _modulate(self, grad_scale: float = 1.0) -> tuple[bool, list[tuple[Tensor, Tensor]]]:
-        """Run the SWGL pass over every group.
+    def _modulate(self, grad_scale: float = 1.0) -> tuple[bool | Tensor, list[_Pending]]:
+        """Run the rule's ``before`` phase over every group.
 
-        Returns whether it ran (False if non-finite grads made it skip) and, for groups in
-        ``mode="update"``, the (param, factor) pairs to apply to the base optimizer's update.
+        Returns whether it ran (False, or a device flag, if non-finite grads made it skip)
+        and, for groups whose rule has an ``after`` phase, what it needs after the base step.
         """
-        applied = True
-        pending: list[tuple[Tensor, Tensor]] = []
-        pre = self.option_prefix
+        applied: bool | Tensor = True
+        pending: list[_Pending] = []
         for group in self.param_groups:
             params, grads, stabilities, steps = self._gather(group)
-            outcome = functional.swgl(
-                params,
-                grads,
-                stabilities,
-                steps,
-                rule=group[pre + "rule"],
-                alpha=group[pre + "alpha"],
-                lambda_reg=group[pre + "lambda_reg"],
-                eps=group[pre + "eps"],
-                max_boost=group[pre + "max_boost"],
-                signal=group[pre + "signal"],
-                max_damping=group[pre + "max_damping"],
-                mode=group[pre + "mode"],
-                shock=group[pre + "shock"],
-                grad_scale=grad_scale,
-                foreach=group[pre + "foreach"],
-                fused=group.get(pre + "fused"),
-            )
-            if outcome.applied:
-                storage = self._storage(group)
-                owners = [p for p in group["params"] if p.grad is not None]
+            options = self._rule_options(group)
+            outcome = functional.swgl(params, grads, stabilities, steps, **options,
+                                      grad_scale=grad_scale)
+            storage = self._storage(group)
+            owners = [p for p in group["params"] if p.grad is not None]
+            # fp32 state is updated in place (masked on the device); other formats are
+            # stored back only when the step applied, which reads the flag on the host
+            if storage.name != "fp32" and bool(outcome.applied):
                 for p, working in zip(owners, stabilities):
                     storage.store(self.state[p], working)
-                if outcome.factors is not None:
-                    pending.extend(zip(owners, outcome.factors))
-            applied &= outcome.applied
+            if outcome.aux is not None and RULES[options["rule"]].after is not None:
+                pending.append(_Pending(group, owners, outcome.aux))
+            applied = outcome.applied if applied is True else applied & outcome.applied
         return applied, pending
+
+    def _rule_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        pre = self.option_prefix
+        names = ("rule", "alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
+                 "mode", "shock", "foreach", "fused")
+        return {name: group.get(pre + name) for name in names}
+
+    @torch.no_grad()
+    def _after(self, pending: list[_Pending], snapshots: list[list[Tensor] | None]) -> None:
+        """The rule's ``after`` phase for each pending group (the base has stepped)."""
+        for entry, snaps in zip(pending, snapshots):
+            storage = self._storage(entry.group)
+            pre = self.option_prefix
+            functional.swgl_after(
+                entry.params, snaps, [storage.load(self.state[p], p) for p in entry.params],
+                [self.state[p]["step"] for p in entry.params], entry.aux,
+                rule=entry.group[pre + "rule"], hp=hyper(entry.group, pre),
+                foreach=entry.group[pre + "foreach"], fused=entry.group.get(pre + "fused"),
+            )
 
     def stats(self, names: Any = None, quantiles: tuple[float, ...] | None = None):
         """Per-layer summaries of the stability state (see :func:`swgl.stats.layer_stats`).
@@ -243,7 +210,8 @@ class _SWGLBase(Optimizer):
         for index, entry in saved.items():
             p = params[index]
             state = {k: v.detach().to(device=p.device, copy=True) for k, v in entry.items()}
-            state["step"] = entry["step"].detach().to(device="cpu", dtype=torch.float32, copy=True)
+            state["step"] = entry["step"].detach().to(device=_local(p).device,
+                                                      dtype=torch.float32, copy=True)
             self.state[p] = state
 
     def _saved_groups(self, state_dict: dict[str, Any]) -> list[dict[str, Any]]:
@@ -251,7 +219,7 @@ class _SWGLBase(Optimizer):
         merged = []
         for group, saved in zip(self.param_groups, state_dict["param_groups"]):
             options = {**group, **{k: v for k, v in saved.items() if k != "params"}}
-            _check_options(options, self.option_prefix)
+            check_options(options, self.option_prefix)
             merged.append(options)
         return merged
 
@@ -305,7 +273,7 @@ class SWGL(_SWGLBase):
         max_boost: float = 10.0,
         *,
         rule: str = DEFAULT_RULE,
-        signal: str = "utility",
+        signal: str | None = None,
         mode: str | None = None,
         max_damping: float | None = None,
         shock: float = 0.0,
@@ -319,14 +287,14 @@ class SWGL(_SWGLBase):
             signal=signal, mode=mode, max_damping=max_damping, shock=shock,
             storage=storage, foreach=foreach, fused=fused,
         )
-        _check_options(dict(defaults))
+        check_options(dict(defaults))
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         super().__init__(params, defaults)
         self.scaler = scaler
         self._param_ids = {id(p) for g in self.param_groups for p in g["params"]}
         self._fingerprint: tuple[Tensor, Tensor] | None = None
-        self._pending_update: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._pending_update: list[tuple[_Pending, list[Tensor] | None]] = []
         self._fresh = True
         self._hooks = Hooks()
         self._owned: set[int] = set()
@@ -338,7 +306,7 @@ class SWGL(_SWGLBase):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        _check_options(group)
+        check_options(group)
         _check_params(group)
         if hasattr(self, "_param_ids"):
             self._param_ids.update(id(p) for p in group["params"])
@@ -364,26 +332,34 @@ class SWGL(_SWGLBase):
         if self._pending_update or not self._hooks.owner_ids:
             # first step, or no hooked optimizer stepped since the last one (a new base):
             # the update made since then is rescaled now, and the owners are looked up again
-            _scale_updates(self._pending_update)
-            self._pending_update = []
+            if self._pending_update:
+                self._after(*zip(*self._pending_update))
+                self._pending_update = []
             owners = find_owners(self._param_ids, _is_swgl)
             self._hooks.attach(owners, self._before_base_step, self._after_base_step)
             self._owned = {id(p) for o in owners for g in o.param_groups for p in g["params"]}
-        applied, pending = self._modulate(self._current_grad_scale())
-        self._fingerprint = self._take_fingerprint() if applied and self.scaler is None else None
+        _, pending = self._modulate(self._current_grad_scale())
+        self._fingerprint = self._take_fingerprint() if self.scaler is None else None
         # a param no optimizer holds is never stepped: there is no update to rescale
-        self._pending_update = _snapshot([e for e in pending if id(e[0]) in self._owned])
+        pending = [entry.only(self._owned)[0] for entry in pending]
+        self._pending_update = [(e, _snapshot(e)) for e in pending if e.params]
         return loss
 
     def _after_base_step(self, base: Optimizer) -> None:
-        """``mode="update"``: rescale what ``base`` did to the params it holds."""
+        """The rule's ``after`` phase for the params ``base`` holds (it just stepped them)."""
         if not self._pending_update:
             return
         ids = {id(p) for g in base.param_groups for p in g["params"]}
-        mine = [entry for entry in self._pending_update if id(entry[0]) in ids]
+        mine, rest = [], []
+        for entry, snaps in self._pending_update:
+            (taken, taken_snaps), (left, left_snaps) = entry.split(ids, snaps)
+            if taken.params:
+                mine.append((taken, taken_snaps))
+            if left.params:
+                rest.append((left, left_snaps))
         if mine:
-            _scale_updates(mine)
-            self._pending_update = [e for e in self._pending_update if id(e[0]) not in ids]
+            self._after(*zip(*mine))
+        self._pending_update = rest
 
     def _take_fingerprint(self) -> tuple[Tensor, Tensor] | None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
@@ -409,7 +385,8 @@ class SWGL(_SWGLBase):
         if fingerprint is None or not _called_from_grad_scaler():
             return
         grad, seen = fingerprint
-        if not torch.equal(grad.detach().abs().sum(), seen):
+        # nan_to_num: a skipped step (non-finite grads) left the grads as they were
+        if not torch.equal(grad.detach().abs().sum().nan_to_num(), seen.nan_to_num()):
             raise RuntimeError(
                 "SWGL modulated gradients that GradScaler unscaled afterwards: its statistics "
                 "saw scaled gradients. Call scaler.unscale_(base_optimizer) before swgl.step(), "
@@ -462,7 +439,7 @@ class SWGLWrapper(_SWGLBase):
         eps: float = 1e-8,
         max_boost: float = 10.0,
         rule: str = DEFAULT_RULE,
-        signal: str = "utility",
+        signal: str | None = None,
         mode: str | None = None,
         max_damping: float | None = None,
         shock: float = 0.0,
@@ -490,7 +467,7 @@ class SWGLWrapper(_SWGLBase):
                 storage=storage, foreach=foreach, fused=fused,
             ).items()
         }
-        _check_options(dict(defaults), PREFIX)
+        check_options(dict(defaults), PREFIX)
         self.base = base_opt
         self._warned_fresh = False
         self._sharing_groups = False
@@ -502,7 +479,7 @@ class SWGLWrapper(_SWGLBase):
         for group in self.param_groups:
             for key, value in defaults.items():
                 group.setdefault(key, value)
-            _check_options(group, PREFIX)
+            check_options(group, PREFIX)
             _check_params(group)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -513,7 +490,7 @@ class SWGLWrapper(_SWGLBase):
         group = self.param_groups[-1]
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        _check_options(group, PREFIX)
+        check_options(group, PREFIX)
         _check_params(group)
 
     def _on_fresh_state(self, p: Tensor) -> None:
@@ -533,9 +510,9 @@ class SWGLWrapper(_SWGLBase):
             with torch.enable_grad():
                 loss = closure()
         _, pending = self._modulate()
-        snapshot = _snapshot(pending)
+        snapshots = [_snapshot(entry) for entry in pending]
         self.base.step()
-        _scale_updates(snapshot)
+        self._after(pending, snapshots)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -647,26 +624,44 @@ def _check_state_dict_layout(state_dict: Any, groups: list[dict[str, Any]]) -> N
 
 
 def _local(t: Tensor) -> Tensor:
-    """A DTensor's local shard (FSDP2: the factors are computed on shards), else ``t``."""
+    """A DTensor's local shard (FSDP2: the rules run on shards), else ``t``."""
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def _snapshot(pending: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """(param, factor, copy of the param's local shard before the base step) per update."""
-    return [(p, c, _local(p.detach()).clone()) for p, c in pending]
+class _Pending(NamedTuple):
+    """What a group's ``after`` phase needs once the base optimizer has stepped."""
+
+    group: dict[str, Any]
+    params: list[Tensor]
+    aux: list[Tensor]
+
+    def only(self, ids: set[int]) -> tuple[_Pending, _Pending]:
+        """(the part for the params in ``ids``, the rest)."""
+        (taken, _), (left, _) = self.split(ids, None)
+        return taken, left
+
+    def split(self, ids: set[int], snaps: list[Tensor] | None):
+        """((part in ``ids``, its snapshots), (the rest, its snapshots))."""
+        inside = [id(p) in ids for p in self.params]
+        parts = []
+        for want in (True, False):
+            idx = [i for i, flag in enumerate(inside) if flag is want]
+            part = _Pending(self.group, [self.params[i] for i in idx], [self.aux[i] for i in idx])
+            parts.append((part, None if snaps is None else [snaps[i] for i in idx]))
+        return parts[0], parts[1]
 
 
-@torch.no_grad()
-def _scale_updates(snapshot: list[tuple[Tensor, Tensor, Tensor]]) -> None:
-    """w <- w_before + c * (w_after - w_before), for each (param, c, w_before)."""
-    if not snapshot:
-        return
-    params = [_local(p.detach()) for p, _, _ in snapshot]
-    before = [b for _, _, b in snapshot]
-    delta = torch._foreach_sub(params, before)
-    torch._foreach_mul_(delta, [c.to(d.dtype) for (_, c, _), d in zip(snapshot, delta)])
-    torch._foreach_add_(before, delta)
-    torch._foreach_copy_(params, before)
+def _snapshot(entry: _Pending) -> list[Tensor] | None:
+    """Copies of the params' local shards before the base step, if the rule needs them (one
+    multi-tensor launch; ``* 1.0`` keeps -0.0 and NaN as they are)."""
+    rule = RULES[entry.group[_prefix_of(entry.group) + "rule"]]
+    if not rule.snapshot or not entry.params:
+        return None
+    return list(torch._foreach_mul([_local(p.detach()) for p in entry.params], 1.0))
+
+
+def _prefix_of(group: dict[str, Any]) -> str:
+    return PREFIX if PREFIX + "rule" in group else ""
 
 
 def _called_from_grad_scaler() -> bool:
