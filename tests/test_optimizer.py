@@ -664,3 +664,73 @@ def test_no_process_global_optimizer_hooks():
     after = (len(torch_optimizer._global_optimizer_pre_hooks),
              len(torch_optimizer._global_optimizer_post_hooks))
     assert after == before
+
+
+# -- the default step waits for the host nowhere -------------------------------------------------
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Counts Tensor.item / tolist / __bool__ / __float__ / __int__ calls (each a host sync
+    on a device)."""
+    calls = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name):
+            calls.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("api", ["two-object", "wrapper"])
+def test_the_default_cpu_step_never_reads_a_tensor_on_the_host(api, host_reads):
+    model = _model()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)  # torch's SGD reads nothing either
+    swgl = SWGL(model.parameters()) if api == "two-object" else SWGL.wrap(base)
+    batches = _batches(4)
+    for i, batch in enumerate(batches):
+        if i == 2:
+            host_reads.clear()  # the first steps find the base and build the state
+        (base if api == "two-object" else swgl).zero_grad()
+        _loss(model, batch).backward()
+        if i == 3:
+            next(model.parameters()).grad[0] = float("nan")  # a skipped step reads nothing too
+        swgl.step()
+        if api == "two-object":
+            base.step()
+    assert host_reads == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("api", ["two-object", "wrapper", "swgl.optim"])
+def test_the_default_cuda_step_never_syncs(api):
+    """torch.cuda.set_sync_debug_mode("error") raises on any host sync, a skipped
+    (non-finite) step included; fused torch AdamW as the base syncs nowhere either."""
+    import swgl.optim
+
+    model = _model().cuda()
+    if api == "swgl.optim":
+        base = opt = swgl.optim.AdamW(model.parameters(), lr=1e-3)
+    else:
+        base = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        opt = SWGL(model.parameters()) if api == "two-object" else SWGL.wrap(base)
+    batches = [(x.cuda(), y.cuda()) for x, y in _batches(4)]
+    for i, batch in enumerate(batches):
+        base.zero_grad()
+        _loss(model, batch).backward()
+        if i == 3:
+            next(model.parameters()).grad[0] = float("nan")
+        if i >= 2:  # the first steps find the base, build the state and compile the kernels
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+            if api == "two-object":
+                base.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    if api == "swgl.optim":  # it skips a non-finite step itself (the others leave it to AMP)
+        assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -145,12 +145,14 @@ def _after_single(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context)
 
 def _signal_foreach(g32, w, hp: Hyper, ctx: Context) -> list[Tensor]:
     if hp.signal == "relative":
-        sq = torch.stack(torch._foreach_norm(w, 2)).square()
-        numels = torch.tensor([ctx.numel(i, t) for i, t in enumerate(w)], dtype=sq.dtype)
-        delta = (ctx.reduce_sum(sq) / numels.to(sq.device)).sqrt_().mul_(WEIGHT_FLOOR)
-        delta.add_(hp.eps)
+        sq = ctx.reduce_sum(torch.stack(torch._foreach_norm(w, 2)).square())
+        # per-tensor scalars as Python numbers: no host-to-device copy
+        mean_sq = torch._foreach_div(list(sq.unbind()), [ctx.numel(i, t) for i, t in enumerate(w)])
+        delta = torch._foreach_sqrt(mean_sq)
+        torch._foreach_mul_(delta, WEIGHT_FLOOR)
+        torch._foreach_add_(delta, hp.eps)
         denom = torch._foreach_abs(w)
-        torch._foreach_add_(denom, list(delta.unbind()))
+        torch._foreach_add_(denom, delta)
         r = torch._foreach_abs(g32)
         torch._foreach_div_(r, denom)
     elif hp.signal == "utility":
@@ -176,8 +178,9 @@ def _log_sums(s: list[Tensor], ctx: Context) -> tuple[Tensor, Tensor]:
     torch._foreach_log_(x)
     torch._foreach_sub_(x, list(peak.unbind()))
     below = torch.stack([t.sum() for t in x]).double()
-    counts = torch.stack([torch.count_nonzero(t) for t in s]).double()
-    zeros = torch.tensor([t.numel() for t in s], device=counts.device) - counts
+    nonzero = [torch.count_nonzero(t) for t in s]
+    counts = torch.stack(nonzero).double()
+    zeros = torch.stack([t.numel() - n for t, n in zip(s, nonzero)]).double()
     peak = peak.double()
     totals = below - (LOG_FLT_MIN - peak) * zeros + counts * peak
     return ctx.reduce_sum(totals.float()), ctx.reduce_sum(counts.float())
