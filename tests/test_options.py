@@ -131,3 +131,51 @@ def test_on_task_boundary_resets_swgl_state_only():
     assert float(opt.state[model[0].weight]["step"]) == 0
     assert torch.equal(opt.state[model[0].weight]["stability"], torch.zeros(8, 6))
     assert torch.equal(base.state[model[0].weight]["exp_avg"], adam)
+
+
+# -- issue 13: options that mean something ------------------------------------------------------
+
+
+def _trained(**options):
+    model = _model()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    swgl = SWGL(model.parameters(), **options)
+    for batch in _batches(4):
+        base.zero_grad()
+        _loss(model, batch).backward()
+        swgl.step()
+        base.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("option, value", [("alpha", 0.5), ("max_boost", 2.0)])
+def test_a_seed_option_changes_the_default_rules_training(option, value):
+    assert not torch.equal(_trained(), _trained(**{option: value}))
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: under v3 lambda_reg and eps change nothing; "
+                   "the next default rule (issue 12) is to give them a meaning")
+@pytest.mark.parametrize("option, value", [("lambda_reg", 0.5), ("eps", 0.1)])
+def test_lambda_reg_and_eps_change_the_default_rules_training(option, value):
+    assert not torch.equal(_trained(), _trained(**{option: value}))
+
+
+def test_the_seed_quick_start_runs_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _trained(alpha=0.99, lambda_reg=0.01, max_boost=10.0)
+
+
+@pytest.mark.parametrize("option, value", [("signal", "fisher"), ("max_damping", 2.0),
+                                           ("shock", 2.0)])
+@pytest.mark.parametrize("rule", ["v1", "v1-paper"])
+def test_an_option_the_rule_ignores_is_rejected(rule, option, value):
+    with pytest.raises(ValueError, match=f"{option}=.* means nothing to rule '{rule}'"):
+        SWGL(_model().parameters(), rule=rule, **{option: value})
+
+
+def test_shock_is_deprecated():
+    with pytest.warns(DeprecationWarning, match="shock is deprecated"):
+        SWGL(_model().parameters(), shock=3.0)

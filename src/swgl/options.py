@@ -4,11 +4,23 @@
 An option that the group's rule does not read (:attr:`swgl.rules.Rule.options`) must be left
 unset: ``SWGL(params, rule="v1", signal="fisher")`` raises instead of ignoring ``signal``.
 Options left unset (None) take the rule's default: ``mode`` its first mode, ``signal``
-``"utility"`` (chosen by measurement, docs/results.md).
+``"utility"`` (chosen by measurement, docs/results.md). ``shock`` is deprecated (measured
+useless, CHANGELOG.md).
+
+What each of the seed's options does under the default rule (v3):
+
+* ``alpha``: the EMA's decay (memory of about ``1 / (1 - alpha)`` steps);
+* ``max_boost``: the damping floor: the most volatile elements move ``1/max_boost`` as far as
+  the base optimizer makes them (``max_damping`` overrides it);
+* ``lambda_reg`` and ``eps``: **nothing yet** under v3 (``lambda_reg``'s term is capped at
+  ``max_boost - 1 = 0`` by v3's ceiling; ``eps`` is only the ``relative`` signal's floor). They
+  keep their meaning under v1/v2; the next default rule (issue 12) is to give ``lambda_reg``
+  the strength of its pull toward an anchor.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from swgl._validate import check_choice, check_range
@@ -78,6 +90,12 @@ def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = 
     number("shock", 0.0)
     if 0.0 < group[key("shock")] <= 1.0:
         raise ValueError(f"{shown('shock')} must be 0 (off) or > 1, got {group[key('shock')]!r}")
+    if group[key("shock")] > 0.0:
+        warnings.warn(
+            f"{shown('shock')} is deprecated: measured useless (docs/results.md, drift: it never "
+            "helped online accuracy); it will be removed, see CHANGELOG.md",
+            DeprecationWarning, stacklevel=4,
+        )
     if math_only:
         return
     from swgl.state import STORAGES
