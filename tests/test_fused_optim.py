@@ -14,8 +14,7 @@ import pytest
 import torch
 
 import swgl.optim
-from swgl import kernels
-from swgl.modulator import SWGL
+from swgl import SWGL, kernels
 from swgl.rules import RULES
 
 RULE_NAMES = tuple(RULES)

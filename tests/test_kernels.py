@@ -17,9 +17,8 @@ import pytest
 import torch
 
 from rulecall import before
-from swgl import kernels
+from swgl import SWGL, kernels
 from swgl.functional import swgl as swgl_fn
-from swgl.modulator import SWGL
 from swgl.rules import RULES, Context, Hyper
 
 RULE_NAMES = tuple(RULES)
@@ -195,7 +194,7 @@ def test_fused_true_without_triton_raises():
                 fused=True)
 
 
-def test_modulator_checks_fused_option():
+def test_swgl_checks_fused_option():
     with pytest.raises(TypeError, match="fused"):
         SWGL([torch.nn.Parameter(torch.randn(3))], fused="yes")
     opt = SWGL([torch.nn.Parameter(torch.randn(3))], fused=False)

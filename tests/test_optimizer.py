@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from swgl import SWGL, SWGLWrapper
-from swgl.modulator import DEFAULT_RULE
+from swgl import DEFAULT_RULE, SWGL, SWGLWrapper
 from toy import toy_batches as _batches
 from toy import toy_loss as _loss
 from toy import toy_model as _model

@@ -65,7 +65,7 @@ _EMBEDDING_NAME = re.compile(r"Embedding", re.IGNORECASE)
 
 def swgl_options() -> dict[str, Any]:
     """SWGL's per-group options and their defaults, read from :class:`swgl.SWGL`'s signature."""
-    from swgl.modulator import SWGL
+    from swgl.two_object import SWGL
 
     skip = {"self", "params", "scaler"}
     return {
@@ -158,7 +158,7 @@ def param_groups(
     """
     if not isinstance(for_wrapper, bool):
         raise TypeError(f"for_wrapper must be a bool, got {for_wrapper!r}")
-    from swgl.modulator import PREFIX
+    from swgl.base import PREFIX
 
     known = swgl_options()
     given = dict(weights=weights, biases=biases, norms=norms, embeddings=embeddings)

@@ -81,11 +81,9 @@ def find_swgl(optimizer: Any) -> Optimizer:
     Lightning's ``LightningOptimizer`` keeps it as ``_optimizer`` and accelerate's
     ``AcceleratedOptimizer`` (the HF Trainer's) as ``optimizer``.
     """
-    from swgl.modulator import _SWGLBase
-
     seen = optimizer
     for _ in range(4):
-        if isinstance(seen, _SWGLBase):
+        if getattr(type(seen), "is_swgl", False):  # SWGLBase's flag: no import cycle
             return seen
         seen = getattr(seen, "_optimizer", None) or getattr(seen, "optimizer", None)
     raise TypeError(

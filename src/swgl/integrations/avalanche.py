@@ -17,8 +17,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from swgl.modulator import SWGL
 from swgl.options import check_options
+from swgl.two_object import SWGL
 
 __all__ = ["SWGLPlugin"]
 

@@ -37,9 +37,9 @@ it where ``c = 1``.
 
 Numerics and syncs. ``single`` is the readable reference and sums logs in fp64. ``foreach``
 and ``fused`` never wait for the host: the step counters, the bias corrections and ``m`` stay
-on the device, and the logs are summed in fp32 per tensor, shifted by the tensor's ``log max s``
-(``_log_sums``). A non-finite
-flag (``Context.found``) leaves the EMA and the grads untouched, masked on the device.
+on the device, and the logs are summed in fp32 by ``torch.sum`` per tensor (``_log_sums``).
+A non-finite flag (``Context.found``) leaves the EMA and the grads untouched, masked on the
+device.
 """
 
 from __future__ import annotations
@@ -78,7 +78,10 @@ def reference(log_sums: Tensor, counts: Tensor) -> Tensor:
 
 def _commit(out: Tensor, new: Tensor, ok: Tensor | None) -> None:
     """``out = new``, or ``out`` unchanged where the step is skipped (no host sync)."""
-    out.copy_(new if ok is None else torch.where(ok, new, out))
+    if ok is None or new.dtype != out.dtype:
+        out.copy_(new if ok is None else torch.where(ok, new, out))
+    else:
+        torch.where(ok, new, out, out=out)
 
 
 # -- single: per tensor, the readable reference ---------------------------------------------
@@ -168,21 +171,17 @@ def _log_sums(s: list[Tensor], ctx: Context) -> tuple[Tensor, Tensor]:
     """Per tensor: the sum of ``log s`` over ``s > 0`` and the count of ``s > 0``, in fp32
     without a host sync (see the module docstring).
 
-    The logs are shifted by the tensor's ``log max s`` (terms <= 0, small where ``s`` is near
-    its peak) and summed by ``torch.sum``, whose tree reduction stays accurate at millions of
-    elements (``_foreach_norm``'s running fp32 sum drifts by percents there); each zero adds
-    the known ``log(FLT_MIN / max s)``, taken out again. Counts are exact int64.
+    Exact zeros are lifted to the smallest positive fp32 before the log and their known terms
+    taken out again; ``torch.sum``'s tree reduction stays accurate at millions of elements
+    (``_foreach_norm``'s running fp32 sum drifts by percents there). Counts are exact int64.
     """
-    peak = torch.stack(torch._foreach_norm(s, float("inf"))).clamp_(min=FLT_MIN).log_()
     x = torch._foreach_clamp_min(s, FLT_MIN)
     torch._foreach_log_(x)
-    torch._foreach_sub_(x, list(peak.unbind()))
-    below = torch.stack([t.sum() for t in x]).double()
+    sums = torch.stack([t.sum() for t in x]).double()
     nonzero = [torch.count_nonzero(t) for t in s]
     counts = torch.stack(nonzero).double()
     zeros = torch.stack([t.numel() - n for t, n in zip(s, nonzero)]).double()
-    peak = peak.double()
-    totals = below - (LOG_FLT_MIN - peak) * zeros + counts * peak
+    totals = sums - zeros * LOG_FLT_MIN
     return ctx.reduce_sum(totals.float()), ctx.reduce_sum(counts.float())
 
 
