@@ -55,10 +55,15 @@ class SWGLBase(Optimizer):
         return STORAGES[self._option(group, "storage")]
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        init_value = RULES[self._option(group, "rule")].init_value
+        rule = RULES[self._option(group, "rule")]
         # the step counter lives on the param's device: the default rule reads it there
         step = torch.zeros((), device=local(p).device)
-        return {**self._storage(group).init(p, init_value), "step": step}
+        # the storage format takes the first state tensor; the others are plain fp32
+        extra = {name: _fresh(p, init) for name, init in rule.state[1:]}
+        return {**self._storage(group).init(p, rule.init_value), **extra, "step": step}
+
+    def _extra_names(self, group: dict[str, Any]) -> list[str]:
+        return [name for name, _ in RULES[self._option(group, "rule")].state[1:]]
 
     def stability(self, p: Tensor) -> Tensor:
         """``p``'s stability EMA as an fp32 tensor, whatever the storage format."""
@@ -89,7 +94,9 @@ class SWGLBase(Optimizer):
             grads.append(p.grad)
             stabilities.append(storage.load(state, p))
             steps.append(state["step"])
-        return params, grads, stabilities, steps
+        extra = {name: [self.state[p][name] for p in group["params"] if p.grad is not None]
+                 for name in self._extra_names(group)}
+        return params, grads, stabilities, steps, extra
 
     def _on_fresh_state(self, p: Tensor) -> None:
         """Hook for the wrapper's 'base has state but SWGL does not' warning."""
@@ -104,10 +111,10 @@ class SWGLBase(Optimizer):
         applied: bool | Tensor = True
         pending: list[Pending] = []
         for group in self.param_groups:
-            params, grads, stabilities, steps = self._gather(group)
+            params, grads, stabilities, steps, extra = self._gather(group)
             options = self._rule_options(group)
             outcome = functional.swgl(params, grads, stabilities, steps, **options,
-                                      grad_scale=grad_scale)
+                                      grad_scale=grad_scale, extra_state=extra)
             storage = self._storage(group)
             owners = [p for p in group["params"] if p.grad is not None]
             # fp32 state is updated in place (masked on the device); other formats are
@@ -137,6 +144,8 @@ class SWGLBase(Optimizer):
                 [self.state[p]["step"] for p in entry.params], entry.aux,
                 rule=entry.group[pre + "rule"], hp=hyper(entry.group, pre),
                 foreach=entry.group[pre + "foreach"], fused=entry.group.get(pre + "fused"),
+                extra_state={name: [self.state[p][name] for p in entry.params]
+                             for name in self._extra_names(entry.group)},
             )
 
     def stats(self, names: Any = None, quantiles: tuple[float, ...] | None = None):
@@ -181,7 +190,8 @@ class SWGLBase(Optimizer):
                 )
             p, saved_group = owners[index]
             storage = STORAGES[saved_group[self.option_prefix + "storage"]]
-            expected = {*storage.keys, "step"}
+            extra = [name for name, _ in RULES[saved_group[self.option_prefix + "rule"]].state[1:]]
+            expected = {*storage.keys, *extra, "step"}
             if not isinstance(entry, dict) or set(entry) != expected:
                 keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
                 raise ValueError(
@@ -238,6 +248,15 @@ class Pending(NamedTuple):
             part = Pending(self.group, [self.params[i] for i in idx], [self.aux[i] for i in idx])
             parts.append((part, None if snaps is None else [snaps[i] for i in idx]))
         return parts[0], parts[1]
+
+
+def _fresh(p: Tensor, init: float | str) -> Tensor:
+    """A rule's extra state tensor: filled with ``init``, or a copy of ``p`` (``"param"``)."""
+    if init == "param":
+        return local(p.detach()).to(torch.float32, memory_format=torch.contiguous_format,
+                                    copy=True)
+    return torch.full_like(local(p.detach()), init, dtype=torch.float32,
+                           memory_format=torch.contiguous_format)
 
 
 def snapshot(entry: Pending) -> list[Tensor] | None:

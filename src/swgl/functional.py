@@ -73,11 +73,13 @@ def swgl(
     grad_scale: float = 1.0,
     foreach: bool = True,
     fused: bool | None = None,
+    extra_state: dict[str, list[Tensor]] | None = None,
 ) -> Outcome:
     """A rule's phase before the base step: update ``stabilities``, modulate ``grads`` in place
     (``mode="grad"``) and return what :func:`swgl_after` needs (``mode="update"``).
 
-    ``stabilities`` are fp32 working tensors shaped like ``params`` (see :mod:`swgl.state`);
+    ``stabilities`` are fp32 working tensors shaped like ``params`` (see :mod:`swgl.state`),
+    ``extra_state`` the lists of the rule's further state tensors by name;
     ``steps`` are the per-tensor step counters, incremented here and only on calls that update
     the state. ``grad_scale`` is the loss scale the grads still carry. The math of each rule is
     in :mod:`swgl.rules`.
@@ -98,7 +100,7 @@ def swgl(
     rule_ = RULES[rule]
     hp = rule_.hyper(hp)
     impl = _pick(rule_.before, rule, params, hp, foreach, fused)
-    state = {"stability": stabilities}
+    state = {"stability": stabilities, **(extra_state or {})}
     dtensor = _dtensor_type()
     if dtensor is not None and any(isinstance(p, dtensor) for p in params):
         return _swgl_dtensor(params, grads, state, steps, hp, impl, grad_scale)
@@ -145,6 +147,7 @@ def swgl_after(
     hp: Hyper,
     foreach: bool = True,
     fused: bool | None = None,
+    extra_state: dict[str, list[Tensor]] | None = None,
 ) -> None:
     """A rule's phase after the base optimizer's step (``mode="update"``: rescale the update),
     with the ``aux`` that :func:`swgl` returned and, for rules that need them, ``snapshots``
@@ -157,8 +160,9 @@ def swgl_after(
     hp = RULES[rule].hyper(hp)
     local = [_local(t) for t in params]
     impl = _pick(variants, rule, local, hp, foreach, fused)
-    impl(local, snapshots, {"stability": [_local(s) for s in stabilities]}, steps, aux, hp,
-         Context())
+    state = {name: [_local(t) for t in ts]
+             for name, ts in {"stability": stabilities, **(extra_state or {})}.items()}
+    impl(local, snapshots, state, steps, aux, hp, Context())
 
 
 def _local(t: Tensor) -> Tensor:
@@ -235,7 +239,8 @@ def _swgl_dtensor(params, grads, state, steps, hp, impl, grad_scale) -> Outcome:
             )
         bucket_aux = impl(
             [local(params[i]) for i in idx], [grads_local[i] for i in idx],
-            {"stability": [local(stabilities[i]) for i in idx]}, [steps[i] for i in idx], hp, ctx,
+            {name: [local(ts[i]) for i in idx] for name, ts in state.items()},
+            [steps[i] for i in idx], hp, ctx,
         )
         for i, m in zip(idx, bucket_aux or ()):
             aux[i] = m
