@@ -51,6 +51,9 @@ def check_swgl(options: Any, base: dict[str, Any] | None = None) -> dict[str, An
                                                          "max_boost")}}
     checked = {**base, **options}
     check_options(checked, math_only=True, label="swgl['{}']")
+    if len(RULES[checked["rule"]].state) > 1:
+        raise ValueError(f"swgl['rule']={checked['rule']!r} keeps several state tensors; "
+                         "swgl.optim runs rules with one (use SWGL.wrap(base))")
     return checked
 
 
