@@ -9,6 +9,7 @@ so the seed's monitoring loop (``swgl.state[p]['stability']``) works with either
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -22,7 +23,7 @@ from swgl.rules import RULES
 from swgl.state import STORAGES
 from swgl.stats import DEFAULT_QUANTILES, layer_stats
 
-__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "local", "snapshot"]
+__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "local", "run_closure", "snapshot"]
 
 #: Prefix of SWGL's keys in the wrapper's param groups and state_dict.
 PREFIX = "swgl_"
@@ -248,6 +249,14 @@ class Pending(NamedTuple):
             part = Pending(self.group, [self.params[i] for i in idx], [self.aux[i] for i in idx])
             parts.append((part, None if snaps is None else [snaps[i] for i in idx]))
         return parts[0], parts[1]
+
+
+def run_closure(closure: Callable[[], Any] | None) -> Any:
+    """``closure()`` with gradients enabled (the step runs under no_grad), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _fresh(p: Tensor, init: float | str) -> Tensor:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from swgl.base import Pending, SWGLBase, check_params, snapshot
+from swgl.base import Pending, SWGLBase, check_params, run_closure, snapshot
 from swgl.checkpoint import by_position, check_state_dict_layout
 from swgl.companion import Hooks, find_owners
 from swgl.options import check_options
@@ -135,10 +135,7 @@ class SWGL(SWGLBase):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Modulate the grads in place. Call before ``base_optimizer.step()``."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         if self._pending_update or not self._hooks.owner_ids:
             # first step, or no hooked optimizer stepped since the last one (a new base):
             # the update made since then is rescaled now, and the owners are looked up again

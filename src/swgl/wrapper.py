@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from swgl.base import PREFIX, SWGLBase, check_params, snapshot
+from swgl.base import PREFIX, SWGLBase, check_params, run_closure, snapshot
 from swgl.checkpoint import by_position, check_state_dict_layout
 from swgl.options import check_options
 from swgl.rules import DEFAULT_RULE
@@ -115,10 +115,7 @@ class SWGLWrapper(SWGLBase):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run ``closure`` (forward and backward), modulate the grads, then step the base."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         _, pending = self._modulate()
         snapshots = [snapshot(entry) for entry in pending]
         self.base.step()

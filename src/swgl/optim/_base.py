@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl import kernels
+from swgl.base import run_closure
 from swgl.functional import all_finite
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
@@ -128,10 +129,7 @@ class SWGLOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         work = [(group, self._gather(group)) for group in self.param_groups]
         work = [(group, lists) for group, lists in work if lists[0]]
         if not work:
