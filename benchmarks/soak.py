@@ -42,7 +42,8 @@ from swgl.bench.data import load_dataset
 from swgl.bench.models import build_model
 from swgl.bench.scenarios import ScenarioOptions, build_scenario
 from swgl.cli import parse_options
-from swgl.rules import R_MAX, Hyper
+from swgl.rules import Hyper
+from swgl.rules.normalised import R_MAX
 from swgl.stats import SCALES
 
 #: The largest factor of each rule (v1-paper's 1/s is unbounded: its check is vacuous).

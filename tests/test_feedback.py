@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from swgl import SWGL, SWGLWrapper
-from swgl.rules import WEIGHT_FLOOR
+from swgl.rules.normalised import WEIGHT_FLOOR
 
 ALPHA, EPS, STEPS = 0.9, 1e-8, 4
 
@@ -34,9 +34,9 @@ def _grads(shapes, step: int) -> list[torch.Tensor]:
 
 
 CASES = [
-    ("v1", "relative", "grad", True),
-    ("v1", "relative", "grad", False),
-    ("v1-paper", "relative", "grad", True),
+    ("v1", None, "grad", True),  # the seed's rules read no signal option
+    ("v1", None, "grad", False),
+    ("v1-paper", None, "grad", True),
     ("v2", "relative", "grad", True),
     ("v2", "relative", "grad", False),
     ("v2", "utility", "grad", True),

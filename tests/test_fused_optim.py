@@ -1,7 +1,7 @@
 """swgl.optim.AdamW / SGD: SWGL fused into the optimizer step.
 
-* foreach fallback (everywhere): mode "grad" equals SWGL (foreach) followed by torch's
-  optimizer; mode "update" equals a per-tensor reference written out here.
+* foreach fallback (everywhere): equals ``SWGL.wrap(torch optimizer)`` in every rule and mode
+  (mode "grad" also equals the two-object pattern).
 * Triton path (CUDA + Triton, or TRITON_INTERPRET=1): equals the foreach fallback, skips
   non-finite steps without a host sync.
 """
@@ -14,18 +14,17 @@ import pytest
 import torch
 
 import swgl.optim
-from swgl import kernels
-from swgl.modulator import SWGL
-from swgl.optim._coeffs import COEFFS
-from swgl.rules import RULES, Context, Hyper
+from swgl import SWGL, kernels
+from swgl.rules import RULES
 
-RULE_NAMES = ("v1", "v1-paper", "v2")
+RULE_NAMES = tuple(RULES)
+MODES = [(rule, mode) for rule in RULE_NAMES for mode in RULES[rule].modes]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 needs_kernels = pytest.mark.skipif(
     not kernels.runs_on(torch.device(DEV)),
     reason="needs CUDA and Triton (or TRITON_INTERPRET=1 with Triton installed)",
 )
-SW = dict(alpha=0.9, lambda_reg=0.05, eps=1e-8, max_boost=10.0, signal="utility")
+SW = dict(alpha=0.9, lambda_reg=0.05, eps=1e-8, max_boost=10.0)
 ADAMW = dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1)
 SGD_KW = [
     dict(lr=1e-2, momentum=0.9, dampening=0.1, weight_decay=0.1),
@@ -54,9 +53,13 @@ def _max_diff(a, b):
                                                                             b.parameters()))
 
 
+def _sw(rule):
+    return {**SW, **({"signal": "relative"} if "signal" in RULES[rule].options else {})}
+
+
 def _make(kind, params, rule, mode="grad", fused=False, **kw):
     cls = swgl.optim.AdamW if kind == "adamw" else swgl.optim.SGD
-    return cls(params, **kw, swgl=dict(rule=rule, mode=mode, **SW), fused=fused)
+    return cls(params, **kw, swgl=dict(rule=rule, mode=mode, **_sw(rule)), fused=fused)
 
 
 # -- foreach fallback -------------------------------------------------------------------------
@@ -73,7 +76,7 @@ def test_grad_mode_equals_swgl_then_torch_optimizer(rule, kind):
         kw = SGD_KW[int(kind[-1])]
         opt = _make("sgd", fused_net.parameters(), rule, **kw)
         base = torch.optim.SGD(ref_net.parameters(), **kw)
-    mod = SWGL(ref_net.parameters(), rule=rule, mode="grad", **SW)
+    mod = SWGL(ref_net.parameters(), rule=rule, mode="grad", **_sw(rule))
     for i in range(5):
         _backward(fused_net, i)
         _backward(ref_net, i)
@@ -85,75 +88,33 @@ def test_grad_mode_equals_swgl_then_torch_optimizer(rule, kind):
     assert _max_diff(fused_net, ref_net) < 1e-6
 
 
-@pytest.mark.parametrize("rule", RULE_NAMES)
-def test_coefficients_reproduce_the_rule(rule):
-    gen = torch.Generator().manual_seed(0)
-    shapes = [(5,), (7, 13)]
-    params = [torch.randn(s, generator=gen) for s in shapes]
-    grads = [torch.randn(s, generator=gen) for s in shapes]
-    stabs = [torch.rand(s, generator=gen) + 0.5 for s in shapes]
-    steps = [torch.tensor(3.0)] * 2
-    hp = Hyper(**SW)
-    for scale in (1.0, 16.0):
-        ref_g, ref_s = [g.clone() for g in grads], [s.clone() for s in stabs]
-        RULES[rule].foreach(params, ref_g, ref_s, steps, hp, Context(grad_scale=scale))
-        s = [x.clone() for x in stabs]
-        c, k = COEFFS[rule](params, grads, s, steps, hp, Context(grad_scale=scale))
-        for i in range(2):
-            torch.testing.assert_close(c[i] * grads[i] + k[i] * params[i], ref_g[i])
-            torch.testing.assert_close(s[i], ref_s[i])
+@pytest.mark.parametrize("rule, mode", MODES)
+@pytest.mark.parametrize("kind", ["adamw", "sgd0", "sgd1", "sgd2"])
+def test_equals_the_wrapper_around_the_torch_optimizer(rule, mode, kind):
+    fused_net, ref_net = _model(), _model()
+    if kind == "adamw":
+        opt = _make("adamw", fused_net.parameters(), rule, mode, **ADAMW)
+        base = torch.optim.AdamW(ref_net.parameters(), **ADAMW, foreach=True)
+    else:
+        kw = SGD_KW[int(kind[-1])]
+        opt = _make("sgd", fused_net.parameters(), rule, mode, **kw)
+        base = torch.optim.SGD(ref_net.parameters(), **kw)
+    ref = SWGL.wrap(base, rule=rule, mode=mode, **_sw(rule))
+    for i in range(5):
+        for net, o in ((fused_net, opt), (ref_net, ref)):
+            _backward(net, i)
+            o.step()
+    assert _max_diff(fused_net, ref_net) < 1e-6
 
 
-def _update_mode_reference(kind, net, states, rule, kw, step):
-    """Per-tensor update-mode step, written out: the factor scales the base's update."""
-    hp = Hyper(**SW)
-    params = [p.detach() for p in net.parameters()]
-    grads = [p.grad for p in params_of(net)]
-    c, k = COEFFS[rule](params, grads, states["s"], [torch.tensor(float(step))] * len(params),
-                        hp, Context())
-    for i, (w, g) in enumerate(zip(params, grads)):
-        if kind == "adamw":
-            b1, b2 = kw["betas"]
-            m, v = states["m"][i], states["v"][i]
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            u = (m / (1 - b1**step)) / ((v / (1 - b2**step)).sqrt() + kw["eps"])
-            new = w * (1 - kw["lr"] * kw["weight_decay"]) - kw["lr"] * (c[i] * u + k[i] * w)
-        else:
-            d = g + kw.get("weight_decay", 0.0) * w
-            mu = kw.get("momentum", 0.0)
-            if mu:
-                buf = states["m"][i]
-                if step == 1:
-                    buf.copy_(d)
-                else:
-                    buf.mul_(mu).add_(d, alpha=1 - kw.get("dampening", 0.0))
-                d = d + mu * buf if kw.get("nesterov") else buf
-            new = w - kw["lr"] * (c[i] * d + k[i] * w)
-        w.copy_(new)
-
-
-def params_of(net):
-    return list(net.parameters())
-
-
-@pytest.mark.parametrize("rule", RULE_NAMES)
-@pytest.mark.parametrize("kind", ["adamw", "sgd0", "sgd1"])
-def test_update_mode_matches_written_out_reference(rule, kind):
-    net, ref = _model(), _model()
-    kw = ADAMW if kind == "adamw" else SGD_KW[int(kind[-1])]
-    opt = _make(kind[:5] if kind == "adamw" else "sgd", net.parameters(), rule, "update", **kw)
-    init = RULES[rule].init_value
-    states = {key: [torch.zeros_like(p) for p in ref.parameters()] for key in "mv"}
-    states["s"] = [torch.full_like(p, init) for p in ref.parameters()]
-    for step in range(1, 5):
-        _backward(net, step)
-        _backward(ref, step)
-        opt.step()
-        with torch.no_grad():
-            _update_mode_reference(kind[:5] if kind == "adamw" else "sgd", ref, states, rule,
-                                   kw, step)
-    assert _max_diff(net, ref) < 1e-6
+def test_shares_the_defaults_of_swgl():
+    opt = swgl.optim.AdamW(_model().parameters())
+    wrapped = SWGL.wrap(torch.optim.AdamW(_model().parameters()))
+    mine = opt.param_groups[0]["swgl"]
+    theirs = {k[len("swgl_"):]: v for k, v in wrapped.param_groups[0].items()
+              if k.startswith("swgl_")}
+    assert mine == {k: theirs[k] for k in mine}
+    assert mine["rule"] == "v3" and mine["mode"] == "update"
 
 
 @pytest.mark.parametrize("kind", ["adamw", "sgd"])
@@ -182,7 +143,7 @@ def test_state_dict_round_trip_continues_identically():
         _backward(a, i)
         opt_a.step()
     b.load_state_dict(a.state_dict())
-    opt_b = _make("adamw", b.parameters(), "v1", **ADAMW)
+    opt_b = _make("adamw", b.parameters(), "v1", **ADAMW)  # its options come from the file
     opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
     assert opt_b.param_groups[0]["swgl"]["rule"] == "v2"
     assert set(opt_b.state[next(b.parameters())]) == {
@@ -253,8 +214,7 @@ def _pair(kind, rule, mode, dtype, kw):
 
 
 @needs_kernels
-@pytest.mark.parametrize("mode", ["grad", "update"])
-@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("rule, mode", MODES)
 @pytest.mark.parametrize("kind", ["adamw", "sgd0", "sgd1", "sgd2"])
 def test_triton_step_matches_foreach(kind, rule, mode):
     kw = ADAMW if kind == "adamw" else SGD_KW[int(kind[-1])]
@@ -267,7 +227,7 @@ def test_triton_step_matches_foreach(kind, rule, mode):
                 net[0].weight.grad[1, 1] = float("inf")
             opt.step()
         # v2 + Adam amplifies fp32 rounding of the per-tensor mean a little
-        assert _max_diff(*nets) < (1e-5 if rule == "v2" else 1e-6)
+        assert _max_diff(*nets) < (1e-5 if rule in ("v2", "v3") else 1e-6)
     for p, q in zip(*(n.parameters() for n in nets)):
         st, ref = opts[0].state[p], opts[1].state[q]
         assert float(st["step"]) == float(ref["step"]) == 3.0
@@ -292,7 +252,7 @@ def test_triton_step_bf16_params_one_step(base, rule):
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and kernels.triton_available()),
                     reason="needs CUDA and Triton")
-@pytest.mark.parametrize("rule", ["v1", "v2"])
+@pytest.mark.parametrize("rule", ["v1", "v3"])
 def test_triton_step_never_syncs_and_skips_on_device(rule):
     net = _model(device="cuda")
     opt = _make("adamw", net.parameters(), rule, fused=True, **ADAMW)
@@ -316,7 +276,7 @@ def test_triton_step_never_syncs_and_skips_on_device(rule):
 def test_triton_grad_mode_equals_swgl_then_torch_fused_adamw():
     nets = [_model(device="cuda"), _model(device="cuda")]
     opt = _make("adamw", nets[0].parameters(), "v2", fused=True, **ADAMW)
-    mod = SWGL(nets[1].parameters(), rule="v2", mode="grad", **SW)
+    mod = SWGL(nets[1].parameters(), rule="v2", mode="grad", **_sw("v2"))
     base = torch.optim.AdamW(nets[1].parameters(), **ADAMW, fused=True)
     for i in range(4):
         for net in nets:

@@ -1,7 +1,9 @@
-"""The fused (Triton) and compiled SWGL passes against the single-tensor reference.
+"""Each rule's variants against each other: single == foreach == fused (Triton), in both
+phases, for fp32 and bf16 params and odd sizes; the fused path's fallbacks; the device-side
+skip; the cache-blocked CPU path.
 
-GPU tests need CUDA and Triton and skip cleanly without them. With ``TRITON_INTERPRET=1`` and
-Triton installed, the kernel tests run on the CPU through Triton's interpreter.
+Kernel tests need CUDA and Triton and skip cleanly without them. With ``TRITON_INTERPRET=1``
+and Triton installed, they run on the CPU through Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import sys
 import pytest
 import torch
 
-from swgl import compiled, kernels
+from rulecall import before
+from swgl import SWGL, kernels
 from swgl.functional import swgl as swgl_fn
-from swgl.modulator import SWGL
 from swgl.rules import RULES, Context, Hyper
 
-RULE_NAMES = ("v1", "v1-paper", "v2")
+RULE_NAMES = tuple(RULES)
+GUARDED = tuple(name for name, r in RULES.items() if r.device_guard)
 KDEV = "cuda" if torch.cuda.is_available() else "cpu"
 needs_kernels = pytest.mark.skipif(
     not (kernels.triton_available() and kernels.runs_on(torch.device(KDEV))),
@@ -39,7 +42,7 @@ def _inputs(rule, shapes, dtype, device, seed=0):
     grads = [(torch.randn(s, generator=gen) * 0.1).to(device=device, dtype=dtype) for s in shapes]
     base = 0.5 if RULES[rule].init_value else 0.0
     stabs = [(torch.rand(s, generator=gen) + base).to(device) for s in shapes]
-    steps = [torch.tensor(float(3 + i % 4)) for i in range(len(shapes))]
+    steps = [torch.tensor(float(3 + i % 4), device=device) for i in range(len(shapes))]
     return params, grads, stabs, steps
 
 
@@ -51,11 +54,42 @@ def _rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-def _run(impl, rule, inputs, ctx, hp=HP):
+def _variant(rule, impl):
+    """``impl``: a variant's name, or a callable with the rules' (stabilities-list) signature."""
+    if callable(impl):
+        return lambda p, g, s, st, hp, ctx: impl(p, g, {"stability": s}, st, hp, ctx)
+    return lambda p, g, s, st, hp, ctx: before(rule, impl, p, g, s, st, hp, ctx)
+
+
+GRAD_HP = dataclasses.replace(HP, mode="grad")
+
+
+def _run(impl, rule, inputs, ctx, hp=GRAD_HP):
+    """The before phase; returns (grads, stabilities)."""
     params, grads, stabs, steps = inputs
     g, s = _clone(grads), _clone(stabs)
-    impl(params, g, s, steps, hp, ctx)
+    _variant(rule, impl)(params, g, s, steps, hp, ctx)
     return g, s
+
+
+def _both_phases(rule, impl, inputs, hp, ctx):
+    """mode="update": before, a base step of -g, then after; returns (params, stabilities)."""
+    r = RULES[rule]
+    params, grads, stabs, steps = inputs
+    p, g, s = _clone(params), _clone(grads), _clone(stabs)
+    hp = r.hyper(hp)
+    aux = getattr(r.before, impl)(p, g, {"stability": s}, steps, hp, ctx)
+    snapshots = _clone(p)
+    for w, d in zip(p, g):
+        w.sub_(d)
+    getattr(r.after, impl)(p, snapshots, {"stability": s}, steps, aux, hp, ctx)
+    return p, s
+
+
+def _run_mode(rule, impl, inputs, hp, ctx):
+    if hp.mode == "grad":
+        return _run(impl, rule, inputs, ctx, hp)
+    return _both_phases(rule, impl, inputs, hp, ctx)
 
 
 def _check(out, ref, dtype, tol=None):
@@ -71,10 +105,13 @@ def _check(out, ref, dtype, tol=None):
 # -- everywhere -------------------------------------------------------------------------------
 
 
-def test_registry_covers_rules_with_one_signature():
-    assert set(kernels.FUSED) == set(RULES) and set(RULE_NAMES) == set(compiled.COMPILED)
-    # v3 runs the v2 kernels with its options translated by the rule (no kernel of its own)
-    assert set(RULES) - set(RULE_NAMES) == {"v3"}
+def test_every_rule_has_its_variants_with_one_signature():
+    for rule in RULES.values():
+        for phase in (rule.before, rule.after):
+            if phase is not None:
+                assert callable(phase.single) and callable(phase.foreach)
+        assert rule.modes and set(rule.modes) <= {"grad", "update"}
+        assert ("update" in rule.modes) == (rule.after is not None)
 
 
 def test_import_swgl_does_not_import_triton():
@@ -83,8 +120,7 @@ def test_import_swgl_does_not_import_triton():
 
 
 def test_auto_dispatch_never_fuses_cpu_tensors():
-    params = [torch.randn(4)]
-    assert not kernels.can_fuse("v2", params, HP) or kernels._INTERPRET
+    assert not kernels.can_fuse([torch.randn(4)], HP) or kernels._INTERPRET
 
 
 def test_unknown_hyper_options_are_not_fused():
@@ -94,16 +130,59 @@ def test_unknown_hyper_options_are_not_fused():
 
     assert kernels.supports(Hyper2(0.9, 0.0, 1e-8, 10.0))
     assert not kernels.supports(Hyper2(0.9, 0.0, 1e-8, 10.0, future_option="on"))
-    assert not kernels.supports(dataclasses.replace(HP, mode="update"))
+    assert kernels.supports(dataclasses.replace(HP, mode="update"))
     assert not kernels.supports(dataclasses.replace(HP, shock=2.0))
 
 
+@pytest.mark.parametrize("impl", ["foreach", pytest.param("fused", marks=needs_kernels)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rule", RULE_NAMES)
-def test_fused_registry_falls_back_to_foreach_for_tensors_it_cannot_take(rule):
+def test_variant_matches_single_in_every_mode(rule, dtype, impl):
+    """single == foreach == fused, both phases, odd sizes, loss-scaled grads."""
+    device = KDEV if impl == "fused" else "cpu"
+    for mode in RULES[rule].modes:
+        hp = dataclasses.replace(HP, mode=mode, signal="utility")
+        for seed, scale in ((0, 1.0), (1, 1024.0)):
+            inputs = _inputs(rule, SHAPES, dtype, device, seed)
+            ctx = Context(grad_scale=scale)
+            _check(_run_mode(rule, impl, inputs, hp, ctx),
+                   _run_mode(rule, "single", inputs, hp, ctx), dtype)
+
+
+@pytest.mark.parametrize("impl", ["single", "foreach"])
+@pytest.mark.parametrize("rule", GUARDED)
+def test_a_found_flag_leaves_state_and_grads_untouched(rule, impl):
+    params, grads, stabs, steps = _inputs(rule, SHAPES, torch.float32, "cpu")
+    grads[2][0, 0] = float("nan")
+    for mode in RULES[rule].modes:
+        hp = dataclasses.replace(HP, mode=mode)
+        out_g, out_s = _run(impl, rule, (params, grads, stabs, steps),
+                            Context(found=torch.ones(1)), hp)
+        assert all(torch.equal(a, b) for a, b in zip(out_s, stabs))
+        assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(out_g, grads))
+
+
+def test_foreach_log_sums_in_fp32_are_accurate_on_large_tensors():
+    """The reference level's fp32 shifted 1-norms against fp64 sums, on 4M heavy-tailed
+    elements (8 decades) with exact zeros."""
+    from swgl.rules.normalised import _log_sums
+
+    gen = torch.Generator().manual_seed(0)
+    s = torch.rand(1 << 22, generator=gen).pow_(8).mul_(1e-3)
+    s[:1000] = 0.0
+    log_sum, count = _log_sums([s], Context())
+    active = s > 0
+    exact = s[active].double().log().sum().item() / active.sum().item()
+    assert count.item() == active.sum().item()
+    assert abs(log_sum.item() / count.item() - exact) < 2e-5  # m within 2e-5 relative
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_fused_variant_falls_back_to_foreach_for_tensors_it_cannot_take(rule):
     # CPU (outside the interpreter) and fp64 tensors go to foreach inside the same call
     inputs = _inputs(rule, [(5,), (3, 4)], torch.float64, "cpu")
-    out = _run(kernels.FUSED[rule], rule, inputs, Context(grad_scale=8.0))
-    ref = _run(RULES[rule].single, rule, inputs, Context(grad_scale=8.0))
+    out = _run("fused", rule, inputs, Context(grad_scale=8.0))
+    ref = _run("single", rule, inputs, Context(grad_scale=8.0))
     _check(out, ref, torch.float32)
 
 
@@ -115,73 +194,51 @@ def test_fused_true_without_triton_raises():
                 fused=True)
 
 
-def test_modulator_checks_fused_option():
+def test_swgl_checks_fused_option():
     with pytest.raises(TypeError, match="fused"):
         SWGL([torch.nn.Parameter(torch.randn(3))], fused="yes")
     opt = SWGL([torch.nn.Parameter(torch.randn(3))], fused=False)
     assert opt.param_groups[0]["fused"] is False
 
 
-@pytest.mark.parametrize("rule", RULE_NAMES)
-def test_compiled_matches_reference(rule, monkeypatch):
-    # "eager" checks the traced graph (one graph over the whole list) quickly on the CPU;
-    # the GPU suite runs Inductor.
-    monkeypatch.setattr(compiled, "BACKEND", "eager" if KDEV == "cpu" else "inductor")
-    inputs = _inputs(rule, [(5,), (7, 13), (130,)], torch.float32, KDEV)
-    for scale in (1.0, 4.0):
-        out = _run(compiled.COMPILED[rule], rule, inputs, Context(grad_scale=scale))
-        ref = _run(RULES[rule].single, rule, inputs, Context(grad_scale=scale))
-        _check(out, ref, torch.float32)
-
-
 # -- kernels ----------------------------------------------------------------------------------
 
 
 @needs_kernels
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rule", RULE_NAMES)
-def test_kernel_matches_single_tensor_reference(rule, dtype):
-    from swgl.kernels import triton_swgl
-
-    for seed, scale in ((0, 1.0), (1, 1024.0)):
-        inputs = _inputs(rule, SHAPES, dtype, KDEV, seed)
-        ctx = Context(grad_scale=scale)
-
-        def fused(*args, rule=rule):
-            triton_swgl.swgl_pass(*args, rule=rule)
-
-        out = _run(fused, rule, inputs, ctx)
-        ref = _run(RULES[rule].single, rule, inputs, ctx)
-        _check(out, ref, dtype)
+@pytest.mark.parametrize("rule", GUARDED)
+def test_fused_found_flag_leaves_state_and_grads_untouched(rule):
+    params, grads, stabs, steps = _inputs(rule, SHAPES, torch.float32, KDEV)
+    grads[2][0, 0] = float("inf")
+    for mode in RULES[rule].modes:
+        hp = dataclasses.replace(HP, mode=mode)
+        out_g, out_s = _run("fused", rule, (params, grads, stabs, steps),
+                            Context(found=torch.ones(1, device=KDEV)), hp)
+        assert all(torch.equal(a, b) for a, b in zip(out_g + out_s, grads + stabs))
 
 
 @needs_kernels
-@pytest.mark.parametrize("options", [dict(signal="utility"), dict(signal="fisher"),
+@pytest.mark.parametrize("options", [dict(signal="relative"), dict(signal="fisher"),
                                      dict(max_damping=3.0)])
 def test_kernel_v2_options(options):
-    hp = dataclasses.replace(HP, **options)
+    hp = dataclasses.replace(HP, mode="grad", **options)
     assert kernels.supports(hp)
     inputs = _inputs("v2", SHAPES, torch.float32, KDEV)
-    out = _run(kernels.FUSED["v2"], "v2", inputs, Context(grad_scale=2.0), hp)
-    ref = _run(RULES["v2"].single, "v2", inputs, Context(grad_scale=2.0), hp)
+    out = _run("fused", "v2", inputs, Context(grad_scale=2.0), hp)
+    ref = _run("single", "v2", inputs, Context(grad_scale=2.0), hp)
     _check(out, ref, torch.float32)
 
 
 @needs_kernels
 @pytest.mark.parametrize("rule", RULE_NAMES)
 def test_kernel_handles_unaligned_and_noncontiguous_tensors(rule):
-    base = _inputs(rule, [(67, 9), (301,), (8, 8)], torch.float32, KDEV)
-    params, grads, stabs, steps = base
+    params, grads, stabs, steps = _inputs(rule, [(67, 9), (301,), (8, 8)], torch.float32, KDEV)
     # a transposed view (foreach fallback) and a contiguous slice at an odd address
-    params[0] = params[0].t()
-    grads[0] = grads[0].t()
-    stabs[0] = stabs[0].t()
+    params[0], grads[0], stabs[0] = params[0].t(), grads[0].t(), stabs[0].t()
     params[1], grads[1], stabs[1] = params[1][1:], grads[1][1:], stabs[1][1:]
     assert not params[0].is_contiguous() and params[1].data_ptr() % 16 != 0
     inputs = (params, grads, stabs, steps)
-    out = _run(kernels.FUSED[rule], rule, inputs, Context(grad_scale=2.0))
-    ref = _run(RULES[rule].single, rule, inputs, Context(grad_scale=2.0))
-    # the transposed view takes foreach, whose shifted log-sum differs from single by ~1e-5
+    out = _run("fused", rule, inputs, Context(grad_scale=2.0))
+    ref = _run("single", rule, inputs, Context(grad_scale=2.0))
     _check(out, ref, torch.float32, tol=1e-4)
 
 
@@ -191,7 +248,7 @@ def test_kernel_honours_reduce_sum_and_global_numels():
     # half's partial sums, so each half must come out as the full-tensor reference's half.
     rule = "v2"
     full = _inputs(rule, [(64,), (30, 6)], torch.float32, KDEV)
-    ref = _run(RULES[rule].single, rule, full, Context())
+    ref = _run("single", rule, full, Context(), dataclasses.replace(HP, mode="grad"))
     halves = [[t.flatten()[: t.numel() // 2] for t in xs] for xs in full[:3]]
     others = [[t.flatten()[t.numel() // 2:] for t in xs] for xs in full[:3]]
     from swgl.kernels import triton_swgl
@@ -220,7 +277,8 @@ def test_kernel_honours_reduce_sum_and_global_numels():
 
     ctx = Context(reduce_sum=reduce_sum, numels=tuple(t.numel() for t in full[0]))
     g, s = _clone(halves[1]), _clone(halves[2])
-    triton_swgl.swgl_pass(halves[0], g, s, full[3], HP, ctx, rule=rule)
+    triton_swgl.swgl_pass(halves[0], g, s, full[3], dataclasses.replace(HP, mode="grad"), ctx,
+                          rule=rule)
     for i in range(2):
         n = full[0][i].numel() // 2
         assert _rel(g[i], ref[0][i].flatten()[:n]) < 1e-5
@@ -238,8 +296,8 @@ def test_kernel_tensor_over_2_31_bytes(rule):
     steps = [torch.tensor(2.0)]
     g2, s2 = g.clone(), s.clone()
     # single: its tree-reduced sums stay accurate at this size (foreach's fp32 norms do not)
-    RULES[rule].single([p], [g2], [s2], steps, HP, Context())
-    kernels.FUSED[rule]([p], [g], [s], steps, HP, Context())
+    before(rule, "single", [p], [g2], [s2], steps, HP, Context())
+    before(rule, "fused", [p], [g], [s], steps, HP, Context())
     tail = slice(n - 5000, n)  # past the 2^31-byte mark
     torch.testing.assert_close(g[tail], g2[tail], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(s[tail], s2[tail], rtol=1e-5, atol=1e-7)
@@ -249,22 +307,25 @@ def test_kernel_tensor_over_2_31_bytes(rule):
 @needs_cuda_kernels
 @pytest.mark.parametrize("rule", RULE_NAMES)
 def test_functional_auto_dispatch_uses_kernels_on_cuda(rule, monkeypatch):
+    import swgl.rules
+
     calls = []
-    fused = kernels.FUSED[rule]
-    monkeypatch.setitem(kernels.FUSED, rule, lambda *a: (calls.append(1), fused(*a)))
+    r = RULES[rule]
+    fused = r.before.fused
+    traced = dataclasses.replace(r.before, fused=lambda *a: (calls.append(1), fused(*a))[1])
+    monkeypatch.setitem(swgl.rules.RULES, rule, dataclasses.replace(r, before=traced))
     params, grads, stabs, steps = _inputs(rule, SHAPES, torch.float32, "cuda")
-    ref_g, ref_s = _clone(grads), _clone(stabs)
-    ref_steps = _clone(steps)
-    kw = dict(rule=rule, alpha=0.9, lambda_reg=0.05, eps=1e-8, max_boost=10.0)
+    ref_g, ref_s, ref_steps = _clone(grads), _clone(stabs), _clone(steps)
+    kw = dict(rule=rule, alpha=0.9, lambda_reg=0.05, eps=1e-8, max_boost=10.0, mode="grad")
     assert swgl_fn(params, grads, stabs, steps, **kw).applied
     assert swgl_fn(params, ref_g, ref_s, ref_steps, **kw, fused=False).applied
     assert calls == [1]
     for a, b in zip(grads, ref_g):
         assert _rel(a, b) < 1e-5
     grads[2][0] = float("inf")
-    before = _clone(stabs)
+    before_s = _clone(stabs)
     assert not swgl_fn(params, grads, stabs, steps, **kw).applied
-    assert all(torch.equal(a, b) for a, b in zip(stabs, before))
+    assert all(torch.equal(a, b) for a, b in zip(stabs, before_s))
 
 
 # -- CPU: cache-blocked foreach ---------------------------------------------------------------
@@ -283,11 +344,11 @@ def test_blocked_foreach_matches_reference(rule, signal, monkeypatch):
     inputs[2][3] = inputs[2][3][::2]
     hp = dataclasses.replace(HP, signal=signal, max_damping=4.0)
     assert blocked.worth_it(inputs[0]) and kernels.supports(hp)
-    out = _run(blocked.BLOCKED[rule], rule, inputs, Context(grad_scale=4.0), hp)
-    ref = _run(RULES[rule].single, rule, inputs, Context(grad_scale=4.0), hp)
+    out = _run(blocked.BLOCKED[rule], rule, inputs, Context(grad_scale=4.0), RULES[rule].hyper(hp))
+    ref = _run("single", rule, inputs, Context(grad_scale=4.0), hp)
     _check(out, ref, torch.float32)
     if rule == "v1":  # elementwise: bit-exact with the unblocked foreach
-        plain = _run(RULES[rule].foreach, rule, inputs, Context(grad_scale=4.0), hp)
+        plain = _run("foreach", rule, inputs, Context(grad_scale=4.0), hp)
         assert all(torch.equal(a, b) for a, b in zip(out[0], plain[0]))
 
 

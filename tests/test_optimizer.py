@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from swgl import SWGL, SWGLWrapper
-from swgl.modulator import DEFAULT_RULE
+from swgl import DEFAULT_RULE, SWGL, SWGLWrapper
 from toy import toy_batches as _batches
 from toy import toy_loss as _loss
 from toy import toy_model as _model
@@ -600,3 +599,137 @@ def test_fp16_autocast_trains_and_skips_overflow_steps(order):
     assert 0 < max(steps) < 60  # SWGL counted only the finite steps
     assert all(torch.isfinite(opt.stability(p)).all() for p in model.parameters())
     assert losses[-1] < 0.5 * losses[0]
+
+
+# -- the two-object pattern's hooks are per instance ---------------------------------------------
+
+
+def _two_object_run(side: bool, steps: int = 4):
+    model = _model()
+    base = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    swgl = SWGL(model.parameters())
+    w = next(model.parameters())
+    other = torch.optim.SGD([w], lr=0.0)
+    for batch in _batches(steps):
+        base.zero_grad()
+        _loss(model, batch).backward()
+        swgl.step()
+        if side:
+            other.step()  # steps a managed param first: must not take the base's rescale
+        base.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_a_side_optimizer_does_not_consume_the_update_rescale():
+    """Issue 13's hook leak: with process-global hooks the side SGD applied the factors."""
+    for a, b in zip(_two_object_run(side=False), _two_object_run(side=True)):
+        assert torch.equal(a, b)
+
+
+def test_update_mode_rescales_the_base_step():
+    """Without the rescale the run equals plain AdamW; with it, it must differ."""
+    model = _model()
+    plain = _model()
+    plain.load_state_dict(model.state_dict())
+    base = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    plain_base = torch.optim.AdamW(plain.parameters(), lr=1e-2)
+    _train_two_object(model, base, SWGL(model.parameters()), _batches(3))
+    for batch in _batches(3):
+        plain_base.zero_grad()
+        _loss(plain, batch).backward()
+        plain_base.step()
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters()))
+
+
+def test_a_base_built_later_is_found():
+    """A new base per task: its first step is rescaled at SWGL's next step, then hooked."""
+    model = _model()
+    swgl = SWGL(model.parameters())
+    _train_two_object(model, torch.optim.AdamW(model.parameters(), lr=1e-2), swgl, _batches(2))
+    new_base = torch.optim.SGD(model.parameters(), lr=0.1)
+    _train_two_object(model, new_base, swgl, _batches(2))
+    assert id(new_base) in swgl._hooks.owner_ids
+    assert not swgl._pending_update
+
+
+def test_no_process_global_optimizer_hooks():
+    from torch.optim import optimizer as torch_optimizer
+
+    before = (len(torch_optimizer._global_optimizer_pre_hooks),
+              len(torch_optimizer._global_optimizer_post_hooks))
+    model = _model()
+    _train_two_object(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                      SWGL(model.parameters()), _batches(1))
+    after = (len(torch_optimizer._global_optimizer_pre_hooks),
+             len(torch_optimizer._global_optimizer_post_hooks))
+    assert after == before
+
+
+# -- the default step waits for the host nowhere -------------------------------------------------
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Counts Tensor.item / tolist / __bool__ / __float__ / __int__ calls (each a host sync
+    on a device)."""
+    calls = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name):
+            calls.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("api", ["two-object", "wrapper"])
+def test_the_default_cpu_step_never_reads_a_tensor_on_the_host(api, host_reads):
+    model = _model()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)  # torch's SGD reads nothing either
+    swgl = SWGL(model.parameters()) if api == "two-object" else SWGL.wrap(base)
+    batches = _batches(4)
+    for i, batch in enumerate(batches):
+        if i == 2:
+            host_reads.clear()  # the first steps find the base and build the state
+        (base if api == "two-object" else swgl).zero_grad()
+        _loss(model, batch).backward()
+        if i == 3:
+            next(model.parameters()).grad[0] = float("nan")  # a skipped step reads nothing too
+        swgl.step()
+        if api == "two-object":
+            base.step()
+    assert host_reads == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("api", ["two-object", "wrapper", "swgl.optim"])
+def test_the_default_cuda_step_never_syncs(api):
+    """torch.cuda.set_sync_debug_mode("error") raises on any host sync, a skipped
+    (non-finite) step included; fused torch AdamW as the base syncs nowhere either."""
+    import swgl.optim
+
+    model = _model().cuda()
+    if api == "swgl.optim":
+        base = opt = swgl.optim.AdamW(model.parameters(), lr=1e-3)
+    else:
+        base = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        opt = SWGL(model.parameters()) if api == "two-object" else SWGL.wrap(base)
+    batches = [(x.cuda(), y.cuda()) for x, y in _batches(4)]
+    for i, batch in enumerate(batches):
+        base.zero_grad()
+        _loss(model, batch).backward()
+        if i == 3:
+            next(model.parameters()).grad[0] = float("nan")
+        if i >= 2:  # the first steps find the base, build the state and compile the kernels
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+            if api == "two-object":
+                base.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    if api == "swgl.optim":  # it skips a non-finite step itself (the others leave it to AMP)
+        assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from rulecall import after, before
 from swgl import SWGL
-from swgl.rules import RULES, Context, Hyper
+from swgl.rules import Context, Hyper
 from toy import toy_batches as _batches
 from toy import toy_loss as _loss
 from toy import toy_model as _model
@@ -16,7 +17,7 @@ def test_each_signal_tracks_its_quantity(signal):
     g = torch.tensor([[0.1, 0.2, -0.4]])
     hp = Hyper(alpha=0.0, lambda_reg=0.0, eps=1e-8, max_boost=10.0, signal=signal)
     s, step = [torch.zeros_like(w)], [torch.ones(())]
-    RULES["v2"].single([w], [g.clone()], s, step, hp, Context())
+    before("v2", "single", [w], [g.clone()], s, step, hp, Context())
     delta = 1e-8 + 1e-3 * w.square().mean().sqrt()
     expected = {
         "relative": g.abs() / (w.abs() + delta),
@@ -31,24 +32,26 @@ def test_max_damping_sets_the_floor_independently():
     w, g = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
     hp = Hyper(alpha=0.0, lambda_reg=0.0, eps=1e-8, max_boost=1.0, max_damping=4.0)
     out = g.clone()
-    RULES["v2"].foreach([w], [out], [torch.zeros(50)], [torch.ones(())], hp, Context())
+    before("v2", "foreach", [w], [out], [torch.zeros(50)], [torch.ones(())], hp, Context())
     ratio = out / g
     assert ratio.max() <= 1.0 + 1e-6  # damping only
     assert ratio.min() >= 0.25 - 1e-6 and ratio.min() < 0.5
 
 
 @pytest.mark.parametrize("impl", ["single", "foreach"])
-def test_update_mode_returns_factors_and_leaves_grads(impl):
+def test_update_mode_leaves_grads_and_scales_the_step_by_the_grad_modes_factor(impl):
     gen = torch.Generator().manual_seed(1)
     w, g = torch.randn(5, 4, generator=gen), torch.randn(5, 4, generator=gen)
     hp = dict(alpha=0.9, lambda_reg=0.0, eps=1e-8, max_boost=10.0)
     grad_out, update_out = g.clone(), g.clone()
-    getattr(RULES["v2"], impl)([w], [grad_out], [torch.zeros(5, 4)], [torch.ones(())],
-                               Hyper(**hp), Context())
-    factors = getattr(RULES["v2"], impl)([w], [update_out], [torch.zeros(5, 4)],
-                                         [torch.ones(())], Hyper(**hp, mode="update"), Context())
+    before("v2", impl, [w], [grad_out], [torch.zeros(5, 4)], [torch.ones(())], Hyper(**hp))
+    s = [torch.zeros(5, 4)]
+    aux = before("v2", impl, [w], [update_out], s, [torch.ones(())],
+                 Hyper(**hp, mode="update"))
     assert torch.equal(update_out, g)
-    torch.testing.assert_close(factors[0] * g, grad_out)
+    moved = [w + g]  # a base step of +g
+    after("v2", impl, moved, [w.clone()], s, [torch.ones(())], aux, Hyper(**hp, mode="update"))
+    torch.testing.assert_close(moved[0] - w, grad_out)
 
 
 @pytest.mark.parametrize("wrapper", [False, True])
@@ -85,7 +88,7 @@ def test_update_mode_scales_the_base_optimizers_step(wrapper):
 
 
 def test_update_mode_needs_rule_v2():
-    with pytest.raises(ValueError, match="mode='update' needs rule 'v2'"):
+    with pytest.raises(ValueError, match="mode='update' is not a mode of rule 'v1'"):
         SWGL(_model().parameters(), rule="v1", mode="update")
 
 
@@ -107,10 +110,10 @@ def test_shock_restarts_the_ema_of_a_tensor_whose_signal_jumps():
     s, step = [torch.zeros(10)], [torch.zeros(())]
     for _ in range(50):
         step[0].add_(1)
-        RULES["v2"].foreach([w], [torch.full((10,), 0.01)], s, step, hp, Context())
+        before("v2", "foreach", [w], [torch.full((10,), 0.01)], s, step, hp, Context())
     assert int(step[0]) == 50
     step[0].add_(1)
-    RULES["v2"].foreach([w], [torch.full((10,), 1.0)], s, step, hp, Context())
+    before("v2", "foreach", [w], [torch.full((10,), 1.0)], s, step, hp, Context())
     # restarted: the bias-corrected EMA is the new signal, not a 1% blend
     assert int(step[0]) == 1
     torch.testing.assert_close(s[0] / (1 - 0.99), torch.full((10,), 1.0 / (1 + 1e-3)), rtol=1e-3,
@@ -128,3 +131,51 @@ def test_on_task_boundary_resets_swgl_state_only():
     assert float(opt.state[model[0].weight]["step"]) == 0
     assert torch.equal(opt.state[model[0].weight]["stability"], torch.zeros(8, 6))
     assert torch.equal(base.state[model[0].weight]["exp_avg"], adam)
+
+
+# -- issue 13: options that mean something ------------------------------------------------------
+
+
+def _trained(**options):
+    model = _model()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    swgl = SWGL(model.parameters(), **options)
+    for batch in _batches(4):
+        base.zero_grad()
+        _loss(model, batch).backward()
+        swgl.step()
+        base.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("option, value", [("alpha", 0.5), ("max_boost", 2.0)])
+def test_a_seed_option_changes_the_default_rules_training(option, value):
+    assert not torch.equal(_trained(), _trained(**{option: value}))
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13: under v3 lambda_reg and eps change nothing; "
+                   "the next default rule (issue 12) is to give them a meaning")
+@pytest.mark.parametrize("option, value", [("lambda_reg", 0.5), ("eps", 0.1)])
+def test_lambda_reg_and_eps_change_the_default_rules_training(option, value):
+    assert not torch.equal(_trained(), _trained(**{option: value}))
+
+
+def test_the_seed_quick_start_runs_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _trained(alpha=0.99, lambda_reg=0.01, max_boost=10.0)
+
+
+@pytest.mark.parametrize("option, value", [("signal", "fisher"), ("max_damping", 2.0),
+                                           ("shock", 2.0)])
+@pytest.mark.parametrize("rule", ["v1", "v1-paper"])
+def test_an_option_the_rule_ignores_is_rejected(rule, option, value):
+    with pytest.raises(ValueError, match=f"{option}=.* means nothing to rule '{rule}'"):
+        SWGL(_model().parameters(), rule=rule, **{option: value})
+
+
+def test_shock_is_deprecated():
+    with pytest.warns(DeprecationWarning, match="shock is deprecated"):
+        SWGL(_model().parameters(), shock=3.0)

@@ -33,7 +33,8 @@ from hypothesis.extra.numpy import arrays
 
 from swgl import SWGL, functional
 from swgl.kernels import blocked
-from swgl.rules import R_MAX, RULES
+from swgl.rules import RULES, Hyper
+from swgl.rules.normalised import R_MAX
 from swgl.state import STORAGES
 from swgl.state.blockwise8 import dequantize
 
@@ -230,8 +231,8 @@ def test_hostile_inputs_keep_the_state_sane(rule, storage, foreach, data):
           suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_update_factors_stay_in_range(rule, foreach, data):
-    """mode='update' returns the factors themselves: each in the rule's range, whatever the
-    grads, weights, signal or loss scale."""
+    """mode='update' scales the base optimizer's step by a factor in the rule's range, whatever
+    the grads, weights, signal or loss scale."""
     opts = data.draw(options(rule), label="options")
     weights, grads = data.draw(step_inputs(SHAPES), label="inputs")
     grad_scale = data.draw(st.sampled_from([1.0, 65536.0, 2.0**-10]), label="grad_scale")
@@ -241,12 +242,16 @@ def test_update_factors_stay_in_range(rule, foreach, data):
     out = functional.swgl(weights, grads, stabilities, steps, rule=rule, mode="update",
                           foreach=foreach, fused=False, grad_scale=grad_scale, **opts)
     if not finite:
-        assert not out.applied and out.factors is None
+        assert not bool(out.applied)
         assert all(float(t) == 0 for t in steps) and all(not s.any() for s in stabilities)
         return
+    before = [torch.zeros(s) for s in SHAPES]
+    params = [torch.ones(s) for s in SHAPES]  # a base step of +1 everywhere
+    hp = Hyper(**opts, mode="update")
+    functional.swgl_after(params, before, stabilities, steps, out.aux, rule=rule, hp=hp,
+                          foreach=foreach, fused=False)
     low, high = factor_range(rule, opts)
-    for c, s in zip(out.factors, stabilities):
-        assert c.shape == s.shape
+    for c, s in zip(params, stabilities):
         assert torch.isfinite(c).all() and torch.isfinite(s).all()
         assert (c >= low * (1 - 1e-6)).all() and (c <= high * (1 + 1e-6)).all()
         assert (s >= 0).all() and (s <= R_MAX * (1 + 1e-6)).all()

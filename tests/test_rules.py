@@ -4,7 +4,9 @@ parity with each other, and v2's documented bounds."""
 import pytest
 import torch
 
-from swgl.rules import R_MAX, RULES, Context, Hyper
+from rulecall import before
+from swgl.rules import RULES, Context, Hyper
+from swgl.rules.normalised import R_MAX
 
 HP = Hyper(alpha=0.9, lambda_reg=0.01, eps=1e-8, max_boost=10.0)
 
@@ -61,7 +63,7 @@ def test_v1_is_bit_exact_against_hand_written_reference(rule, reference, impl):
             new_g, ref_s[i] = reference(p, g, ref_s[i], HP.alpha, HP.lambda_reg, HP.eps,
                                         HP.max_boost)
             ref_out.append(new_g)
-        getattr(RULES[rule], impl)(params, step_grads, stabilities, steps, HP, Context())
+        before(rule, impl, params, step_grads, stabilities, steps, HP, Context())
         for got, want in zip(step_grads, ref_out):
             assert torch.equal(got, want)
         for got, want in zip(stabilities, ref_s):
@@ -75,7 +77,7 @@ def test_v1_and_v1_paper_differ_where_the_seed_is_ambiguous():
         s = [torch.ones_like(p) for p in params]
         for _ in range(60):
             g = [x * 0.01 for x in grads]
-            RULES[rule].single(params, g, s, [torch.zeros(()) for _ in params], HP, Context())
+            before(rule, "single", params, g, s, [torch.zeros(()) for _ in params], HP, Context())
         out[rule] = g
     # s falls below 1/B for most elements: v1 caps the boost at B, v1-paper does not.
     assert max(g.abs().max() for g in out["v1-paper"]) > max(g.abs().max() for g in out["v1"])
@@ -91,7 +93,7 @@ def _run(rule, impl, params, grads, n_steps=4, ctx=None):
         g = [x * (1 + 0.5 * it) for x in grads]
         for t in steps:
             t.add_(1)
-        getattr(RULES[rule], impl)(params, g, stabilities, steps, HP, ctx)
+        before(rule, impl, params, g, stabilities, steps, HP, ctx)
         history.append(g)
     return history, stabilities
 
@@ -139,7 +141,7 @@ def test_v2_does_not_boost_everything_at_start():
         for _ in range(50):
             g = [grads[0] * 0.01]
             step[0].add_(1)
-            RULES[rule].foreach(params, g, s, step, hp, Context())
+            before(rule, "foreach", params, g, s, step, hp, Context())
         ratios[rule] = (g[0] / (grads[0] * 0.01)).median().item()
     assert ratios["v1"] == pytest.approx(HP.max_boost, rel=1e-3)
     assert 0.5 < ratios["v2"] < 2.0
@@ -171,7 +173,7 @@ def test_v2_reference_ignores_weights_that_never_get_a_gradient(impl):
     for name, grad in (("live", g[10:]), ("with-dead", g_dead)):
         weights = w[10:] if name == "live" else w
         grads = [grad.clone()]
-        getattr(RULES["v2"], impl)([weights], grads, [torch.zeros_like(weights)],
+        before("v2", impl, [weights], grads, [torch.zeros_like(weights)],
                                    [torch.ones(())], hp, Context())
         out[name] = grads[0][-30:] / grad[-30:]
     torch.testing.assert_close(out["with-dead"], out["live"], rtol=1e-4, atol=1e-6)

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from swgl.modulator import _SWGLBase
+from swgl.base import SWGLBase
 
 __all__ = ["ConsistencyReport", "StateSync", "check_consistency", "average_state"]
 
@@ -63,7 +63,7 @@ class ConsistencyReport:
 
 
 def _check_optimizer(optimizer: Any) -> None:
-    if not isinstance(optimizer, _SWGLBase):
+    if not isinstance(optimizer, SWGLBase):
         raise TypeError(
             f"optimizer must be an SWGL or SWGLWrapper, got {type(optimizer).__name__}"
         )
@@ -85,7 +85,7 @@ def _collective_device(group: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _state_tensors(optimizer: _SWGLBase, names: dict[int, str], with_params: bool):
+def _state_tensors(optimizer: SWGLBase, names: dict[int, str], with_params: bool):
     """(name, tensor) for SWGL's state (and the params), in ``param_groups`` order."""
     index = 0
     for g, group in enumerate(optimizer.param_groups):
@@ -103,7 +103,7 @@ def _state_tensors(optimizer: _SWGLBase, names: dict[int, str], with_params: boo
 
 
 def check_consistency(
-    optimizer: _SWGLBase,
+    optimizer: SWGLBase,
     group: Any = None,
     *,
     named_params: Iterable[tuple[str, Tensor]] | None = None,
@@ -167,7 +167,7 @@ def check_consistency(
 
 
 @torch.no_grad()
-def average_state(optimizer: _SWGLBase, group: Any = None) -> int:
+def average_state(optimizer: SWGLBase, group: Any = None) -> int:
     """Average SWGL's stability state over the ranks of ``group`` (a collective call).
 
     The state goes through its storage as fp32 (:mod:`swgl.state`), so every format is
@@ -207,7 +207,7 @@ class StateSync:
     after ``optimizer.step()`` returns; :meth:`remove` detaches it, :meth:`sync` syncs now.
     """
 
-    def __init__(self, optimizer: _SWGLBase, every: int, group: Any = None) -> None:
+    def __init__(self, optimizer: SWGLBase, every: int, group: Any = None) -> None:
         _check_optimizer(optimizer)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")

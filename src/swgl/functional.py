@@ -1,8 +1,11 @@
-"""Functional API: ``swgl(...)`` picks a rule and an implementation and guards the state.
+"""Functional API: ``swgl(...)`` and ``swgl_after(...)`` pick a rule's variant (single,
+foreach, fused) for its two phases (:mod:`swgl.rules.base`) and guard the state.
 
 The guard is the same for every rule: if any gradient in the call is non-finite, nothing is
 touched (neither state nor gradients), so a ``GradScaler`` that sees the same infs still skips
-its step, and no inf or NaN can ever enter the stability state.
+its step, and no inf or NaN can ever enter the state. Rules that declare ``device_guard``
+(the default, v3) are handed a device flag and mask on the device, with no host sync; the
+seed's rules are checked on the host first (one sync).
 """
 
 from __future__ import annotations
@@ -17,22 +20,29 @@ from torch import Tensor
 from swgl import kernels
 from swgl._validate import check_choice
 from swgl.kernels import blocked
-from swgl.rules import RULES, Context, Hyper
+from swgl.options import MODES, SIGNALS
+from swgl.rules import RULES, Context, Hyper, Variants
 
-__all__ = ["swgl", "all_finite", "Outcome", "MODES", "SIGNALS"]
+__all__ = ["swgl", "swgl_after", "all_finite", "found_nonfinite", "Outcome", "MODES", "SIGNALS"]
 
-#: Where the factor applies: to the gradient, or to the update the base optimizer makes.
-MODES = ("grad", "update")
-#: What the EMA tracks (see :mod:`swgl.rules`).
-SIGNALS = ("relative", "utility", "fisher")
 
 
 class Outcome(NamedTuple):
-    """What one call did: ``applied`` is False when non-finite grads made it skip; ``factors``
-    are the per-tensor factors to apply to the base optimizer's update (``mode="update"``)."""
+    """What one call did. ``applied``: False when non-finite grads made it skip, or, for a
+    rule with a device guard, a 0-d bool tensor (reading it syncs). ``aux``: what the rule's
+    ``after`` phase needs (per-param ``m`` for v2/v3 in ``mode="update"``), else None."""
 
-    applied: bool
-    factors: list[Tensor] | None = None
+    applied: bool | Tensor
+    aux: list[Tensor] | None = None
+
+
+def found_nonfinite(tensors: list[Tensor]) -> Tensor:
+    """A 1-element fp32 flag on the tensors' device: 1.0 if any element is inf or NaN (as
+    torch's ``found_inf``); no host sync."""
+    norms = torch._foreach_norm(tensors, float("inf"))
+    device = norms[0].device
+    finite = torch.isfinite(torch.stack([n.float().to(device) for n in norms])).all()
+    return (~finite).float().reshape(1)
 
 
 def all_finite(tensors: list[Tensor]) -> bool:
@@ -63,17 +73,20 @@ def swgl(
     grad_scale: float = 1.0,
     foreach: bool = True,
     fused: bool | None = None,
+    extra_state: dict[str, list[Tensor]] | None = None,
 ) -> Outcome:
-    """Modulate ``grads`` in place (or return update factors) and update ``stabilities``.
+    """A rule's phase before the base step: update ``stabilities``, modulate ``grads`` in place
+    (``mode="grad"``) and return what :func:`swgl_after` needs (``mode="update"``).
 
-    ``stabilities`` are fp32 working tensors shaped like ``params`` (see :mod:`swgl.state`);
+    ``stabilities`` are fp32 working tensors shaped like ``params`` (see :mod:`swgl.state`),
+    ``extra_state`` the lists of the rule's further state tensors by name;
     ``steps`` are the per-tensor step counters, incremented here and only on calls that update
     the state. ``grad_scale`` is the loss scale the grads still carry. The math of each rule is
     in :mod:`swgl.rules`.
 
-    ``fused`` picks the Triton kernels of :mod:`swgl.kernels` (one pass over the whole list):
-    None (auto) uses them when ``foreach`` is set, every param is on CUDA and Triton is
-    installed; True requires Triton; False never uses them. Tensors the kernels cannot take
+    ``fused`` picks the rule's Triton variant (one pass over the whole list): None (auto)
+    uses it when ``foreach`` is set, every param is on CUDA and Triton is installed; True
+    requires Triton; False never uses it. Tensors the kernels cannot take
     (non-contiguous, fp64, ...) fall back to foreach within the same call. On the CPU, v1's
     foreach runs over cache-sized chunks (:mod:`swgl.kernels.blocked`).
     """
@@ -84,28 +97,77 @@ def swgl(
         alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
         max_damping=max_damping, mode=mode, shock=shock,
     )
-    impl = RULES[rule].foreach if foreach else RULES[rule].single
-    if fused is None:
-        fused = foreach and kernels.can_fuse(rule, params, hp)
-    elif fused and not kernels.triton_available():
-        raise RuntimeError("fused=True needs a CUDA device and Triton (pip install triton)")
-    if fused:
-        if rule not in kernels.FUSED or not kernels.supports(hp):
-            raise ValueError(
-                f"fused=True: no kernel for rule {rule!r} with these options ({hp}); "
-                "use fused=None or False"
-            )
-        impl = kernels.FUSED[rule]
-    elif foreach and rule in blocked.DEFAULT_RULES and blocked.worth_it(params):
-        impl = blocked.BLOCKED[rule]  # CPU: the same foreach, over cache-sized chunks
+    rule_ = RULES[rule]
+    hp = rule_.hyper(hp)
+    impl = _pick(rule_.before, rule, params, hp, foreach, fused)
+    state = {"stability": stabilities, **(extra_state or {})}
     dtensor = _dtensor_type()
     if dtensor is not None and any(isinstance(p, dtensor) for p in params):
-        return _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale)
+        return _swgl_dtensor(params, grads, state, steps, hp, impl, grad_scale)
+    if rule_.device_guard:
+        found = found_nonfinite(grads)
+        applies = (1.0 - found).reshape(()).to(steps[0].device)  # steps live on the device
+        torch._foreach_add_(steps, [applies] * len(steps))
+        aux = impl(params, grads, state, steps, hp, Context(grad_scale, found=found))
+        return Outcome(found.reshape(()) == 0, aux)
     if not all_finite(grads):
         return Outcome(False)
     for step in steps:
         step.add_(1)
-    return Outcome(True, impl(params, grads, stabilities, steps, hp, Context(grad_scale)))
+    return Outcome(True, impl(params, grads, state, steps, hp, Context(grad_scale)))
+
+
+def _pick(variants: Variants, rule: str, params, hp: Hyper, foreach: bool, fused: bool | None):
+    """The variant a call runs: fused (Triton), cache-blocked foreach (CPU), foreach or single."""
+    if fused is None:
+        fused = foreach and variants.fused is not None and kernels.can_fuse(params, hp)
+    elif fused and not kernels.triton_available():
+        raise RuntimeError("fused=True needs a CUDA device and Triton (pip install triton)")
+    if fused:
+        if variants.fused is None or not kernels.supports(hp):
+            raise ValueError(
+                f"fused=True: no kernel for rule {rule!r} with these options ({hp}); "
+                "use fused=None or False"
+            )
+        return variants.fused
+    if foreach and rule in blocked.DEFAULT_RULES and blocked.worth_it(params):
+        return blocked.BLOCKED[rule]  # CPU: the same foreach, over cache-sized chunks
+    return variants.foreach if foreach else variants.single
+
+
+@torch.no_grad()
+def swgl_after(
+    params: list[Tensor],
+    snapshots: list[Tensor] | None,
+    stabilities: list[Tensor],
+    steps: list[Tensor],
+    aux: list[Tensor],
+    *,
+    rule: str,
+    hp: Hyper,
+    foreach: bool = True,
+    fused: bool | None = None,
+    extra_state: dict[str, list[Tensor]] | None = None,
+) -> None:
+    """A rule's phase after the base optimizer's step (``mode="update"``: rescale the update),
+    with the ``aux`` that :func:`swgl` returned and, for rules that need them, ``snapshots``
+    of the params taken before the base step; ``hp`` holds the options :func:`swgl` took
+    (:func:`swgl.options.hyper` builds it from a param group)."""
+    check_choice("rule", rule, RULES)
+    variants = RULES[rule].after
+    if variants is None or not params:
+        return
+    hp = RULES[rule].hyper(hp)
+    local = [_local(t) for t in params]
+    impl = _pick(variants, rule, local, hp, foreach, fused)
+    state = {name: [_local(t) for t in ts]
+             for name, ts in {"stability": stabilities, **(extra_state or {})}.items()}
+    impl(local, snapshots, state, steps, aux, hp, Context())
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (the rules run on shards), else ``t``."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 # -- DTensor (FSDP2, tensor parallel): the rules run on local shards ---------------------------
@@ -130,7 +192,7 @@ def _all_reduce(t: Tensor, groups: list, op) -> Tensor:
     return t
 
 
-def _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale) -> Outcome:
+def _swgl_dtensor(params, grads, state, steps, hp, impl, grad_scale) -> Outcome:
     """Run ``impl`` once per (mesh, placements) bucket on the local shards.
 
     Per-tensor sums are all-reduced over the sharded mesh dims and ``numels`` are global, so
@@ -139,6 +201,7 @@ def _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale) -> Ou
     """
     dtensor = _dtensor_type()
     buckets: dict[object, list[int]] = {}
+    stabilities = state["stability"]
     for i, (p, g, s) in enumerate(zip(params, grads, stabilities)):
         key = (p.device_mesh, tuple(p.placements)) if isinstance(p, dtensor) else None
         for name, t in (("grad", g), ("stability", s)):
@@ -164,7 +227,7 @@ def _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale) -> Ou
         return Outcome(False)
     for step in steps:
         step.add_(1)
-    factors: list[Tensor | None] = [None] * len(params)
+    aux: list[Tensor | None] = [None] * len(params)
     for key, idx in buckets.items():
         ctx = Context(grad_scale=grad_scale)
         if key is not None:
@@ -174,10 +237,11 @@ def _swgl_dtensor(params, grads, stabilities, steps, hp, impl, grad_scale) -> Ou
                 reduce_sum=partial(_all_reduce, groups=groups, op=torch.distributed.ReduceOp.SUM),
                 numels=tuple(params[i].numel() for i in idx),
             )
-        bucket_factors = impl(
+        bucket_aux = impl(
             [local(params[i]) for i in idx], [grads_local[i] for i in idx],
-            [local(stabilities[i]) for i in idx], [steps[i] for i in idx], hp, ctx,
+            {name: [local(ts[i]) for i in idx] for name, ts in state.items()},
+            [steps[i] for i in idx], hp, ctx,
         )
-        for i, c in zip(idx, bucket_factors or ()):
-            factors[i] = c
-    return Outcome(True, factors if hp.mode == "update" else None)
+        for i, m in zip(idx, bucket_aux or ()):
+            aux[i] = m
+    return Outcome(True, aux if hp.mode == "update" else None)

@@ -65,7 +65,7 @@ _EMBEDDING_NAME = re.compile(r"Embedding", re.IGNORECASE)
 
 def swgl_options() -> dict[str, Any]:
     """SWGL's per-group options and their defaults, read from :class:`swgl.SWGL`'s signature."""
-    from swgl.modulator import SWGL
+    from swgl.two_object import SWGL
 
     skip = {"self", "params", "scaler"}
     return {
@@ -128,11 +128,11 @@ def _check_category_options(category: str, options: Any, known: Mapping[str, Any
         raise ValueError(
             f"{category} has unknown SWGL option(s) {unknown}; the options are {sorted(known)}"
         )
-    from swgl.modulator import _check_options
+    from swgl.options import check_options
 
     checked = {**known, **options}
     try:
-        _check_options(checked)
+        check_options(checked)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{category}: {err}") from None
     return {k: checked[k] for k in options}
@@ -158,7 +158,7 @@ def param_groups(
     """
     if not isinstance(for_wrapper, bool):
         raise TypeError(f"for_wrapper must be a bool, got {for_wrapper!r}")
-    from swgl.modulator import PREFIX
+    from swgl.base import PREFIX
 
     known = swgl_options()
     given = dict(weights=weights, biases=biases, norms=norms, embeddings=embeddings)

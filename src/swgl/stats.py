@@ -9,8 +9,8 @@ For every parameter with SWGL state, :func:`layer_stats` reports
 * ``mean_scale``: the mean of :math:`c`, the factor the last step multiplied gradients by
   (before ``lambda_reg``'s decay term).
 
-The scale is recomputed from the stored stability with each rule's formula (:data:`SCALES`,
-mirroring :mod:`swgl.rules`), so reading stats never touches the optimizer's state or grads.
+The scale is recomputed from the stored stability by each rule's own ``factor`` (:data:`SCALES`,
+from :mod:`swgl.rules`), so reading stats never touches the optimizer's state or grads.
 Everything runs on the state's device and costs one host sync per call.
 """
 
@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from swgl.rules import _TINY, Context, Hyper, _log_means
+from swgl.rules import RULES, Hyper, Rule
 
 __all__ = [
     "DEFAULT_QUANTILES",
@@ -48,35 +49,14 @@ MAX_QUANTILE_ELEMENTS = 1 << 24
 Names = Union[nn.Module, Mapping[str, Tensor], Iterable[tuple[str, Tensor]], None]
 
 
-# -- the scale each rule applies, from its stability ----------------------------------------
+def _scale(rule: Rule, s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
+    return rule.factor(s, step, rule.hyper(hp))
 
 
-def _scale_v1(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
-    return s, (1.0 / (s + hp.eps)).clamp_(max=hp.max_boost)
-
-
-def _scale_v1_paper(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
-    return s, 1.0 / s.clamp(max=hp.max_boost)
-
-
-def _scale_v2(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
-    s_hat = s / (1.0 - hp.alpha**step)
-    m = math.exp(_log_means([s_hat], Context())[0])
-    c = (m / (s_hat + _TINY)).clamp_(hp.min_scale, hp.max_boost)
-    return s_hat, c
-
-
-def _scale_v3(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
-    return _scale_v2(s, step, replace(hp, max_boost=1.0, max_damping=1.0 / hp.min_scale))
-
-
-#: ``rule name -> f(stability, step, hyper) -> (stability as the rule reads it, scale c)``.
-#: tests/test_stats.py checks each against the scale a real step applies.
+#: ``rule name -> f(stability, step, hyper) -> (stability as the rule reads it, scale c)``:
+#: each rule's own ``factor`` (tests/test_stats.py checks it against a real step).
 SCALES: dict[str, Callable[[Tensor, int, Hyper], tuple[Tensor, Tensor]]] = {
-    "v1": _scale_v1,
-    "v1-paper": _scale_v1_paper,
-    "v2": _scale_v2,
-    "v3": _scale_v3,
+    name: partial(_scale, rule) for name, rule in RULES.items() if rule.factor is not None
 }
 
 
@@ -101,11 +81,9 @@ def find_swgl(optimizer: Any) -> Optimizer:
     Lightning's ``LightningOptimizer`` keeps it as ``_optimizer`` and accelerate's
     ``AcceleratedOptimizer`` (the HF Trainer's) as ``optimizer``.
     """
-    from swgl.modulator import _SWGLBase
-
     seen = optimizer
     for _ in range(4):
-        if isinstance(seen, _SWGLBase):
+        if getattr(type(seen), "is_swgl", False):  # SWGLBase's flag: no import cycle
             return seen
         seen = getattr(seen, "_optimizer", None) or getattr(seen, "optimizer", None)
     raise TypeError(

@@ -17,7 +17,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from swgl.modulator import SWGL, _check_options
+from swgl.options import check_options
+from swgl.two_object import SWGL
 
 __all__ = ["SWGLPlugin"]
 
@@ -33,7 +34,7 @@ class SWGLPlugin:
     def __init__(self, **swgl_options: Any) -> None:
         bound = inspect.signature(SWGL).bind([], **swgl_options)  # TypeError on unknown names
         bound.apply_defaults()
-        _check_options({k: v for k, v in bound.arguments.items() if k not in ("params", "scaler")})
+        check_options({k: v for k, v in bound.arguments.items() if k not in ("params", "scaler")})
         self.options = swgl_options
         self.swgl: SWGL | None = None
         self._pending_state: dict[str, Any] | None = None

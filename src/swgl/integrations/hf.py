@@ -18,8 +18,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from swgl._validate import check_int
-from swgl.modulator import SWGLWrapper
 from swgl.stats import DEFAULT_QUANTILES, layer_stats, to_scalars
+from swgl.wrapper import SWGLWrapper
 
 __all__ = ["SWGLStatsCallback", "add_stats_logging", "optimizer_cls_and_kwargs"]
 

@@ -1,16 +1,14 @@
-"""Fused CUDA implementations of the SWGL rules, through Triton (an optional dependency).
+"""Triton kernel launches for the rules' ``fused`` variants (Triton is an optional dependency).
 
-:data:`FUSED` maps a rule name to an implementation with the rules' signature
-``impl(params, grads, stabilities, steps, hp, ctx)`` (see :mod:`swgl.rules`). Each one sends
-the tensors the kernels handle to Triton, a few launches per (device, dtype) group whatever
-the number of tensors, and the rest to the rule's foreach implementation, so any input works:
+A rule module's ``fused`` variant calls :func:`run_fused` / :func:`run_fused_after` with its
+own foreach variant: the tensors the kernels handle go to Triton, a few launches per
+(device, dtype) group whatever the number of tensors, and the rest to foreach, so any input
+works:
 
-* handled: CUDA params and grads of fp32, bf16 or fp16, fp32 stability, all three contiguous
-  and non-empty;
-* the rest (non-contiguous views, fp64, CPU tensors, ...) take ``RULES[rule].foreach``;
-* a :class:`~swgl.rules.Hyper` carrying options the kernels do not implement (any field
-  beyond ``alpha, lambda_reg, eps, max_boost, signal, max_damping`` set to a non-default
-  value: today ``mode="update"`` and ``shock``) takes foreach for the whole call.
+* handled: CUDA params and grads of fp32, bf16 or fp16, fp32 state, all contiguous and
+  non-empty;
+* the rest (non-contiguous views, fp64, CPU tensors, ...) take the rule's foreach;
+* options the kernels do not implement (``shock``) take foreach for the whole call.
 
 Triton is imported on the first fused call, never at ``import swgl``.
 """
@@ -22,17 +20,18 @@ import functools
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
-from functools import partial
 
 import torch
 from torch import Tensor
 
-from swgl.rules import RULES, Context, Hyper, _v3
+from swgl.rules.base import Context, Hyper
 
-__all__ = ["FUSED", "triton_available", "runs_on", "can_fuse", "supports", "fusable_tensor"]
+__all__ = ["run_fused", "run_fused_after", "triton_available", "runs_on", "can_fuse",
+           "supports", "fusable_tensor"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping"})
+_KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
+                          "mode"})
 # Triton's interpreter runs the kernels on CPU tensors: lets the kernels be debugged anywhere
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -74,11 +73,10 @@ def fusable_tensor(p: Tensor, g: Tensor, s: Tensor) -> bool:
     )
 
 
-def can_fuse(rule: str, params: Sequence[Tensor], hp: Hyper | None = None) -> bool:
+def can_fuse(params: Sequence[Tensor], hp: Hyper | None = None) -> bool:
     """Whether ``fused=None`` (auto) picks the Triton path for this call."""
     return (
-        rule in FUSED
-        and bool(params)
+        bool(params)
         and all(p.is_cuda or _INTERPRET for p in params)
         and (hp is None or supports(hp))
         and triton_available()
@@ -114,29 +112,49 @@ def sub_context(ctx: Context, idx: list[int]) -> Context:
     return dataclasses.replace(ctx, numels=numels)
 
 
-def _fused(rule: str, params, grads, stabilities, steps, hp: Hyper, ctx: Context) -> None:
+def run_fused(rule: str, foreach: Callable, params, grads, state, steps, hp: Hyper,
+              ctx: Context):
+    """A rule's ``before`` phase: Triton for the tensors it takes, ``foreach`` for the rest.
+
+    Returns what the rule's ``before`` returns (per-param ``m`` in ``mode="update"``).
+    """
+    stabilities = state["stability"]
     if not supports(hp):
-        RULES[rule].foreach(params, grads, stabilities, steps, hp, ctx)
-        return
+        return foreach(params, grads, state, steps, hp, ctx)
     groups, rest = split(params, grads, stabilities)
+    aux: list[Tensor | None] = [None] * len(params)
     if rest:
-        RULES[rule].foreach(
-            *(_subset(xs, rest) for xs in (params, grads, stabilities, steps)),
-            hp, sub_context(ctx, rest),
-        )
+        out = foreach(*(_subset(xs, rest) for xs in (params, grads)),
+                      {"stability": _subset(stabilities, rest)}, _subset(steps, rest),
+                      hp, sub_context(ctx, rest))
+        for i, m in zip(rest, out or ()):
+            aux[i] = m
     if groups:
         from swgl.kernels import triton_swgl
 
         for idx in groups.values():
-            triton_swgl.swgl_pass(
+            out = triton_swgl.swgl_pass(
                 *(_subset(xs, idx) for xs in (params, grads, stabilities, steps)),
                 hp, sub_context(ctx, idx), rule=rule,
             )
+            for i, m in zip(idx, out or ()):
+                aux[i] = m
+    return aux if hp.mode == "update" else None
 
 
-#: rule name -> fused implementation (same signature as ``RULES[name].foreach``)
-FUSED: dict[str, Callable[..., None]] = {
-    name: partial(_fused, name) for name in ("v1", "v1-paper", "v2")
-}
-# v3 is v2 with its ceiling at 1: the same kernels, options translated by the rule itself.
-FUSED["v3"] = _v3(FUSED["v2"])
+def run_fused_after(foreach: Callable, params, snapshots, state, steps, aux, hp: Hyper,
+                    ctx: Context) -> None:
+    """A rule's ``after`` phase: Triton for the tensors it takes, ``foreach`` for the rest."""
+    stabilities = state["stability"]
+    groups, rest = split(params, snapshots, stabilities)
+    if rest:
+        foreach(*(_subset(xs, rest) for xs in (params, snapshots)),
+                {"stability": _subset(stabilities, rest)},
+                *(_subset(xs, rest) for xs in (steps, aux)), hp, sub_context(ctx, rest))
+    if groups:
+        from swgl.kernels import triton_swgl
+
+        for idx in groups.values():
+            triton_swgl.rescale_pass(
+                *(_subset(xs, idx) for xs in (params, snapshots, stabilities, steps, aux)), hp,
+            )

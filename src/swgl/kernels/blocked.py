@@ -40,10 +40,10 @@ def _chunks(t: Tensor, splittable: bool) -> list[Tensor]:
     return list(t.view(-1).split(CHUNK)) if splittable else [t]
 
 
-def _blocked(rule: str, params, grads, stabilities, steps, hp: Hyper, ctx: Context) -> None:
+def _blocked(rule: str, params, grads, state, steps, hp: Hyper, ctx: Context) -> None:
     owner: list[int] = []
     lists: tuple[list[Tensor], ...] = ([], [], [], [])
-    for i, tensors in enumerate(zip(params, grads, stabilities)):
+    for i, tensors in enumerate(zip(params, grads, state["stability"])):
         splittable = all(t.is_contiguous() for t in tensors)
         parts = [_chunks(t, splittable) for t in tensors]
         owner += [i] * len(parts[0])
@@ -59,7 +59,9 @@ def _blocked(rule: str, params, grads, stabilities, steps, hp: Hyper, ctx: Conte
 
     numels = tuple(ctx.numel(i, params[i]) for i in owner)
     chunk_ctx = Context(grad_scale=ctx.grad_scale, reduce_sum=reduce_sum, numels=numels)
-    return RULES[rule].foreach(*lists, hp, chunk_ctx)
+    chunked, chunk_grads, chunk_state, chunk_steps = lists
+    return RULES[rule].before.foreach(chunked, chunk_grads, {"stability": chunk_state}, chunk_steps,
+                                      hp, chunk_ctx)
 
 
 #: rule name -> cache-blocked foreach implementation (the rules' signature)

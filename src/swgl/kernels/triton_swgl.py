@@ -32,7 +32,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from swgl.rules import _TINY, R_MAX, WEIGHT_FLOOR, Context, Hyper
+from swgl.rules.base import Context, Hyper
+from swgl.rules.normalised import R_MAX, TINY, WEIGHT_FLOOR, reference
 
 #: Elements per program and warps per program of the elementwise kernels.
 BLOCK = 4096
@@ -41,7 +42,7 @@ _RBLOCK = 1024
 # the rules' constants, as compile-time values the kernels can read
 _FLOOR = tl.constexpr(WEIGHT_FLOOR)
 _RMAX = tl.constexpr(R_MAX)
-_TINY_C = tl.constexpr(_TINY)
+_TINY_C = tl.constexpr(TINY)
 _FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 RULE_IDS = {"v1": 0, "v1-paper": 1, "v2": 2}
@@ -268,12 +269,15 @@ def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
                              RULE == 1, HAS_LAMBDA)
         _st(sp, offs, s, mask, MASKED)
     if OPT == 0:
-        _st(gp, offs, c * g + k * w, mask, MASKED)
+        if MODE == 0:
+            _st(gp, offs, c * g + k * w, mask, MASKED)
+        else:
+            _st(gp, offs, g + k * w, mask, MASKED)
     else:
         if MODE == 0:
             d = c * g + k * w
         else:
-            d = g
+            d = g + k * w
         if OPT == 1:
             m1 = _ld(mp, offs, mask, MASKED)
             m2 = _ld(vp, offs, mask, MASKED)
@@ -296,10 +300,9 @@ def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
                     d = buf
             u = d
             w_new = w
-        if MODE == 0:
-            w_new = w_new - lr * u
-        else:
-            w_new = w_new - lr * (c * u + k * w)
+        w_new = w_new - lr * u
+        if MODE == 1:  # the update rescaled: w_new + (1 - c) (w - w_new), as the rule's after()
+            w_new = w_new + (1.0 - c) * (w - w_new)
         _st(pp, offs, w_new, mask, MASKED)
 
 
@@ -341,6 +344,37 @@ def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, counts,
                        lam, grad_scale, inv_scale, lr, beta1, beta2, ln_beta1, ln_beta2,
                        opt_eps, wd, momentum, dampening, RULE, OPT, MODE, HAS_LAMBDA,
                        HAS_MOMENTUM, NESTEROV, True)
+
+
+@triton.jit
+def _rescale_body(pp, bp, sp, offs, n, inv_bc, m_ref, min_scale, max_boost,
+                  MASKED: tl.constexpr):
+    mask = offs < n
+    w = _ld(pp, offs, mask, MASKED)
+    b = _ld(bp, offs, mask, MASKED)
+    s = _ld(sp, offs, mask, MASKED)
+    keep = 1.0 - m_ref / (s * inv_bc + _TINY_C)
+    keep = tl.minimum(tl.maximum(keep, 1.0 - max_boost), 1.0 - min_scale)
+    _st(pp, offs, w + keep * (b - w), mask, MASKED)
+
+
+@triton.jit
+def _rescale_kernel(ptrs, T, blocks, nblocks, numels, steps, refs, ln_alpha, min_scale,
+                    max_boost, P_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+                    BLOCK_: tl.constexpr):
+    """v2's after phase: w = w + (1 - c) (w_before - w), c from the stored EMA (kind 1 holds
+    the snapshots)."""
+    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, refs, False, BLOCK_)
+    pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+    bp = _ptr(ptrs, 1, T, i, P_DTYPE, ALIGNED)
+    sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
+    t = tl.maximum(tl.load(steps + i).to(tl.float32), 1.0)
+    inv_bc = 1.0 / _bias_correction(t, ln_alpha)
+    m_ref = tl.load(refs + i)
+    if full:
+        _rescale_body(pp, bp, sp, offs, n, inv_bc, m_ref, min_scale, max_boost, False)
+    else:
+        _rescale_body(pp, bp, sp, offs, n, inv_bc, m_ref, min_scale, max_boost, True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,7 +479,8 @@ def v2_ema(lau: Launch, hp: Hyper, ctx: Context, sumsq: Tensor,
            found: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """v2 pass 2: the EMA update in place; returns the per-tensor sums of log s_hat over the
     elements with s_hat > 0, and their counts."""
-    partials = torch.empty(2, lau.nblocks, device=lau.device, dtype=torch.float32)
+    # zeros: a skipped step (found) writes no partials, and m must stay finite
+    partials = torch.zeros(2, lau.nblocks, device=lau.device, dtype=torch.float32)
     _v2_ema_kernel[lau.grid()](
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.gnumels, lau.steps, sumsq,
         partials[0], partials[1], found if found is not None else partials, hp.alpha,
@@ -479,15 +514,37 @@ def step(lau: Launch, rule: str, hp: Hyper, ctx: Context, *,
     )
 
 
-def swgl_pass(params, grads, stabilities, steps, hp: Hyper, ctx: Context, *, rule: str) -> None:
-    """The standalone pass over one launch group (the rule signature, plus ``rule``)."""
-    on_device = steps[0].is_cuda
-    lau = Launch([params, grads, stabilities], None if on_device else steps, ctx.numels)
+def _launch(tensors: list[list[Tensor]], steps: list[Tensor], numels=None) -> Launch:
+    on_device = steps[0].device == tensors[0][0].device
+    lau = Launch(tensors, None if on_device else steps, numels)
     if on_device:
         lau.steps = torch.stack([t.reshape(()) for t in steps])
+    return lau
+
+
+def swgl_pass(params, grads, stabilities, steps, hp: Hyper, ctx: Context, *, rule: str):
+    """A rule's before phase over one launch group (the rule signature, plus ``rule``).
+
+    Returns the per-param ``m`` in ``mode="update"`` (v2), else None.
+    """
+    lau = _launch([params, grads, stabilities], steps, ctx.numels)
+    found = None if ctx.found is None else ctx.found.reshape(1).to(lau.device, torch.float32)
     sums = None
     if rule == "v2":
         # only the "relative" signal reads the weight RMS
         sumsq = v2_weight_sums(lau, ctx) if _signal(hp) == "relative" else lau.numels
-        sums = v2_ema(lau, hp, ctx, sumsq)
-    step(lau, rule, hp, ctx, sums=sums)
+        sums = v2_ema(lau, hp, ctx, sumsq, found)
+    if not (rule == "v2" and hp.mode == "update" and hp.lambda_reg == 0.0):
+        step(lau, rule, hp, ctx, sums=sums, found=found, mode=hp.mode)
+    return list(reference(*sums).unbind()) if sums is not None and hp.mode == "update" else None
+
+
+def rescale_pass(params, snapshots, stabilities, steps, refs, hp: Hyper) -> None:
+    """v2's after phase over one launch group."""
+    lau = _launch([params, snapshots, stabilities], steps)
+    _rescale_kernel[lau.grid()](
+        lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.steps,
+        torch.stack([m.reshape(()) for m in refs]).float(), _ln(hp.alpha), hp.min_scale,
+        hp.max_boost, P_DTYPE=lau.p_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK,
+        num_warps=NUM_WARPS,
+    )

@@ -25,45 +25,42 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl import kernels
-from swgl._validate import check_choice, check_range
+from swgl.base import run_closure
 from swgl.functional import all_finite
-from swgl.optim._coeffs import COEFFS
+from swgl.options import DEFAULTS, check_options
+from swgl.options import hyper as group_hyper
 from swgl.rules import RULES, Context, Hyper
 
-SWGL_DEFAULTS: dict[str, Any] = dict(
-    rule="v2", alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0, mode="grad",
-    signal="utility", max_damping=None,
-)
-SIGNALS = ("relative", "utility", "fisher")
-#: where the SWGL factor is applied: to the gradient the base optimizer sees, or to its update
-MODES = ("grad", "update")
+#: The ``swgl=`` options: the math options of :class:`swgl.SWGL`, with its defaults.
+SWGL_DEFAULTS: dict[str, Any] = dict(DEFAULTS)
 
 
 def check_swgl(options: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate an ``swgl=`` dict (merged over ``base`` or the defaults); return a full copy."""
+    """Validate an ``swgl=`` dict (merged over ``base`` or the defaults); return a full copy.
+
+    The checks are :class:`swgl.SWGL`'s (:func:`swgl.options.check_options`).
+    """
     if not isinstance(options, dict):
         raise TypeError(f"swgl must be a dict of SWGL options, got {type(options).__name__}")
     unknown = sorted(set(options) - set(SWGL_DEFAULTS))
     if unknown:
         raise ValueError(f"swgl has unknown options {unknown}; known: {sorted(SWGL_DEFAULTS)}")
-    out = {**(base or SWGL_DEFAULTS), **options}
-    out["rule"] = check_choice("swgl['rule']", out["rule"], COEFFS)
-    out["alpha"] = check_range("swgl['alpha']", out["alpha"], 0.0, 1.0, high_open=True)
-    out["lambda_reg"] = check_range("swgl['lambda_reg']", out["lambda_reg"], 0.0)
-    out["eps"] = check_range("swgl['eps']", out["eps"], 0.0, low_open=True)
-    out["max_boost"] = check_range("swgl['max_boost']", out["max_boost"], 1.0, 1e30)
-    out["mode"] = check_choice("swgl['mode']", out["mode"], MODES)
-    out["signal"] = check_choice("swgl['signal']", out["signal"], SIGNALS)
-    if out["max_damping"] is not None:
-        out["max_damping"] = check_range("swgl['max_damping']", out["max_damping"], 1.0, 1e30)
-    return out
+    base = base or SWGL_DEFAULTS
+    if options.get("rule", base["rule"]) != base["rule"]:
+        # another rule: what was resolved for the old one (mode, signal) starts unset again
+        base = {**SWGL_DEFAULTS, **{k: base[k] for k in ("alpha", "lambda_reg", "eps",
+                                                         "max_boost")}}
+    checked = {**base, **options}
+    check_options(checked, math_only=True, label="swgl['{}']")
+    if len(RULES[checked["rule"]].state) > 1:
+        raise ValueError(f"swgl['rule']={checked['rule']!r} keeps several state tensors; "
+                         "swgl.optim runs rules with one (use SWGL.wrap(base))")
+    return checked
 
 
 def hyper(options: dict[str, Any]) -> Hyper:
-    """The rules' options; the factor's placement (``mode``) is the optimizer's business."""
-    return Hyper(alpha=options["alpha"], lambda_reg=options["lambda_reg"], eps=options["eps"],
-                 max_boost=options["max_boost"], signal=options["signal"],
-                 max_damping=options["max_damping"])
+    """The rule's options, as its variants read them."""
+    return RULES[options["rule"]].hyper(group_hyper(options))
 
 
 def check_fused(fused: Any) -> bool | None:
@@ -132,10 +129,7 @@ class SWGLOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         work = [(group, self._gather(group)) for group in self.param_groups]
         work = [(group, lists) for group, lists in work if lists[0]]
         if not work:
@@ -163,9 +157,9 @@ class SWGLOptimizer(Optimizer):
             if not ok:
                 break
             groups, rest = kernels.split(params, grads, stabilities)
-            ok = not rest and group["swgl"]["rule"] in kernels.FUSED and all(
-                key[0] == device for key in groups
-            )
+            ok = (not rest and RULES[group["swgl"]["rule"]].kernel is not None
+                  and kernels.supports(hyper(group["swgl"]))
+                  and all(key[0] == device for key in groups))
             plan.append(list(groups.values()))
         if True in wants and not ok:
             raise RuntimeError(
@@ -192,22 +186,30 @@ class SWGLOptimizer(Optimizer):
                     state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
     def _foreach_step(self, work) -> None:
+        """The rule's foreach variants around the optimizer's foreach math: exactly
+        ``SWGL.wrap(torch optimizer)``. One host sync, for the non-finite guard."""
         if not all_finite([g for _, lists in work for g in lists[1]]):
             return
         for group, (params, grads, stabilities, steps, buffers) in work:
             torch._foreach_add_(steps, 1.0)
             options = group["swgl"]
-            c, k = COEFFS[options["rule"]](params, grads, stabilities, steps, hyper(options),
-                                           Context())
+            rule, hp = RULES[options["rule"]], hyper(options)
+            state = {"stability": stabilities}
+            # the rule writes its gradient into d; the grads themselves are only read
+            d = list(torch._foreach_mul([g.float() for g in grads], 1.0))
+            aux = rule.before.foreach(params, d, state, steps, hp, Context())
+            snapshots = None
+            if options["mode"] == "update":
+                snapshots = list(torch._foreach_mul(params, 1.0))
             w = [p.float() for p in params]
-            g = [x.float() for x in grads]
-            self._foreach_update(group, w, g, buffers, [float(t) for t in steps], c, k,
-                                 options["mode"])
+            self._foreach_update(group, w, d, buffers, [float(t) for t in steps])
             for p, w32 in zip(params, w):
                 if w32 is not p:
                     p.copy_(w32)
+            if snapshots is not None:
+                rule.after.foreach(params, snapshots, state, steps, aux, hp, Context())
 
-    def _foreach_update(self, group, w, g, buffers, steps, c, k, mode) -> None:
+    def _foreach_update(self, group, w, g, buffers, steps) -> None:
         """Update the fp32 params ``w`` in place from fp32 grads ``g`` (subclasses)."""
         raise NotImplementedError
 
@@ -223,7 +225,7 @@ class SWGLOptimizer(Optimizer):
         found = torch.zeros(1, dtype=torch.float32, device=device)
         plans = []
         for (group, (params, grads, stabilities, steps, buffers)), launches in zip(work, plan):
-            rule = group["swgl"]["rule"]
+            rule = RULES[group["swgl"]["rule"]].kernel
             for idx in launches:
                 lists = [[xs[i] for i in idx] for xs in (params, grads, stabilities, *buffers)]
                 lau = K.Launch(lists)
@@ -242,5 +244,6 @@ class SWGLOptimizer(Optimizer):
             hp = hyper(options)
             lau.steps = torch.stack(steps)
             sums = K.v2_ema(lau, hp, ctx, sumsq, found) if sumsq is not None else None
-            K.step(lau, options["rule"], hp, ctx, sums=sums, found=found, opt=self.kernel_opt,
+            K.step(lau, RULES[options["rule"]].kernel, hp, ctx, sums=sums, found=found,
+                   opt=self.kernel_opt,
                    mode=options["mode"], **self.kernel_args(group))

@@ -1,21 +1,17 @@
-r"""AdamW with SWGL fused into the same pass.
+r"""AdamW with SWGL fused into the same pass: ``swgl.optim.AdamW(params, lr, ...)`` computes
+exactly what ``SWGL.wrap(torch.optim.AdamW(params, lr, ...))`` does, in one pass over the
+gradient, the param, SWGL's state and Adam's moments (Triton on CUDA, foreach elsewhere).
 
-For each param, with the SWGL pair :math:`(c, k)` of :mod:`swgl.optim._coeffs` (the rule's
-output is :math:`c \odot g + k \odot w`) and step :math:`t`:
-
-mode ``"grad"`` (exactly ``SWGL`` on the gradient, then ``torch.optim.AdamW``):
+With :math:`d` the gradient the rule hands on (mode ``"grad"``: :math:`c \odot g + k \odot w`;
+mode ``"update"``: :math:`g + k \odot w`) and step :math:`t`:
 
 .. math::
-    d = c \odot g + k \odot w,\quad m \leftarrow \beta_1 m + (1-\beta_1) d,\quad
-    v \leftarrow \beta_2 v + (1-\beta_2) d^2,\\
+    m \leftarrow \beta_1 m + (1-\beta_1) d,\quad v \leftarrow \beta_2 v + (1-\beta_2) d^2,\quad
     u = \frac{m / (1-\beta_1^t)}{\sqrt{v / (1-\beta_2^t)} + \epsilon},\quad
-    w \leftarrow w (1 - \eta\lambda) - \eta u
+    w' = w (1 - \eta\lambda) - \eta u
 
-mode ``"update"`` (the moments see the raw gradient; SWGL scales Adam's update, where Adam's
-per-parameter normalisation cannot cancel it):
-
-.. math::
-    m, v \text{ from } g,\quad w \leftarrow w (1 - \eta\lambda) - \eta (c \odot u + k \odot w)
+then :math:`w \leftarrow w'` (mode ``"grad"``) or :math:`w \leftarrow w' + (1 - c)(w - w')`
+(mode ``"update"``: the rule's ``after`` phase scales the whole step by :math:`c`).
 """
 
 from __future__ import annotations
@@ -38,8 +34,9 @@ class AdamW(SWGLOptimizer):
         params: iterable of tensors or of param-group dicts; a group may carry its own
             ``swgl`` dict, merged over the constructor's.
         lr, betas, eps, weight_decay: as in ``torch.optim.AdamW``.
-        swgl: SWGL options: ``rule`` ("v2", "v1", "v1-paper"), ``alpha``, ``lambda_reg``,
-            ``eps``, ``max_boost`` (see :class:`swgl.SWGL`) and ``mode`` ("grad" or "update").
+        swgl: SWGL's options (:class:`swgl.SWGL`'s, with its defaults and checks): ``rule``,
+            ``alpha``, ``lambda_reg``, ``eps``, ``max_boost``, ``signal``, ``mode``,
+            ``max_damping``, ``shock``.
         fused: None picks the Triton kernels when every param is a contiguous CUDA tensor and
             Triton is installed, else foreach; True requires the kernels; False never uses them.
 
@@ -69,16 +66,10 @@ class AdamW(SWGLOptimizer):
         return dict(lr=group["lr"], beta1=beta1, beta2=beta2, opt_eps=group["eps"],
                     weight_decay=group["weight_decay"])
 
-    def _foreach_update(self, group, w, g, buffers, steps, c, k, mode) -> None:
+    def _foreach_update(self, group, w, d, buffers, steps) -> None:
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         beta1, beta2 = group["betas"]
         exp_avgs, exp_avg_sqs = buffers
-        if mode == "grad":
-            d = torch._foreach_mul(g, c)
-            if k is not None:
-                torch._foreach_addcmul_(d, k, w)
-        else:
-            d = g
         torch._foreach_lerp_(exp_avgs, d, 1.0 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, d, d, value=1.0 - beta2)
@@ -87,9 +78,5 @@ class AdamW(SWGLOptimizer):
         torch._foreach_add_(denom, eps)
         u = torch._foreach_div(exp_avgs, denom)
         torch._foreach_div_(u, [1.0 - beta1**t for t in steps])
-        if mode == "update":
-            torch._foreach_mul_(u, c)
-            if k is not None:
-                torch._foreach_addcmul_(u, k, w)
         torch._foreach_mul_(w, 1.0 - lr * wd)
         torch._foreach_add_(w, u, alpha=-lr)

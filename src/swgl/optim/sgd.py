@@ -1,16 +1,14 @@
-r"""SGD (with momentum) with SWGL fused into the same pass.
+r"""SGD (with momentum) with SWGL fused into the same pass: exactly
+``SWGL.wrap(torch.optim.SGD(...))``, as :mod:`swgl.optim.adamw` is for AdamW.
 
-With the SWGL pair :math:`(c, k)` (the rule's output is :math:`c \odot g + k \odot w`):
-
-mode ``"grad"`` (exactly ``SWGL`` on the gradient, then ``torch.optim.SGD``):
+With :math:`d` the gradient the rule hands on (see :mod:`swgl.optim.adamw`):
 
 .. math::
-    d = c \odot g + k \odot w + \lambda w,\quad
+    d \leftarrow d + \lambda w,\quad
     b \leftarrow \mu b + (1-\tau) d\ (b = d \text{ at the first step}),\quad
-    u = d + \mu b \text{ (nesterov) or } b,\quad w \leftarrow w - \eta u
+    u = d + \mu b \text{ (nesterov) or } b,\quad w' = w - \eta u
 
-mode ``"update"``: the same with :math:`d = g + \lambda w`, then
-:math:`w \leftarrow w - \eta (c \odot u + k \odot w)`.
+then :math:`w \leftarrow w'` (mode ``"grad"``) or :math:`w' + (1 - c)(w - w')` (``"update"``).
 """
 
 from __future__ import annotations
@@ -60,14 +58,8 @@ class SGD(SWGLOptimizer):
                     momentum=group["momentum"], dampening=group["dampening"],
                     nesterov=group["nesterov"])
 
-    def _foreach_update(self, group, w, g, buffers, steps, c, k, mode) -> None:
+    def _foreach_update(self, group, w, d, buffers, steps) -> None:
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
-        if mode == "grad":
-            d = torch._foreach_mul(g, c)
-            if k is not None:
-                torch._foreach_addcmul_(d, k, w)
-        else:
-            d = torch._foreach_mul(g, 1.0)
         if wd != 0.0:
             torch._foreach_add_(d, w, alpha=wd)
         u = d
@@ -82,8 +74,4 @@ class SGD(SWGLOptimizer):
                 torch._foreach_add_(d, bufs, alpha=mu)
             else:
                 u = bufs
-        if mode == "update":
-            u = torch._foreach_mul(u, c)
-            if k is not None:
-                torch._foreach_addcmul_(u, k, w)
         torch._foreach_add_(w, u, alpha=-lr)

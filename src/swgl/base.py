@@ -1,0 +1,283 @@
+"""What both SWGL optimizer classes share: the per-param state, the rule's two phases over
+every param group, checkpoints of SWGL's own state.
+
+The state of each param lives in ``self.state[p]``: the storage format's tensors (for the
+default fp32 format ``{"stability"}``) plus ``"step"`` (a 0-d tensor on the param's device),
+so the seed's monitoring loop (``swgl.state[p]['stability']``) works with either class;
+``opt.stability(p)`` gives the fp32 view under any format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from swgl import functional
+from swgl.checkpoint import check_step
+from swgl.options import check_options, hyper
+from swgl.rules import RULES
+from swgl.state import STORAGES
+from swgl.stats import DEFAULT_QUANTILES, layer_stats
+
+__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "local", "run_closure", "snapshot"]
+
+#: Prefix of SWGL's keys in the wrapper's param groups and state_dict.
+PREFIX = "swgl_"
+
+
+def check_params(group: dict[str, Any]) -> None:
+    for i, p in enumerate(group["params"]):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"params[{i}] must be a torch.Tensor, got {type(p).__name__}")
+        if p.is_complex():
+            raise TypeError(f"params[{i}] is complex ({p.dtype}); SWGL supports real params only")
+        if not p.is_floating_point():
+            raise TypeError(f"params[{i}] has dtype {p.dtype}; SWGL needs floating-point params")
+
+
+class SWGLBase(Optimizer):
+    """State handling and the rule's phases, shared by both classes."""
+
+    #: what :func:`swgl.stats.find_swgl` looks for
+    is_swgl = True
+
+    #: Prefix of SWGL's options in a param group: the wrapper shares its groups with a base
+    #: optimizer whose own ``eps``, ``alpha`` or ``foreach`` must not be overwritten.
+    option_prefix = ""
+
+    def _option(self, group: dict[str, Any], name: str) -> Any:
+        return group[self.option_prefix + name]
+
+    def _storage(self, group: dict[str, Any]):
+        return STORAGES[self._option(group, "storage")]
+
+    def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        rule = RULES[self._option(group, "rule")]
+        # the step counter lives on the param's device: the default rule reads it there
+        step = torch.zeros((), device=local(p).device)
+        # the storage format takes the first state tensor; the others are plain fp32
+        extra = {name: _fresh(p, init) for name, init in rule.state[1:]}
+        return {**self._storage(group).init(p, rule.init_value), **extra, "step": step}
+
+    def _extra_names(self, group: dict[str, Any]) -> list[str]:
+        return [name for name, _ in RULES[self._option(group, "rule")].state[1:]]
+
+    def stability(self, p: Tensor) -> Tensor:
+        """``p``'s stability EMA as an fp32 tensor, whatever the storage format."""
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                state = self.state.get(p)
+                if not state:
+                    raise KeyError("this param has no SWGL state yet (no step taken)")
+                return self._storage(group).load(state, p)
+        raise KeyError("this tensor is not one of the optimizer's params")
+
+    def _gather(self, group: dict[str, Any]):
+        storage = self._storage(group)
+        params, grads, stabilities, steps = [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise TypeError(
+                    "SWGL does not support sparse gradients; build the embedding with "
+                    "sparse=False or leave it out of SWGL's params"
+                )
+            state = self.state[p]
+            if "step" not in state:
+                self._on_fresh_state(p)
+                state.update(self._new_state(p, group))
+            params.append(p.detach())
+            grads.append(p.grad)
+            stabilities.append(storage.load(state, p))
+            steps.append(state["step"])
+        extra = {name: [self.state[p][name] for p in group["params"] if p.grad is not None]
+                 for name in self._extra_names(group)}
+        return params, grads, stabilities, steps, extra
+
+    def _on_fresh_state(self, p: Tensor) -> None:
+        """Hook for the wrapper's 'base has state but SWGL does not' warning."""
+
+    @torch.no_grad()
+    def _modulate(self, grad_scale: float = 1.0) -> tuple[bool | Tensor, list[Pending]]:
+        """Run the rule's ``before`` phase over every group.
+
+        Returns whether it ran (False, or a device flag, if non-finite grads made it skip)
+        and, for groups whose rule has an ``after`` phase, what it needs after the base step.
+        """
+        applied: bool | Tensor = True
+        pending: list[Pending] = []
+        for group in self.param_groups:
+            params, grads, stabilities, steps, extra = self._gather(group)
+            options = self._rule_options(group)
+            outcome = functional.swgl(params, grads, stabilities, steps, **options,
+                                      grad_scale=grad_scale, extra_state=extra)
+            storage = self._storage(group)
+            owners = [p for p in group["params"] if p.grad is not None]
+            # fp32 state is updated in place (masked on the device); other formats are
+            # stored back only when the step applied, which reads the flag on the host
+            if storage.name != "fp32" and bool(outcome.applied):
+                for p, working in zip(owners, stabilities):
+                    storage.store(self.state[p], working)
+            if outcome.aux is not None and RULES[options["rule"]].after is not None:
+                pending.append(Pending(group, owners, outcome.aux))
+            applied = outcome.applied if applied is True else applied & outcome.applied
+        return applied, pending
+
+    def _rule_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        pre = self.option_prefix
+        names = ("rule", "alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
+                 "mode", "shock", "foreach", "fused")
+        return {name: group.get(pre + name) for name in names}
+
+    @torch.no_grad()
+    def _after(self, pending: list[Pending], snapshots: list[list[Tensor] | None]) -> None:
+        """The rule's ``after`` phase for each pending group (the base has stepped)."""
+        for entry, snaps in zip(pending, snapshots):
+            storage = self._storage(entry.group)
+            pre = self.option_prefix
+            functional.swgl_after(
+                entry.params, snaps, [storage.load(self.state[p], p) for p in entry.params],
+                [self.state[p]["step"] for p in entry.params], entry.aux,
+                rule=entry.group[pre + "rule"], hp=hyper(entry.group, pre),
+                foreach=entry.group[pre + "foreach"], fused=entry.group.get(pre + "fused"),
+                extra_state={name: [self.state[p][name] for p in entry.params]
+                             for name in self._extra_names(entry.group)},
+            )
+
+    def stats(self, names: Any = None, quantiles: tuple[float, ...] | None = None):
+        """Per-layer summaries of the stability state (see :func:`swgl.stats.layer_stats`).
+
+        ``names`` is a model or an iterable of ``(name, param)`` used to label the layers.
+        """
+        return layer_stats(self, names, DEFAULT_QUANTILES if quantiles is None else quantiles)
+
+    def on_task_boundary(self) -> None:
+        """Forget the stability estimates (as after a full shock), for users who know where one
+        task ends and the next begins. The base optimizer's state is left alone."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "step" in self.state.get(p, {}):
+                    self.state[p].update(self._new_state(p, group))
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _swgl_state_dict(self) -> dict[int, dict[str, Any]]:
+        """SWGL's own per-param state, keyed by position in ``param_groups`` (torch's ids)."""
+        out: dict[int, dict[str, Any]] = {}
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "step" in state:
+                    out[index] = dict(state)
+                index += 1
+        return out
+
+    def _check_swgl_state(self, saved: dict[int, dict[str, Any]], saved_groups: list) -> None:
+        """Check saved SWGL state against the params, with the storage format each saved group
+        names; raises ValueError and changes nothing."""
+        owners = [(p, saved_group) for group, saved_group in zip(self.param_groups, saved_groups)
+                  for p in group["params"]]
+        for index, entry in saved.items():
+            if not isinstance(index, int) or not 0 <= index < len(owners):
+                raise ValueError(
+                    f"state_dict has SWGL state for param index {index!r}, but the optimizer "
+                    f"holds {len(owners)} params"
+                )
+            p, saved_group = owners[index]
+            storage = STORAGES[saved_group[self.option_prefix + "storage"]]
+            extra = [name for name, _ in RULES[saved_group[self.option_prefix + "rule"]].state[1:]]
+            expected = {*storage.keys, *extra, "step"}
+            if not isinstance(entry, dict) or set(entry) != expected:
+                keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+                raise ValueError(
+                    f"state_dict entry for param {index} must have keys {sorted(expected)} "
+                    f"(storage {storage.name!r}), got {keys}"
+                )
+            check_step(entry["step"], index)
+            storage.check(entry, p, index)
+
+    def _install_swgl_state(self, saved: dict[int, dict[str, Any]]) -> None:
+        """Replace SWGL's state with checked ``saved`` state, keeping the saved dtypes."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        self.state.clear()
+        for index, entry in saved.items():
+            p = params[index]
+            state = {k: v.detach().to(device=p.device, copy=True) for k, v in entry.items()}
+            state["step"] = entry["step"].detach().to(device=local(p).device,
+                                                      dtype=torch.float32, copy=True)
+            self.state[p] = state
+
+    def _saved_groups(self, state_dict: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each group's SWGL options after loading ``state_dict`` (checked), without applying."""
+        merged = []
+        for group, saved in zip(self.param_groups, state_dict["param_groups"]):
+            options = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+            check_options(options, self.option_prefix)
+            merged.append(options)
+        return merged
+
+
+def local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (FSDP2: the rules run on shards), else ``t``."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class Pending(NamedTuple):
+    """What a group's ``after`` phase needs once the base optimizer has stepped."""
+
+    group: dict[str, Any]
+    params: list[Tensor]
+    aux: list[Tensor]
+
+    def only(self, ids: set[int]) -> tuple[Pending, Pending]:
+        """(the part for the params in ``ids``, the rest)."""
+        (taken, _), (left, _) = self.split(ids, None)
+        return taken, left
+
+    def split(self, ids: set[int], snaps: list[Tensor] | None):
+        """((part in ``ids``, its snapshots), (the rest, its snapshots))."""
+        inside = [id(p) in ids for p in self.params]
+        parts = []
+        for want in (True, False):
+            idx = [i for i, flag in enumerate(inside) if flag is want]
+            part = Pending(self.group, [self.params[i] for i in idx], [self.aux[i] for i in idx])
+            parts.append((part, None if snaps is None else [snaps[i] for i in idx]))
+        return parts[0], parts[1]
+
+
+def run_closure(closure: Callable[[], Any] | None) -> Any:
+    """``closure()`` with gradients enabled (the step runs under no_grad), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def _fresh(p: Tensor, init: float | str) -> Tensor:
+    """A rule's extra state tensor: filled with ``init``, or a copy of ``p`` (``"param"``)."""
+    if init == "param":
+        return local(p.detach()).to(torch.float32, memory_format=torch.contiguous_format,
+                                    copy=True)
+    return torch.full_like(local(p.detach()), init, dtype=torch.float32,
+                           memory_format=torch.contiguous_format)
+
+
+def snapshot(entry: Pending) -> list[Tensor] | None:
+    """Copies of the params' local shards before the base step, if the rule needs them (one
+    multi-tensor launch; ``* 1.0`` keeps -0.0 and NaN as they are)."""
+    rule = RULES[entry.group[_prefix_of(entry.group) + "rule"]]
+    if not rule.snapshot or not entry.params:
+        return None
+    return list(torch._foreach_mul([local(p.detach()) for p in entry.params], 1.0))
+
+
+def _prefix_of(group: dict[str, Any]) -> str:
+    return PREFIX if PREFIX + "rule" in group else ""
+
+

@@ -1,0 +1,113 @@
+"""SWGL's options: one set of defaults and one validation, shared by :class:`swgl.SWGL`,
+``SWGL.wrap`` and :mod:`swgl.optim`.
+
+An option that the group's rule does not read (:attr:`swgl.rules.Rule.options`) must be left
+unset: ``SWGL(params, rule="v1", signal="fisher")`` raises instead of ignoring ``signal``.
+Options left unset (None) take the rule's default: ``mode`` its first mode, ``signal``
+``"utility"`` (chosen by measurement, docs/results.md). ``shock`` is deprecated (measured
+useless, CHANGELOG.md).
+
+What each of the seed's options does under the default rule (v3):
+
+* ``alpha``: the EMA's decay (memory of about ``1 / (1 - alpha)`` steps);
+* ``max_boost``: the damping floor: the most volatile elements move ``1/max_boost`` as far as
+  the base optimizer makes them (``max_damping`` overrides it);
+* ``lambda_reg`` and ``eps``: **nothing yet** under v3 (``lambda_reg``'s term is capped at
+  ``max_boost - 1 = 0`` by v3's ceiling; ``eps`` is only the ``relative`` signal's floor). They
+  keep their meaning under v1/v2; the next default rule (issue 12) is to give ``lambda_reg``
+  the strength of its pull toward an anchor.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from swgl._validate import check_choice, check_range
+from swgl.rules import DEFAULT_RULE, RULES, Hyper
+
+__all__ = ["DEFAULTS", "MATH_OPTIONS", "MODES", "SIGNALS", "check_options", "hyper"]
+
+#: Where the factor applies: to the gradient, or to the update the base optimizer makes.
+MODES = ("grad", "update")
+#: What v2/v3's EMA tracks (see :mod:`swgl.rules.normalised`).
+SIGNALS = ("relative", "utility", "fisher")
+DEFAULT_SIGNAL = "utility"
+
+#: The options of the math, with their defaults (the seed's four first).
+DEFAULTS: dict[str, Any] = dict(
+    alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0, rule=DEFAULT_RULE, signal=None,
+    mode=None, max_damping=None, shock=0.0,
+)
+MATH_OPTIONS = tuple(DEFAULTS)
+#: What "unset" is for each option a rule may not read.
+_UNSET: dict[str, Any] = dict(signal=None, max_damping=None, shock=0.0)
+
+
+def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = False,
+                  label: str = "{}") -> None:
+    """Validate one param group's SWGL options in place (numbers coerced to float, unset
+    options resolved for the rule). ``prefix`` is the options' key prefix (the wrapper's
+    ``swgl_``); ``math_only`` skips ``storage``, ``foreach`` and ``fused``; ``label`` formats
+    an option's name in messages (``swgl.optim``'s ``"swgl['{}']"``)."""
+    def key(name: str) -> str:
+        return prefix + name
+
+    def shown(name: str) -> str:
+        return label.format(prefix + name)
+
+    def number(name: str, *args, **kwargs) -> None:
+        group[key(name)] = check_range(shown(name), group[key(name)], *args, **kwargs)
+        if group[key(name)] == float("inf"):
+            raise ValueError(f"{shown(name)} must be finite, got inf")
+
+    rule_name = group[key("rule")] = check_choice(shown("rule"), group[key("rule")], RULES)
+    rule = RULES[rule_name]
+    for name, unset in _UNSET.items():
+        if name not in rule.options and group[key(name)] != unset:
+            raise ValueError(
+                f"{shown(name)}={group[key(name)]!r} means nothing to rule {rule_name!r} (it "
+                f"reads {sorted(rule.options)}); leave it unset"
+            )
+    number("alpha", 0.0, 1.0, high_open=True)
+    number("lambda_reg", 0.0)
+    number("eps", 0.0, low_open=True)
+    number("max_boost", 1.0)
+    if "signal" in rule.options:
+        if group[key("signal")] is None:
+            group[key("signal")] = DEFAULT_SIGNAL
+        group[key("signal")] = check_choice(shown("signal"), group[key("signal")], SIGNALS)
+    if group[key("mode")] is None:  # the rule's own: v2/v3 scale updates, the seed's rules grads
+        group[key("mode")] = rule.modes[0]
+    group[key("mode")] = check_choice(shown("mode"), group[key("mode")], MODES)
+    if group[key("mode")] not in rule.modes:
+        raise ValueError(
+            f"{shown('mode')}={group[key('mode')]!r} is not a mode of rule {rule_name!r} "
+            f"(it runs in {list(rule.modes)})"
+        )
+    if group[key("max_damping")] is not None:
+        number("max_damping", 1.0)
+    number("shock", 0.0)
+    if 0.0 < group[key("shock")] <= 1.0:
+        raise ValueError(f"{shown('shock')} must be 0 (off) or > 1, got {group[key('shock')]!r}")
+    if group[key("shock")] > 0.0:
+        warnings.warn(
+            f"{shown('shock')} is deprecated: measured useless (docs/results.md, drift: it never "
+            "helped online accuracy); it will be removed, see CHANGELOG.md",
+            DeprecationWarning, stacklevel=4,
+        )
+    if math_only:
+        return
+    from swgl.state import STORAGES
+
+    group[key("storage")] = check_choice(shown("storage"), group[key("storage")], STORAGES)
+    if not isinstance(group[key("foreach")], bool):
+        raise TypeError(f"{shown('foreach')} must be a bool, got {group[key('foreach')]!r}")
+    fused = group.setdefault(key("fused"), None)
+    if fused is not None and not isinstance(fused, bool):
+        raise TypeError(f"{shown('fused')} must be None or a bool, got {fused!r}")
+
+
+def hyper(group: dict[str, Any], prefix: str = "") -> Hyper:
+    """A checked group's math options (but ``rule``) as the rules take them."""
+    return Hyper(**{name: group[prefix + name] for name in MATH_OPTIONS if name != "rule"})

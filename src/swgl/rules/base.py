@@ -1,0 +1,119 @@
+"""What every rule module provides: its options (:class:`Hyper`), how a call sees its tensors
+(:class:`Context`) and the rule's interface (:class:`Rule`).
+
+A rule acts in up to two phases around the base optimizer's step:
+
+* ``before(params, grads, state, steps, hp, ctx) -> aux``: on the gradients, before the base
+  step (the seed's rules rescale them here). ``aux`` is a list with one entry per param (0-d
+  device tensors) that ``after`` needs, or None.
+* ``after(params, snapshots, state, steps, aux, hp, ctx) -> None``: on the params, after the
+  base step (``mode="update"`` rescales the update here; a proximal rule would pull the params
+  toward an anchor here). ``snapshots`` are copies of the params taken just before the base
+  step when the rule sets ``snapshot``, else None.
+
+``state`` maps each name the rule declares in :attr:`Rule.state` to a list of fp32 working
+tensors shaped like the params (the storage format of :mod:`swgl.state` loads and stores each
+one), ``steps`` are per-param step counters (0-d device tensors, already counted for this
+step). Each phase comes as :class:`Variants` with one signature: ``single`` (a readable
+per-tensor reference), ``foreach`` (``torch._foreach_*``) and ``fused`` (Triton; None when the
+rule has no kernel). A rule plugs in with one module and one entry in
+:data:`swgl.rules.RULES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A param group's SWGL options, as the rules read them."""
+
+    alpha: float
+    lambda_reg: float
+    eps: float
+    max_boost: float
+    signal: str = "relative"
+    max_damping: float | None = None
+    mode: str = "grad"
+    shock: float = 0.0
+
+    @property
+    def min_scale(self) -> float:
+        return 1.0 / (self.max_boost if self.max_damping is None else self.max_damping)
+
+
+def _local_sum(partial_sums: Tensor) -> Tensor:
+    return partial_sums
+
+
+@dataclass(frozen=True)
+class Context:
+    """How a call sees its tensors; the defaults describe plain, unscaled, unsharded tensors.
+
+    ``reduce_sum`` completes a 1-D tensor of per-tensor partial sums into global sums (an
+    all-reduce when the tensors are shards), and ``numels`` are the global element counts.
+    ``found`` is a device flag (1.0 where some gradient of the step is non-finite, as torch's
+    ``found_inf``): a rule that declares ``device_guard`` leaves its state and the grads as
+    they were when it is set, without reading it on the host. None: the grads are finite.
+    """
+
+    grad_scale: float = 1.0
+    reduce_sum: Callable[[Tensor], Tensor] = _local_sum
+    numels: tuple[int, ...] | None = None
+    found: Tensor | None = None
+
+    def numel(self, i: int, t: Tensor) -> int:
+        return t.numel() if self.numels is None else self.numels[i]
+
+    @property
+    def sharded(self) -> bool:
+        return self.numels is not None or self.reduce_sum is not _local_sum
+
+    def ok(self, device: torch.device) -> Tensor | None:
+        """A 0-d bool on ``device``: True when the step applies; None when there is no flag."""
+        return None if self.found is None else (self.found.reshape(()) == 0).to(device)
+
+
+@dataclass(frozen=True)
+class Variants:
+    """One phase of a rule, three ways with one signature."""
+
+    single: Callable[..., object]
+    foreach: Callable[..., object]
+    fused: Callable[..., object] | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule's interface (see the module docstring)."""
+
+    name: str
+    before: Variants
+    #: the Hyper fields the rule reads; the classes reject any other option set for it
+    options: frozenset[str]
+    #: (name, initial value) of each per-param fp32 state tensor: a number, or ``"param"`` for
+    #: a copy of the param (an anchor); the storage format applies to the first one
+    state: tuple[tuple[str, float | str], ...] = (("stability", 1.0),)
+    after: Variants | None = None
+    #: ``after`` needs the params as they were before the base step
+    snapshot: bool = False
+    #: the modes the rule runs in; the first is its default
+    modes: tuple[str, ...] = ("grad",)
+    #: the rule honours ``Context.found`` itself (no host sync for the non-finite guard)
+    device_guard: bool = False
+    #: ``(state, step, hp) -> (stability as the rule reads it, factor c)`` for one tensor:
+    #: what :mod:`swgl.stats` reports
+    factor: Callable[..., tuple[Tensor, Tensor]] | None = field(default=None, compare=False)
+    #: maps the user's options to the ones the variants read (v3: v2 with its ceiling at 1)
+    hyper: Callable[[Hyper], Hyper] = field(default=lambda hp: hp, compare=False)
+    #: the Triton kernels' rule id (rules sharing kernels share it), None without kernels
+    kernel: str | None = None
+
+    @property
+    def init_value(self) -> float:
+        return self.state[0][1]

@@ -1,0 +1,234 @@
+"""The seed's two-object API: ``swgl.step()`` runs the rule's first phase (it modulates
+``p.grad`` or records what the second needs) and the user then calls
+``base_optimizer.step()``, whose per-instance hooks (:mod:`swgl.companion`) run the second
+phase and the checks made when the base steps.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from swgl.base import Pending, SWGLBase, check_params, run_closure, snapshot
+from swgl.checkpoint import by_position, check_state_dict_layout
+from swgl.companion import Hooks, find_owners
+from swgl.options import check_options
+from swgl.rules import DEFAULT_RULE
+from swgl.wrapper import SWGLWrapper, wrap
+
+__all__ = ["SWGL"]
+
+
+def _is_swgl(optimizer: Optimizer) -> bool:
+    return isinstance(optimizer, SWGLBase)
+
+
+class SWGL(SWGLBase):
+    r"""Stability-Weighted Gradient Learning, the seed's two-object API.
+
+    Call ``swgl.step()`` after ``loss.backward()`` and before ``base_optimizer.step()``; it
+    rescales every ``p.grad`` in place by a factor in ``[1/max_boost, max_boost]`` (rule ``v2``)
+    computed from an EMA of the relative impact :math:`|g|/(|w|+\epsilon)`. See
+    :mod:`swgl.rules` for the exact math of each rule and ``docs/algorithm.md`` for why.
+
+    Args:
+        params: iterable of tensors or of param-group dicts; options may differ per group.
+        alpha: EMA decay in [0, 1).
+        lambda_reg: decay on volatile weights, >= 0 (see :mod:`swgl.rules`).
+        eps: numerical floor, > 0.
+        max_boost: the largest factor a gradient is multiplied by, >= 1.
+        rule: ``"v3"`` (default: v2 that only damps), ``"v2"`` (bounded, boosts and damps),
+            ``"v1"`` or ``"v1-paper"`` (the seed's formulas); see :mod:`swgl.rules`.
+        signal: what v2's EMA tracks: ``"utility"`` :math:`|g w|` (default, chosen by
+            measurement: docs/results.md), ``"relative"`` :math:`|g|/(|w|+\delta)` (the seed's)
+            or ``"fisher"`` :math:`g^2`.
+        mode: ``"grad"`` scales the gradient; ``"update"`` (v2/v3) scales the change the
+            base optimizer makes, which Adam's normalisation would otherwise cancel. Default
+            None: ``"update"`` for v2/v3, ``"grad"`` for the seed's v1 rules. In the
+            two-object pattern the update is rescaled by a step post-hook on the base
+            optimizer; it holds a copy of the params and the factors from ``swgl.step()`` until
+            ``base_optimizer.step()`` (2 extra param-sized buffers, transiently).
+        max_damping: the strongest damping is ``1/max_damping`` (default: ``max_boost``).
+        shock: restart a tensor's EMA when its signal jumps above ``shock`` times the EMA (drift;
+            0 = off).
+        storage: how the stability state is stored (see :mod:`swgl.state`); ``"fp32"``.
+        foreach: use the multi-tensor implementation (default) or the per-tensor reference.
+        fused: the Triton kernels (:mod:`swgl.kernels`): None picks them on CUDA when Triton
+            is installed, True requires them, False never uses them.
+        scaler: a ``torch.amp.GradScaler`` whose scaled grads ``step()`` will see (the seed's
+            AMP snippet). Without it, call ``scaler.unscale_(base)`` before ``swgl.step()``;
+            the seed's order without ``scaler=`` raises instead of training on scaled grads.
+
+    Non-finite gradients skip the whole step: state and grads are left untouched, so a
+    ``GradScaler`` still sees the infs and skips its own step.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        alpha: float = 0.99,
+        lambda_reg: float = 0.01,
+        eps: float = 1e-8,
+        max_boost: float = 10.0,
+        *,
+        rule: str = DEFAULT_RULE,
+        signal: str | None = None,
+        mode: str | None = None,
+        max_damping: float | None = None,
+        shock: float = 0.0,
+        storage: str = "fp32",
+        foreach: bool = True,
+        fused: bool | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        defaults = dict(
+            rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
+            signal=signal, mode=mode, max_damping=max_damping, shock=shock,
+            storage=storage, foreach=foreach, fused=fused,
+        )
+        check_options(dict(defaults))
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+        super().__init__(params, defaults)
+        self.scaler = scaler
+        self._param_ids = {id(p) for g in self.param_groups for p in g["params"]}
+        self._fingerprint: tuple[Tensor, Tensor] | None = None
+        self._pending_update: list[tuple[Pending, list[Tensor] | None]] = []
+        self._fresh = True
+        self._hooks = Hooks()
+        self._owned: set[int] = set()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    self.state[p].update(self._new_state(p, group))
+
+    @staticmethod
+    def wrap(base: Optimizer, **options: Any) -> SWGLWrapper:
+        """``SWGLWrapper(base, **options)`` (:mod:`swgl.wrapper`); unknown options raise."""
+        return wrap(base, **options)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        check_options(group)
+        check_params(group)
+        if hasattr(self, "_param_ids"):
+            self._param_ids.update(id(p) for p in group["params"])
+
+    def _current_grad_scale(self) -> float:
+        scaler = self.scaler
+        if scaler is None or not scaler.is_enabled():
+            return 1.0
+        from torch.amp.grad_scaler import OptState
+
+        stages = [s["stage"] for s in scaler._per_optimizer_states.values()]
+        if any(stage is OptState.UNSCALED for stage in stages):
+            return 1.0  # the user already called scaler.unscale_(base)
+        return float(scaler.get_scale())
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Modulate the grads in place. Call before ``base_optimizer.step()``."""
+        loss = run_closure(closure)
+        if self._pending_update or not self._hooks.owner_ids:
+            # first step, or no hooked optimizer stepped since the last one (a new base):
+            # the update made since then is rescaled now, and the owners are looked up again
+            if self._pending_update:
+                self._after(*zip(*self._pending_update))
+                self._pending_update = []
+            owners = find_owners(self._param_ids, _is_swgl)
+            self._hooks.attach(owners, self._before_base_step, self._after_base_step)
+            self._owned = {id(p) for o in owners for g in o.param_groups for p in g["params"]}
+        _, pending = self._modulate(self._current_grad_scale())
+        self._fingerprint = self._take_fingerprint() if self.scaler is None else None
+        # a param no optimizer holds is never stepped: there is no update to rescale
+        pending = [entry.only(self._owned)[0] for entry in pending]
+        self._pending_update = [(e, snapshot(e)) for e in pending if e.params]
+        return loss
+
+    def _after_base_step(self, base: Optimizer) -> None:
+        """The rule's ``after`` phase for the params ``base`` holds (it just stepped them)."""
+        if not self._pending_update:
+            return
+        ids = {id(p) for g in base.param_groups for p in g["params"]}
+        mine, rest = [], []
+        for entry, snaps in self._pending_update:
+            (taken, taken_snaps), (left, left_snaps) = entry.split(ids, snaps)
+            if taken.params:
+                mine.append((taken, taken_snaps))
+            if left.params:
+                rest.append((left, left_snaps))
+        if mine:
+            self._after(*zip(*mine))
+        self._pending_update = rest
+
+    def _take_fingerprint(self) -> tuple[Tensor, Tensor] | None:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return None
+        smallest = min(grads, key=Tensor.numel)
+        return smallest, smallest.detach().abs().sum()
+
+    def _before_base_step(self, base: Optimizer) -> None:
+        """Checks made when another optimizer steps params that this SWGL manages."""
+        if self._fresh:
+            self._fresh = False
+            has_history = any(
+                base.state.get(p) for g in base.param_groups for p in g["params"]
+            ) and any(float(st["step"]) <= 1 for st in self.state.values() if "step" in st)
+            if has_history and self._base_was_resumed(base):
+                warnings.warn(
+                    "the base optimizer resumed with saved state, but SWGL starts from fresh "
+                    "stability estimates: save and load swgl.state_dict() with your checkpoint",
+                    stacklevel=4,
+                )
+        fingerprint, self._fingerprint = self._fingerprint, None
+        if fingerprint is None or not called_from_grad_scaler():
+            return
+        grad, seen = fingerprint
+        # nan_to_num: a skipped step (non-finite grads) left the grads as they were
+        if not torch.equal(grad.detach().abs().sum().nan_to_num(), seen.nan_to_num()):
+            raise RuntimeError(
+                "SWGL modulated gradients that GradScaler unscaled afterwards: its statistics "
+                "saw scaled gradients. Call scaler.unscale_(base_optimizer) before swgl.step(), "
+                "or build SWGL(..., scaler=scaler)."
+            )
+
+    def _base_was_resumed(self, base: Optimizer) -> bool:
+        for group in base.param_groups:
+            for p in group["params"]:
+                step = base.state.get(p, {}).get("step")
+                if step is not None and float(step) >= 1:
+                    return True
+        return False
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``state_dict()``; stability keeps its saved dtype (torch would cast it)."""
+        check_state_dict_layout(state_dict, self.param_groups)
+        merged = self._saved_groups(state_dict)
+        saved = by_position(state_dict["state"], state_dict["param_groups"])
+        self._check_swgl_state(saved, merged)
+        for group, options in zip(self.param_groups, merged):
+            group.update({k: v for k, v in options.items() if k != "params"})
+        self._install_swgl_state(saved)
+        self._fresh = False
+
+
+def called_from_grad_scaler() -> bool:
+    from torch.amp.grad_scaler import GradScaler
+
+    code = GradScaler.step.__code__
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return False
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
