@@ -168,8 +168,9 @@ def gpu_suite(args) -> dict:
 
 def _standalone(device) -> dict:
     """The default rule's passes over BERT-base-sized fp32 tensors, in device time (profiler),
-    against a copy: before (reads g, w, s; writes s), snapshot (reads w, writes a copy), after
-    (reads w, snapshot, s; writes w)."""
+    against a copy: before (v4: reads g, s; writes s), snapshot (reads w, writes a copy), after
+    (v4: the progress sums read w, snapshot, s, g; the rescale reads w, snapshot, s, writes
+    w)."""
     from torch.profiler import ProfilerActivity, profile
 
     model, _, _ = _bert(device)
@@ -178,8 +179,8 @@ def _standalone(device) -> dict:
     grads = [torch.randn_like(p) * 1e-3 for p in params]
     stabs = [torch.rand_like(p) for p in params]
     steps = [torch.ones((), device=device) for _ in params]
-    opts = dict(rule="v3", alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0,
-                signal="utility", mode="update")
+    opts = dict(rule=swgl.DEFAULT_RULE, alpha=0.999, lambda_reg=3.0, eps=1e-8, max_boost=10.0,
+                mode="update")
     hp = swgl.rules.Hyper(**{k: v for k, v in opts.items() if k != "rule"})
     n = sum(p.numel() for p in params)
     flat = torch.empty(n, device=device)
@@ -191,10 +192,10 @@ def _standalone(device) -> dict:
     aux = before().aux
     snaps = list(torch._foreach_mul(params, 1.0))
     passes = {
-        "before (g, w, s -> s)": (before, 16),
+        "before (g, s -> s)": (before, 12),
         "snapshot (w -> copy)": (lambda: torch._foreach_mul(params, 1.0), 8),
-        "after (w, copy, s -> w)": (lambda: swgl.functional.swgl_after(
-            params, snaps, stabs, steps, aux, rule="v3", hp=hp), 16),
+        "after (w, copy, s, g -> sums; w, copy, s -> w)": (lambda: swgl.functional.swgl_after(
+            params, snaps, stabs, steps, aux, rule=swgl.DEFAULT_RULE, hp=hp), 32),
         "copy (reference)": (lambda: out.copy_(flat), 8),
     }
     result = {}

@@ -9,7 +9,8 @@ from torch import nn
 from swgl import SWGL, SWGLWrapper
 from swgl.groups import CATEGORIES, classify, merge, param_groups, swgl_options
 
-UNMODULATED = dict(max_boost=1.0, max_damping=1.0)
+UNMODULATED = dict(lambda_reg=0.0)  # the default rule v4: steps left as the base makes them
+V2_UNMODULATED = dict(max_boost=1.0, max_damping=1.0)
 
 
 class LlamaRMSNorm(nn.Module):  # a norm torch does not know, recognised by its class name
@@ -120,7 +121,7 @@ def _grads(model):
 def test_unmodulated_categories_keep_their_grads(api):
     torch.manual_seed(0)
     model = Tiny()
-    kw = dict(biases=UNMODULATED, norms=UNMODULATED, embeddings=dict(alpha=0.5))
+    kw = dict(biases=V2_UNMODULATED, norms=V2_UNMODULATED, embeddings=dict(alpha=0.5))
     grad_mode = dict(rule="v2", signal="relative", mode="grad")  # p.grad shows the scale
     if api == "two-object":
         opt = SWGL(param_groups(model, **kw), **grad_mode)
@@ -139,7 +140,7 @@ def test_unmodulated_categories_keep_their_grads(api):
     pre = "" if api == "two-object" else "swgl_"
     by_cat = dict(zip(CATEGORIES, opt.param_groups))
     assert by_cat["embeddings"][pre + "alpha"] == 0.5
-    assert by_cat["weights"][pre + "alpha"] == 0.99  # the optimizer's default
+    assert by_cat["weights"][pre + "alpha"] == 0.99  # v2's default (the seed's)
 
 
 def test_wrapper_keys_never_touch_the_base_options():
@@ -173,9 +174,9 @@ def test_merge_with_weight_decay_groups():
         assert len(cats) == 1  # each merged group sits inside one SWGL category ...
         assert len({p.ndim <= 1 for p in g["params"]}) == 1  # ... and one decay group
         if cats & {"biases", "norms"}:
-            assert g["swgl_max_boost"] == 1.0 and g["weight_decay"] == 0.0
+            assert g["swgl_lambda_reg"] == 0.0 and g["weight_decay"] == 0.0
         if cats == {"weights"} and g["params"][0].ndim > 1:
-            assert g["weight_decay"] == 0.05 and "swgl_max_boost" not in g
+            assert g["weight_decay"] == 0.05 and "swgl_lambda_reg" not in g
     opt = SWGLWrapper(merged, base=torch.optim.AdamW, base_kwargs={"lr": 1e-2})
     _backward(model)
     opt.step()  # trains

@@ -332,7 +332,7 @@ def test_functional_auto_dispatch_uses_kernels_on_cuda(rule, monkeypatch):
 
 
 @pytest.mark.parametrize("signal", ["relative", "fisher"])
-@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("rule", [r for r in RULE_NAMES if r != "v4"])  # v4 is not blocked
 def test_blocked_foreach_matches_reference(rule, signal, monkeypatch):
     from swgl.kernels import blocked
 

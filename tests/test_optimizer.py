@@ -704,7 +704,12 @@ def test_the_default_cpu_step_never_reads_a_tensor_on_the_host(api, host_reads):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("api", ["two-object", "wrapper", "swgl.optim"])
+@pytest.mark.parametrize("api", [
+    "two-object", "wrapper",
+    # swgl.optim has no fused kernel for v4: its foreach fallback reads step counters on the
+    # host (203 syncs a step on an H200, docs/results.md, issue 13)
+    pytest.param("swgl.optim", marks=pytest.mark.xfail(strict=True, reason="known gap")),
+])
 def test_the_default_cuda_step_never_syncs(api):
     """torch.cuda.set_sync_debug_mode("error") raises on any host sync, a skipped
     (non-finite) step included; fused torch AdamW as the base syncs nowhere either."""

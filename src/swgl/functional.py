@@ -158,11 +158,42 @@ def swgl_after(
     if variants is None or not params:
         return
     hp = RULES[rule].hyper(hp)
-    local = [_local(t) for t in params]
+    # plain tensors (an nn.Parameter is not one): the kernels take only plain tensors
+    local = [_local(t).detach() for t in params]
     impl = _pick(variants, rule, local, hp, foreach, fused)
     state = {name: [_local(t) for t in ts]
              for name, ts in {"stability": stabilities, **(extra_state or {})}.items()}
-    impl(local, snapshots, state, steps, aux, hp, Context())
+    dtensor = _dtensor_type()
+    if dtensor is None or not any(isinstance(p, dtensor) for p in params):
+        impl(local, snapshots, state, steps, aux, hp, Context())
+        return
+    # the same buckets as the before phase, so that sums over shards complete there too
+    for idx, ctx in _bucket_contexts(params, 1.0):
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        impl(pick(local), None if snapshots is None else pick(snapshots),
+             {name: pick(ts) for name, ts in state.items()}, pick(steps), pick(aux), hp, ctx)
+
+
+def _bucket_contexts(params: list[Tensor], grad_scale: float) -> list[tuple[list[int], Context]]:
+    """The params' indices per (mesh, placements) bucket, each with the Context whose sums
+    are all-reduced over the bucket's sharded mesh dims and whose numels are global."""
+    dtensor = _dtensor_type()
+    buckets: dict[object, list[int]] = {}
+    for i, p in enumerate(params):
+        key = (p.device_mesh, tuple(p.placements)) if isinstance(p, dtensor) else None
+        buckets.setdefault(key, []).append(i)
+    out = []
+    for key, idx in buckets.items():
+        ctx = Context(grad_scale=grad_scale)
+        if key is not None:
+            ctx = Context(
+                grad_scale=grad_scale,
+                reduce_sum=partial(_all_reduce, groups=_mesh_groups(*key),
+                                   op=torch.distributed.ReduceOp.SUM),
+                numels=tuple(params[i].numel() for i in idx),
+            )
+        out.append((idx, ctx))
+    return out
 
 
 def _local(t: Tensor) -> Tensor:
@@ -228,15 +259,7 @@ def _swgl_dtensor(params, grads, state, steps, hp, impl, grad_scale) -> Outcome:
     for step in steps:
         step.add_(1)
     aux: list[Tensor | None] = [None] * len(params)
-    for key, idx in buckets.items():
-        ctx = Context(grad_scale=grad_scale)
-        if key is not None:
-            groups = _mesh_groups(*key)
-            ctx = Context(
-                grad_scale=grad_scale,
-                reduce_sum=partial(_all_reduce, groups=groups, op=torch.distributed.ReduceOp.SUM),
-                numels=tuple(params[i].numel() for i in idx),
-            )
+    for idx, ctx in _bucket_contexts(params, grad_scale):
         bucket_aux = impl(
             [local(params[i]) for i in idx], [grads_local[i] for i in idx],
             {name: [local(ts[i]) for i in idx] for name, ts in state.items()},

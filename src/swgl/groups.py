@@ -17,11 +17,11 @@ shared by several modules (tied embeddings) belongs to the first owner in
 ``model.named_modules()`` order. ``overrides`` maps glob patterns of parameter names to a
 category for what types cannot tell (a ViT's ``pos_embed``, say).
 
-Example, biases and norms left unmodulated::
+Example, biases and norms left unmodulated (``lambda_reg=0`` under the default rule ``v4``;
+``max_boost=1, max_damping=1`` under ``v2``/``v3``)::
 
-    groups = swgl.groups.param_groups(
-        model, biases=dict(max_boost=1.0, max_damping=1.0),
-        norms=dict(max_boost=1.0, max_damping=1.0))
+    groups = swgl.groups.param_groups(model, biases=dict(lambda_reg=0.0),
+                                      norms=dict(lambda_reg=0.0))
     swgl = SWGL(groups)                                   # two-object API
     opt = SWGLWrapper(swgl.groups.param_groups(model, ..., for_wrapper=True),
                       base=torch.optim.AdamW, base_kwargs={"lr": 1e-3})
@@ -130,7 +130,10 @@ def _check_category_options(category: str, options: Any, known: Mapping[str, Any
         )
     from swgl.options import check_options
 
-    checked = {**known, **options}
+    # values are range-checked here, against the category's own rule if it names one, else
+    # against v2 (which reads every option); the optimizer then checks them against the rule
+    # it is built with
+    checked = {**known, "rule": "v2", **options}
     try:
         check_options(checked)
     except (ValueError, TypeError) as err:

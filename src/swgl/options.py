@@ -7,15 +7,16 @@ Options left unset (None) take the rule's default: ``mode`` its first mode, ``si
 ``"utility"`` (chosen by measurement, docs/results.md). ``shock`` is deprecated (measured
 useless, CHANGELOG.md).
 
-What each of the seed's options does under the default rule (v3):
+What each of the seed's options does under the default rule (v4, :mod:`swgl.rules.importance`):
 
-* ``alpha``: the EMA's decay (memory of about ``1 / (1 - alpha)`` steps);
-* ``max_boost``: the damping floor: the most volatile elements move ``1/max_boost`` as far as
-  the base optimizer makes them (``max_damping`` overrides it);
-* ``lambda_reg`` and ``eps``: **nothing yet** under v3 (``lambda_reg``'s term is capped at
-  ``max_boost - 1 = 0`` by v3's ceiling; ``eps`` is only the ``relative`` signal's floor). They
-  keep their meaning under v1/v2; the next default rule (issue 12) is to give ``lambda_reg``
-  the strength of its pull toward an anchor.
+* ``alpha``: the decay of the squared-gradient EMA (memory of about ``1 / (1 - alpha)``
+  steps); unset: the rule's default (v4: 0.999; the seed's rules: 0.99);
+* ``lambda_reg``: the stability penalty's strength, how strongly an element's importance
+  bends its step away (0: SWGL changes nothing); unset: the rule's default (v4: 3.0; the
+  seed's rules: 0.01);
+* ``eps``: a floor under the gradient's RMS in the group mean (``eps^2`` under ``m``);
+* ``max_boost``: the strongest damping is ``1/max_boost``, and the progress rescale is at
+  most ``max_boost``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ DEFAULT_SIGNAL = "utility"
 
 #: The options of the math, with their defaults (the seed's four first).
 DEFAULTS: dict[str, Any] = dict(
-    alpha=0.99, lambda_reg=0.01, eps=1e-8, max_boost=10.0, rule=DEFAULT_RULE, signal=None,
+    alpha=None, lambda_reg=None, eps=1e-8, max_boost=10.0, rule=DEFAULT_RULE, signal=None,
     mode=None, max_damping=None, shock=0.0,
 )
 MATH_OPTIONS = tuple(DEFAULTS)
@@ -69,6 +70,9 @@ def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = 
                 f"{shown(name)}={group[key(name)]!r} means nothing to rule {rule_name!r} (it "
                 f"reads {sorted(rule.options)}); leave it unset"
             )
+    for name, value in rule.defaults:
+        if group[key(name)] is None:
+            group[key(name)] = value
     number("alpha", 0.0, 1.0, high_open=True)
     number("lambda_reg", 0.0)
     number("eps", 0.0, low_open=True)

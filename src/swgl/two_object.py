@@ -32,31 +32,33 @@ def _is_swgl(optimizer: Optimizer) -> bool:
 class SWGL(SWGLBase):
     r"""Stability-Weighted Gradient Learning, the seed's two-object API.
 
-    Call ``swgl.step()`` after ``loss.backward()`` and before ``base_optimizer.step()``; it
-    rescales every ``p.grad`` in place by a factor in ``[1/max_boost, max_boost]`` (rule ``v2``)
-    computed from an EMA of the relative impact :math:`|g|/(|w|+\epsilon)`. See
+    Call ``swgl.step()`` after ``loss.backward()`` and before ``base_optimizer.step()``. Under
+    the default rule ``v4`` (:mod:`swgl.rules.importance`) an EMA of the squared gradient,
+    normalised by its mean over the group, damps the steps of the elements that matter, and
+    the step is rescaled to make the base optimizer's first-order progress; in the default
+    ``mode="update"`` the base optimizer's step is rescaled by a post-hook on it. See
     :mod:`swgl.rules` for the exact math of each rule and ``docs/algorithm.md`` for why.
 
     Args:
         params: iterable of tensors or of param-group dicts; options may differ per group.
-        alpha: EMA decay in [0, 1).
-        lambda_reg: decay on volatile weights, >= 0 (see :mod:`swgl.rules`).
-        eps: numerical floor, > 0.
-        max_boost: the largest factor a gradient is multiplied by, >= 1.
-        rule: ``"v3"`` (default: v2 that only damps), ``"v2"`` (bounded, boosts and damps),
-            ``"v1"`` or ``"v1-paper"`` (the seed's formulas); see :mod:`swgl.rules`.
-        signal: what v2's EMA tracks: ``"utility"`` :math:`|g w|` (default, chosen by
-            measurement: docs/results.md), ``"relative"`` :math:`|g|/(|w|+\delta)` (the seed's)
-            or ``"fisher"`` :math:`g^2`.
-        mode: ``"grad"`` scales the gradient; ``"update"`` (v2/v3) scales the change the
-            base optimizer makes, which Adam's normalisation would otherwise cancel. Default
-            None: ``"update"`` for v2/v3, ``"grad"`` for the seed's v1 rules. In the
-            two-object pattern the update is rescaled by a step post-hook on the base
-            optimizer; it holds a copy of the params and the factors from ``swgl.step()`` until
-            ``base_optimizer.step()`` (2 extra param-sized buffers, transiently).
-        max_damping: the strongest damping is ``1/max_damping`` (default: ``max_boost``).
-        shock: restart a tensor's EMA when its signal jumps above ``shock`` times the EMA (drift;
-            0 = off).
+        alpha: EMA decay in [0, 1); None: the rule's default (v4: 0.999, the seed's rules:
+            0.99).
+        lambda_reg: the stability penalty's strength, >= 0 (v4: how strongly importance bends
+            a step; the seed's rules: their decay term); None: the rule's default (v4: 3.0,
+            the seed's rules: 0.01).
+        eps: numerical floor, > 0 (v4: a floor under the gradient's RMS).
+        max_boost: >= 1; v4: the strongest damping is ``1/max_boost`` and the progress
+            rescale at most ``max_boost``; the seed's rules: the largest gradient boost.
+        rule: ``"v4"`` (default), ``"v3"``/``"v2"`` (the normalised EMA of issue 4),
+            ``"v1"`` or ``"v1-paper"`` (the seed's formulas, bit-exact); see :mod:`swgl.rules`.
+        signal: v2/v3 only: what their EMA tracks, ``"utility"`` :math:`|g w|` (their
+            default), ``"relative"`` :math:`|g|/(|w|+\delta)` (the seed's) or ``"fisher"``.
+        mode: ``"update"`` (v4/v2/v3's default) scales the change the base optimizer makes,
+            which Adam's normalisation would otherwise cancel; ``"grad"`` scales the gradient
+            (the seed's rules). In the two-object pattern the update mode holds a copy of the
+            params from ``swgl.step()`` until ``base_optimizer.step()`` (transiently).
+        max_damping: v2/v3 only: the strongest damping is ``1/max_damping``.
+        shock: v2/v3 only, deprecated (measured useless, CHANGELOG.md).
         storage: how the stability state is stored (see :mod:`swgl.state`); ``"fp32"``.
         foreach: use the multi-tensor implementation (default) or the per-tensor reference.
         fused: the Triton kernels (:mod:`swgl.kernels`): None picks them on CUDA when Triton
@@ -72,8 +74,8 @@ class SWGL(SWGLBase):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        alpha: float = 0.99,
-        lambda_reg: float = 0.01,
+        alpha: float | None = None,
+        lambda_reg: float | None = None,
         eps: float = 1e-8,
         max_boost: float = 10.0,
         *,

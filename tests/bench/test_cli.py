@@ -62,7 +62,7 @@ def test_parse_value():
 
 TUNE = ["bench", "--scenario", "permuted", "--tasks", "2", "--methods", "swgl-sgd",
         "--seeds", "2", "--hidden", "16", "--epochs", "1", "--train-per-task", "60",
-        "--test-per-task", "30", "--tune-lrs", "1", "--tune-grid", "swgl-sgd.swgl.max_damping=3:30"]
+        "--test-per-task", "30", "--tune-lrs", "1", "--tune-grid", "swgl-sgd.swgl.lambda_reg=1:10"]
 
 
 def test_tune_is_one_command_with_a_table_and_a_frontier(tmp_path, capsys):

@@ -48,11 +48,11 @@ def test_tune_writes_the_grid_table_and_frontier_and_compares_with_the_baseline(
                                                                                 tmp_path):
     cfg = dataclasses.replace(small, methods=("swgl-sgd",))
     opts = TuneOptions(lr_points=1, final_seeds=(0, 1),
-                       strength={"swgl-sgd": {"swgl.max_damping": (3.0, 30.0)}})
+                       strength={"swgl-sgd": {"swgl.lambda_reg": (1.0, 10.0)}})
     res = tuning.tune(cfg, opts, out_dir=tmp_path)
     # The plain baseline joined the run, with the same budget (2 points each).
     assert {m: len(g) for m, g in res.grids.items()} == {"naive-sgd": 2, "swgl-sgd": 2}
-    assert {p["swgl.max_damping"] for p in res.grids["swgl-sgd"]} == {3.0, 30.0}
+    assert {p["swgl.lambda_reg"] for p in res.grids["swgl-sgd"]} == {1.0, 10.0}
     for name in ("grid.json", "tuned.json", "tuned.md", "frontier_permuted.png"):
         assert (res.tune_dir / name).is_file(), name
     assert (res.tune_dir / "frontier_permuted.png").stat().st_size > 10_000
@@ -62,7 +62,7 @@ def test_tune_writes_the_grid_table_and_frontier_and_compares_with_the_baseline(
     assert rows["swgl-sgd"]["delta_mean"] == pytest.approx(sum(deltas) / 2)
     assert rows["swgl-sgd"]["baseline"] == "naive-sgd"
     md = (res.tune_dir / "tuned.md").read_text()
-    assert "vs naive-sgd" in md and "baseline" in md and "max_damping" in md
+    assert "vs naive-sgd" in md and "baseline" in md and "lambda_reg" in md
 
 
 def test_tune_resumes_from_cached_cells(small, tmp_path, monkeypatch):
@@ -135,8 +135,8 @@ def test_a_tuned_option_cannot_also_be_fixed(tiny, tmp_path):
     cfg = dataclasses.replace(tiny, method_opts={"naive-sgd": {"lr": 0.5}})
     with pytest.raises(ValueError, match=r"method_opts\['naive-sgd'\] sets \['lr'\]"):
         tuning.tune(cfg, TuneOptions(lr_points=1), out_dir=tmp_path)
-    cfg = dataclasses.replace(tiny, methods=("swgl-sgd",), swgl_opts={"max_damping": 5.0})
-    with pytest.raises(ValueError, match=r"swgl_opts sets \['max_damping'\]"):
+    cfg = dataclasses.replace(tiny, methods=("swgl-sgd",), swgl_opts={"lambda_reg": 5.0})
+    with pytest.raises(ValueError, match=r"swgl_opts sets \['lambda_reg'\]"):
         tuning.tune(cfg, TuneOptions(lr_points=1), out_dir=tmp_path)
     # Tuning another option instead is fine (and never touches the plain baseline).
     grid = {"swgl-sgd": {"swgl.alpha": (0.9, 0.99)}}

@@ -57,7 +57,9 @@ GRID: dict[str, dict[str, Any]] = {
 
 
 def _grid_variants() -> dict[str, dict[str, Any]]:
-    return {f"{name}/{opt}": {"base": f"swgl-{opt}", **opts}
+    # the study of issue 4 compared v2 variants (v3 is v2 damping only): pinned, now that the
+    # default rule is v4
+    return {f"{name}/{opt}": {"base": f"swgl-{opt}", "swgl.rule": "v2", **opts}
             for name, opts in GRID.items() for opt in ("sgd", "adamw")}
 
 
@@ -67,7 +69,7 @@ def _modes_variants() -> dict[str, dict[str, Any]]:
 
 
 def _drift_variants() -> dict[str, dict[str, Any]]:
-    return {f"shock{k}/{opt}": {"base": f"swgl-{opt}", "swgl.shock": float(k)}
+    return {f"shock{k}/{opt}": {"base": f"swgl-{opt}", "swgl.rule": "v3", "swgl.shock": float(k)}
             for k in (3, 10) for opt in ("sgd", "adamw")}
 
 

@@ -4,7 +4,7 @@ The protocol (issue 12, "Earn its place"):
 
 1. **Grid, on validation.** Each method gets ``budget`` grid points: ``budget // S`` learning
    rates (log-spaced over its optimizer's ``lr_range``) times its ``S`` strength points
-   (:meth:`MethodSpec.strength_grid`: EWC's ``lam``, SI's ``c``, SWGL's ``max_damping``...;
+   (:meth:`MethodSpec.strength_grid`: EWC's ``lam``, SI's ``c``, SWGL's ``lambda_reg``...;
    ``S = 1`` for plain optimizers, which therefore get a finer learning-rate grid). ``budget``
    is ``lr_points`` times the largest ``S`` among the methods. Every point runs on
    ``eval_split="val"`` (a fixed 1/6 of the training set; the test set is never seen).

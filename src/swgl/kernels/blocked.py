@@ -65,7 +65,9 @@ def _blocked(rule: str, params, grads, state, steps, hp: Hyper, ctx: Context) ->
 
 
 #: rule name -> cache-blocked foreach implementation (the rules' signature)
-BLOCKED: dict[str, Callable[..., None]] = {name: partial(_blocked, name) for name in RULES}
+#: (not v4: its one sum over the whole group would count a tensor's total once per chunk)
+BLOCKED: dict[str, Callable[..., None]] = {name: partial(_blocked, name) for name in RULES
+                                           if name != "v4"}
 #: the rules ``swgl()`` runs blocked on the CPU: the elementwise ones (bit-exact with foreach,
 #: 2.5-3x faster on a 10M-param MLP). v2's chunked reductions measured between 0.4x and 1.9x
 #: on shared CPUs (docs/results.md), so v2 keeps whole-tensor foreach.

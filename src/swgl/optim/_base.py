@@ -202,6 +202,8 @@ class SWGLOptimizer(Optimizer):
             if options["mode"] == "update":
                 snapshots = list(torch._foreach_mul(params, 1.0))
             w = [p.float() for p in params]
+            if snapshots is not None:  # the update mutates d; the after phase may read it (v4)
+                d = [x.clone() for x in d]
             self._foreach_update(group, w, d, buffers, [float(t) for t in steps])
             for p, w32 in zip(params, w):
                 if w32 is not p:

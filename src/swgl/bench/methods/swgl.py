@@ -14,8 +14,9 @@ from swgl.bench.methods.replay import Replay
 
 __all__ = ["SPECS", "STRENGTH", "stability_tensors"]
 
-#: SWGL's strength for ``--tune``: the damping floor 1/max_damping of the default rule.
-STRENGTH = {"swgl.max_damping": (3.0, 10.0, 30.0)}
+#: SWGL's strength for ``--tune``: the default rule's (v4) ``lambda_reg``, how strongly
+#: importance bends a step (3 is the measured default).
+STRENGTH = {"swgl.lambda_reg": (1.0, 3.0, 10.0)}
 
 SPECS = (
     *(MethodSpec(f"swgl-{opt}", Method, opt, swgl={}, description=f"SWGL wrapping {opt}",

@@ -21,7 +21,7 @@ from swgl.bench.methods.optim import build_optimizer
 
 __all__ = ["GROUPED", "UNMODULATED", "build_method", "text_spec", "tuned_grid"]
 
-UNMODULATED = {"max_boost": 1.0, "max_damping": 1.0}
+UNMODULATED = {"lambda_reg": 0.0}   # the default rule (v4) leaves these steps as they are
 #: text-only method names -> the registered method they extend with layer-aware groups
 GROUPED = {"swgl-adamw-groups": "swgl-adamw"}
 #: strategy options the size preset supplies (when the strategy has them)

@@ -1,0 +1,300 @@
+r"""``v4`` (importance damping, the default since issue 12): an EMA of the squared gradient,
+normalised by its mean over the param group, damps the steps of the elements that matter, and
+the step is rescaled so that it makes the same first-order progress as the base optimizer's.
+
+For every element of a param group, at each step::
+
+    s   = alpha * s + (1 - alpha) * g^2              # s starts at 0; g without the loss scale
+    m   = sum(s) / numel                             # over the whole group (all shards)
+    c   = clamp(1 / (1 + lambda_reg * s / (m + eps^2)), 1 / max_boost, 1)
+
+    mode="update" (default), after the base optimizer made the step u = w - w_before:
+        rho = clamp(sum(g u) / sum(c g u), 1, max_boost)     (1 unless both sums are < 0)
+        w   = w_before + rho * c * u
+    mode="grad", before the base step:
+        rho = clamp(sum(g^2) / sum(c g^2), 1, max_boost)
+        g   = rho * c * g
+
+``s`` estimates the diagonal Fisher information, so ``s / m`` is how much an element's loss
+curvature exceeds the group's typical element. The Fisher is heavy-tailed: most elements have
+``s << m`` and keep ``c`` near 1, while the few the network relies on move up to ``max_boost``
+times slower. ``rho`` gives back what the damping took from the step's first-order decrease of
+the loss (``g . u``): the step turns away from the important elements instead of shrinking, so
+SWGL is not a learning-rate cut in disguise, and on a single task it learns as fast as the
+base optimizer or faster (docs/results.md, "Earn its place"). With ``alpha`` near 1 (the
+default 0.999, a horizon of ~1000 steps) the protection outlives a change of task; no task
+boundary is needed. The options:
+
+* ``alpha``: the EMA decay (its horizon is ``1 / (1 - alpha)`` steps);
+* ``lambda_reg``: the stability penalty's strength: how strongly importance bends a step away
+  from an element (0 turns SWGL off: ``c = rho = 1``);
+* ``eps``: a floor under the gradient's RMS (``eps^2`` under ``m``), so a group whose
+  gradients all vanish is not divided by 0;
+* ``max_boost``: bounds both the damping (``c >= 1 / max_boost``) and ``rho``.
+
+Because ``s`` enters only through ``s / m``, a bias correction of the EMA would cancel: the rule
+reads no step counter. Sums are over every element of the group: shards complete them with
+``Context.reduce_sum``.
+
+Phases. ``before`` updates the EMA and computes ``k = lambda_reg / (m + eps^2)``, a device
+scalar (no host sync); in ``mode="update"`` it returns ``(k, g)`` per param and ``after``
+recomputes ``c`` from the stored EMA, so no factor tensor lives between the phases. A
+non-finite flag (``Context.found``) leaves the EMA and the grads as they were.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from swgl.rules.base import Context, Hyper, Rule, Variants
+
+__all__ = ["V4", "factor", "progress_ratio"]
+
+
+def _commit(out: Tensor, new: Tensor, ok: Tensor | None) -> None:
+    """``out = new``, or ``out`` unchanged where the step is skipped (no host sync)."""
+    out.copy_(new if ok is None else torch.where(ok, new, out))
+
+
+def factor(s: Tensor, k: Tensor | float, hp: Hyper) -> Tensor:
+    """``c = clamp(1 / (1 + k s), 1 / max_boost, 1)`` for one tensor (``s >= 0``)."""
+    return (s * k).add_(1.0).reciprocal_().clamp_(min=1.0 / hp.max_boost)
+
+
+def progress_ratio(full: Tensor, damped: Tensor, hp: Hyper) -> Tensor:
+    """``rho = clamp(full / damped, 1, max_boost)``, or 1 unless both (descent) sums agree.
+
+    ``full`` and ``damped`` are the group's ``sum(g u)`` and ``sum(c g u)`` (update mode; both
+    < 0 for a descent step) or ``sum(g^2)`` and ``sum(c g^2)`` (grad mode, negated by the
+    caller so that the same test applies)."""
+    ok = (full < 0) & (damped < 0)
+    return torch.where(ok, (full / damped.clamp(max=-1e-38)).clamp(1.0, hp.max_boost), 1.0)
+
+
+def _strength(partial_sums: Tensor, numel: int, hp: Hyper, ctx: Context) -> Tensor:
+    """``k = lambda_reg / (m + eps^2)`` from per-tensor partial sums of ``s`` (a device 0-d)."""
+    total = ctx.reduce_sum(partial_sums).sum()
+    return hp.lambda_reg / (total / numel + hp.eps * hp.eps)
+
+
+def _total(partial_sums: list[Tensor] | Tensor, ctx: Context) -> Tensor:
+    sums = partial_sums if isinstance(partial_sums, Tensor) else torch.stack(partial_sums)
+    return ctx.reduce_sum(sums.reshape(-1)).sum()
+
+
+def _numel(params, ctx: Context) -> int:
+    return sum(ctx.numel(i, p) for i, p in enumerate(params))
+
+
+# -- single: per tensor, the readable reference ---------------------------------------------
+
+
+def _before_single(params, grads, state, steps, hp: Hyper, ctx: Context):
+    stabilities = state["stability"]
+    for g, s in zip(grads, stabilities):
+        g32 = g.float() / ctx.grad_scale
+        _commit(s, s + (1.0 - hp.alpha) * (g32 * g32 - s), ctx.ok(s.device))
+    k = _strength(torch.stack([s.sum() for s in stabilities]), _numel(params, ctx), hp, ctx)
+    if hp.mode == "update":
+        return [(k, g) for g in grads]
+    c = [factor(s, k, hp) for s in stabilities]
+    g2 = [g.float() * g.float() for g in grads]
+    full = _total([-x.sum() for x in g2], ctx)
+    damped = _total([-(cc * x).sum() for cc, x in zip(c, g2)], ctx)
+    rho = progress_ratio(full, damped, hp)
+    for g, s, cc in zip(grads, stabilities, c):
+        _commit(g, g.float() * (rho * cc), ctx.ok(s.device))
+    return None
+
+
+def _after_single(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
+    k = aux[0][0]
+    c = [factor(s, k, hp) for s in state["stability"]]
+    u = [p.float() - b.float() for p, b in zip(params, snapshots)]
+    gu = [g.float() * uu for (_, g), uu in zip(aux, u)]
+    full = _total([x.sum() for x in gu], ctx)
+    damped = _total([(cc * x).sum() for cc, x in zip(c, gu)], ctx)
+    rho = progress_ratio(full, damped, hp)
+    for p, b, cc, uu in zip(params, snapshots, c, u):
+        p.copy_(b.float() + rho * cc * uu)
+
+
+# -- foreach: the same math over the whole list ---------------------------------------------
+
+
+def _factors_foreach(stabilities: list[Tensor], k: Tensor, hp: Hyper) -> list[Tensor]:
+    c = torch._foreach_mul(stabilities, k)
+    torch._foreach_add_(c, 1.0)
+    torch._foreach_reciprocal_(c)
+    torch._foreach_clamp_min_(c, 1.0 / hp.max_boost)
+    return c
+
+
+def _ema_foreach(grads, s: list[Tensor], hp: Hyper, ctx: Context) -> None:
+    """``s = s + (1 - alpha) (g^2 - s)`` in place (unchanged where the step is skipped)."""
+    ok = ctx.ok(s[0].device)
+    r = [g.float() for g in grads]
+    r = torch._foreach_div(r, ctx.grad_scale) if ctx.grad_scale != 1.0 else r
+    r = torch._foreach_mul(r, r)
+    if ok is None:  # lerp: s + (1 - alpha) (r - s) in one pass
+        torch._foreach_lerp_(s, r, 1.0 - hp.alpha)
+    else:
+        for out, new in zip(s, torch._foreach_lerp(s, r, 1.0 - hp.alpha)):
+            _commit(out, new, ok)
+
+
+def _sums(xs: list[Tensor], ys: list[Tensor], ctx: Context) -> tuple[Tensor, Tensor]:
+    """The group's ``sum(x)`` and ``sum(y x)`` (``x`` may be negative: no norm shortcut)."""
+    xs_sum = torch.stack([x.sum() for x in xs])
+    yx = torch._foreach_mul(xs, ys)
+    return _total(xs_sum, ctx), _total(torch.stack([x.sum() for x in yx]), ctx)
+
+
+def _rescale_grads_foreach(grads, s: list[Tensor], k: Tensor, hp: Hyper, ctx: Context) -> None:
+    ok = ctx.ok(s[0].device)
+    g32 = [g.float() for g in grads]
+    c = _factors_foreach(s, k, hp)
+    g2 = torch._foreach_mul(g32, g32)
+    torch._foreach_neg_(g2)
+    full, damped = _sums(g2, c, ctx)
+    torch._foreach_mul_(c, progress_ratio(full, damped, hp))
+    torch._foreach_mul_(c, g32)
+    if ok is None:
+        torch._foreach_copy_(grads, c)
+    else:
+        for out, new in zip(grads, c):
+            _commit(out, new, ok)
+
+
+def _before_foreach(params, grads, state, steps, hp: Hyper, ctx: Context):
+    s = state["stability"]
+    _ema_foreach(grads, s, hp, ctx)
+    k = _strength(torch.stack(torch._foreach_norm(s, 1)), _numel(params, ctx), hp, ctx)
+    if hp.mode == "update":
+        return [(k, g) for g in grads]
+    _rescale_grads_foreach(grads, s, k, hp, ctx)
+    return None
+
+
+def _after_foreach(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
+    c = _factors_foreach(state["stability"], aux[0][0], hp)
+    w = [p.float() for p in params]
+    before = [b.float() for b in snapshots]
+    u = torch._foreach_sub(w, before)
+    gu = torch._foreach_mul(u, [g.float() for _, g in aux])
+    full, damped = _sums(gu, c, ctx)
+    del gu
+    torch._foreach_mul_(c, progress_ratio(full, damped, hp))
+    torch._foreach_mul_(u, c)
+    torch._foreach_add_(before, u)
+    torch._foreach_copy_(params, before)
+
+
+# -- fused: Triton (swgl.kernels.triton_importance), the rest of the list through foreach -----
+
+
+def _sub(xs, idx: list[int]) -> list:
+    return [xs[i] for i in idx]
+
+
+def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
+    from swgl import kernels
+    from swgl.kernels import triton_importance as ti
+
+    s = state["stability"]
+    groups, rest = kernels.split(params, grads, s)
+    if not groups:
+        return _before_foreach(params, grads, state, steps, hp, ctx)
+    launches = [(idx, ti.Group(*(_sub(xs, idx) for xs in (params, grads, s)), ctx.found))
+                for idx in groups.values()]
+    sums = [grp.ema(hp, ctx.grad_scale) for _, grp in launches]
+    if rest:
+        _ema_foreach(_sub(grads, rest), _sub(s, rest), hp, ctx)
+        sums.append(torch.stack(torch._foreach_norm(_sub(s, rest), 1)).to(sums[0].device))
+    k = _strength(torch.cat(sums), _numel(params, ctx), hp, ctx)
+    if hp.mode == "update":
+        return [(k, g) for g in grads]
+    parts = [grp.grad_sums(k, hp) for _, grp in launches]
+    if rest:
+        g32 = [g.float() for g in _sub(grads, rest)]
+        g2 = torch._foreach_mul(g32, g32)
+        torch._foreach_neg_(g2)
+        parts.append(torch.stack(_sums(g2, _factors_foreach(_sub(s, rest), k, hp),
+                                       Context())).to(parts[0].device))
+    full, damped = ctx.reduce_sum(torch.stack(parts).sum(0))
+    rho = progress_ratio(full, damped, hp)
+    for _, grp in launches:
+        grp.rescale_grads(k, rho, hp)
+    if rest:
+        _apply_grads(_sub(grads, rest), _sub(s, rest), k, rho, hp, ctx)
+    return None
+
+
+def _apply_grads(grads, s, k: Tensor, rho: Tensor, hp: Hyper, ctx: Context) -> None:
+    ok = ctx.ok(s[0].device)
+    c = _factors_foreach(s, k, hp)
+    torch._foreach_mul_(c, rho)
+    torch._foreach_mul_(c, [g.float() for g in grads])
+    for out, new in zip(grads, c):
+        _commit(out, new, ok)
+
+
+def _after_fused(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
+    from swgl import kernels
+    from swgl.kernels import triton_importance as ti
+
+    s = state["stability"]
+    grads = [g for _, g in aux]
+    k = aux[0][0]
+    groups, _ = kernels.split(params, snapshots, s)
+    # the kernels read the grads in the params' dtype
+    groups = [[i for i in idx if kernels.fusable_tensor(params[i], grads[i], s[i])
+               and grads[i].dtype == params[i].dtype] for idx in groups.values()]
+    fused = {i for idx in groups for i in idx}
+    rest = [i for i in range(len(params)) if i not in fused]
+    launches = [ti.Update(*(_sub(xs, idx) for xs in (params, snapshots, s, grads)))
+                for idx in groups if idx]
+    parts = [lau.sums(k, hp) for lau in launches]
+    if rest:
+        w = [p.float() for p in _sub(params, rest)]
+        u = torch._foreach_sub(w, [b.float() for b in _sub(snapshots, rest)])
+        gu = torch._foreach_mul(u, [g.float() for g in _sub(grads, rest)])
+        sums = torch.stack(_sums(gu, _factors_foreach(_sub(s, rest), k, hp), Context()))
+        parts.append(sums.to(parts[0].device) if parts else sums)
+    full, damped = ctx.reduce_sum(torch.stack(parts).sum(0))
+    rho = progress_ratio(full, damped, hp)
+    for lau in launches:
+        lau.apply(k, rho, hp)
+    if rest:
+        c = _factors_foreach(_sub(s, rest), k, hp)
+        torch._foreach_mul_(c, rho)
+        before = [b.float() for b in _sub(snapshots, rest)]
+        u = torch._foreach_sub([p.float() for p in _sub(params, rest)], before)
+        torch._foreach_mul_(u, c)
+        torch._foreach_add_(before, u)
+        torch._foreach_copy_(_sub(params, rest), before)
+
+
+def _factor_from_state(s: Tensor, step: int, hp: Hyper, m: Tensor | float | None = None):
+    """What :mod:`swgl.stats` reports: ``(s, c)``, with ``m`` the group's mean of ``s`` (the
+    tensor's own mean when not given); ``rho`` depends on the step and is not included."""
+    m = s.mean() if m is None else m
+    return s, factor(s, hp.lambda_reg / (m + hp.eps * hp.eps), hp)
+
+
+V4 = Rule(
+    name="v4",
+    before=Variants(_before_single, _before_foreach, _before_fused),
+    after=Variants(_after_single, _after_foreach, _after_fused),
+    options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode"}),
+    state=(("stability", 0.0),),
+    snapshot=True,
+    modes=("update", "grad"),
+    device_guard=True,
+    factor=_factor_from_state,
+    # swgl.optim's fused SWGL+optimizer kernels do not implement v4 (they run its foreach);
+    # SWGL and SWGL.wrap run v4's own kernels (triton_importance)
+    kernel=None,
+    defaults=(("alpha", 0.999), ("lambda_reg", 3.0)),
+)
