@@ -202,7 +202,7 @@ def test_results_files_are_written_atomically(reference):
     (["--model", "bogus"], ["invalid choice", "mlp"]),
     (["--swgl-opts", "storage=int3"], ["storage must be one of", "blockwise8", "factored"]),
     (["--swgl-opts", "rule=v9"], ["rule must be one of", "v2"]),
-    (["--swgl-opts", "signal=x"], ["signal must be one of", "utility"]),
+    (["--swgl-opts", "rule=v3,signal=x"], ["signal must be one of", "utility"]),
     (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/swgl"],
      ["/nonexistent/swgl", "apt-get install dataset-fashion-mnist", "--data-dir"]),
 ])

@@ -169,9 +169,13 @@ def swgl_after(
         return
     # the same buckets as the before phase, so that sums over shards complete there too
     for idx, ctx in _bucket_contexts(params, 1.0):
-        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
-        impl(pick(local), None if snapshots is None else pick(snapshots),
-             {name: pick(ts) for name, ts in state.items()}, pick(steps), pick(aux), hp, ctx)
+        impl(_pick_at(local, idx), None if snapshots is None else _pick_at(snapshots, idx),
+             {name: _pick_at(ts, idx) for name, ts in state.items()}, _pick_at(steps, idx),
+             _pick_at(aux, idx), hp, ctx)
+
+
+def _pick_at(xs: list, idx: list[int]) -> list:
+    return [xs[i] for i in idx]
 
 
 def _bucket_contexts(params: list[Tensor], grad_scale: float) -> list[tuple[list[int], Context]]:
