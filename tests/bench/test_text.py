@@ -195,11 +195,11 @@ def test_methods_run_on_adamw_and_groups_leave_non_weights_unmodulated(root):
     model = ByteTransformer(cfg.model_size())
     method = build_method(text_spec("swgl-adamw-groups", cfg), model, Context(256, 4), 1e-3)
     assert isinstance(method.optimizer, SWGLWrapper)
-    boosts = {id(p): g.get("swgl_max_boost") for g in method.optimizer.param_groups
-              for p in g["params"]}
-    assert boosts[id(model.tok.weight)] == 1.0 and boosts[id(model.ln_f.weight)] == 1.0
-    assert boosts[id(model.blocks[0].qkv.bias)] == 1.0
-    assert boosts[id(model.blocks[0].qkv.weight)] == 10.0  # the wrapper's default
+    strength = {id(p): g.get("swgl_lambda_reg") for g in method.optimizer.param_groups
+                for p in g["params"]}   # v4: lambda_reg 0 leaves a step as AdamW makes it
+    assert strength[id(model.tok.weight)] == 0.0 and strength[id(model.ln_f.weight)] == 0.0
+    assert strength[id(model.blocks[0].qkv.bias)] == 0.0
+    assert strength[id(model.blocks[0].qkv.weight)] == 3.0  # v4's default
     l2 = build_method(text_spec("l2-init", cfg), model, Context(256, 4), 1e-3)
     assert float(l2.penalty().detach()) == 0.0
     with torch.no_grad():

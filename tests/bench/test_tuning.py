@@ -142,7 +142,7 @@ def test_a_tuned_option_cannot_also_be_fixed(tiny, tmp_path):
     grid = {"swgl-sgd": {"swgl.alpha": (0.9, 0.99)}}
     res = tuning.tune(cfg, TuneOptions(lr_points=1, final_seeds=(0,), strength=grid),
                       out_dir=tmp_path, plots=False)
-    assert res.final["split-class"].config.method_spec("swgl-sgd").swgl["max_damping"] == 5.0
+    assert res.final["split-class"].config.method_spec("swgl-sgd").swgl["lambda_reg"] == 5.0
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
