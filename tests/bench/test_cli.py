@@ -81,6 +81,13 @@ def test_tune_is_one_command_with_a_table_and_a_frontier(tmp_path, capsys):
     assert {r["method"] for r in out["rows"]} == {"naive-sgd", "swgl-sgd"}
 
 
+def test_bench_without_scenario_runs_the_presets_scenarios(tmp_path, capsys):
+    # the README's main job passes no --scenario (once crashed in the text dispatch)
+    argv = [a for a in TUNE if a not in ("--scenario", "permuted")]
+    assert cli.main([*argv, "--out-dir", str(tmp_path), "--no-plots"]) == 0
+    assert "vs naive-sgd" in capsys.readouterr().out
+
+
 def test_preset_sets_fields_and_flags_win():
     from swgl.bench.presets import PRESETS
 

@@ -52,8 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(image_only_defaults={k: p.get_default(k) for k in IMAGE_ONLY})
 
 
-def is_text(scenarios: tuple[str, ...]) -> bool:
-    """True if every scenario is a text one; an error if text and image ones are mixed."""
+def is_text(scenarios: tuple[str, ...] | None) -> bool:
+    """True if every scenario is a text one; an error if text and image ones are mixed.
+    None (no ``--scenario``: the preset's image scenarios) is not text."""
+    if scenarios is None:
+        return False
     text = [s in SCENARIOS for s in scenarios]
     if any(text) and not all(text):
         raise ValueError(f"text scenarios {sorted(SCENARIOS)} cannot share a run with image "
