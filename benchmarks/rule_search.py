@@ -22,9 +22,7 @@ run's config; none uses task boundaries):
     python benchmarks/rule_search.py summary OUT/res.json ...
 """
 
-import gzip
 import json
-import math
 import os
 import sys
 import time
@@ -34,43 +32,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from earn_its_place import load, rotate  # the same data and transform
 
 DATA = os.environ.get("FMNIST_DIR", "/usr/share/datasets/fashion-mnist")
-
-
-def load_idx(path):
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 _cache = {}
 
 
 def data():
+    """Fashion-MNIST in [0, 1] (earn_its_place's loader), cached per process."""
     if not _cache:
-        xtr = torch.from_numpy(
-            load_idx(f"{DATA}/train-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32)
-            / 255.0
-        )
-        ytr = torch.from_numpy(load_idx(f"{DATA}/train-labels-idx1-ubyte.gz").astype(np.int64))
-        xte = torch.from_numpy(
-            load_idx(f"{DATA}/t10k-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32)
-            / 255.0
-        )
-        yte = torch.from_numpy(load_idx(f"{DATA}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
+        xtr, ytr, xte, yte = load(DATA)
         _cache.update(xtr=xtr, ytr=ytr, xte=xte, yte=yte)
     return _cache
-
-
-def rotate(x, deg):
-    th = math.radians(deg)
-    rot = torch.tensor([[math.cos(th), -math.sin(th), 0.0], [math.sin(th), math.cos(th), 0.0]])
-    img = x.view(-1, 1, 28, 28)
-    grid = F.affine_grid(rot.expand(len(img), 2, 3), list(img.shape), align_corners=False)
-    return F.grid_sample(img, grid, align_corners=False).view(-1, 784)
 
 
 # ---------------------------------------------------------------- consolidators
