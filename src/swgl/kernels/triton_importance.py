@@ -23,6 +23,9 @@ from torch import Tensor
 
 from swgl.kernels.triton_swgl import BLOCK, NUM_WARPS, Launch, _ld, _ptr, _st, _tile
 from swgl.rules.base import Hyper
+from swgl.rules.importance import R_MAX
+
+_RMAX = tl.constexpr(R_MAX)
 
 __all__ = ["Group", "Update"]
 
@@ -37,7 +40,7 @@ def _ema_body(gp, sp, offs, n, one_minus_alpha, inv_scale, skip, MASKED: tl.cons
     mask = offs < n
     g = _ld(gp, offs, mask, MASKED) * inv_scale
     s = _ld(sp, offs, mask, MASKED)
-    new = tl.where(skip, s, s + one_minus_alpha * (g * g - s))
+    new = tl.where(skip, s, s + one_minus_alpha * (tl.minimum(g * g, _RMAX) - s))
     _st(sp, offs, new, mask, MASKED)
     return tl.sum(new, axis=0)
 

@@ -4,7 +4,7 @@ the step is rescaled so that it makes the same first-order progress as the base 
 
 For every element of a param group, at each step::
 
-    s   = alpha * s + (1 - alpha) * g^2              # s starts at 0; g without the loss scale
+    s   = alpha * s + (1 - alpha) * min(g^2, R_MAX)  # s starts at 0; g without the loss scale
     m   = sum(s) / numel                             # over the whole group (all shards)
     c   = clamp(1 / (1 + lambda_reg * s / (m + eps^2)), 1 / max_boost, 1)
 
@@ -49,7 +49,10 @@ from torch import Tensor
 
 from swgl.rules.base import Context, Hyper, Rule, Variants
 
-__all__ = ["V4", "factor", "progress_ratio"]
+__all__ = ["V4", "R_MAX", "factor", "progress_ratio"]
+
+#: Ceiling on g^2: keeps the EMA and its group sum finite for any finite gradient.
+R_MAX = 1e20
 
 
 def _commit(out: Tensor, new: Tensor, ok: Tensor | None) -> None:
@@ -68,8 +71,9 @@ def progress_ratio(full: Tensor, damped: Tensor, hp: Hyper) -> Tensor:
     ``full`` and ``damped`` are the group's ``sum(g u)`` and ``sum(c g u)`` (update mode; both
     < 0 for a descent step) or ``sum(g^2)`` and ``sum(c g^2)`` (grad mode, negated by the
     caller so that the same test applies)."""
-    ok = (full < 0) & (damped < 0)
-    return torch.where(ok, (full / damped.clamp(max=-1e-38)).clamp(1.0, hp.max_boost), 1.0)
+    ratio = full / damped.clamp(max=-1e-38)
+    ok = (full < 0) & (damped < 0) & torch.isfinite(ratio)   # sums that overflowed: no rescale
+    return torch.where(ok, ratio.clamp(1.0, hp.max_boost), 1.0)
 
 
 def _strength(partial_sums: Tensor, numel: int, hp: Hyper, ctx: Context) -> Tensor:
@@ -94,7 +98,7 @@ def _before_single(params, grads, state, steps, hp: Hyper, ctx: Context):
     stabilities = state["stability"]
     for g, s in zip(grads, stabilities):
         g32 = g.float() / ctx.grad_scale
-        _commit(s, s + (1.0 - hp.alpha) * (g32 * g32 - s), ctx.ok(s.device))
+        _commit(s, s + (1.0 - hp.alpha) * ((g32 * g32).clamp(max=R_MAX) - s), ctx.ok(s.device))
     k = _strength(torch.stack([s.sum() for s in stabilities]), _numel(params, ctx), hp, ctx)
     if hp.mode == "update":
         return [(k, g) for g in grads]
@@ -137,6 +141,7 @@ def _ema_foreach(grads, s: list[Tensor], hp: Hyper, ctx: Context) -> None:
     r = [g.float() for g in grads]
     r = torch._foreach_div(r, ctx.grad_scale) if ctx.grad_scale != 1.0 else r
     r = torch._foreach_mul(r, r)
+    torch._foreach_clamp_max_(r, R_MAX)
     if ok is None:  # lerp: s + (1 - alpha) (r - s) in one pass
         torch._foreach_lerp_(s, r, 1.0 - hp.alpha)
     else:
@@ -200,12 +205,13 @@ def _sub(xs, idx: list[int]) -> list:
 
 def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
     from swgl import kernels
-    from swgl.kernels import triton_importance as ti
 
     s = state["stability"]
     groups, rest = kernels.split(params, grads, s)
     if not groups:
         return _before_foreach(params, grads, state, steps, hp, ctx)
+    from swgl.kernels import triton_importance as ti  # imports Triton
+
     launches = [(idx, ti.Group(*(_sub(xs, idx) for xs in (params, grads, s)), ctx.found))
                 for idx in groups.values()]
     sums = [grp.ema(hp, ctx.grad_scale) for _, grp in launches]
@@ -242,7 +248,6 @@ def _apply_grads(grads, s, k: Tensor, rho: Tensor, hp: Hyper, ctx: Context) -> N
 
 def _after_fused(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
     from swgl import kernels
-    from swgl.kernels import triton_importance as ti
 
     s = state["stability"]
     grads = [g for _, g in aux]
@@ -253,6 +258,11 @@ def _after_fused(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) 
                and grads[i].dtype == params[i].dtype] for idx in groups.values()]
     fused = {i for idx in groups for i in idx}
     rest = [i for i in range(len(params)) if i not in fused]
+    if not fused:
+        _after_foreach(params, snapshots, state, steps, aux, hp, ctx)
+        return
+    from swgl.kernels import triton_importance as ti  # imports Triton
+
     launches = [ti.Update(*(_sub(xs, idx) for xs in (params, snapshots, s, grads)))
                 for idx in groups if idx]
     parts = [lau.sums(k, hp) for lau in launches]
