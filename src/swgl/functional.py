@@ -4,7 +4,7 @@ foreach, fused) for its two phases (:mod:`swgl.rules.base`) and guard the state.
 The guard is the same for every rule: if any gradient in the call is non-finite, nothing is
 touched (neither state nor gradients), so a ``GradScaler`` that sees the same infs still skips
 its step, and no inf or NaN can ever enter the state. Rules that declare ``device_guard``
-(the default, v3) are handed a device flag and mask on the device, with no host sync; the
+(v2, v3 and the default v4) are handed a device flag and mask on the device, with no host sync; the
 seed's rules are checked on the host first (one sync).
 """
 
@@ -30,7 +30,8 @@ __all__ = ["swgl", "swgl_after", "all_finite", "found_nonfinite", "Outcome", "MO
 class Outcome(NamedTuple):
     """What one call did. ``applied``: False when non-finite grads made it skip, or, for a
     rule with a device guard, a 0-d bool tensor (reading it syncs). ``aux``: what the rule's
-    ``after`` phase needs (per-param ``m`` for v2/v3 in ``mode="update"``), else None."""
+    ``after`` phase needs in ``mode="update"`` (v2/v3: per-param ``m``; v4: ``(k, grad)``),
+    else None."""
 
     applied: bool | Tensor
     aux: list[Tensor] | None = None

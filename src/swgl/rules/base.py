@@ -4,8 +4,8 @@
 A rule acts in up to two phases around the base optimizer's step:
 
 * ``before(params, grads, state, steps, hp, ctx) -> aux``: on the gradients, before the base
-  step (the seed's rules rescale them here). ``aux`` is a list with one entry per param (0-d
-  device tensors) that ``after`` needs, or None.
+  step (the seed's rules rescale them here). ``aux`` is a list with one entry per param of what
+  ``after`` needs (v2/v3: a 0-d device tensor; v4: a ``(k, grad)`` pair), or None.
 * ``after(params, snapshots, state, steps, aux, hp, ctx) -> None``: on the params, after the
   base step (``mode="update"`` rescales the update here; a proximal rule would pull the params
   toward an anchor here). ``snapshots`` are copies of the params taken just before the base
