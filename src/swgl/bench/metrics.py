@@ -15,22 +15,24 @@ __all__ = [
 ]
 
 
-def _square(R) -> np.ndarray:
-    R = np.asarray(R, dtype=np.float64)
-    if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] == 0:
-        raise ValueError(f"R must be a non-empty square matrix, got shape {R.shape}")
-    return R
+def square(M, name: str = "R") -> np.ndarray:
+    """``M`` as a float64 array, checked to be a non-empty square matrix (ValueError naming
+    ``name`` otherwise); shared by the text metrics."""
+    M = np.asarray(M, dtype=np.float64)
+    if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty square matrix, got shape {M.shape}")
+    return M
 
 
 def acc(R) -> float:
     """Mean final accuracy over all tasks: mean_j R[T-1, j]."""
-    R = _square(R)
+    R = square(R)
     return float(R[-1].mean())
 
 
 def bwt(R) -> float:
     """Backward transfer: mean over j < T-1 of R[T-1, j] - R[j, j] (0 for one task)."""
-    R = _square(R)
+    R = square(R)
     T = len(R)
     if T == 1:
         return 0.0
@@ -39,7 +41,7 @@ def bwt(R) -> float:
 
 def fwt(R, b) -> float:
     """Forward transfer: mean over j > 0 of R[j-1, j] - b[j], b = accuracy at random init."""
-    R = _square(R)
+    R = square(R)
     b = np.asarray(b, dtype=np.float64)
     if b.shape != (len(R),):
         raise ValueError(f"b must have shape ({len(R)},), got {b.shape}")
@@ -50,7 +52,7 @@ def fwt(R, b) -> float:
 
 def forgetting(R) -> float:
     """Mean over j < T-1 of max_{l < T-1} R[l, j] - R[T-1, j] (Chaudhry 2018)."""
-    R = _square(R)
+    R = square(R)
     T = len(R)
     if T == 1:
         return 0.0
@@ -59,7 +61,7 @@ def forgetting(R) -> float:
 
 def learning_accuracy(R) -> float:
     """Mean accuracy on each task right after learning it: mean_j R[j, j]."""
-    return float(np.diag(_square(R)).mean())
+    return float(np.diag(square(R)).mean())
 
 
 def matrix_metrics(R, b) -> dict[str, float]:

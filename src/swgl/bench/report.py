@@ -209,7 +209,7 @@ def frontier_plot(scenario: str, val: dict[str, list[dict[str, Any]]],
                  "circle = chosen)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, path)
+    save_png(fig, path)
     return path
 
 
@@ -221,7 +221,8 @@ def _by(cells, scenario):
     return out
 
 
-def _grid(n: int):
+def axes_grid(n: int):
+    """A figure with ``n`` visible axes, up to 4 a row (shared by the text report)."""
     import matplotlib.pyplot as plt
 
     cols = min(n, 4)
@@ -233,7 +234,8 @@ def _grid(n: int):
     return fig, flat[:n]
 
 
-def _save(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG atomically (temp file, then rename) and close it."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -245,7 +247,7 @@ def _save(fig, path: Path) -> None:
 
 
 def _matrices(scenario: str, methods: dict[str, list[dict]], out: Path) -> None:
-    fig, axes = _grid(len(methods))
+    fig, axes = axes_grid(len(methods))
     for ax, (method, cells) in zip(axes, methods.items()):
         R = np.mean([c["R"] for c in cells], axis=0) * 100
         ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
@@ -260,11 +262,11 @@ def _matrices(scenario: str, methods: dict[str, list[dict]], out: Path) -> None:
         ax.set_ylabel("after training task")
     fig.suptitle(f"{scenario}: accuracy matrix (mean over seeds, %)")
     fig.tight_layout()
-    _save(fig, out / f"acc_matrix_{scenario}.png")
+    save_png(fig, out / f"acc_matrix_{scenario}.png")
 
 
 def _curves(scenario: str, methods: dict[str, list[dict]], out: Path) -> None:
-    fig, axes = _grid(len(methods))
+    fig, axes = axes_grid(len(methods))
     for ax, (method, cells) in zip(axes, methods.items()):
         curve = cells[0]["curve"]
         acc = np.array([a for a in curve["acc"] if a]) * 100
@@ -279,7 +281,7 @@ def _curves(scenario: str, methods: dict[str, list[dict]], out: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 10) or 1, fontsize=7)
     fig.suptitle(f"{scenario}: per-task accuracy over training")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    _save(fig, out / f"task_curves_{scenario}.png")
+    save_png(fig, out / f"task_curves_{scenario}.png")
 
 
 def _stability(scenario: str, method: str, cell: dict, out: Path) -> None:
@@ -287,7 +289,7 @@ def _stability(scenario: str, method: str, cell: dict, out: Path) -> None:
     layers = stab["layers"]
     if not layers:
         return
-    fig, axes = _grid(len(layers))
+    fig, axes = axes_grid(len(layers))
     steps = stab["step"]
     for ax, (name, qs) in zip(axes, layers.items()):
         q = np.maximum(np.array(qs), 1e-12)  # log axis: zero stability (dead inputs) at 1e-12
@@ -300,7 +302,7 @@ def _stability(scenario: str, method: str, cell: dict, out: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{scenario} / {method}: SWGL stability state per layer (seed {cell['seed']})")
     fig.tight_layout()
-    _save(fig, out / f"stability_{scenario}_{method}.png")
+    save_png(fig, out / f"stability_{scenario}_{method}.png")
 
 
 def _online(scenario: str, methods: dict[str, list[dict]], out: Path) -> None:
@@ -316,7 +318,7 @@ def _online(scenario: str, methods: dict[str, list[dict]], out: Path) -> None:
     ax.set_title(f"{scenario}: online accuracy (mean over seeds)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    _save(fig, out / f"online_{scenario}.png")
+    save_png(fig, out / f"online_{scenario}.png")
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from swgl.bench.metrics import square
+
 __all__ = ["final_loss", "forgetting", "learning_loss", "loss_metrics", "relative_gap"]
 
 
 def _square(L) -> np.ndarray:
-    L = np.asarray(L, dtype=np.float64)
-    if L.ndim != 2 or L.shape[0] != L.shape[1] or L.shape[0] == 0:
-        raise ValueError(f"L must be a non-empty square matrix, got shape {L.shape}")
-    return L
+    return square(L, "L")
 
 
 def final_loss(L) -> float:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from swgl.bench.report import axes_grid, save_png
 from swgl.bench.results import atomic_write_text
 from swgl.bench.text.bench import SUMMARY_METRICS, TextResults
 
@@ -69,31 +70,8 @@ def summary_table(summary: Sequence[dict[str, Any]], title: str = "") -> Table:
     return table
 
 
-def _grid(n: int):
-    import matplotlib.pyplot as plt
-
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.4 * rows), squeeze=False)
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
-
-
 def _matrices(scenario: str, methods: dict[str, list[dict]], out: Path) -> Path:
-    fig, axes = _grid(len(methods))
+    fig, axes = axes_grid(len(methods))
     mats = {m: np.mean([c["L"] for c in cells], axis=0) for m, cells in methods.items()}
     lo = min(float(L.min()) for L in mats.values())
     hi = max(float(L.max()) for L in mats.values())
@@ -113,12 +91,12 @@ def _matrices(scenario: str, methods: dict[str, list[dict]], out: Path) -> Path:
     fig.suptitle(f"{scenario}: {split} loss matrix (nats/byte, mean over seeds)")
     fig.tight_layout()
     path = out / f"loss_matrix_{scenario}.png"
-    _save(fig, path)
+    save_png(fig, path)
     return path
 
 
 def _curves(scenario: str, methods: dict[str, list[dict]], out: Path) -> Path:
-    fig, axes = _grid(len(methods))
+    fig, axes = axes_grid(len(methods))
     top = max(float(np.max(c["curve"]["loss"][1:])) for cells in methods.values()
               for c in cells[:1])
     for ax, (method, cells) in zip(axes, methods.items()):
@@ -138,7 +116,7 @@ def _curves(scenario: str, methods: dict[str, list[dict]], out: Path) -> Path:
     fig.suptitle(f"{scenario}: per-domain {cells[0]['split']} loss over training")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = out / f"domain_curves_{scenario}.png"
-    _save(fig, path)
+    save_png(fig, path)
     return path
 
 
