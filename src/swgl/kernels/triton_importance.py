@@ -177,16 +177,33 @@ def _scalar(x: Tensor, device) -> Tensor:
     return x.reshape(1).to(device=device, dtype=torch.float32)
 
 
-class Group:
-    """The before phase over one launch group of (params, grads, stabilities)."""
+class _Tables:
+    """One launch group's tables and what every kernel call takes from them."""
 
-    def __init__(self, params, grads, stabilities, found: Tensor | None) -> None:
-        self.lau = _launch([params, grads, stabilities])
-        self.found = None if found is None else _scalar(found, self.lau.device)
+    def __init__(self, tensors: list[list[Tensor]]) -> None:
+        self.lau = _launch(tensors)
 
     def _args(self):
         lau = self.lau
         return lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels
+
+    def _two_sums(self, kernel, k: Tensor, hp: Hyper, **dtype) -> Tensor:
+        """A kernel's two per-program partial sums, totalled over the group: shape (2,)."""
+        lau = self.lau
+        partials = torch.empty(2, lau.nblocks, device=lau.device, dtype=torch.float32)
+        kernel[lau.grid()](
+            *self._args(), _scalar(k, lau.device), partials, 1.0 / hp.max_boost,
+            ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS, **dtype,
+        )
+        return partials.sum(1)
+
+
+class Group(_Tables):
+    """The before phase over one launch group of (params, grads, stabilities)."""
+
+    def __init__(self, params, grads, stabilities, found: Tensor | None) -> None:
+        super().__init__([params, grads, stabilities])
+        self.found = None if found is None else _scalar(found, self.lau.device)
 
     def ema(self, hp: Hyper, grad_scale: float) -> Tensor:
         """The EMA update; returns the per-tensor sums of the new ``s``."""
@@ -202,13 +219,7 @@ class Group:
 
     def grad_sums(self, k: Tensor, hp: Hyper) -> Tensor:
         """``(-sum(g^2), -sum(c g^2))`` over the group."""
-        lau = self.lau
-        partials = torch.empty(2, lau.nblocks, device=lau.device, dtype=torch.float32)
-        _gsums_kernel[lau.grid()](
-            *self._args(), _scalar(k, lau.device), partials, 1.0 / hp.max_boost,
-            G_DTYPE=lau.g_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
-        )
-        return partials.sum(1)
+        return self._two_sums(_gsums_kernel, k, hp, G_DTYPE=self.lau.g_dtype)
 
     def rescale_grads(self, k: Tensor, rho: Tensor, hp: Hyper) -> None:
         lau = self.lau
@@ -221,25 +232,15 @@ class Group:
         )
 
 
-class Update:
+class Update(_Tables):
     """The after phase over one launch group of (params, snapshots, stabilities, grads)."""
 
     def __init__(self, params, snapshots, stabilities, grads) -> None:
-        self.lau = _launch([params, snapshots, stabilities, grads])
-
-    def _args(self):
-        lau = self.lau
-        return lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels
+        super().__init__([params, snapshots, stabilities, grads])
 
     def sums(self, k: Tensor, hp: Hyper) -> Tensor:
         """``(sum(g u), sum(c g u))`` over the group."""
-        lau = self.lau
-        partials = torch.empty(2, lau.nblocks, device=lau.device, dtype=torch.float32)
-        _usums_kernel[lau.grid()](
-            *self._args(), _scalar(k, lau.device), partials, 1.0 / hp.max_boost,
-            P_DTYPE=lau.p_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
-        )
-        return partials.sum(1)
+        return self._two_sums(_usums_kernel, k, hp, P_DTYPE=self.lau.p_dtype)
 
     def apply(self, k: Tensor, rho: Tensor, hp: Hyper) -> None:
         lau = self.lau
