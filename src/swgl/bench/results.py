@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import numpy as np
 
 from swgl.bench.config import BenchConfig
 
-__all__ = ["Results", "SUMMARY_METRICS", "atomic_write_text", "summarize"]
+__all__ = ["Results", "SUMMARY_METRICS", "atomic_write_text", "compute_cells", "summarize"]
 
 #: Metrics summarised as mean and std over seeds.
 SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_acc", "online_acc", "plasticity",
@@ -48,6 +48,32 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def compute_cells(run_cell: Callable[..., dict[str, Any]], args: tuple, keys: Sequence[tuple],
+                  finish: Callable[[tuple, dict[str, Any]], None], workers: int) -> None:
+    """``finish(key, run_cell(*args, *key))`` for every key, in this process or in a pool of
+    ``workers`` spawned processes of one thread each (shared by the image and text runners)."""
+    if workers == 1:
+        for key in keys:
+            finish(key, run_cell(*args, *key))
+        return
+    if not keys:
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker, initargs=(1,)) as pool:
+        futures = {pool.submit(run_cell, *args, *key): key for key in keys}
+        for future in as_completed(futures):
+            finish(futures[future], future.result())
 
 
 def summarize(cells: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

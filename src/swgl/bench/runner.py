@@ -30,7 +30,7 @@ from swgl.bench.methods import Context, Method, make_method
 from swgl.bench.methods.swgl import stability_tensors
 from swgl.bench.models import build_model
 from swgl.bench.provenance import code_identity
-from swgl.bench.results import Results, atomic_write_text, summarize
+from swgl.bench.results import Results, atomic_write_text, compute_cells, summarize
 from swgl.bench.scenarios import Scenario, ScenarioOptions, build_scenario
 
 __all__ = ["Results", "run", "run_cell", "grid", "summarize", "atomic_write_text"]
@@ -326,10 +326,6 @@ def _load_cell(path: Path, config_id: str) -> dict[str, Any] | None:
     return cell if cell["run_id"] == config_id else None
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def run(config: BenchConfig, *, out_dir: str | Path = "runs", resume: bool = False,
         on_cell: Callable[[dict[str, Any], bool], None] | None = None,
         write_reports: bool = True, workers: int = 1) -> Results:
@@ -368,18 +364,7 @@ def run(config: BenchConfig, *, out_dir: str | Path = "runs", resume: bool = Fal
         if on_cell is not None:
             on_cell(cell, False)
 
-    if workers == 1:
-        for key in pending:
-            finish(key, run_cell(cfg, *key))
-    elif pending:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(1,)) as pool:
-            futures = {pool.submit(run_cell, cfg, *key): key for key in pending}
-            for future in as_completed(futures):
-                finish(futures[future], future.result())
+    compute_cells(run_cell, (cfg,), pending, finish, workers)
     cells = [done[key] for key in _cells(cfg)]
     results = Results(cfg, run_id, run_dir, cells, summarize(cells))
     if write_reports:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from swgl.bench.methods import OPTIMIZERS
-from swgl.bench.results import atomic_write_text
+from swgl.bench.results import atomic_write_text, compute_cells
 from swgl.bench.text.config import TextConfig
 from swgl.bench.text.methods import text_spec, tuned_grid
 from swgl.bench.text.metrics import relative_gap
@@ -101,12 +101,6 @@ def compare(summary: list[dict[str, Any]], scenario: str, method: str,
     }
 
 
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _best(records: list[dict[str, Any]]) -> dict[str, Any]:
     top = min(r["metrics"]["final_loss"] for r in records)
     close = [r for r in records if r["metrics"]["final_loss"] <= top * (1 + TIE)]
@@ -149,18 +143,7 @@ def run(config: TextConfig, *, out_dir: str | Path = "runs", resume: bool = Fals
             if on_cell is not None:
                 on_cell(cell, False)
 
-        if workers == 1:
-            for key in pending:
-                finish(key, run_cell(cfg, *key))
-        elif pending:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                     initializer=_one_thread) as pool:
-                futures = {pool.submit(run_cell, cfg, *key): key for key in pending}
-                for future in as_completed(futures):
-                    finish(futures[future], future.result())
+        compute_cells(run_cell, (cfg,), pending, finish, workers)
 
     seed0 = cfg.seeds[0]
     grids = {m: tuned_grid(m, cfg) for m in cfg.methods}
