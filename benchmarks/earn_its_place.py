@@ -29,7 +29,9 @@ scenario. The metrics are those of :mod:`swgl.bench.metrics`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -45,6 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from swgl import RULES, SWGL
+from swgl.bench.methods import METHODS, OPTIMIZERS, make_method
+from swgl.bench.methods import Context as MethodContext
 from swgl.bench.metrics import acc, forgetting, learning_accuracy
 from swgl.rules import Context, Hyper
 from swgl.rules.importance import factor, progress_ratio
@@ -55,7 +59,40 @@ SCENARIOS = {
     "long": dict(tasks=10, n=10000, epochs=5),
     "rotated": dict(tasks=10, n=5000, epochs=1, scenario="rotated"),
     "splitdom": dict(tasks=5, n=10000, epochs=1, scenario="splitdom"),
+    # the device preset's reduced `short` (3x fewer samples per task), for the peers' grid
+    "short10k": dict(tasks=10, n=10000, epochs=1),
 }
+
+#: The boundary-free peers (``swgl.bench.methods``; none is given task boundaries), by the
+#: family of the row (``opt``) they sit in: the harness spec that runs them there. UPGD, MESU and
+#: BGD are their own optimizers: they sit in the SGD rows (their ``OptimizerInfo.baseline`` is
+#: plain SGD) and the table says so. L2 Init's spec uses Adam; on SGD it is the same strategy
+#: with the SGD optimizer.
+PEERS: dict[str, dict[str, str]] = {
+    "stream-ewc": {"sgd": "stream-ewc", "adam": "stream-ewc-adam"},
+    "stream-mas": {"sgd": "stream-mas", "adam": "stream-mas-adam"},
+    "stream-si": {"sgd": "stream-si", "adam": "stream-si-adam"},
+    "l2-init": {"sgd": "l2-init", "adam": "l2-init"},
+    "upgd": {"sgd": "upgd"},
+    "mesu": {"sgd": "mesu"},
+    "bgd": {"sgd": "bgd"},
+}
+
+
+def peer_spec(method: str, opt: str):
+    """The harness :class:`MethodSpec` of peer ``method`` in the ``opt`` rows."""
+    spec = METHODS[PEERS[method][opt]]
+    if spec.optimizer in ("sgd", "adam") and spec.optimizer != opt:
+        spec = dataclasses.replace(spec, optimizer=opt)      # l2-init on SGD
+    return spec
+
+
+def own_optimizer(method: str) -> str | None:
+    """The peer's own optimizer (``"upgd"``, ``"mesu"``, ``"bgd"``), else None."""
+    if method not in PEERS:
+        return None
+    opt = METHODS[next(iter(PEERS[method].values()))].optimizer
+    return None if opt in ("sgd", "adam") else opt
 
 
 def _idx(path: Path) -> np.ndarray:
@@ -74,6 +111,16 @@ def load(data_dir: str):
     y = lambda n: torch.from_numpy(_idx(d / n).astype(np.int64))  # noqa: E731
     return (x("train-images-idx3-ubyte.gz"), y("train-labels-idx1-ubyte.gz"),
             x("t10k-images-idx3-ubyte.gz"), y("t10k-labels-idx1-ubyte.gz"))
+
+
+_DATA: dict[str, tuple] = {}
+
+
+def data(data_dir: str = DATA_DIR):
+    """:func:`load`, once per process (``run`` loads it before forking its pool)."""
+    if data_dir not in _DATA:
+        _DATA[data_dir] = load(data_dir)
+    return _DATA[data_dir]
 
 
 def rotate(x, degrees: float):
@@ -139,8 +186,9 @@ def _tasks(cfg, xtr, ytr, g):
 
 
 def run_one(cfg: dict) -> dict:
+    t0 = time.time()
     torch.set_num_threads(1)
-    xtr_all, ytr_all, xte, yte = load(DATA_DIR)
+    xtr_all, ytr_all, xte, yte = data()
     g = torch.Generator().manual_seed(1000 + cfg["seed"])
     T, N, E, B, H = cfg["tasks"], cfg["n"], cfg["epochs"], cfg["batch"], cfg["hidden"]
     n_eval = cfg.get("n_eval", 2000)
@@ -152,10 +200,17 @@ def run_one(cfg: dict) -> dict:
     model = nn.Sequential(nn.Linear(784, H), nn.ReLU(), nn.Linear(H, H), nn.ReLU(),
                           nn.Linear(H, n_out))
     params = list(model.parameters())
-    base_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cfg["opt"]]
-    base = base_cls(params, lr=cfg["lr"])
-    method = cfg["method"]
-    if method == "plain":
+    method, peer = cfg["method"], None
+    if method not in PEERS:
+        base_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cfg["opt"]]
+        base = base_cls(params, lr=cfg["lr"])
+    if method in PEERS:
+        spec = peer_spec(method, cfg["opt"])
+        spec = spec.with_options({"lr": cfg["lr"], **cfg.get("strength", {})},
+                                 OPTIMIZERS[spec.optimizer])
+        peer = make_method(spec, model, MethodContext(n_outputs=n_out, batch_size=B))
+        tids = torch.zeros(B, dtype=torch.long)
+    elif method == "plain":
         opt = base
     elif method.startswith("ctrl-"):
         opt = Control(params, base, method[5:])
@@ -173,6 +228,9 @@ def run_one(cfg: dict) -> dict:
             order = torch.randperm(len(y_t), generator=g)
             for i in range(0, len(y_t) - B + 1, B):
                 idx = order[i:i + B]
+                if peer is not None:     # the harness's step: loss (+ penalty), hooks, step
+                    peer.observe(x_t[idx], y_t[idx], tids)
+                    continue
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x_t[idx]), y_t[idx]).backward()
                 opt.step()
@@ -181,7 +239,8 @@ def run_one(cfg: dict) -> dict:
                 for j, (xj, yj) in enumerate(task_sets):
                     R[k][t, j] = float((model(xj).argmax(1) == yj).float().mean())
     finite = all(bool(torch.isfinite(p).all()) for p in params)
-    return {"cfg": cfg, "finite": finite, **{k: m.tolist() for k, m in R.items()}}
+    return {"cfg": cfg, "finite": finite, "secs": round(time.time() - t0, 1),
+            **{k: m.tolist() for k, m in R.items()}}
 
 
 def default_grid() -> list[dict]:
@@ -192,7 +251,8 @@ def default_grid() -> list[dict]:
     long_lrs = {"sgd": (0.015, 0.02), "adam": (3e-5, 6e-5)}
     probe = {"sgd": 0.02, "adam": 6e-5}
     runs = []
-    for name, sc in SCENARIOS.items():
+    for name in ("short", "long", "rotated", "splitdom"):
+        sc = SCENARIOS[name]
         for opt, grid in lrs.items():
             for seed in (0, 1, 2):
                 base = dict(seed=seed, batch=64, hidden=256, opt=opt, scenario_name=name, **sc)
@@ -209,18 +269,126 @@ def default_grid() -> list[dict]:
     return sorted(runs, key=lambda r: order[r["scenario_name"]])
 
 
-def run(grid: list[dict], out: Path, jobs: int) -> None:
-    from tqdm import tqdm
+#: The device preset's lr grids: 3 points bracketing the optima measured before (``long``: the
+#: first run and the rule search, plain SGD 0.015, Adam 3e-5 to 6e-5; ``short10k``: a local
+#: 1-seed sweep, see docs/results.md).
+DEVICE_LRS = {
+    "long": {"sgd": (0.01, 0.015, 0.02), "adam": (3e-5, 6e-5, 1e-4)},
+    "short10k": {"sgd": (0.015, 0.03, 0.06), "adam": (6e-5, 1.2e-4, 2.4e-4)},
+}
+#: Each peer's strength values: two of the values its harness tuning grid holds (the
+#: ``tune_grid`` that ``swgl bench --tune`` searches, ``swgl.bench.tuning``), those around the
+#: best of the pilot in docs/results.md ("Boundary-free peers").
+PEER_STRENGTH: dict[str, dict[str, tuple]] = {
+    "stream-ewc": {"lam": (100.0, 1000.0)},
+    "stream-mas": {"lam": (0.1, 1.0)},
+    "stream-si": {"lam": (1.0, 100.0)},
+    "l2-init": {"lam": (1e-3, 1e-2)},
+    "upgd": {"sigma": (1e-3, 1e-2)},
+    "mesu": {"N": (1e4, 1e5)},
+    "bgd": {"sigma_init": (0.01, 0.02)},
+}
+#: UPGD's step is the SGD step times ``1 - s``, ``s = sigmoid(scaled utility)``, about 0.5 for
+#: most weights: its lr grid is the SGD grid times 2 (the same raw step).
+PEER_LR_SCALE = {"upgd": 2.0}
+#: The order of the peers in a grid: a run cut short keeps the first ones whole.
+PEER_ORDER = ("stream-ewc", "upgd", "stream-si", "stream-mas", "l2-init", "mesu", "bgd")
 
+
+def own_lrs(method: str) -> tuple | None:
+    """A peer's own lr grid if its lr is not the family's (MESU, BGD: a multiplier of sigma^2):
+    its harness tuning grid's; else None."""
+    own = getattr(METHODS[PEERS[method]["sgd"]].strategy, "tune_grid", {}).get("lr")
+    return None if own is None else tuple(own)
+
+
+def peer_lrs(method: str, family_lrs: tuple) -> tuple:
+    """The lrs a peer is tuned over: its row family's grid (scaled for UPGD), or its own."""
+    if own_lrs(method) is not None:
+        return own_lrs(method)
+    return tuple(float(f"{lr * PEER_LR_SCALE.get(method, 1.0):.3g}") for lr in family_lrs)
+
+
+def strength_points(method: str) -> list[dict]:
+    grid = PEER_STRENGTH[method]
+    keys = list(grid)
+    return [dict(zip(keys, v)) for v in itertools.product(*(grid[k] for k in keys))]
+
+
+def method_runs(scenario: str, method: str, lrs: dict, seeds=(0, 1, 2), **extra) -> list[dict]:
+    """Every (optimizer, lr, strength, seed) run of ``method`` on ``scenario``; ``lrs`` maps the
+    optimizer to the family's lr grid."""
+    runs = []
+    for opt, grid in lrs.items():
+        if method in PEERS and opt not in PEERS[method]:
+            continue
+        points = strength_points(method) if method in PEERS else [{}]
+        method_lrs = peer_lrs(method, grid) if method in PEERS else grid
+        for strength in points:
+            for lr in method_lrs:
+                for seed in seeds:
+                    r = {**dict(seed=seed, batch=64, hidden=256, opt=opt, scenario_name=scenario),
+                         **SCENARIOS[scenario], "lr": lr, "method": method, **extra}
+                    if strength:
+                        r["strength"] = strength
+                    runs.append(r)
+    return runs
+
+
+def device_grid() -> list[dict]:
+    """The second run of issue 12, sized for 15 processes and ~520 s, in priority order:
+    (a) ``long``: plain and v4 (SGD, Adam), 3 lrs x 3 seeds; (b) ``short10k`` (``short``
+    with 10k samples per task): plain, v4 and every peer, 3 lrs x 2 strengths x 3 seeds;
+    (c) the peers on ``long``, one whole method after another, as far as the time goes."""
+    runs = []
+    for m in ("plain", "swgl"):
+        runs += method_runs("long", m, DEVICE_LRS["long"])
+    for m in ("plain", "swgl", *PEER_ORDER):
+        runs += method_runs("short10k", m, DEVICE_LRS["short10k"])
+    for m in PEER_ORDER:
+        runs += method_runs("long", m, DEVICE_LRS["long"])
+    return runs
+
+
+def smoke_grid() -> list[dict]:
+    """A seconds-long grid through every code path (plain, v4, a family peer on SGD and Adam,
+    an own-optimizer peer, two strengths): 2 tasks x 256 samples, for tests and a local check."""
+    small = dict(tasks=2, n=256, epochs=1, hidden=32, n_eval=200)
+    runs = []
+    for m in ("plain", "swgl", "stream-ewc", "mesu"):
+        runs += method_runs("short", m, {"sgd": (0.05,), "adam": (1e-3,)}, seeds=(0,), **small)
+    return [r for r in runs if r["lr"] != 4.0]               # MESU: lr 1 and 2 only
+
+
+PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid}
+
+
+def run(grid: list[dict], out: Path, jobs: int) -> None:
+    """Run ``grid`` on ``jobs`` processes, in grid order (the first runs start first).
+
+    ``out/results.json`` is rewritten (atomically) after every finished run and
+    ``out/grid.json`` holds the grid, so a run cut by a time limit keeps what finished and
+    ``report`` can tell a complete method grid from a partial one."""
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    _write_json(out / "grid.json", grid)
+    data()                                     # loaded once, inherited by the forked workers
+    results, t0 = [], time.time()
     ctx = mp.get_context("fork")
-    with ctx.Pool(jobs) as pool:
-        for res in tqdm(pool.imap_unordered(run_one, grid), total=len(grid), mininterval=10):
+    with ctx.Pool(jobs, maxtasksperchild=None) as pool:
+        for res in pool.imap_unordered(run_one, grid, chunksize=1):
             results.append(res)
-            if len(results) % 10 == 0:  # partial results survive a time limit
-                (out / "results.json").write_text(json.dumps(results))
-    (out / "results.json").write_text(json.dumps(results))
+            _write_json(out / "results.json", results)
+            c = res["cfg"]
+            print(f"[{len(results)}/{len(grid)} {time.time() - t0:.0f}s] {c['scenario_name']} "
+                  f"{c['opt']} {c['method']} lr={c['lr']:g} {c.get('strength', {})} "
+                  f"seed={c['seed']}: {res['secs']:.0f}s, val ACC "
+                  f"{_metrics(res['val'])[0]:.1f}", flush=True)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
 
 
 def _metrics(R) -> tuple[float, float, float]:
@@ -228,12 +396,24 @@ def _metrics(R) -> tuple[float, float, float]:
     return (100 * acc(R), 100 * learning_accuracy(R), 100 * forgetting(R))
 
 
+def _strength(cfg: dict) -> str:
+    """A run's strength options as a short label ("" for none): ``lam=100``."""
+    return ",".join(f"{k}={v:g}" for k, v in sorted(cfg.get("strength", {}).items()))
+
+
+def label(method: str) -> str:
+    """The method as the table names it: a peer on its own optimizer says so."""
+    own = own_optimizer(method)
+    return f"{method} (own optimizer, {own.upper()})" if own else method
+
+
 def summarise(results: list[dict]):
-    """Per (scenario, optimizer, method, lr): mean over seeds of val ACC and test ACC/LA/F."""
+    """Per (scenario, optimizer, method, lr, strength): mean over seeds of val ACC and test
+    ACC/LA/F."""
     cells = defaultdict(list)
     for r in results:
         c = r["cfg"]
-        cells[(c["scenario_name"], c["opt"], c["method"], c["lr"])].append(r)
+        cells[(c["scenario_name"], c["opt"], c["method"], c["lr"], _strength(c))].append(r)
     table = {}
     for key, rs in cells.items():
         val = [_metrics(r["val"])[0] if r["finite"] else float("nan") for r in rs]
@@ -245,16 +425,36 @@ def summarise(results: list[dict]):
 
 
 def tuned(table):
-    """Each method's lr chosen by mean validation ACC, per scenario and optimizer."""
+    """Each method's lr (and strength) chosen by mean validation ACC, per scenario and
+    optimizer: ``(sc, opt, method) -> (lr, strength, row)``. A point that diverged (NaN) is
+    never chosen."""
     best = {}
-    for (sc, opt, method, lr), row in table.items():
+    for (sc, opt, method, lr, strength), row in table.items():
         key = (sc, opt, method)
-        if key not in best or row["val_acc"] > best[key][1]["val_acc"]:
-            best[key] = (lr, row)
-    return best
+        score = row["val_acc"] if np.isfinite(row["val_acc"]) else -np.inf
+        if key not in best or score > best[key][3]:
+            best[key] = (lr, strength, row, score)
+    return {k: v[:3] for k, v in best.items()}
 
 
-def report(results: list[dict], out: Path) -> str:
+def _edge(table, key, lr) -> str:
+    """" (grid edge)" if ``lr`` is the top or bottom of the method's lr grid (>= 3 points)."""
+    lrs = sorted({k[3] for k in table if k[:3] == key})
+    return " (edge)" if len(lrs) >= 3 and lr in (lrs[0], lrs[-1]) else ""
+
+
+def _planned(grid: list[dict] | None):
+    """(sc, opt, method) -> how many runs the grid holds."""
+    count = defaultdict(int)
+    for c in grid or ():
+        count[(c["scenario_name"], c["opt"], c["method"])] += 1
+    return count
+
+
+def report(results: list[dict], out: Path, grid: list[dict] | None = None) -> str:
+    """The tuned table (markdown; also ``earn_its_place_tuned.json``) and the frontier plot
+    (``earn_its_place_frontier.png``). With ``grid`` (the run's ``grid.json``), a method whose
+    runs did not all finish is marked ``partial k/n``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,67 +463,110 @@ def report(results: list[dict], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     table, lines, records = summarise(results), [], []
     best = tuned(table)
-    lines.append("| scenario | optimizer | method | tuned lr | ACC (test) | delta vs tuned plain "
-                 "| LA | forgetting | seeds |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
-    for (sc, opt, method), (lr, row) in sorted(best.items()):
+    planned = _planned(grid)
+    done = _planned([r["cfg"] for r in results])
+    lines.append("| scenario | optimizer | method | tuned lr | strength | ACC (test) "
+                 "| delta vs tuned plain | LA | forgetting | seeds |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    order = {m: i for i, m in enumerate(("plain", "swgl", "swgl-v3", "ctrl-tensor",
+                                         "ctrl-global", *PEER_ORDER))}
+    for (sc, opt, method), (lr, strength, row) in sorted(
+            best.items(), key=lambda kv: (kv[0][:2], order.get(kv[0][2], 99), kv[0][2])):
         plain = best.get((sc, opt, "plain"))
         acc = np.array(row["acc"])
         delta = ""
         if plain is not None and method != "plain":
-            d = acc.mean() - np.mean(plain[1]["acc"])
-            delta = f"{d:+.1f}"
-        lines.append(f"| {sc} | {opt} | {method} | {lr:g} | {acc.mean():.1f} ± {acc.std():.1f} "
-                     f"| {delta} | {row['la']:.1f} | {row['forg']:.1f} | {len(acc)} |")
-        records.append(dict(scenario=sc, optimizer=opt, method=method, lr=lr,
+            delta = f"{acc.mean() - np.mean(plain[2]['acc']):+.1f}"
+        name = label(method)
+        key = (sc, opt, method)
+        if planned.get(key, 0) > done[key]:
+            name += f" (partial: {done[key]}/{planned[key]} runs)"
+        lines.append(f"| {sc} | {opt} | {name} | {lr:g}{_edge(table, key, lr)} | {strength} "
+                     f"| {acc.mean():.1f} ± {acc.std():.1f} | {delta} | {row['la']:.1f} "
+                     f"| {row['forg']:.1f} | {len(acc)} |")
+        records.append(dict(scenario=sc, optimizer=opt, method=method, label=name, lr=lr,
+                            strength=strength, lr_edge=bool(_edge(table, key, lr)),
                             acc_mean=float(acc.mean()), acc_std=float(acc.std()), la=row["la"],
-                            forgetting=row["forg"], val_acc=row["val_acc"], seeds=row["seeds"]))
+                            forgetting=row["forg"], val_acc=row["val_acc"], seeds=row["seeds"],
+                            runs=done[key], planned=planned.get(key)))
     (out / "earn_its_place_tuned.json").write_text(json.dumps(records, indent=1))
+    _frontier(table, out, plt)
+    return "\n".join(lines)
+
+
+def _frontier(table, out: Path, plt) -> None:
+    """ACC and LA against the lr, per scenario and optimizer; a method with a strength grid
+    shows, at each lr, its strength with the best validation ACC. A peer whose lr is its own
+    (MESU, BGD) is a horizontal line at its tuned ACC (its lr is not on this axis)."""
     scenarios = sorted({k[0] for k in table})
-    fig, axes = plt.subplots(2, len(scenarios), figsize=(4.2 * len(scenarios), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(scenarios), figsize=(5 * len(scenarios), 8), squeeze=False)
+    styles = {"plain": ("k", "o-"), "swgl": ("tab:red", "o-")}
+    best = tuned(table)
     for col, sc in enumerate(scenarios):
         for row_i, opt in enumerate(("sgd", "adam")):
             ax = axes[row_i][col]
-            for method in sorted({k[2] for k in table if k[0] == sc and k[1] == opt}):
-                pts = sorted((k[3], v) for k, v in table.items() if k[:3] == (sc, opt, method))
-                lrs = [p[0] for p in pts]
-                acc = [np.mean(p[1]["acc"]) for p in pts]
-                (h,) = ax.plot(lrs, acc, "o-", label=f"{method} ACC")
-                ax.plot(lrs, [p[1]["la"] for p in pts], "x--", color=h.get_color(), alpha=0.6,
-                        label=f"{method} LA")
+            methods = sorted({k[2] for k in table if k[:2] == (sc, opt)},
+                             key=lambda m: (m not in styles, m))
+            for method in methods:
+                front = {}
+                for k, v in table.items():
+                    if k[:3] == (sc, opt, method) and (
+                            k[3] not in front or v["val_acc"] > front[k[3]]["val_acc"]):
+                        front[k[3]] = v
+                color, style = styles.get(method, (None, "^-" if method in PEERS else "s-"))
+                if method in PEERS and own_lrs(method) is not None:
+                    acc_t = np.mean(best[(sc, opt, method)][2]["acc"])
+                    ax.axhline(acc_t, ls=":", lw=1.2, color=color,
+                               label=f"{label(method)} ACC (own lr {best[(sc, opt, method)][0]:g})")
+                    continue
+                lrs = sorted(front)
+                (h,) = ax.plot(lrs, [np.mean(front[x]["acc"]) for x in lrs], style, color=color,
+                               label=f"{label(method)} ACC", ms=4)
+                if method in styles or method not in PEERS:
+                    ax.plot(lrs, [front[x]["la"] for x in lrs], "x--", color=h.get_color(),
+                            alpha=0.5, label=f"{method} LA")
             ax.set_xscale("log")
             ax.set_title(f"{sc} / {opt}")
             ax.set_xlabel("learning rate")
             ax.set_ylabel("test accuracy %")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6)
-    fig.suptitle("Stability-plasticity frontier: ACC (solid) and learning accuracy (dashed)")
+            ax.legend(fontsize=5, loc="lower left")
+    fig.suptitle("Stability-plasticity frontier: ACC (solid), learning accuracy (dashed)\n"
+                 "peers at their best strength per lr; MESU/BGD (own lr): dotted", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "earn_its_place_frontier.png", dpi=110)
-    return "\n".join(lines)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("grid", help="print the default grid as JSON")
+    g = sub.add_parser("grid", help="print a grid as JSON")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="default: the first run (222 runs); device: the second run (long at "
+                        "3 seeds, the peers; priority order, ~520 s on 15 processes); smoke: "
+                        "12 tiny runs through every code path")
     r = sub.add_parser("run", help="run a grid")
     r.add_argument("grid", type=Path)
     r.add_argument("out", type=Path)
     r.add_argument("--jobs", type=int, default=os.cpu_count())
-    rep = sub.add_parser("report", help="tables and frontier plots from results.json files")
+    rep = sub.add_parser("report", help="tables and frontier plots from results.json files "
+                                        "(a grid.json beside one marks unfinished methods)")
     rep.add_argument("results", type=Path, nargs="+")
     rep.add_argument("--out", type=Path, default=Path("."))
     args = ap.parse_args(argv)
     if args.cmd == "grid":
-        json.dump(default_grid(), sys.stdout)
+        json.dump(PRESETS[args.preset](), sys.stdout)
     elif args.cmd == "run":
         t0 = time.time()
         run(json.loads(args.grid.read_text()), args.out, args.jobs)
         print(f"done in {time.time() - t0:.0f} s")
     else:
         results = [r for p in args.results for r in json.loads(p.read_text())]
-        print(report(results, args.out))
+        grids = [p.parent / "grid.json" for p in args.results]
+        grid = ([c for p in grids for c in json.loads(p.read_text())]
+                if all(p.exists() for p in grids) else None)
+        print(report(results, args.out, grid))
 
 
 if __name__ == "__main__":
