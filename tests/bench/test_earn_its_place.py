@@ -1,0 +1,124 @@
+"""benchmarks/earn_its_place.py: the grid presets and the peers' wiring (issue 12).
+
+The data is synthetic (the script's loader is bypassed), so the test needs no Fashion-MNIST.
+"""
+
+import importlib.util
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from swgl.bench.methods import METHODS
+from swgl.bench.methods.l2_init import L2Init
+
+
+def _script():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "earn_its_place.py"
+    spec = importlib.util.spec_from_file_location("swgl_bench_earn_its_place", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+E = _script()
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    """50 200 training and 200 test images whose class is the argmax of 10 pixels."""
+    g = torch.Generator().manual_seed(0)
+    xtr, xte = torch.rand(50200, 784, generator=g), torch.rand(200, 784, generator=g)
+    data = (xtr, xtr[:, :10].argmax(1), xte, xte[:, :10].argmax(1))
+    monkeypatch.setitem(E._DATA, E.DATA_DIR, data)
+    return data
+
+
+def test_default_grid_is_unchanged_and_has_no_peers():
+    grid = E.default_grid()
+    assert len(grid) == 222
+    assert {r["scenario_name"] for r in grid} == {"short", "long", "rotated", "splitdom"}
+    assert not {r["method"] for r in grid} & set(E.PEERS)
+
+
+def test_device_grid_puts_long_first_and_tunes_every_peer_on_lr_and_strength():
+    grid = E.device_grid()
+    assert len(grid) == len({json.dumps(r, sort_keys=True) for r in grid}) == 534
+    # (a) first: long, plain and v4, SGD and Adam, 3 lrs x 3 seeds
+    head = grid[:36]
+    assert {(r["scenario_name"], r["method"]) for r in head} == {("long", "plain"),
+                                                                ("long", "swgl")}
+    assert Counter((r["method"], r["opt"]) for r in head) == {
+        (m, o): 9 for m in ("plain", "swgl") for o in ("sgd", "adam")}
+    # (b) next: short10k, plain and v4 first, then all 7 peers; (c) the peers on long last
+    scen = [r["scenario_name"] for r in grid]
+    assert scen[36:336] == ["short10k"] * 300 and scen[336:] == ["long"] * 198
+    assert [r["method"] for r in grid[36:84]] == ["plain"] * 24 + ["swgl"] * 24
+    short = [r for r in grid if r["scenario_name"] == "short10k"]
+    lrs = E.DEVICE_LRS["short10k"]
+    for method in E.PEERS:
+        runs = [r for r in short if r["method"] == method]
+        strengths = E.strength_points(method)
+        assert len(strengths) == 2
+        tune_grid = METHODS[E.PEERS[method]["sgd"]].strength_grid(None)
+        for point in strengths:                   # the harness's own tuning values
+            assert all(v in tune_grid[k] for k, v in point.items()), (method, point)
+        for opt in E.PEERS[method]:
+            rows = [r for r in runs if r["opt"] == opt]
+            want = E.peer_lrs(method, lrs[opt])
+            assert Counter((r["lr"], json.dumps(r["strength"]), r["seed"]) for r in rows) == {
+                (lr, json.dumps(s), seed): 1 for lr in want for s in strengths
+                for seed in (0, 1, 2)}
+    assert E.peer_lrs("upgd", (0.015, 0.03)) == (0.03, 0.06)            # 2x: the 1 - s gate
+    assert E.peer_lrs("mesu", lrs["sgd"]) == (1.0, 2.0, 4.0)            # its own lr grid
+    assert E.peer_lrs("stream-ewc", lrs["adam"]) == lrs["adam"]
+    # the peers on their own optimizer sit in the SGD rows only
+    assert {r["opt"] for r in grid if r["method"] in ("upgd", "mesu", "bgd")} == {"sgd"}
+    # the long peers come one whole method after another
+    tail = [r["method"] for r in grid[336:]]
+    assert [m for i, m in enumerate(tail) if i == 0 or tail[i - 1] != m] == list(E.PEER_ORDER)
+
+
+def test_peer_specs_are_the_harness_methods():
+    assert E.peer_spec("stream-ewc", "adam") is METHODS["stream-ewc-adam"]
+    assert E.peer_spec("upgd", "sgd") is METHODS["upgd"]
+    l2 = E.peer_spec("l2-init", "sgd")
+    assert l2.strategy is L2Init and l2.optimizer == "sgd"
+    assert E.peer_spec("l2-init", "adam") is METHODS["l2-init"]
+    assert [E.own_optimizer(m) for m in ("stream-si", "upgd", "mesu", "bgd")] == [
+        None, "upgd", "mesu", "bgd"]
+
+
+def test_a_peer_runs_through_the_harness_step_with_its_strength(fake_data):
+    cfg = dict(E.smoke_grid()[4], tasks=2, n=512)           # stream-ewc, SGD
+    assert cfg["method"] == "stream-ewc"
+    weak = E.run_one(dict(cfg, strength={"lam": 0.0}))
+    plain = E.run_one(dict(cfg, method="plain"))
+    strong = E.run_one(dict(cfg, strength={"lam": 1e6}))
+    # lam = 0: the pull vanishes and the harness step is the plain SGD step
+    np.testing.assert_allclose(weak["val"], plain["val"], atol=1e-6)
+    assert strong["val"] != weak["val"]
+    assert np.asarray(weak["val"]).shape == (2, 2)
+
+
+def test_smoke_grid_runs_and_reports_peers(fake_data, tmp_path):
+    grid = E.smoke_grid()
+    assert {r["method"] for r in grid} == {"plain", "swgl", "stream-ewc", "mesu"}
+    out = tmp_path / "run"
+    E.run(grid[:-1], out, jobs=1)                # one run short, as if cut by a time limit
+    results = json.loads((out / "results.json").read_text())
+    assert len(results) == len(grid) - 1 and all(r["finite"] for r in results)
+    assert json.loads((out / "grid.json").read_text()) == grid[:-1]
+    table = E.report(results, tmp_path / "rep", grid=grid)
+    rows = {line.split(" | ")[2]: line for line in table.splitlines()[2:]}
+    assert "mesu (own optimizer, MESU) (partial: 3/4 runs)" in rows
+    assert rows["stream-ewc"].split(" | ")[4] in ("lam=100", "lam=1000")    # its strength
+    assert sum(1 for line in table.splitlines() if "| stream-ewc |" in line) == 2  # SGD, Adam
+    tuned = json.loads((tmp_path / "rep" / "earn_its_place_tuned.json").read_text())
+    assert {r["method"] for r in tuned} == {"plain", "swgl", "stream-ewc", "mesu"}
+    assert (tmp_path / "rep" / "earn_its_place_frontier.png").stat().st_size > 10_000
