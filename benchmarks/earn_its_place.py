@@ -10,19 +10,26 @@ test accuracy at that choice, side by side, from the same run. Methods:
 * ``swgl-v3``: the previous default rule (``rule="v3"``);
 * ``ctrl-tensor`` / ``ctrl-global``: the controls that isolate the per-parameter idea: the
   default rule with its per-element factor replaced by the tensor's mean factor, or by one
-  scalar for the whole model matched to the mean factor at each step.
+  scalar for the whole model matched to the mean factor at each step;
+* the boundary-free peers (:data:`PEERS`), built from the harness's method classes
+  (``swgl.bench.methods``: ``stream-ewc``, ``stream-mas``, ``stream-si``, ``l2-init`` on SGD and
+  on Adam; ``upgd``, ``mesu``, ``bgd`` on their own optimizers, in the SGD rows), each tuned on
+  the validation split over the lr grid and two values of its strength (:data:`PEER_STRENGTH`).
 
 Scenarios (domain-IL, one shared head): ``short`` (10 permuted tasks x 30k samples, one pass),
 ``long`` (10 permuted tasks x 10k samples, 5 epochs), ``rotated`` (10 rotations 0-162 deg, 5k
-samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass).
+samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass);
+``short10k`` (``short`` with 10k samples per task) is the device preset's reduced ``short``.
 
     python benchmarks/earn_its_place.py grid > grid.json        # the default grid (222 runs)
+    python benchmarks/earn_its_place.py grid --preset device    # long + the peers (534 runs)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
-``run`` writes ``results.json`` (one record per run: config, accuracy matrices on val and test);
-``report`` prints the tuned table (markdown), writes it as JSON, and draws the
-stability-plasticity frontier (ACC and learning accuracy against the learning rate) per
+``run`` writes ``results.json`` (one record per run: config, accuracy matrices on val and test,
+seconds), rewritten after every run, and ``grid.json``; runs start in grid order. ``report``
+prints the tuned table (markdown; lr and strength chosen on val), writes it as JSON, and draws
+the stability-plasticity frontier (ACC and learning accuracy against the learning rate) per
 scenario. The metrics are those of :mod:`swgl.bench.metrics`.
 """
 
@@ -538,7 +545,8 @@ def _frontier(table, out: Path, plt) -> None:
             ax.set_xlabel("learning rate")
             ax.set_ylabel("test accuracy %")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=5, loc="lower left")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=5, loc="lower left")
     fig.suptitle("Stability-plasticity frontier: ACC (solid), learning accuracy (dashed)\n"
                  "peers at their best strength per lr; MESU/BGD (own lr): dotted", fontsize=9)
     fig.tight_layout()
