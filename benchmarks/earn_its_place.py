@@ -513,9 +513,15 @@ def _frontier(table, out: Path, plt) -> None:
     """ACC and LA against the lr, per scenario and optimizer; a method with a strength grid
     shows, at each lr, its strength with the best validation ACC. A peer whose lr is its own
     (MESU, BGD) is a horizontal line at its tuned ACC (its lr is not on this axis)."""
+    import matplotlib.ticker
+
     scenarios = sorted({k[0] for k in table})
     fig, axes = plt.subplots(2, len(scenarios), figsize=(5 * len(scenarios), 8), squeeze=False)
     styles = {"plain": ("k", "o-"), "swgl": ("tab:red", "o-")}
+    colors = {"swgl-v3": "tab:pink", "ctrl-tensor": "tab:gray", "ctrl-global": "tab:olive",
+              "stream-ewc": "tab:orange", "upgd": "tab:purple", "stream-si": "tab:green",
+              "stream-mas": "tab:cyan", "l2-init": "tab:blue", "mesu": "tab:brown",
+              "bgd": "gold"}
     best = tuned(table)
     for col, sc in enumerate(scenarios):
         for row_i, opt in enumerate(("sgd", "adam")):
@@ -528,7 +534,8 @@ def _frontier(table, out: Path, plt) -> None:
                     if k[:3] == (sc, opt, method) and (
                             k[3] not in front or v["val_acc"] > front[k[3]]["val_acc"]):
                         front[k[3]] = v
-                color, style = styles.get(method, (None, "^-" if method in PEERS else "s-"))
+                color, style = styles.get(method, (colors.get(method),
+                                                   "^-" if method in PEERS else "s-"))
                 if method in PEERS and own_lrs(method) is not None:
                     acc_t = np.mean(best[(sc, opt, method)][2]["acc"])
                     ax.axhline(acc_t, ls=":", lw=1.2, color=color,
@@ -541,12 +548,13 @@ def _frontier(table, out: Path, plt) -> None:
                     ax.plot(lrs, [front[x]["la"] for x in lrs], "x--", color=h.get_color(),
                             alpha=0.5, label=f"{method} LA")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_title(f"{sc} / {opt}")
             ax.set_xlabel("learning rate")
             ax.set_ylabel("test accuracy %")
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=5, loc="lower left")
+                ax.legend(fontsize=5, loc="best")
     fig.suptitle("Stability-plasticity frontier: ACC (solid), learning accuracy (dashed)\n"
                  "peers at their best strength per lr; MESU/BGD (own lr): dotted", fontsize=9)
     fig.tight_layout()
