@@ -2,6 +2,7 @@
 variants against each other, what each option does, and the measured claims of issue 12
 (do no harm on a single task; on the tuned frontier on a small permuted case)."""
 
+import copy
 import importlib.util
 import os
 
@@ -102,6 +103,49 @@ def test_a_flagged_step_changes_nothing(impl):
     out = _one_step(impl, "grad", torch.float32, found=torch.ones(1, device=DEVICE))
     for a, b in zip(grads + s, out[1] + out[2]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not TRITON, reason="needs Triton on CUDA (or TRITON_INTERPRET=1)")
+def test_fused_steps_reuse_their_plan_and_rebuild_when_a_tensor_changes(monkeypatch):
+    from swgl.kernels import triton_importance as ti
+
+    built = []
+    real = ti.Launch
+    moved = []
+    monkeypatch.setattr(ti, "Launch", lambda lists: built.append(len(lists)) or real(lists))
+    monkeypatch.setattr(real, "readdress",
+                        lambda self, lists, f=real.readdress: moved.append(1) or f(self, lists))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)).to(DEVICE)
+    ref_model = copy.deepcopy(model)
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    ref_opt = SWGL.wrap(torch.optim.SGD(ref_model.parameters(), lr=0.1), fused=False)
+    x = torch.randn(32, 8, device=DEVICE)
+
+    def step(net, o, grads=None):
+        o.zero_grad(set_to_none=False)  # the grads keep their addresses
+        net(x).square().mean().backward()
+        for p, g in zip(net.parameters(), grads or ()):
+            p.grad = g.clone()
+        o.step()
+
+    for _ in range(3):
+        step(model, opt)
+        step(ref_model, ref_opt)
+    # one plan per phase, built once: (w, g, s), (w, w0, s, g); only the tables of grads
+    # and snapshots are rebuilt when they moved (always on the CPU, which has no caching
+    # allocator; rarely on CUDA)
+    assert built == [3, 4]
+    assert len(moved) <= 2 * 3
+    # new grads at new addresses, one non-contiguous: plans built anew, and the result is
+    # still the foreach variant's
+    grads = [p.grad.clone() for p in model.parameters()]
+    grads[0] = grads[0].t().contiguous().t()
+    step(model, opt, grads)
+    step(ref_model, ref_opt, grads)
+    assert len(built) > 2
+    for a, b in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def _train(options, steps=30):

@@ -91,7 +91,7 @@ class SWGLBase(Optimizer):
             if "step" not in state:
                 self._on_fresh_state(p)
                 state.update(self._new_state(p, group))
-            params.append(p.detach())
+            params.append(p)  # the phases run under no_grad: no detached copy needed
             grads.append(p.grad)
             stabilities.append(storage.load(state, p))
             steps.append(state["step"])
@@ -274,7 +274,7 @@ def snapshot(entry: Pending) -> list[Tensor] | None:
     rule = RULES[entry.group[_prefix_of(entry.group) + "rule"]]
     if not rule.snapshot or not entry.params:
         return None
-    return list(torch._foreach_mul([local(p.detach()) for p in entry.params], 1.0))
+    return list(torch._foreach_mul([local(p) for p in entry.params], 1.0))
 
 
 def _prefix_of(group: dict[str, Any]) -> str:

@@ -40,19 +40,23 @@ class Outcome(NamedTuple):
 def found_nonfinite(tensors: list[Tensor]) -> Tensor:
     """A 1-element fp32 flag on the tensors' device: 1.0 if any element is inf or NaN (as
     torch's ``found_inf``); no host sync."""
+    return (~torch.isfinite(_inf_norms(tensors)).all()).float().reshape(1)
+
+
+def _inf_norms(tensors: list[Tensor]) -> Tensor:
+    """The tensors' max-abs values, stacked on the first one's device (fp32)."""
     norms = torch._foreach_norm(tensors, float("inf"))
     device = norms[0].device
-    finite = torch.isfinite(torch.stack([n.float().to(device) for n in norms])).all()
-    return (~finite).float().reshape(1)
+    if len({(n.dtype, n.device) for n in norms}) == 1:  # one stack, no op per tensor
+        return torch.stack(norms).float()
+    return torch.stack([n.float().to(device) for n in norms])
 
 
 def all_finite(tensors: list[Tensor]) -> bool:
     """True when every element of every tensor is finite (one host sync)."""
     if not tensors:
         return True
-    norms = torch._foreach_norm(tensors, float("inf"))
-    device = norms[0].device
-    return bool(torch.isfinite(torch.stack([n.float().to(device) for n in norms])).all())
+    return bool(torch.isfinite(_inf_norms(tensors)).all())
 
 
 @torch.no_grad()
@@ -159,15 +163,15 @@ def swgl_after(
     if variants is None or not params:
         return
     hp = RULES[rule].hyper(hp)
-    # plain tensors (an nn.Parameter is not one): the kernels take only plain tensors
-    local = [_local(t).detach() for t in params]
-    impl = _pick(variants, rule, local, hp, foreach, fused)
-    state = {name: [_local(t) for t in ts]
-             for name, ts in {"stability": stabilities, **(extra_state or {})}.items()}
+    state = {"stability": stabilities, **(extra_state or {})}
     dtensor = _dtensor_type()
     if dtensor is None or not any(isinstance(p, dtensor) for p in params):
-        impl(local, snapshots, state, steps, aux, hp, Context())
+        impl = _pick(variants, rule, params, hp, foreach, fused)
+        impl(params, snapshots, state, steps, aux, hp, Context())
         return
+    local = [_local(t) for t in params]
+    impl = _pick(variants, rule, local, hp, foreach, fused)
+    state = {name: [_local(t) for t in ts] for name, ts in state.items()}
     # the same buckets as the before phase, so that sums over shards complete there too
     for idx, ctx in _bucket_contexts(params, 1.0):
         impl(_pick_at(local, idx), None if snapshots is None else _pick_at(snapshots, idx),

@@ -18,8 +18,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import itertools
+import operator
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +31,7 @@ from torch import Tensor
 from swgl.rules.base import Context, Hyper
 
 __all__ = ["run_fused", "run_fused_after", "triton_available", "runs_on", "can_fuse",
-           "supports", "fusable_tensor"]
+           "supports", "fusable_tensor", "cached_plan"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
@@ -56,11 +60,16 @@ def supports(hp: Hyper) -> bool:
     return True
 
 
+#: what the kernels take: plain tensors and params, never a subclass such as DTensor (its
+#: data_ptr is its local shard's)
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def fusable_tensor(p: Tensor, g: Tensor, s: Tensor) -> bool:
     """True when the kernels can take this (param, grad, stability) triple."""
     return (
-        type(p) is Tensor  # plain tensors only: a DTensor's data_ptr is its local shard
-        and type(g) is Tensor
+        type(p) in _PLAIN
+        and type(g) in _PLAIN
         and p.dtype in _DTYPES
         and g.dtype in _DTYPES
         and s.dtype == torch.float32
@@ -77,10 +86,45 @@ def can_fuse(params: Sequence[Tensor], hp: Hyper | None = None) -> bool:
     """Whether ``fused=None`` (auto) picks the Triton path for this call."""
     return (
         bool(params)
-        and all(p.is_cuda or _INTERPRET for p in params)
+        and (_INTERPRET or all(map(_IS_CUDA, params)))
         and (hp is None or supports(hp))
         and triton_available()
     )
+
+
+_IS_CUDA = operator.attrgetter("is_cuda")
+_DTYPE = operator.attrgetter("dtype")
+_PLANS: OrderedDict[tuple, Any] = OrderedDict()
+#: plans kept: two per param group (before and after phase) of a few optimizers
+_MAX_PLANS = 64
+
+
+def cached_plan(name: str, fixed: Sequence[Sequence[Tensor]],
+                volatile: Sequence[Sequence[Tensor]], build: Callable[[], Any]) -> Any:
+    """``build()``, reused while the tensors are alike: the same addresses for the ``fixed``
+    lists (params, state), the same dtypes for all, every tensor contiguous.
+
+    The ``volatile`` lists (grads, snapshots) are fresh tensors at each step, so their
+    addresses are not part of the key: the caller re-addresses the plan when they moved.
+    A fused call splits its lists into launch groups and builds their tables; doing that
+    per tensor at every step cost milliseconds of host time on a BERT-sized model. The key
+    reads each tensor's address and dtype through C-level maps. Sizes are not compared:
+    grads, state and snapshots are shaped like their params, and a param with the same
+    address and dtype keeps its size. Lists with a non-contiguous tensor are never cached.
+    """
+    every = list(itertools.chain(*fixed, *volatile))
+    if not all(map(Tensor.is_contiguous, every)):
+        return build()
+    key = (name, tuple(map(len, (*fixed, *volatile))), every[0].device if every else None,
+           tuple(map(Tensor.data_ptr, itertools.chain(*fixed))), tuple(map(_DTYPE, every)))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = build()
+        if len(_PLANS) > _MAX_PLANS:
+            _PLANS.popitem(last=False)
+    else:
+        _PLANS.move_to_end(key)
+    return plan
 
 
 def _subset(xs: Sequence, idx: list[int]) -> list:

@@ -31,7 +31,8 @@ CHUNK = 16384
 
 def worth_it(params: list[Tensor]) -> bool:
     """True when blocking pays: plain CPU tensors, some larger than a chunk."""
-    return all(type(p) is Tensor and p.device.type == "cpu" for p in params) and any(
+    plain = (Tensor, torch.nn.Parameter)  # not a subclass such as DTensor
+    return all(type(p) in plain and p.device.type == "cpu" for p in params) and any(
         p.numel() > CHUNK for p in params
     )
 

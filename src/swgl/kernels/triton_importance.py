@@ -14,8 +14,6 @@ memory, so nothing waits for the host:
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 import triton
 import triton.language as tl
@@ -27,7 +25,7 @@ from swgl.rules.importance import R_MAX
 
 _RMAX = tl.constexpr(R_MAX)
 
-__all__ = ["Group", "Update"]
+__all__ = ["Group", "Update", "Launch"]
 
 
 @triton.jit
@@ -155,33 +153,16 @@ def _update_kernel(ptrs, T, blocks, nblocks, numels, kp, rhop, min_scale,
         _update_body(pp, bp, sp, offs, n, k, rho, min_scale, True)
 
 
-_LAUNCHES: OrderedDict[tuple, Launch] = OrderedDict()
-
-
-def _launch(tensors: list[list[Tensor]]) -> Launch:
-    """A :class:`Launch` for these tensors, reused while their addresses, sizes and dtypes are
-    the same: its tables hold nothing else, and building them costs a pinned allocation and a
-    copy to the device at every call."""
-    key = tuple((t.data_ptr(), t.numel(), t.dtype) for kind in tensors for t in kind)
-    lau = _LAUNCHES.get(key)
-    if lau is None:
-        lau = _LAUNCHES[key] = Launch(tensors)
-        if len(_LAUNCHES) > 16:
-            _LAUNCHES.popitem(last=False)
-    else:
-        _LAUNCHES.move_to_end(key)
-    return lau
-
-
 def _scalar(x: Tensor, device) -> Tensor:
     return x.reshape(1).to(device=device, dtype=torch.float32)
 
 
 class _Tables:
-    """One launch group's tables and what every kernel call takes from them."""
+    """One launch group's tables (a :class:`Launch`, which callers cache: see
+    :func:`swgl.kernels.cached_plan`) and what every kernel call takes from them."""
 
-    def __init__(self, tensors: list[list[Tensor]]) -> None:
-        self.lau = _launch(tensors)
+    def __init__(self, lau: Launch) -> None:
+        self.lau = lau
 
     def _args(self):
         lau = self.lau
@@ -199,10 +180,10 @@ class _Tables:
 
 
 class Group(_Tables):
-    """The before phase over one launch group of (params, grads, stabilities)."""
+    """The before phase over one launch group: ``lau`` holds (params, grads, stabilities)."""
 
-    def __init__(self, params, grads, stabilities, found: Tensor | None) -> None:
-        super().__init__([params, grads, stabilities])
+    def __init__(self, lau: Launch, found: Tensor | None) -> None:
+        super().__init__(lau)
         self.found = None if found is None else _scalar(found, self.lau.device)
 
     def ema(self, hp: Hyper, grad_scale: float) -> Tensor:
@@ -233,10 +214,8 @@ class Group(_Tables):
 
 
 class Update(_Tables):
-    """The after phase over one launch group of (params, snapshots, stabilities, grads)."""
-
-    def __init__(self, params, snapshots, stabilities, grads) -> None:
-        super().__init__([params, snapshots, stabilities, grads])
+    """The after phase over one launch group: ``lau`` holds (params, snapshots, stabilities,
+    grads)."""
 
     def sums(self, k: Tensor, hp: Hyper) -> Tensor:
         """``(sum(g u), sum(c g u))`` over the group."""

@@ -424,10 +424,7 @@ class Launch:
             host += [int(s) for s in steps]
         if numels is not None and tuple(numels) != local:
             host += list(numels)
-        table = torch.tensor(host, dtype=torch.int64)
-        if self.device.type == "cuda":  # pinned, so the copy neither blocks nor syncs
-            table = table.pin_memory()
-        table = table.to(self.device, non_blocking=True)
+        table = self._to_device(host)
         self.ptrs = table
         end = len(addrs)
         self.steps = self.numels  # placeholder until set
@@ -438,6 +435,19 @@ class Launch:
 
     def grid(self):
         return (self.nblocks,)
+
+    def _to_device(self, host: list[int]) -> Tensor:
+        table = torch.tensor(host, dtype=torch.int64)
+        if self.device.type == "cuda":  # pinned, so the copy neither blocks nor syncs
+            table = table.pin_memory()
+        return table.to(self.device, non_blocking=True)
+
+    def readdress(self, tensors: list[list[Tensor]]) -> None:
+        """Point the tables at ``tensors``: the lists the launch was built for, or others of
+        the same sizes and dtypes (fresh grads), in a launch without step counters."""
+        addrs = [t.data_ptr() for kind in tensors for t in kind]
+        self.aligned = all(a % 16 == 0 for a in addrs)
+        self.ptrs = self._to_device(addrs)
 
 
 def _signal(hp: Hyper) -> str:

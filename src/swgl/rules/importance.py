@@ -44,6 +44,8 @@ non-finite flag (``Context.found``) leaves the EMA and the grads as they were.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -88,7 +90,7 @@ def _total(partial_sums: list[Tensor] | Tensor, ctx: Context) -> Tensor:
 
 
 def _numel(params, ctx: Context) -> int:
-    return sum(ctx.numel(i, p) for i, p in enumerate(params))
+    return sum(map(Tensor.numel, params)) if ctx.numels is None else sum(ctx.numels)
 
 
 # -- single: per tensor, the readable reference ---------------------------------------------
@@ -203,25 +205,66 @@ def _sub(xs, idx: list[int]) -> list:
     return [xs[i] for i in idx]
 
 
-def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
+class _Plan:
+    """The launch groups of a call's lists (index list and tables each), the indices the
+    kernels cannot take, and the addresses of the volatile lists the tables point at."""
+
+    def __init__(self, lists: list[list[Tensor]], fusable) -> None:
+        from swgl import kernels
+
+        groups, _ = kernels.split(*lists[:3])
+        groups = [[i for i in idx if fusable(i)] for idx in groups.values()]
+        self.launches: list = []
+        self.rest = list(range(len(lists[0])))
+        self.addresses: tuple[int, ...] = ()
+        if any(groups):
+            from swgl.kernels import triton_importance as ti  # imports Triton
+
+            self.launches = [(idx, ti.Launch([_sub(xs, idx) for xs in lists]))
+                             for idx in groups if idx]
+            fused = {i for idx in groups for i in idx}
+            self.rest = [i for i in self.rest if i not in fused]
+
+    def readdress(self, lists: list[list[Tensor]], volatile: list[list[Tensor]]) -> None:
+        """Point the tables at this call's grads or snapshots if they moved since the last."""
+        addresses = tuple(map(Tensor.data_ptr, itertools.chain(*volatile)))
+        if addresses != self.addresses:
+            for idx, lau in self.launches:
+                lau.readdress([_sub(xs, idx) for xs in lists])
+            self.addresses = addresses
+
+
+def _plan(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...], fusable) -> _Plan:
+    """The call's :class:`_Plan`, reused while its tensors are alike
+    (:func:`swgl.kernels.cached_plan`); ``volatile`` are the indices of the lists that are
+    fresh tensors at each step. The lists' first three are (params, grads or snapshots,
+    stabilities); ``fusable(i)`` may exclude more."""
     from swgl import kernels
 
+    moving = [lists[i] for i in volatile]
+    fixed = [xs for i, xs in enumerate(lists) if i not in volatile]
+    plan = kernels.cached_plan(name, fixed, moving, lambda: _Plan(lists, fusable))
+    plan.readdress(lists, moving)
+    return plan
+
+
+def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
     s = state["stability"]
-    groups, rest = kernels.split(params, grads, s)
-    if not groups:
+    plan = _plan("v4.before", [params, grads, s], (1,), lambda i: True)
+    if not plan.launches:
         return _before_foreach(params, grads, state, steps, hp, ctx)
     from swgl.kernels import triton_importance as ti  # imports Triton
 
-    launches = [(idx, ti.Group(*(_sub(xs, idx) for xs in (params, grads, s)), ctx.found))
-                for idx in groups.values()]
-    sums = [grp.ema(hp, ctx.grad_scale) for _, grp in launches]
+    rest = plan.rest
+    launches = [ti.Group(lau, ctx.found) for _, lau in plan.launches]
+    sums = [grp.ema(hp, ctx.grad_scale) for grp in launches]
     if rest:
         _ema_foreach(_sub(grads, rest), _sub(s, rest), hp, ctx)
         sums.append(torch.stack(torch._foreach_norm(_sub(s, rest), 1)).to(sums[0].device))
     k = _strength(torch.cat(sums), _numel(params, ctx), hp, ctx)
     if hp.mode == "update":
         return [(k, g) for g in grads]
-    parts = [grp.grad_sums(k, hp) for _, grp in launches]
+    parts = [grp.grad_sums(k, hp) for grp in launches]
     if rest:
         g32 = [g.float() for g in _sub(grads, rest)]
         g2 = torch._foreach_mul(g32, g32)
@@ -230,7 +273,7 @@ def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
                                        Context())).to(parts[0].device))
     full, damped = ctx.reduce_sum(torch.stack(parts).sum(0))
     rho = progress_ratio(full, damped, hp)
-    for _, grp in launches:
+    for grp in launches:
         grp.rescale_grads(k, rho, hp)
     if rest:
         _apply_grads(_sub(grads, rest), _sub(s, rest), k, rho, hp, ctx)
@@ -247,24 +290,18 @@ def _apply_grads(grads, s, k: Tensor, rho: Tensor, hp: Hyper, ctx: Context) -> N
 
 
 def _after_fused(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
-    from swgl import kernels
-
     s = state["stability"]
     grads = [g for _, g in aux]
     k = aux[0][0]
-    groups, _ = kernels.split(params, snapshots, s)
-    # the kernels read the grads in the params' dtype
-    groups = [[i for i in idx if kernels.fusable_tensor(params[i], grads[i], s[i])
-               and grads[i].dtype == params[i].dtype] for idx in groups.values()]
-    fused = {i for idx in groups for i in idx}
-    rest = [i for i in range(len(params)) if i not in fused]
-    if not fused:
+    plan = _plan("v4.after", [params, snapshots, s, grads], (1, 3),
+                 lambda i: _fusable_after(params[i], grads[i], s[i]))
+    if not plan.launches:
         _after_foreach(params, snapshots, state, steps, aux, hp, ctx)
         return
     from swgl.kernels import triton_importance as ti  # imports Triton
 
-    launches = [ti.Update(*(_sub(xs, idx) for xs in (params, snapshots, s, grads)))
-                for idx in groups if idx]
+    rest = plan.rest
+    launches = [ti.Update(lau) for _, lau in plan.launches]
     parts = [lau.sums(k, hp) for lau in launches]
     if rest:
         w = [p.float() for p in _sub(params, rest)]
@@ -284,6 +321,13 @@ def _after_fused(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) 
         torch._foreach_mul_(u, c)
         torch._foreach_add_(before, u)
         torch._foreach_copy_(_sub(params, rest), before)
+
+
+def _fusable_after(p: Tensor, g: Tensor, s: Tensor) -> bool:
+    """The after kernels also read the grads in the params' dtype."""
+    from swgl import kernels
+
+    return kernels.fusable_tensor(p, g, s) and g.dtype == p.dtype
 
 
 def _factor_from_state(s: Tensor, step: int, hp: Hyper, m: Tensor | float | None = None):
