@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import swgl.optim
+import swgl.optim._base as optim_base
 from swgl import SWGL, kernels
 from swgl.rules import RULES
 
@@ -118,11 +119,21 @@ def test_shares_the_defaults_of_swgl():
     assert mine["alpha"] == 0.999 and mine["lambda_reg"] == 3.0   # v4's measured defaults
 
 
+@pytest.fixture(params=["host", "device"])
+def guard(request, monkeypatch):
+    """The foreach fallback's non-finite guard: one host read (the CPU's), or the device flag
+    with masked commits that CUDA takes, forced here on the CPU."""
+    if request.param == "device":
+        monkeypatch.setattr(optim_base, "_guard_on_device", lambda work: True)
+    return request.param
+
+
+@pytest.mark.parametrize("rule, mode", [("v2", "grad"), ("v4", "update"), ("v4", "grad")])
 @pytest.mark.parametrize("kind", ["adamw", "sgd"])
-def test_nonfinite_grad_skips_whole_step(kind):
+def test_nonfinite_grad_skips_whole_step(kind, rule, mode, guard):
     net = _model()
     kw = ADAMW if kind == "adamw" else SGD_KW[0]
-    opt = _make(kind, net.parameters(), "v2", **kw)
+    opt = _make(kind, net.parameters(), rule, mode, **kw)
     _backward(net, 0)
     opt.step()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -135,6 +146,26 @@ def test_nonfinite_grad_skips_whole_step(kind):
     for p in net.parameters():
         for k, v in opt.state[p].items():
             assert torch.equal(v, state[id(p)][k]), k
+
+
+@pytest.mark.parametrize("mode", ["update", "grad"])
+@pytest.mark.parametrize("kind", ["adamw", "sgd0", "sgd1"])
+def test_device_guard_equals_the_host_guard(kind, mode, monkeypatch):
+    nets = [_model(), _model()]
+    kw = ADAMW if kind == "adamw" else SGD_KW[int(kind[-1])]
+    base = "adamw" if kind == "adamw" else "sgd"
+    opts = [_make(base, net.parameters(), "v4", mode, **kw) for net in nets]
+    for i in range(4):
+        for j, (net, opt) in enumerate(zip(nets, opts)):
+            monkeypatch.setattr(optim_base, "_guard_on_device", lambda work, j=j: j == 1)
+            _backward(net, i)
+            if i == 2:
+                net[0].weight.grad[1, 1] = float("inf")
+            opt.step()
+    assert _max_diff(*nets) == 0.0
+    for p, q in zip(*(n.parameters() for n in nets)):
+        for key, value in opts[0].state[p].items():
+            assert torch.equal(value, opts[1].state[q][key]), key
 
 
 def test_state_dict_round_trip_continues_identically():

@@ -703,6 +703,28 @@ def test_the_default_cpu_step_never_reads_a_tensor_on_the_host(api, host_reads):
     assert host_reads == []
 
 
+@pytest.mark.parametrize("mode", ["update", "grad"])
+@pytest.mark.parametrize("kind", ["AdamW", "SGD"])
+def test_swgl_optim_cpu_step_reads_only_its_guard_on_the_host(kind, mode, host_reads):
+    """swgl.optim's foreach path reads no step counter: on the CPU its one host read a step is
+    the non-finite guard (on CUDA a device flag replaces it, as the sync test checks)."""
+    import swgl.optim
+
+    model = _model()
+    kw = dict(momentum=0.9) if kind == "SGD" else {}
+    opt = getattr(swgl.optim, kind)(model.parameters(), lr=1e-3, swgl={"mode": mode},
+                                     fused=False, **kw)
+    for i, batch in enumerate(_batches(4)):
+        if i == 2:
+            host_reads.clear()  # the first steps build the state
+        opt.zero_grad()
+        _loss(model, batch).backward()
+        if i == 3:
+            next(model.parameters()).grad[0] = float("nan")
+        opt.step()
+    assert host_reads == ["__bool__", "__bool__"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("api", [
     "two-object", "wrapper",

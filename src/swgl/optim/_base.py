@@ -8,8 +8,11 @@ A step takes one of two paths, chosen per call:
   counters are bumped by ``1 - found_inf`` on the device, so the step never syncs with the
   host. Launches per step: about five for v1 and eight for v2, whatever the number of
   params.
-* **foreach** (everything else): the same math through ``torch._foreach_*``, with one host
-  sync for the non-finite guard (:func:`swgl.functional.all_finite`).
+* **foreach** (everything else): the same math through ``torch._foreach_*``. Bias
+  corrections come from the step counters on their device. On CUDA, with a rule that
+  honours a device flag (v2, v3, v4), the non-finite guard is that flag and a masked commit,
+  so this path never syncs either; elsewhere it is one host read
+  (:func:`swgl.functional.all_finite`).
 
 On either path a non-finite gradient anywhere skips the whole step: params, optimizer state,
 SWGL state and step counters are left as they were. Gradients are only read, never modified.
@@ -26,7 +29,7 @@ from torch.optim import Optimizer
 
 from swgl import kernels
 from swgl.base import run_closure
-from swgl.functional import all_finite
+from swgl.functional import all_finite, found_nonfinite
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
 from swgl.rules import RULES, Context, Hyper
@@ -69,6 +72,28 @@ def check_fused(fused: Any) -> bool | None:
     if fused and not kernels.triton_available():
         raise RuntimeError("fused=True needs a CUDA device and Triton (pip install triton)")
     return fused
+
+
+def bias_correction(steps: Tensor, beta: float) -> Tensor:
+    """``1 - beta^t`` per step counter, in fp64 (as the kernels: beta near 1 loses nothing to
+    cancellation), on the counters' device."""
+    return 1.0 - torch.pow(beta, steps.double())
+
+
+def _guard_on_device(work) -> bool:
+    """The foreach path's non-finite guard: a device flag and masked commits when every param
+    is on CUDA and every rule honours the flag (reading a flag there would sync the stream);
+    elsewhere one host read, which costs less than the masked copies."""
+    return all(p.is_cuda for _, lists in work for p in lists[0]) and all(
+        RULES[group["swgl"]["rule"]].device_guard for group, _ in work)
+
+
+def _restore(found: Tensor, outs: list[list[Tensor]], saved: list[list[Tensor]]) -> None:
+    """``out = saved`` where ``found`` is set: a skipped step leaves no trace (no host sync)."""
+    ok = (found == 0).reshape(())
+    for xs, olds in zip(outs, saved):
+        for x, old in zip(xs, olds):
+            torch.where(ok.to(x.device), x, old, out=x)
 
 
 class SWGLOptimizer(Optimizer):
@@ -187,32 +212,50 @@ class SWGLOptimizer(Optimizer):
 
     def _foreach_step(self, work) -> None:
         """The rule's foreach variants around the optimizer's foreach math: exactly
-        ``SWGL.wrap(torch optimizer)``. One host sync, for the non-finite guard."""
-        if not all_finite([g for _, lists in work for g in lists[1]]):
+        ``SWGL.wrap(torch optimizer)``, with the guard of :func:`_guard_on_device`."""
+        grads = [g for _, lists in work for g in lists[1]]
+        found = None
+        if _guard_on_device(work):
+            found = found_nonfinite(grads)
+        elif not all_finite(grads):
             return
         for group, (params, grads, stabilities, steps, buffers) in work:
-            torch._foreach_add_(steps, 1.0)
             options = group["swgl"]
             rule, hp = RULES[options["rule"]], hyper(options)
+            if found is None:
+                torch._foreach_add_(steps, 1.0)
+            else:
+                applies = (1.0 - found).reshape(()).to(steps[0].device)
+                torch._foreach_add_(steps, [applies] * len(steps))
             state = {"stability": stabilities}
             # the rule writes its gradient into d; the grads themselves are only read
             d = list(torch._foreach_mul([g.float() for g in grads], 1.0))
-            aux = rule.before.foreach(params, d, state, steps, hp, Context())
+            aux = rule.before.foreach(params, d, state, steps, hp, Context(found=found))
             snapshots = None
             if options["mode"] == "update":
                 snapshots = list(torch._foreach_mul(params, 1.0))
+            # what a skipped step puts back (the after phase may work in the snapshots)
+            saved = []
+            if found is not None:
+                saved = [torch._foreach_mul(xs, 1.0) for xs in (params, *buffers)]
             w = [p.float() for p in params]
-            if snapshots is not None:  # the update mutates d; the after phase may read it (v4)
+            if options["mode"] == "update":  # the update mutates d; the after phase reads it (v4)
                 d = [x.clone() for x in d]
-            self._foreach_update(group, w, d, buffers, [float(t) for t in steps])
+            # bias corrections and SGD's first step come from the device step counters, not
+            # from a host counter per group: a step skipped on the device flag, or a param
+            # without a grad at some step, sets the counters apart, and reading them syncs
+            self._foreach_update(group, w, d, buffers, torch.stack(steps))
             for p, w32 in zip(params, w):
                 if w32 is not p:
                     p.copy_(w32)
-            if snapshots is not None:
+            if options["mode"] == "update":
                 rule.after.foreach(params, snapshots, state, steps, aux, hp, Context())
+            if found is not None:  # the rule kept its state; put the rest back
+                _restore(found, [params, *buffers], saved)
 
-    def _foreach_update(self, group, w, g, buffers, steps) -> None:
-        """Update the fp32 params ``w`` in place from fp32 grads ``g`` (subclasses)."""
+    def _foreach_update(self, group, w, g, buffers, steps: Tensor) -> None:
+        """Update the fp32 params ``w`` in place from fp32 grads ``g`` (subclasses); ``steps``
+        are the step counters (already counted for this step), stacked on their device."""
         raise NotImplementedError
 
     def kernel_args(self, group: dict[str, Any]) -> dict[str, Any]:

@@ -16,13 +16,12 @@ then :math:`w \leftarrow w'` (mode ``"grad"``) or :math:`w \leftarrow w' + (1 - 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from swgl._validate import check_range
-from swgl.optim._base import SWGLOptimizer
+from swgl.optim._base import SWGLOptimizer, bias_correction
 
 __all__ = ["AdamW"]
 
@@ -74,9 +73,9 @@ class AdamW(SWGLOptimizer):
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, d, d, value=1.0 - beta2)
         denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, [math.sqrt(1.0 - beta2**t) for t in steps])
+        torch._foreach_div_(denom, list(bias_correction(steps, beta2).sqrt().float().unbind()))
         torch._foreach_add_(denom, eps)
         u = torch._foreach_div(exp_avgs, denom)
-        torch._foreach_div_(u, [1.0 - beta1**t for t in steps])
+        torch._foreach_div_(u, list(bias_correction(steps, beta1).float().unbind()))
         torch._foreach_mul_(w, 1.0 - lr * wd)
         torch._foreach_add_(w, u, alpha=-lr)
