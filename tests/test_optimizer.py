@@ -726,20 +726,16 @@ def test_swgl_optim_cpu_step_reads_only_its_guard_on_the_host(kind, mode, host_r
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("api", [
-    "two-object", "wrapper",
-    # swgl.optim has no fused kernel for v4: its foreach fallback reads step counters on the
-    # host (203 syncs a step on an H200, docs/results.md, issue 13)
-    pytest.param("swgl.optim", marks=pytest.mark.xfail(strict=True, reason="known gap")),
-])
+@pytest.mark.parametrize("api", ["two-object", "wrapper", "swgl.optim", "swgl.optim-foreach"])
 def test_the_default_cuda_step_never_syncs(api):
     """torch.cuda.set_sync_debug_mode("error") raises on any host sync, a skipped
     (non-finite) step included; fused torch AdamW as the base syncs nowhere either."""
     import swgl.optim
 
     model = _model().cuda()
-    if api == "swgl.optim":
-        base = opt = swgl.optim.AdamW(model.parameters(), lr=1e-3)
+    if api.startswith("swgl.optim"):
+        base = opt = swgl.optim.AdamW(model.parameters(), lr=1e-3,
+                                      fused=False if api.endswith("foreach") else None)
     else:
         base = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         opt = SWGL(model.parameters()) if api == "two-object" else SWGL.wrap(base)
@@ -758,5 +754,5 @@ def test_the_default_cuda_step_never_syncs(api):
                 base.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    if api == "swgl.optim":  # it skips a non-finite step itself (the others leave it to AMP)
+    if api.startswith("swgl.optim"):  # it skips a non-finite step itself (the others: AMP)
         assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -263,32 +263,43 @@ class SWGLOptimizer(Optimizer):
         raise NotImplementedError
 
     def _triton_step(self, work, plan) -> None:
+        from swgl.kernels import triton_importance_optim as V4
         from swgl.kernels import triton_swgl as K
+        from swgl.kernels.triton_importance import _launch
 
         ctx = Context()
         device = work[0][1][0][0].device
         found = torch.zeros(1, dtype=torch.float32, device=device)
         plans = []
+        # the first pass of every launch group sets the flag, before any later pass reads it
         for (group, (params, grads, stabilities, steps, buffers)), launches in zip(work, plan):
             rule = RULES[group["swgl"]["rule"]].kernel
+            hp = hyper(group["swgl"])
+            runs = []
             for idx in launches:
-                lists = [[xs[i] for i in idx] for xs in (params, grads, stabilities, *buffers)]
-                lau = K.Launch(lists)
+                lau = _launch([[xs[i] for i in idx]
+                               for xs in (params, grads, stabilities, *buffers)])
                 if rule == "v2":
-                    sumsq = K.v2_weight_sums(lau, ctx, found)
+                    first = K.v2_weight_sums(lau, ctx, found)
+                elif rule == "v4":
+                    first = V4.check(lau, hp, found)  # partial sums of the new EMA
                 else:
-                    sumsq = None
+                    first = None
                     K.nonfinite(lau, found)
-                plans.append((group, lau, [steps[i] for i in idx], sumsq))
-        all_steps = [t for _, lau, steps, _ in plans for t in steps]
+                runs.append((lau, [steps[i] for i in idx], first))
+            plans.append((group, hp, rule, sum(p.numel() for p in params), runs))
+        all_steps = [t for *_, runs in plans for _, steps, _ in runs for t in steps]
         torch._foreach_add_(all_steps, 1.0)
         # a list of 0-d device tensors: the Tensor-scalar overload would sync to read it
         torch._foreach_sub_(all_steps, [found.reshape(())] * len(all_steps))
-        for group, lau, steps, sumsq in plans:
-            options = group["swgl"]
-            hp = hyper(options)
-            lau.steps = torch.stack(steps)
-            sums = K.v2_ema(lau, hp, ctx, sumsq, found) if sumsq is not None else None
-            K.step(lau, RULES[options["rule"]].kernel, hp, ctx, sums=sums, found=found,
-                   opt=self.kernel_opt,
-                   mode=options["mode"], **self.kernel_args(group))
+        for group, hp, rule, numel, runs in plans:
+            for lau, steps, _ in runs:
+                lau.steps = torch.stack(steps)
+            if rule == "v4":  # one k and one rho over the whole param group
+                V4.step([lau for lau, _, _ in runs], [first for _, _, first in runs], numel,
+                        hp, found, opt=self.kernel_opt, **self.kernel_args(group))
+                continue
+            for lau, _, sumsq in runs:
+                sums = K.v2_ema(lau, hp, ctx, sumsq, found) if sumsq is not None else None
+                K.step(lau, rule, hp, ctx, sums=sums, found=found, opt=self.kernel_opt,
+                       mode=hp.mode, **self.kernel_args(group))
