@@ -31,8 +31,8 @@ from torch import Tensor
 from swgl.kernels.triton_importance import _RMAX, _factor
 from swgl.kernels.triton_swgl import (
     BLOCK,
-    NUM_WARPS,
     MODES,
+    NUM_WARPS,
     Launch,
     _flag_nonfinite,
     _ld,
@@ -43,6 +43,7 @@ from swgl.kernels.triton_swgl import (
     _opt_target,
     _ptr,
     _st,
+    _step_ptrs,
     _tile,
     opt_args,
 )
@@ -108,38 +109,6 @@ def _sums_body(pp, gp, sp, mp, vp, offs, n, t, k, skip, one_minus_alpha, min_sca
 
 
 @triton.jit
-def _sums_kernel(ptrs, T, blocks, nblocks, numels, steps, found, kp, partials,
-                 one_minus_alpha, min_scale,
-                 lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
-                 P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, MODE: tl.constexpr,
-                 OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
-                 ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
-    """Pass 2: per-program partial sums of (g u, c g u) (update) or (-g^2, -c g^2) (grad)."""
-    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, True, BLOCK_)
-    pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
-    gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
-    sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
-    mp = sp
-    vp = sp
-    if OPT == 1 or HAS_MOMENTUM:
-        mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
-    if OPT == 1:
-        vp = _ptr(ptrs, 4, T, i, tl.float32, ALIGNED)
-    t = tl.load(steps + i).to(tl.float32)
-    k = tl.load(kp)
-    if full:
-        a, b = _sums_body(pp, gp, sp, mp, vp, offs, n, t, k, skip, one_minus_alpha, min_scale,
-                          lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum,
-                          dampening, MODE, OPT, HAS_MOMENTUM, NESTEROV, False)
-    else:
-        a, b = _sums_body(pp, gp, sp, mp, vp, offs, n, t, k, skip, one_minus_alpha, min_scale,
-                          lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum,
-                          dampening, MODE, OPT, HAS_MOMENTUM, NESTEROV, True)
-    tl.store(partials + pid, a)
-    tl.store(partials + nblocks + pid, b)
-
-
-@triton.jit
 def _apply_body(pp, gp, sp, mp, vp, offs, n, t, k, rho, one_minus_alpha, min_scale,
                 lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
                 MODE: tl.constexpr, OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
@@ -166,35 +135,40 @@ def _apply_body(pp, gp, sp, mp, vp, offs, n, t, k, rho, one_minus_alpha, min_sca
 
 
 @triton.jit
-def _apply_kernel(ptrs, T, blocks, nblocks, numels, steps, found, kp, rhop,
-                  one_minus_alpha, min_scale,
-                  lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
-                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, MODE: tl.constexpr,
-                  OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
-                  ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
-    """Pass 3: w = w + rho c u (update), or the optimizer's step with rho c g (grad)."""
+def _pass_kernel(ptrs, T, blocks, nblocks, numels, steps, found, kp, rhop, partials,
+                 one_minus_alpha, min_scale,
+                 lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
+                 P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, MODE: tl.constexpr,
+                 OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+                 APPLY: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+    """Pass 2: per-program partial sums of (g u, c g u) (update) or (-g^2, -c g^2) (grad).
+    Pass 3 (APPLY): w = w + rho c u (update), or the optimizer's step with rho c g (grad)."""
     pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, True, BLOCK_)
-    if not skip:
-        pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
-        gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
-        sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
-        mp = sp
-        vp = sp
-        if OPT == 1 or HAS_MOMENTUM:
-            mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
-        if OPT == 1:
-            vp = _ptr(ptrs, 4, T, i, tl.float32, ALIGNED)
-        t = tl.load(steps + i).to(tl.float32)
-        k = tl.load(kp)
+    pp, gp, sp, mp, vp = _step_ptrs(ptrs, T, i, P_DTYPE, G_DTYPE, OPT, HAS_MOMENTUM, ALIGNED)
+    t = tl.load(steps + i).to(tl.float32)
+    k = tl.load(kp)
+    if APPLY:
         rho = tl.load(rhop)
+        if not skip:
+            if full:
+                _apply_body(pp, gp, sp, mp, vp, offs, n, t, k, rho, one_minus_alpha, min_scale,
+                            lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum,
+                            dampening, MODE, OPT, HAS_MOMENTUM, NESTEROV, False)
+            else:
+                _apply_body(pp, gp, sp, mp, vp, offs, n, t, k, rho, one_minus_alpha, min_scale,
+                            lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum,
+                            dampening, MODE, OPT, HAS_MOMENTUM, NESTEROV, True)
+    else:
         if full:
-            _apply_body(pp, gp, sp, mp, vp, offs, n, t, k, rho, one_minus_alpha, min_scale,
-                        lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum,
-                        dampening, MODE, OPT, HAS_MOMENTUM, NESTEROV, False)
+            a, b = _sums_body(pp, gp, sp, mp, vp, offs, n, t, k, skip, one_minus_alpha,
+                              min_scale, lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd,
+                              momentum, dampening, MODE, OPT, HAS_MOMENTUM, NESTEROV, False)
         else:
-            _apply_body(pp, gp, sp, mp, vp, offs, n, t, k, rho, one_minus_alpha, min_scale,
-                        lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum,
-                        dampening, MODE, OPT, HAS_MOMENTUM, NESTEROV, True)
+            a, b = _sums_body(pp, gp, sp, mp, vp, offs, n, t, k, skip, one_minus_alpha,
+                              min_scale, lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd,
+                              momentum, dampening, MODE, OPT, HAS_MOMENTUM, NESTEROV, True)
+        tl.store(partials + pid, a)
+        tl.store(partials + nblocks + pid, b)
 
 
 def check(lau: Launch, hp: Hyper, found: Tensor) -> Tensor:
@@ -215,22 +189,21 @@ def step(launches: list[Launch], partials: list[Tensor], numel: int, hp: Hyper,
     ``opt`` and ``opt_kw`` as :func:`swgl.kernels.triton_swgl.step` takes them."""
     scalars, flags = opt_args(opt, **opt_kw)
     k = _strength(torch.cat(partials), numel, hp, Context()).reshape(1)
-    mode = MODES[hp.mode]
-    common = (1.0 - hp.alpha, 1.0 / hp.max_boost, *scalars)
+
+    def run(lau: Launch, rho: Tensor, out: Tensor, apply: bool) -> None:
+        _pass_kernel[lau.grid()](
+            lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.steps, found, k, rho, out,
+            1.0 - hp.alpha, 1.0 / hp.max_boost, *scalars, P_DTYPE=lau.p_dtype,
+            G_DTYPE=lau.g_dtype, MODE=MODES[hp.mode], APPLY=apply, ALIGNED=lau.aligned,
+            BLOCK_=BLOCK, num_warps=NUM_WARPS, **flags,
+        )
+
     sums = []
     for lau in launches:
         out = torch.empty(2, lau.nblocks, device=lau.device, dtype=torch.float32)
-        _sums_kernel[lau.grid()](
-            lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.steps, found, k, out,
-            *common, P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype, MODE=mode,
-            ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS, **flags,
-        )
+        run(lau, k, out, False)
         sums.append(out.sum(1))
     full, damped = sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)
     rho = progress_ratio(full, damped, hp).reshape(1)
     for lau in launches:
-        _apply_kernel[lau.grid()](
-            lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.steps, found, k, rho,
-            *common, P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype, MODE=mode,
-            ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS, **flags,
-        )
+        run(lau, rho, k, True)

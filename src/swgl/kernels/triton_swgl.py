@@ -355,6 +355,23 @@ def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
 
 
 @triton.jit
+def _step_ptrs(ptrs, T, i, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, OPT: tl.constexpr,
+               HAS_MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr):
+    """Tensor ``i``'s param, grad, stability and optimizer buffers (the stability stands in
+    for the buffers the optimizer has not)."""
+    pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+    gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
+    sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
+    mp = sp
+    vp = sp
+    if OPT == 1 or HAS_MOMENTUM:
+        mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
+    if OPT == 1:
+        vp = _ptr(ptrs, 4, T, i, tl.float32, ALIGNED)
+    return pp, gp, sp, mp, vp
+
+
+@triton.jit
 def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, counts, found,
                  alpha, ln_alpha, eps, min_scale, max_boost, lam, grad_scale, inv_scale,
                  lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
@@ -366,15 +383,8 @@ def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, counts,
     the modulated grad (OPT 0) or step the param with AdamW (OPT 1) or SGD (OPT 2)."""
     pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, HAS_FOUND, BLOCK_)
     if not skip:
-        pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
-        gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
-        sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
-        mp = sp
-        vp = sp
-        if OPT == 1 or HAS_MOMENTUM:
-            mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
-        if OPT == 1:
-            vp = _ptr(ptrs, 4, T, i, tl.float32, ALIGNED)
+        pp, gp, sp, mp, vp = _step_ptrs(ptrs, T, i, P_DTYPE, G_DTYPE, OPT, HAS_MOMENTUM,
+                                        ALIGNED)
         t = tl.load(steps + i).to(tl.float32)
         m_ref = 0.0
         if RULE == 2:
