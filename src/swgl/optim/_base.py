@@ -6,8 +6,9 @@ A step takes one of two paths, chosen per call:
   group must be a contiguous CUDA tensor on one device (fp32/bf16/fp16, fp32 state). The
   non-finite check writes a flag on the device that every later kernel reads, and the step
   counters are bumped by ``1 - found_inf`` on the device, so the step never syncs with the
-  host. Launches per step: about five for v1 and eight for v2, whatever the number of
-  params.
+  host. Launches per step, whatever the number of params: about five for v1, eight for v2;
+  for v4 (the default) three Triton passes (:mod:`swgl.kernels.triton_importance_optim`)
+  and about twenty small ops on device scalars (the step counters, ``k`` and ``rho``).
 * **foreach** (everything else): the same math through ``torch._foreach_*``. Bias
   corrections come from the step counters on their device. On CUDA, with a rule that
   honours a device flag (v2, v3, v4), the non-finite guard is that flag and a masked commit,
