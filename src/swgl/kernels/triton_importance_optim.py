@@ -6,15 +6,17 @@ kinds 0 param, 1 grad, 2 stability, 3 and 4 the optimizer's buffers).
 Three passes, whatever the number of params; ``k``, ``rho``, the step counters and the skip
 flag are read from device memory, so nothing waits for the host:
 
-1. ``check``: the non-finite flag and the partial sums of the new ``s``, the EMA computed in
-   registers and not yet stored (a grad further on may still be non-finite; reads ``g``, ``s``);
-2. ``sums``: mode ``"update"``: stores the new ``s`` and the optimizer's buffers, and sums
-   ``g u`` and ``c g u`` with ``u`` the optimizer's step (weight decay included; reads ``w``,
-   ``g``, ``s`` and the buffers). Mode ``"grad"``: sums ``-g^2`` and ``-c g^2`` (reads ``g``,
-   ``s``);
-3. ``apply``: mode ``"update"``: ``u`` again from the new buffers, then ``w = w + rho c u``
-   (reads ``w``, ``s``, the buffers, and ``g`` for SGD's; writes ``w``). Mode ``"grad"``:
-   stores the new ``s`` and steps the optimizer with the gradient ``rho c g``.
+1. :func:`check`: the non-finite flag and the partial sums of the new ``s``, the EMA
+   computed in registers and not yet stored (a grad further on may still be non-finite;
+   reads ``g``, ``s``);
+2. sums (:func:`step`): mode ``"update"``: stores the new ``s`` and the optimizer's buffers,
+   and sums ``g u`` and ``c g u`` with ``u`` the optimizer's step (weight decay included;
+   reads ``w``, ``g``, ``s`` and the buffers). Mode ``"grad"``: sums ``-g^2`` and ``-c g^2``
+   (reads ``g``, ``s``);
+3. apply (:func:`step`, the same kernel): mode ``"update"``: ``u`` again from the new
+   buffers, then ``w = w + rho c u`` (reads ``w``, ``s``, the buffers, and ``g`` for SGD's;
+   writes ``w``). Mode ``"grad"``: stores the new ``s`` and steps the optimizer with the
+   gradient ``rho c g``.
 
 ``u`` is the step as the param's dtype stores it (``round(w') - w``), as the foreach path
 reads it back from the param. Between the passes, ``k`` and ``rho`` are a few ops on device
@@ -52,8 +54,10 @@ from swgl.rules.importance import _strength, progress_ratio
 
 __all__ = ["check", "step"]
 
+
 @triton.jit
 def _ema(g, s, one_minus_alpha):
+    """v4's EMA: the new ``s`` from the grad and the old ``s``."""
     return s + one_minus_alpha * (tl.minimum(g * g, _RMAX) - s)
 
 
@@ -188,7 +192,8 @@ def step(launches: list[Launch], partials: list[Tensor], numel: int, hp: Hyper,
     with the partial sums :func:`check` returned and the group's element count ``numel``;
     ``opt`` and ``opt_kw`` as :func:`swgl.kernels.triton_swgl.step` takes them."""
     scalars, flags = opt_args(opt, **opt_kw)
-    k = _strength(torch.cat(partials), numel, hp, Context()).reshape(1)
+    k = _strength(partials[0] if len(partials) == 1 else torch.cat(partials), numel, hp,
+                  Context()).reshape(1)
 
     def run(lau: Launch, rho: Tensor, out: Tensor, apply: bool) -> None:
         _pass_kernel[lau.grid()](
