@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import swgl.optim
+import swgl.optim._base as optim_base
 from swgl import SWGL, kernels
 from swgl.rules import RULES
 
@@ -118,11 +119,26 @@ def test_shares_the_defaults_of_swgl():
     assert mine["alpha"] == 0.999 and mine["lambda_reg"] == 3.0   # v4's measured defaults
 
 
+@pytest.fixture(params=["host", "device", "triton"])
+def path(request, monkeypatch):
+    """The step's path, as ``fused``: foreach with one host read for the non-finite guard (the
+    CPU's), foreach with the device flag and masked commits (CUDA's, forced here), or the
+    Triton kernels."""
+    if request.param == "device":
+        monkeypatch.setattr(optim_base, "_guard_on_device", lambda work: True)
+    if request.param == "triton":
+        if not kernels.runs_on(torch.device(DEV)):
+            pytest.skip("needs CUDA and Triton (or TRITON_INTERPRET=1 with Triton installed)")
+        return True
+    return False
+
+
+@pytest.mark.parametrize("rule, mode", [("v2", "grad"), ("v4", "update"), ("v4", "grad")])
 @pytest.mark.parametrize("kind", ["adamw", "sgd"])
-def test_nonfinite_grad_skips_whole_step(kind):
-    net = _model()
+def test_nonfinite_grad_skips_whole_step(kind, rule, mode, path):
+    net = _model(device=DEV if path else "cpu")
     kw = ADAMW if kind == "adamw" else SGD_KW[0]
-    opt = _make(kind, net.parameters(), "v2", **kw)
+    opt = _make(kind, net.parameters(), rule, mode, fused=path, **kw)
     _backward(net, 0)
     opt.step()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -135,6 +151,26 @@ def test_nonfinite_grad_skips_whole_step(kind):
     for p in net.parameters():
         for k, v in opt.state[p].items():
             assert torch.equal(v, state[id(p)][k]), k
+
+
+@pytest.mark.parametrize("mode", ["update", "grad"])
+@pytest.mark.parametrize("kind", ["adamw", "sgd0", "sgd1"])
+def test_device_guard_equals_the_host_guard(kind, mode, monkeypatch):
+    nets = [_model(), _model()]
+    kw = ADAMW if kind == "adamw" else SGD_KW[int(kind[-1])]
+    base = "adamw" if kind == "adamw" else "sgd"
+    opts = [_make(base, net.parameters(), "v4", mode, **kw) for net in nets]
+    for i in range(4):
+        for j, (net, opt) in enumerate(zip(nets, opts)):
+            monkeypatch.setattr(optim_base, "_guard_on_device", lambda work, j=j: j == 1)
+            _backward(net, i)
+            if i == 2:
+                net[0].weight.grad[1, 1] = float("inf")
+            opt.step()
+    assert _max_diff(*nets) == 0.0
+    for p, q in zip(*(n.parameters() for n in nets)):
+        for key, value in opts[0].state[p].items():
+            assert torch.equal(value, opts[1].state[q][key]), key
 
 
 def test_state_dict_round_trip_continues_identically():
@@ -237,11 +273,11 @@ def test_triton_step_matches_foreach(kind, rule, mode):
 
 
 @needs_kernels
-@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("rule, mode", MODES)
 @pytest.mark.parametrize("base", ["adamw", "sgd"])
-def test_triton_step_bf16_params_one_step(base, rule):
+def test_triton_step_bf16_params_one_step(base, rule, mode):
     kw = ADAMW if base == "adamw" else SGD_KW[0]
-    nets, opts = _pair(base, rule, "grad", torch.bfloat16, kw)
+    nets, opts = _pair(base, rule, mode, torch.bfloat16, kw)
     for net, opt in zip(nets, opts):
         _backward(net, 0)
         opt.step()
@@ -249,6 +285,48 @@ def test_triton_step_bf16_params_one_step(base, rule):
         assert p.dtype == torch.bfloat16
         # one bf16 ulp where the fp32 results straddle a rounding boundary
         torch.testing.assert_close(p, q, rtol=1e-2, atol=1e-2)
+
+
+# Triton's interpreter rounds to bf16 towards 0 (a GPU to nearest): an ulp a rounding on the
+# bf16 params, and through their share of sum(g u) a little on rho, so on fp32 params too
+FP32_TOL = dict(rtol=1e-5, atol=1e-5) if DEV == "cpu" else dict(rtol=1e-6, atol=1e-6)
+BF16_TOL = dict(rtol=2**-4, atol=1e-2) if DEV == "cpu" else dict(rtol=2**-7, atol=1e-2)
+
+
+def _tensors(seed, dtypes):
+    """Params of odd sizes (one element, a partial tile, tiles and a tail) and their grads."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = (1, 33, 4095, 2 * 4096 + 3, 4096)
+    return [torch.randn(n, generator=gen).to(device=DEV, dtype=dt)
+            for n, dt in zip(sizes, dtypes)]
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["update", "grad"])
+@pytest.mark.parametrize("kind", ["adamw", "sgd0", "sgd1", "sgd2"])
+def test_triton_v4_odd_sizes_and_mixed_dtypes_match_foreach(kind, mode):
+    """One param group over two launch groups (fp32 and bf16 params): one k and one rho."""
+    dtypes = (torch.float32, torch.bfloat16, torch.float32, torch.float32, torch.bfloat16)
+    kw = ADAMW if kind == "adamw" else SGD_KW[int(kind[-1])]
+    base = "adamw" if kind == "adamw" else "sgd"
+    params = [_tensors(0, dtypes), _tensors(0, dtypes)]
+    opts = [_make(base, ps, "v4", mode, fused=fused, **kw)
+            for ps, fused in zip(params, (True, False))]
+    for i in range(4):
+        grads = _tensors(i + 1, dtypes)
+        if i == 2:
+            grads[3][-1] = float("nan")
+        for ps, opt in zip(params, opts):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    for p, q in zip(*params):
+        torch.testing.assert_close(p, q, **(FP32_TOL if p.dtype == torch.float32 else BF16_TOL))
+        st, ref = opts[0].state[p], opts[1].state[q]
+        assert float(st["step"]) == float(ref["step"]) == 3.0
+        for key in ref:  # SGD's weight decay carries a bf16 param's difference into its buffer
+            tol = dict(rtol=1e-4, atol=1e-4) if p.dtype == torch.float32 else BF16_TOL
+            torch.testing.assert_close(st[key], ref[key], **tol)
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and kernels.triton_available()),

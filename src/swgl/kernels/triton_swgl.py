@@ -140,11 +140,16 @@ def _tile(blocks, nblocks, numels, found, HAS_FOUND: tl.constexpr, BLOCK_: tl.co
 
 
 @triton.jit
-def _nonfinite_body(gp, offs, n, found, MASKED: tl.constexpr):
-    g = _ld(gp, offs, offs < n, MASKED)
+def _flag_nonfinite(g, found):
+    """found[0] = 1 if any element of ``g`` is inf or NaN (never resets it)."""
     bad = tl.max((~(tl.abs(g) <= _FLT_MAX)).to(tl.int32), axis=0)
     if bad > 0:
         tl.store(found, 1.0)
+
+
+@triton.jit
+def _nonfinite_body(gp, offs, n, found, MASKED: tl.constexpr):
+    _flag_nonfinite(_ld(gp, offs, offs < n, MASKED), found)
 
 
 @triton.jit
@@ -166,10 +171,7 @@ def _sumsq_body(pp, gp, offs, n, found, partials, pid, CHECK: tl.constexpr,
     w = _ld(pp, offs, mask, MASKED)
     tl.store(partials + pid, tl.sum(w * w, axis=0))
     if CHECK:
-        g = _ld(gp, offs, mask, MASKED)
-        bad = tl.max((~(tl.abs(g) <= _FLT_MAX)).to(tl.int32), axis=0)
-        if bad > 0:
-            tl.store(found, 1.0)
+        _flag_nonfinite(_ld(gp, offs, mask, MASKED), found)
 
 
 @triton.jit
@@ -249,6 +251,73 @@ def _v2_ema_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sumsq, part
 
 
 @triton.jit
+def _opt_load(mp, vp, offs, mask, like, OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
+              MASKED: tl.constexpr):
+    """The optimizer's buffers (AdamW: the two moments; SGD: the momentum buffer, first);
+    ``like`` stands in for those it has not."""
+    m1 = like
+    m2 = like
+    if OPT == 1 or HAS_MOMENTUM:
+        m1 = _ld(mp, offs, mask, MASKED)
+    if OPT == 1:
+        m2 = _ld(vp, offs, mask, MASKED)
+    return m1, m2
+
+
+@triton.jit
+def _opt_store(mp, vp, offs, m1, m2, mask, OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
+               MASKED: tl.constexpr):
+    if OPT == 1 or HAS_MOMENTUM:
+        _st(mp, offs, m1, mask, MASKED)
+    if OPT == 1:
+        _st(vp, offs, m2, mask, MASKED)
+
+
+@triton.jit
+def _opt_moments(w, d, m1, m2, t, beta1, beta2, wd, momentum, dampening, OPT: tl.constexpr):
+    """The buffers after this step, from their old values and the gradient ``d``."""
+    if OPT == 1:
+        m1 = m1 + (1.0 - beta1) * (d - m1)
+        m2 = m2 * beta2 + (1.0 - beta2) * d * d
+    else:
+        d = d + wd * w
+        m1 = tl.where(t == 1.0, d, m1 * momentum + (1.0 - dampening) * d)
+    return m1, m2
+
+
+@triton.jit
+def _opt_target(w, d, m1, m2, t, lr, ln_beta1, ln_beta2, opt_eps, wd, momentum,
+                OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr):
+    """The param after the optimizer's step, from the buffers' new values."""
+    if OPT == 1:
+        denom = tl.sqrt(m2) / tl.sqrt(_bias_correction(t, ln_beta2)) + opt_eps
+        u = (m1 / denom) / _bias_correction(t, ln_beta1)
+        w_new = w * (1.0 - lr * wd)
+    else:
+        u = d + wd * w
+        if HAS_MOMENTUM:
+            if NESTEROV:
+                u = u + momentum * m1
+            else:
+                u = m1
+        w_new = w
+    return w_new - lr * u
+
+
+@triton.jit
+def _opt_step(w, d, mp, vp, offs, mask, t, lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd,
+              momentum, dampening, OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
+              NESTEROV: tl.constexpr, MASKED: tl.constexpr):
+    """One AdamW (OPT 1) or SGD (OPT 2) step on fp32 ``w`` with gradient ``d``: stores the
+    buffers, returns the new param."""
+    m1, m2 = _opt_load(mp, vp, offs, mask, d, OPT, HAS_MOMENTUM, MASKED)
+    m1, m2 = _opt_moments(w, d, m1, m2, t, beta1, beta2, wd, momentum, dampening, OPT)
+    _opt_store(mp, vp, offs, m1, m2, mask, OPT, HAS_MOMENTUM, MASKED)
+    return _opt_target(w, d, m1, m2, t, lr, ln_beta1, ln_beta2, opt_eps, wd, momentum, OPT,
+                       HAS_MOMENTUM, NESTEROV)
+
+
+@triton.jit
 def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
                alpha, ln_alpha, eps, min_scale, max_boost, lam, grad_scale, inv_scale,
                lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
@@ -278,32 +347,28 @@ def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
             d = c * g + k * w
         else:
             d = g + k * w
-        if OPT == 1:
-            m1 = _ld(mp, offs, mask, MASKED)
-            m2 = _ld(vp, offs, mask, MASKED)
-            m1 = m1 + (1.0 - beta1) * (d - m1)
-            m2 = m2 * beta2 + (1.0 - beta2) * d * d
-            _st(mp, offs, m1, mask, MASKED)
-            _st(vp, offs, m2, mask, MASKED)
-            denom = tl.sqrt(m2) / tl.sqrt(_bias_correction(t, ln_beta2)) + opt_eps
-            u = (m1 / denom) / _bias_correction(t, ln_beta1)
-            w_new = w * (1.0 - lr * wd)
-        else:
-            d = d + wd * w
-            if HAS_MOMENTUM:
-                buf = _ld(mp, offs, mask, MASKED)
-                buf = tl.where(t == 1.0, d, buf * momentum + (1.0 - dampening) * d)
-                _st(mp, offs, buf, mask, MASKED)
-                if NESTEROV:
-                    d = d + momentum * buf
-                else:
-                    d = buf
-            u = d
-            w_new = w
-        w_new = w_new - lr * u
+        w_new = _opt_step(w, d, mp, vp, offs, mask, t, lr, beta1, beta2, ln_beta1, ln_beta2,
+                          opt_eps, wd, momentum, dampening, OPT, HAS_MOMENTUM, NESTEROV, MASKED)
         if MODE == 1:  # the update rescaled: w_new + (1 - c) (w - w_new), as the rule's after()
             w_new = w_new + (1.0 - c) * (w - w_new)
         _st(pp, offs, w_new, mask, MASKED)
+
+
+@triton.jit
+def _step_ptrs(ptrs, T, i, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, OPT: tl.constexpr,
+               HAS_MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr):
+    """Tensor ``i``'s param, grad, stability and optimizer buffers (the stability stands in
+    for the buffers the optimizer has not)."""
+    pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+    gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
+    sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
+    mp = sp
+    vp = sp
+    if OPT == 1 or HAS_MOMENTUM:
+        mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
+    if OPT == 1:
+        vp = _ptr(ptrs, 4, T, i, tl.float32, ALIGNED)
+    return pp, gp, sp, mp, vp
 
 
 @triton.jit
@@ -318,15 +383,8 @@ def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, counts,
     the modulated grad (OPT 0) or step the param with AdamW (OPT 1) or SGD (OPT 2)."""
     pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, HAS_FOUND, BLOCK_)
     if not skip:
-        pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
-        gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
-        sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
-        mp = sp
-        vp = sp
-        if OPT == 1 or HAS_MOMENTUM:
-            mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
-        if OPT == 1:
-            vp = _ptr(ptrs, 4, T, i, tl.float32, ALIGNED)
+        pp, gp, sp, mp, vp = _step_ptrs(ptrs, T, i, P_DTYPE, G_DTYPE, OPT, HAS_MOMENTUM,
+                                        ALIGNED)
         t = tl.load(steps + i).to(tl.float32)
         m_ref = 0.0
         if RULE == 2:
@@ -510,18 +568,29 @@ def step(lau: Launch, rule: str, hp: Hyper, ctx: Context, *,
          nesterov: bool = False) -> None:
     """The elementwise pass (see :func:`_step_kernel`); v2 needs ``sums`` from :func:`v2_ema`."""
     dummy = lau.numels
+    scalars, flags = opt_args(opt, lr=lr, beta1=beta1, beta2=beta2, opt_eps=opt_eps,
+                              weight_decay=weight_decay, momentum=momentum,
+                              dampening=dampening, nesterov=nesterov)
     _step_kernel[lau.grid()](
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.gnumels, lau.steps,
         *(sums if sums is not None else (dummy, dummy)), found if found is not None else dummy,
         hp.alpha, _ln(hp.alpha), hp.eps, _min_scale(hp), hp.max_boost, hp.lambda_reg,
-        ctx.grad_scale,
-        1.0 / ctx.grad_scale, lr, beta1, beta2, _ln(beta1), _ln(beta2), opt_eps, weight_decay,
-        momentum, dampening,
-        P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype, RULE=RULE_IDS[rule], OPT=opt,
+        ctx.grad_scale, 1.0 / ctx.grad_scale, *scalars,
+        P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype, RULE=RULE_IDS[rule],
         MODE=MODES[mode], HAS_LAMBDA=hp.lambda_reg > 0.0,
-        HAS_MOMENTUM=opt == OPT_SGD and momentum != 0.0, NESTEROV=nesterov,
         HAS_FOUND=found is not None, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
+        **flags,
     )
+
+
+def opt_args(opt: int, *, lr: float = 0.0, beta1: float = 0.0, beta2: float = 0.0,
+             opt_eps: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.0,
+             dampening: float = 0.0, nesterov: bool = False) -> tuple[tuple, dict]:
+    """The optimizer's scalar arguments of a kernel, in order, and its compile-time flags."""
+    scalars = (lr, beta1, beta2, _ln(beta1), _ln(beta2), opt_eps, weight_decay, momentum,
+               dampening)
+    flags = dict(OPT=opt, HAS_MOMENTUM=opt == OPT_SGD and momentum != 0.0, NESTEROV=nesterov)
+    return scalars, flags
 
 
 def _launch(tensors: list[list[Tensor]], steps: list[Tensor], numels=None) -> Launch:

@@ -6,10 +6,14 @@ A step takes one of two paths, chosen per call:
   group must be a contiguous CUDA tensor on one device (fp32/bf16/fp16, fp32 state). The
   non-finite check writes a flag on the device that every later kernel reads, and the step
   counters are bumped by ``1 - found_inf`` on the device, so the step never syncs with the
-  host. Launches per step: about five for v1 and eight for v2, whatever the number of
-  params.
-* **foreach** (everything else): the same math through ``torch._foreach_*``, with one host
-  sync for the non-finite guard (:func:`swgl.functional.all_finite`).
+  host. Launches per step, whatever the number of params: about five for v1, eight for v2;
+  for v4 (the default) three Triton passes (:mod:`swgl.kernels.triton_importance_optim`)
+  and about twenty small ops on device scalars (the step counters, ``k`` and ``rho``).
+* **foreach** (everything else): the same math through ``torch._foreach_*``. Bias
+  corrections come from the step counters on their device. On CUDA, with a rule that
+  honours a device flag (v2, v3, v4), the non-finite guard is that flag and a masked commit,
+  so this path never syncs either; elsewhere it is one host read
+  (:func:`swgl.functional.all_finite`).
 
 On either path a non-finite gradient anywhere skips the whole step: params, optimizer state,
 SWGL state and step counters are left as they were. Gradients are only read, never modified.
@@ -26,7 +30,7 @@ from torch.optim import Optimizer
 
 from swgl import kernels
 from swgl.base import run_closure
-from swgl.functional import all_finite
+from swgl.functional import all_finite, found_nonfinite
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
 from swgl.rules import RULES, Context, Hyper
@@ -69,6 +73,28 @@ def check_fused(fused: Any) -> bool | None:
     if fused and not kernels.triton_available():
         raise RuntimeError("fused=True needs a CUDA device and Triton (pip install triton)")
     return fused
+
+
+def bias_correction(steps: Tensor, beta: float) -> Tensor:
+    """``1 - beta^t`` per step counter, in fp64 (as the kernels: beta near 1 loses nothing to
+    cancellation), on the counters' device."""
+    return 1.0 - torch.pow(beta, steps.double())
+
+
+def _guard_on_device(work) -> bool:
+    """The foreach path's non-finite guard: a device flag and masked commits when every param
+    is on CUDA and every rule honours the flag (reading a flag there would sync the stream);
+    elsewhere one host read, which costs less than the masked copies."""
+    return all(p.is_cuda for _, lists in work for p in lists[0]) and all(
+        RULES[group["swgl"]["rule"]].device_guard for group, _ in work)
+
+
+def _restore(found: Tensor, outs: list[list[Tensor]], saved: list[list[Tensor]]) -> None:
+    """``out = saved`` where ``found`` is set: a skipped step leaves no trace (no host sync)."""
+    ok = (found == 0).reshape(())
+    for xs, olds in zip(outs, saved):
+        for x, old in zip(xs, olds):
+            torch.where(ok.to(x.device), x, old, out=x)
 
 
 class SWGLOptimizer(Optimizer):
@@ -187,32 +213,50 @@ class SWGLOptimizer(Optimizer):
 
     def _foreach_step(self, work) -> None:
         """The rule's foreach variants around the optimizer's foreach math: exactly
-        ``SWGL.wrap(torch optimizer)``. One host sync, for the non-finite guard."""
-        if not all_finite([g for _, lists in work for g in lists[1]]):
+        ``SWGL.wrap(torch optimizer)``, with the guard of :func:`_guard_on_device`."""
+        grads = [g for _, lists in work for g in lists[1]]
+        found = None
+        if _guard_on_device(work):
+            found = found_nonfinite(grads)
+        elif not all_finite(grads):
             return
         for group, (params, grads, stabilities, steps, buffers) in work:
-            torch._foreach_add_(steps, 1.0)
             options = group["swgl"]
             rule, hp = RULES[options["rule"]], hyper(options)
+            if found is None:
+                torch._foreach_add_(steps, 1.0)
+            else:
+                applies = (1.0 - found).reshape(()).to(steps[0].device)
+                torch._foreach_add_(steps, [applies] * len(steps))
             state = {"stability": stabilities}
             # the rule writes its gradient into d; the grads themselves are only read
             d = list(torch._foreach_mul([g.float() for g in grads], 1.0))
-            aux = rule.before.foreach(params, d, state, steps, hp, Context())
+            aux = rule.before.foreach(params, d, state, steps, hp, Context(found=found))
             snapshots = None
             if options["mode"] == "update":
                 snapshots = list(torch._foreach_mul(params, 1.0))
+            # what a skipped step puts back (the after phase may work in the snapshots)
+            saved = []
+            if found is not None:
+                saved = [torch._foreach_mul(xs, 1.0) for xs in (params, *buffers)]
             w = [p.float() for p in params]
-            if snapshots is not None:  # the update mutates d; the after phase may read it (v4)
+            if options["mode"] == "update":  # the update mutates d; the after phase reads it (v4)
                 d = [x.clone() for x in d]
-            self._foreach_update(group, w, d, buffers, [float(t) for t in steps])
+            # bias corrections and SGD's first step come from the device step counters, not
+            # from a host counter per group: a step skipped on the device flag, or a param
+            # without a grad at some step, sets the counters apart, and reading them syncs
+            self._foreach_update(group, w, d, buffers, torch.stack(steps))
             for p, w32 in zip(params, w):
                 if w32 is not p:
                     p.copy_(w32)
-            if snapshots is not None:
+            if options["mode"] == "update":
                 rule.after.foreach(params, snapshots, state, steps, aux, hp, Context())
+            if found is not None:  # the rule kept its state; put the rest back
+                _restore(found, [params, *buffers], saved)
 
-    def _foreach_update(self, group, w, g, buffers, steps) -> None:
-        """Update the fp32 params ``w`` in place from fp32 grads ``g`` (subclasses)."""
+    def _foreach_update(self, group, w, g, buffers, steps: Tensor) -> None:
+        """Update the fp32 params ``w`` in place from fp32 grads ``g`` (subclasses); ``steps``
+        are the step counters (already counted for this step), stacked on their device."""
         raise NotImplementedError
 
     def kernel_args(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -220,32 +264,43 @@ class SWGLOptimizer(Optimizer):
         raise NotImplementedError
 
     def _triton_step(self, work, plan) -> None:
+        from swgl.kernels import triton_importance_optim as V4
         from swgl.kernels import triton_swgl as K
+        from swgl.kernels.triton_importance import _launch
 
         ctx = Context()
         device = work[0][1][0][0].device
         found = torch.zeros(1, dtype=torch.float32, device=device)
         plans = []
+        # the first pass of every launch group sets the flag, before any later pass reads it
         for (group, (params, grads, stabilities, steps, buffers)), launches in zip(work, plan):
             rule = RULES[group["swgl"]["rule"]].kernel
+            hp = hyper(group["swgl"])
+            runs = []
             for idx in launches:
-                lists = [[xs[i] for i in idx] for xs in (params, grads, stabilities, *buffers)]
-                lau = K.Launch(lists)
+                lau = _launch([[xs[i] for i in idx]
+                               for xs in (params, grads, stabilities, *buffers)])
                 if rule == "v2":
-                    sumsq = K.v2_weight_sums(lau, ctx, found)
+                    first = K.v2_weight_sums(lau, ctx, found)
+                elif rule == "v4":
+                    first = V4.check(lau, hp, found)  # partial sums of the new EMA
                 else:
-                    sumsq = None
+                    first = None
                     K.nonfinite(lau, found)
-                plans.append((group, lau, [steps[i] for i in idx], sumsq))
-        all_steps = [t for _, lau, steps, _ in plans for t in steps]
+                runs.append((lau, [steps[i] for i in idx], first))
+            plans.append((group, hp, rule, sum(p.numel() for p in params), runs))
+        all_steps = [t for *_, runs in plans for _, steps, _ in runs for t in steps]
         torch._foreach_add_(all_steps, 1.0)
         # a list of 0-d device tensors: the Tensor-scalar overload would sync to read it
         torch._foreach_sub_(all_steps, [found.reshape(())] * len(all_steps))
-        for group, lau, steps, sumsq in plans:
-            options = group["swgl"]
-            hp = hyper(options)
-            lau.steps = torch.stack(steps)
-            sums = K.v2_ema(lau, hp, ctx, sumsq, found) if sumsq is not None else None
-            K.step(lau, RULES[options["rule"]].kernel, hp, ctx, sums=sums, found=found,
-                   opt=self.kernel_opt,
-                   mode=options["mode"], **self.kernel_args(group))
+        for group, hp, rule, numel, runs in plans:
+            for lau, steps, _ in runs:
+                lau.steps = torch.stack(steps)
+            if rule == "v4":  # one k and one rho over the whole param group
+                V4.step([lau for lau, _, _ in runs], [first for _, _, first in runs], numel,
+                        hp, found, opt=self.kernel_opt, **self.kernel_args(group))
+                continue
+            for lau, _, sumsq in runs:
+                sums = K.v2_ema(lau, hp, ctx, sumsq, found) if sumsq is not None else None
+                K.step(lau, rule, hp, ctx, sums=sums, found=found, opt=self.kernel_opt,
+                       mode=hp.mode, **self.kernel_args(group))

@@ -1,9 +1,11 @@
 r"""AdamW with SWGL fused into the same pass: ``swgl.optim.AdamW(params, lr, ...)`` computes
 exactly what ``SWGL.wrap(torch.optim.AdamW(params, lr, ...))`` does, in one pass over the
-gradient, the param, SWGL's state and Adam's moments (Triton on CUDA, foreach elsewhere).
+gradient, the param, SWGL's state and Adam's moments (Triton on CUDA, foreach elsewhere;
+the default rule ``v4`` takes three passes, for its sums over the param group).
 
-With :math:`d` the gradient the rule hands on (mode ``"grad"``: :math:`c \odot g + k \odot w`;
-mode ``"update"``: :math:`g + k \odot w`) and step :math:`t`:
+With :math:`d` the gradient the rule hands on (mode ``"grad"``: :math:`c \odot g + k \odot w`,
+``v4``: :math:`\rho c \odot g`; mode ``"update"``: :math:`g + k \odot w`, ``v4``: :math:`g`)
+and step :math:`t`:
 
 .. math::
     m \leftarrow \beta_1 m + (1-\beta_1) d,\quad v \leftarrow \beta_2 v + (1-\beta_2) d^2,\quad
@@ -11,18 +13,18 @@ mode ``"update"``: :math:`g + k \odot w`) and step :math:`t`:
     w' = w (1 - \eta\lambda) - \eta u
 
 then :math:`w \leftarrow w'` (mode ``"grad"``) or :math:`w \leftarrow w' + (1 - c)(w - w')`
-(mode ``"update"``: the rule's ``after`` phase scales the whole step by :math:`c`).
+(mode ``"update"``: the rule's ``after`` phase scales the whole step by :math:`c`; ``v4``:
+:math:`w \leftarrow w + \rho c (w' - w)`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from swgl._validate import check_range
-from swgl.optim._base import SWGLOptimizer
+from swgl.optim._base import SWGLOptimizer, bias_correction
 
 __all__ = ["AdamW"]
 
@@ -74,9 +76,9 @@ class AdamW(SWGLOptimizer):
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, d, d, value=1.0 - beta2)
         denom = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denom, [math.sqrt(1.0 - beta2**t) for t in steps])
+        torch._foreach_div_(denom, list(bias_correction(steps, beta2).sqrt().float().unbind()))
         torch._foreach_add_(denom, eps)
         u = torch._foreach_div(exp_avgs, denom)
-        torch._foreach_div_(u, [1.0 - beta1**t for t in steps])
+        torch._foreach_div_(u, list(bias_correction(steps, beta1).float().unbind()))
         torch._foreach_mul_(w, 1.0 - lr * wd)
         torch._foreach_add_(w, u, alpha=-lr)

@@ -65,11 +65,12 @@ class SGD(SWGLOptimizer):
         u = d
         if mu != 0.0:
             (bufs,) = buffers
-            for buf, d_i, t in zip(bufs, d, steps):
-                if t == 1.0:
-                    buf.copy_(d_i)
-                else:
-                    buf.mul_(mu).add_(d_i, alpha=1.0 - group["dampening"])
+            # b = mu b + (1 - tau) d, or b = d at the first step (b is still 0 there): the
+            # choice is made on the device, from the step counters
+            first = steps == 1.0
+            torch._foreach_mul_(bufs, list(torch.where(first, 0.0, mu).unbind()))
+            scale = torch.where(first, 1.0, 1.0 - group["dampening"])
+            torch._foreach_add_(bufs, torch._foreach_mul(d, list(scale.unbind())))
             if group["nesterov"]:
                 torch._foreach_add_(d, bufs, alpha=mu)
             else:

@@ -347,8 +347,8 @@ V4 = Rule(
     modes=("update", "grad"),
     device_guard=True,
     factor=_factor_from_state,
-    # swgl.optim's fused SWGL+optimizer kernels do not implement v4 (they run its foreach);
-    # SWGL and SWGL.wrap run v4's own kernels (triton_importance)
-    kernel=None,
+    # swgl.optim's fused steps: swgl.kernels.triton_importance_optim (SWGL and SWGL.wrap
+    # run the fused variants above, swgl.kernels.triton_importance)
+    kernel="v4",
     defaults=(("alpha", 0.999), ("lambda_reg", 3.0)),
 )
