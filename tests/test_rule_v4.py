@@ -107,12 +107,13 @@ def test_a_flagged_step_changes_nothing(impl):
 
 @pytest.mark.skipif(not TRITON, reason="needs Triton on CUDA (or TRITON_INTERPRET=1)")
 def test_fused_steps_reuse_their_plan_and_rebuild_when_a_tensor_changes(monkeypatch):
-    from swgl.kernels import triton_importance as ti
+    from swgl.kernels import triton_swgl
 
     built = []
-    real = ti.Launch
+    real = triton_swgl.Launch
     moved = []
-    monkeypatch.setattr(ti, "Launch", lambda lists: built.append(len(lists)) or real(lists))
+    monkeypatch.setattr(triton_swgl, "Launch",
+                        lambda lists: built.append(len(lists)) or real(lists))
     monkeypatch.setattr(real, "readdress",
                         lambda self, lists, f=real.readdress: moved.append(1) or f(self, lists))
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ from torch import Tensor
 from swgl.rules.base import Context, Hyper
 
 __all__ = ["run_fused", "run_fused_after", "triton_available", "runs_on", "can_fuse",
-           "supports", "fusable_tensor", "cached_plan"]
+           "supports", "fusable_tensor", "cached_plan", "launch_for"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
@@ -99,7 +99,7 @@ _PLANS: OrderedDict[tuple, Any] = OrderedDict()
 _MAX_PLANS = 64
 
 
-def cached_plan(name: str, fixed: Sequence[Sequence[Tensor]],
+def cached_plan(name: object, fixed: Sequence[Sequence[Tensor]],
                 volatile: Sequence[Sequence[Tensor]], build: Callable[[], Any]) -> Any:
     """``build()``, reused while the tensors are alike: the same addresses for the ``fixed``
     lists (params, state), the same dtypes for all, every tensor contiguous.
@@ -125,6 +125,30 @@ def cached_plan(name: str, fixed: Sequence[Sequence[Tensor]],
     else:
         _PLANS.move_to_end(key)
     return plan
+
+
+def launch_for(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...]):
+    """The tables (:class:`swgl.kernels.triton_swgl.Launch`) of one launch group of ``lists``,
+    reused while the tensors are alike (:func:`cached_plan`) and pointed anew at the lists
+    whose indices are in ``volatile`` (grads, snapshots) when those moved."""
+    moving = [lists[i] for i in volatile]
+    fixed = [xs for i, xs in enumerate(lists) if i not in volatile]
+
+    def build() -> list:
+        from swgl.kernels import triton_swgl  # imports Triton
+
+        return [triton_swgl.Launch(lists), _addresses(moving)]
+
+    entry = cached_plan(("tables", name), fixed, moving, build)
+    addresses = _addresses(moving)
+    if addresses != entry[1]:
+        entry[0].readdress(lists)
+        entry[1] = addresses
+    return entry[0]
+
+
+def _addresses(lists: Sequence[Sequence[Tensor]]) -> tuple[int, ...]:
+    return tuple(map(Tensor.data_ptr, itertools.chain(*lists)))
 
 
 def _subset(xs: Sequence, idx: list[int]) -> list:

@@ -34,11 +34,17 @@ def _factor(s, k, min_scale):
 
 
 @triton.jit
+def _ema(g, s, one_minus_alpha):
+    """v4's EMA: the new ``s`` from the grad and the old ``s``."""
+    return s + one_minus_alpha * (tl.minimum(g * g, _RMAX) - s)
+
+
+@triton.jit
 def _ema_body(gp, sp, offs, n, one_minus_alpha, inv_scale, skip, MASKED: tl.constexpr):
     mask = offs < n
     g = _ld(gp, offs, mask, MASKED) * inv_scale
     s = _ld(sp, offs, mask, MASKED)
-    new = tl.where(skip, s, s + one_minus_alpha * (tl.minimum(g * g, _RMAX) - s))
+    new = tl.where(skip, s, _ema(g, s, one_minus_alpha))
     _st(sp, offs, new, mask, MASKED)
     return tl.sum(new, axis=0)
 

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from swgl.kernels.triton_importance import _RMAX, _factor
+from swgl.kernels.triton_importance import _ema, _factor
 from swgl.kernels.triton_swgl import (
     BLOCK,
     MODES,
@@ -53,12 +53,6 @@ from swgl.rules.base import Context, Hyper
 from swgl.rules.importance import _strength, progress_ratio
 
 __all__ = ["check", "step"]
-
-
-@triton.jit
-def _ema(g, s, one_minus_alpha):
-    """v4's EMA: the new ``s`` from the grad and the old ``s``."""
-    return s + one_minus_alpha * (tl.minimum(g * g, _RMAX) - s)
 
 
 @triton.jit

@@ -266,7 +266,6 @@ class SWGLOptimizer(Optimizer):
     def _triton_step(self, work, plan) -> None:
         from swgl.kernels import triton_importance_optim as V4
         from swgl.kernels import triton_swgl as K
-        from swgl.kernels.triton_importance import _launch
 
         ctx = Context()
         device = work[0][1][0][0].device
@@ -278,8 +277,9 @@ class SWGLOptimizer(Optimizer):
             hp = hyper(group["swgl"])
             runs = []
             for idx in launches:
-                lau = _launch([[xs[i] for i in idx]
-                               for xs in (params, grads, stabilities, *buffers)])
+                lau = kernels.launch_for(
+                    "optim", [[xs[i] for i in idx]
+                              for xs in (params, grads, stabilities, *buffers)], (1,))
                 if rule == "v2":
                     first = K.v2_weight_sums(lau, ctx, found)
                 elif rule == "v4":

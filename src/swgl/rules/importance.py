@@ -44,8 +44,6 @@ non-finite flag (``Context.found``) leaves the EMA and the grads as they were.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from torch import Tensor
 
@@ -205,58 +203,36 @@ def _sub(xs, idx: list[int]) -> list:
     return [xs[i] for i in idx]
 
 
-class _Plan:
-    """The launch groups of a call's lists (index list and tables each), the indices the
-    kernels cannot take, and the addresses of the volatile lists the tables point at."""
-
-    def __init__(self, lists: list[list[Tensor]], fusable) -> None:
-        from swgl import kernels
-
-        groups, _ = kernels.split(*lists[:3])
-        groups = [[i for i in idx if fusable(i)] for idx in groups.values()]
-        self.launches: list = []
-        self.rest = list(range(len(lists[0])))
-        self.addresses: tuple[int, ...] = ()
-        if any(groups):
-            from swgl.kernels import triton_importance as ti  # imports Triton
-
-            self.launches = [(idx, ti.Launch([_sub(xs, idx) for xs in lists]))
-                             for idx in groups if idx]
-            fused = {i for idx in groups for i in idx}
-            self.rest = [i for i in self.rest if i not in fused]
-
-    def readdress(self, lists: list[list[Tensor]], volatile: list[list[Tensor]]) -> None:
-        """Point the tables at this call's grads or snapshots if they moved since the last."""
-        addresses = tuple(map(Tensor.data_ptr, itertools.chain(*volatile)))
-        if addresses != self.addresses:
-            for idx, lau in self.launches:
-                lau.readdress([_sub(xs, idx) for xs in lists])
-            self.addresses = addresses
-
-
-def _plan(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...], fusable) -> _Plan:
-    """The call's :class:`_Plan`, reused while its tensors are alike
+def _plan(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...], fusable):
+    """``(launches, rest)``: the tables of each launch group of ``lists`` and the indices the
+    kernels cannot take. The split is reused while the tensors are alike
     (:func:`swgl.kernels.cached_plan`); ``volatile`` are the indices of the lists that are
     fresh tensors at each step. The lists' first three are (params, grads or snapshots,
     stabilities); ``fusable(i)`` may exclude more."""
     from swgl import kernels
 
+    def split() -> tuple[list[list[int]], list[int]]:
+        groups, _ = kernels.split(*lists[:3])
+        groups = [idx for idx in ([i for i in idx if fusable(i)] for idx in groups.values())
+                  if idx]
+        fused = {i for idx in groups for i in idx}
+        return groups, [i for i in range(len(lists[0])) if i not in fused]
+
     moving = [lists[i] for i in volatile]
     fixed = [xs for i, xs in enumerate(lists) if i not in volatile]
-    plan = kernels.cached_plan(name, fixed, moving, lambda: _Plan(lists, fusable))
-    plan.readdress(lists, moving)
-    return plan
+    groups, rest = kernels.cached_plan(name, fixed, moving, split)
+    return [kernels.launch_for(name, [_sub(xs, idx) for xs in lists], volatile)
+            for idx in groups], rest
 
 
 def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
     s = state["stability"]
-    plan = _plan("v4.before", [params, grads, s], (1,), lambda i: True)
-    if not plan.launches:
+    tables, rest = _plan("v4.before", [params, grads, s], (1,), lambda i: True)
+    if not tables:
         return _before_foreach(params, grads, state, steps, hp, ctx)
     from swgl.kernels import triton_importance as ti  # imports Triton
 
-    rest = plan.rest
-    launches = [ti.Group(lau, ctx.found) for _, lau in plan.launches]
+    launches = [ti.Group(lau, ctx.found) for lau in tables]
     sums = [grp.ema(hp, ctx.grad_scale) for grp in launches]
     if rest:
         _ema_foreach(_sub(grads, rest), _sub(s, rest), hp, ctx)
@@ -293,15 +269,14 @@ def _after_fused(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) 
     s = state["stability"]
     grads = [g for _, g in aux]
     k = aux[0][0]
-    plan = _plan("v4.after", [params, snapshots, s, grads], (1, 3),
-                 lambda i: _fusable_after(params[i], grads[i], s[i]))
-    if not plan.launches:
+    tables, rest = _plan("v4.after", [params, snapshots, s, grads], (1, 3),
+                         lambda i: _fusable_after(params[i], grads[i], s[i]))
+    if not tables:
         _after_foreach(params, snapshots, state, steps, aux, hp, ctx)
         return
     from swgl.kernels import triton_importance as ti  # imports Triton
 
-    rest = plan.rest
-    launches = [ti.Update(lau) for _, lau in plan.launches]
+    launches = [ti.Update(lau) for lau in tables]
     parts = [lau.sums(k, hp) for lau in launches]
     if rest:
         w = [p.float() for p in _sub(params, rest)]
