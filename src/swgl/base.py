@@ -243,6 +243,8 @@ class Pending(NamedTuple):
     def split(self, ids: set[int], snaps: list[Tensor] | None):
         """((part in ``ids``, its snapshots), (the rest, its snapshots))."""
         inside = [id(p) in ids for p in self.params]
+        if all(inside):  # the common case: one base optimizer holds every param
+            return (self, snaps), (self._replace(params=[], aux=[]), None if snaps is None else [])
         parts = []
         for want in (True, False):
             idx = [i for i, flag in enumerate(inside) if flag is want]

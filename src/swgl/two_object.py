@@ -150,7 +150,8 @@ class SWGL(SWGLBase):
         _, pending = self._modulate(self._current_grad_scale())
         self._fingerprint = self._take_fingerprint() if self.scaler is None else None
         # a param no optimizer holds is never stepped: there is no update to rescale
-        pending = [entry.only(self._owned)[0] for entry in pending]
+        if not self._param_ids <= self._owned:
+            pending = [entry.only(self._owned)[0] for entry in pending]
         self._pending_update = [(e, snapshot(e)) for e in pending if e.params]
         return loss
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from swgl.rules.base import Context, Hyper
 
 __all__ = ["run_fused", "run_fused_after", "triton_available", "runs_on", "can_fuse",
-           "supports", "fusable_tensor", "cached_plan", "launch_for"]
+           "supports", "fusable_tensor", "cached_plan", "launches_for"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
@@ -127,24 +127,37 @@ def cached_plan(name: object, fixed: Sequence[Sequence[Tensor]],
     return plan
 
 
-def launch_for(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...]):
-    """The tables (:class:`swgl.kernels.triton_swgl.Launch`) of one launch group of ``lists``,
-    reused while the tensors are alike (:func:`cached_plan`) and pointed anew at the lists
-    whose indices are in ``volatile`` (grads, snapshots) when those moved."""
+def launches_for(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...],
+                 split: Callable[[], tuple[list[list[int]], list[int]]] | None = None):
+    """``(groups, rest, tables)``: the launch groups of ``lists`` (index lists), the indices
+    the kernels cannot take, and each group's tables
+    (:class:`swgl.kernels.triton_swgl.Launch`).
+
+    ``split()`` makes the groups (default: one group of every index). All of it is reused
+    while the tensors are alike (:func:`cached_plan`); the tables are pointed anew at the
+    lists whose indices are in ``volatile`` (grads, snapshots) when those moved.
+    """
     moving = [lists[i] for i in volatile]
     fixed = [xs for i, xs in enumerate(lists) if i not in volatile]
 
     def build() -> list:
+        groups, rest = split() if split is not None else ([list(range(len(lists[0])))], [])
+        if not groups:
+            return [groups, rest, [], ()]
         from swgl.kernels import triton_swgl  # imports Triton
 
-        return [triton_swgl.Launch(lists), _addresses(moving)]
+        tables = [triton_swgl.Launch([_subset(xs, idx) for xs in lists]) for idx in groups]
+        return [groups, rest, tables, _addresses(moving)]
 
-    entry = cached_plan(("tables", name), fixed, moving, build)
-    addresses = _addresses(moving)
-    if addresses != entry[1]:
-        entry[0].readdress(lists)
-        entry[1] = addresses
-    return entry[0]
+    entry = cached_plan(name, fixed, moving, build)
+    groups, rest, tables, seen = entry
+    if tables:
+        addresses = _addresses(moving)
+        if addresses != seen:
+            for idx, lau in zip(groups, tables):
+                lau.readdress([_subset(xs, idx) for xs in lists])
+            entry[3] = addresses
+    return groups, rest, tables
 
 
 def _addresses(lists: Sequence[Sequence[Tensor]]) -> tuple[int, ...]:

@@ -277,7 +277,7 @@ class SWGLOptimizer(Optimizer):
             hp = hyper(group["swgl"])
             runs = []
             for idx in launches:
-                lau = kernels.launch_for(
+                _, _, (lau,) = kernels.launches_for(
                     "optim", [[xs[i] for i in idx]
                               for xs in (params, grads, stabilities, *buffers)], (1,))
                 if rule == "v2":

@@ -204,9 +204,9 @@ def _sub(xs, idx: list[int]) -> list:
 
 
 def _plan(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...], fusable):
-    """``(launches, rest)``: the tables of each launch group of ``lists`` and the indices the
-    kernels cannot take. The split is reused while the tensors are alike
-    (:func:`swgl.kernels.cached_plan`); ``volatile`` are the indices of the lists that are
+    """``(tables, rest)``: the tables of each launch group of ``lists`` and the indices the
+    kernels cannot take, reused while the tensors are alike
+    (:func:`swgl.kernels.launches_for`); ``volatile`` are the indices of the lists that are
     fresh tensors at each step. The lists' first three are (params, grads or snapshots,
     stabilities); ``fusable(i)`` may exclude more."""
     from swgl import kernels
@@ -218,11 +218,8 @@ def _plan(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...], fusab
         fused = {i for idx in groups for i in idx}
         return groups, [i for i in range(len(lists[0])) if i not in fused]
 
-    moving = [lists[i] for i in volatile]
-    fixed = [xs for i, xs in enumerate(lists) if i not in volatile]
-    groups, rest = kernels.cached_plan(name, fixed, moving, split)
-    return [kernels.launch_for(name, [_sub(xs, idx) for xs in lists], volatile)
-            for idx in groups], rest
+    _, rest, tables = kernels.launches_for(name, lists, volatile, split)
+    return tables, rest
 
 
 def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
