@@ -21,6 +21,7 @@ SWGL state and step counters are left as they were. Gradients are only read, nev
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -182,7 +183,10 @@ class SWGLOptimizer(Optimizer):
         for group, (params, grads, stabilities, _, _) in work:
             if not ok:
                 break
-            groups, rest = kernels.split(params, grads, stabilities)
+            # reused while the tensors are alike: no per-param checks on a repeated step
+            groups, rest = kernels.cached_plan(
+                "optim.split", [params, stabilities], [grads],
+                functools.partial(kernels.split, params, grads, stabilities))
             ok = (not rest and RULES[group["swgl"]["rule"]].kernel is not None
                   and kernels.supports(hyper(group["swgl"]))
                   and all(key[0] == device for key in groups))
