@@ -12,8 +12,9 @@ default rule's standalone passes (before + after the base step, as the two-objec
 runs them) in device time against a device-to-device copy of the same bytes.
 
 CPU (2 threads): an MLP 1024-2048-2048-10 (6.3M params), grads fixed: the default two-object
-step (``swgl.step()`` + ``base.step()``) with AdamW (foreach) and with SGD as the base, against
-each base alone.
+step (``swgl.step()`` + ``base.step()``; compiled, :mod:`swgl.kernels.compiled`) and the same
+with ``fused=False`` (foreach), with AdamW (foreach) and with SGD as the base, against each
+base alone, in interleaved rounds.
 
     PYTHONPATH=src python benchmarks/step_speed.py --cpu --json step_speed_cpu.json
     PYTHONPATH=src python benchmarks/step_speed.py --json step_speed_gpu.json   # < 5 min, H200
@@ -232,13 +233,15 @@ def _cpu_ms(fn: Callable[[], None], reps: int) -> float:
 
 
 def cpu_suite(args) -> dict:
+    """Each base alone, with the default two-object step (``fused=None``: compiled on the CPU
+    for a model this size) and with ``fused=False`` (foreach), timed in interleaved rounds."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dims = (1024, 2048, 2048, 10)
     rows = []
     for base_name in ("AdamW (foreach)", "SGD"):
-        times = {}
-        for with_swgl in (False, True):
+        steps = {}
+        for variant in ("alone", "default", "foreach"):
             model = torch.nn.Sequential(*(torch.nn.Linear(a, b) for a, b in zip(dims, dims[1:])))
             params = list(model.parameters())
             for p in params:
@@ -246,17 +249,26 @@ def cpu_suite(args) -> dict:
             adamw = base_name.startswith("AdamW")
             base = (torch.optim.AdamW(params, lr=1e-4, foreach=True) if adamw
                     else torch.optim.SGD(params, lr=1e-3))
-            pre = SWGL(params, **QUICK_START) if with_swgl else None
+            pre = (None if variant == "alone" else
+                   SWGL(params, **QUICK_START, fused=None if variant == "default" else False))
 
             def step(pre=pre, base=base):
                 if pre is not None:
                     pre.step()
                 base.step()
 
-            times[with_swgl] = _cpu_ms(step, args.cpu_reps)
-        rows.append(dict(base=base_name, base_ms=round(times[False], 2),
-                         two_object_default_ms=round(times[True], 2),
-                         ratio=round(times[True] / times[False], 2)))
+            step()  # the default compiles here, once per process
+            steps[variant] = step
+        times = {name: [] for name in steps}
+        for _ in range(args.cpu_rounds):
+            for name, step in steps.items():
+                times[name].append(_cpu_ms(step, args.cpu_reps))
+        ms = {name: statistics.median(t) for name, t in times.items()}
+        rows.append(dict(base=base_name, base_ms=round(ms["alone"], 2),
+                         two_object_default_ms=round(ms["default"], 2),
+                         ratio=round(ms["default"] / ms["alone"], 2),
+                         two_object_foreach_ms=round(ms["foreach"], 2),
+                         foreach_ratio=round(ms["foreach"] / ms["alone"], 2)))
     nparams = sum(a * b + b for a, b in zip(dims, dims[1:]))
     return dict(rows=rows, nparams=nparams, threads=args.threads)
 
@@ -279,10 +291,12 @@ def _print(result: dict) -> None:
         cpu = result["cpu"]
         print(f"\nCPU: {cpu['threads']} threads, MLP 1024-2048-2048-10 "
               f"({cpu['nparams'] / 1e6:.1f}M params)")
-        print(f"{'base':<18} {'base alone ms':>14} {'two-object default ms':>22} {'ratio':>6}")
+        print(f"{'base':<18} {'base alone ms':>14} {'default ms':>11} {'ratio':>6} "
+              f"{'fused=False ms':>15} {'ratio':>6}")
         for r in cpu["rows"]:
-            print(f"{r['base']:<18} {r['base_ms']:>14.2f} {r['two_object_default_ms']:>22.2f} "
-                  f"{r['ratio']:>6.2f}")
+            print(f"{r['base']:<18} {r['base_ms']:>14.2f} {r['two_object_default_ms']:>11.2f} "
+                  f"{r['ratio']:>6.2f} {r['two_object_foreach_ms']:>15.2f} "
+                  f"{r['foreach_ratio']:>6.2f}")
 
 
 def main(argv=None) -> None:
@@ -291,6 +305,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cpu", action="store_true", help="the CPU suite only")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--cpu-reps", type=int, default=20)
+    parser.add_argument("--cpu-rounds", type=int, default=3, help="CPU interleaved rounds")
     parser.add_argument("--rounds", type=int, default=3, help="GPU interleaved rounds")
     parser.add_argument("--steps", type=int, default=20, help="GPU train steps per round")
     args = parser.parse_args(argv)

@@ -14,14 +14,17 @@ import torch.nn.functional as F
 
 from swgl import DEFAULT_RULE, RULES, SWGL
 from swgl.rules import Context, Hyper
+from swgl.kernels import compiled
 from swgl.rules.importance import factor, progress_ratio
 
 V4 = RULES["v4"]
 HP = dict(alpha=0.9, lambda_reg=3.0, eps=1e-8, max_boost=10.0)
 TRITON = importlib.util.find_spec("triton") is not None and (
     torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
-IMPLS = ["single", "foreach"] + (["fused"] if TRITON else [])
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# fused: Triton on CUDA (or its interpreter), else the CPU's compiled functions
+FUSED = TRITON or (DEVICE == "cpu" and compiled.available())
+IMPLS = ["single", "foreach"] + (["fused"] if FUSED else [])
 
 
 def test_v4_is_the_default():
@@ -63,7 +66,8 @@ def test_factor_and_progress_ratio_bounds():
 
 def _problem(dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    shapes = [(7,), (33, 5), (4097,), (1,), (3, 1, 2)]
+    # (260, 256) is large enough for the CPU's compiled functions (compiled.MIN_NUMEL)
+    shapes = [(7,), (33, 5), (4097,), (1,), (3, 1, 2), (260, 256)]
     make = lambda: [torch.randn(s, generator=gen).to(DEVICE, dtype) for s in shapes]  # noqa: E731
     params, grads = make(), make()
     stabilities = [torch.rand(s, generator=gen).to(DEVICE) for s in shapes]

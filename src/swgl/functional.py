@@ -19,7 +19,7 @@ from torch import Tensor
 
 from swgl import kernels
 from swgl._validate import check_choice
-from swgl.kernels import blocked
+from swgl.kernels import blocked, compiled
 from swgl.options import MODES, SIGNALS
 from swgl.rules import RULES, Context, Hyper, Variants
 
@@ -110,7 +110,10 @@ def swgl(
     if dtensor is not None and any(isinstance(p, dtensor) for p in params):
         return _swgl_dtensor(params, grads, state, steps, hp, impl, grad_scale)
     if rule_.device_guard:
-        found = found_nonfinite(grads)
+        compiled_call = (impl is rule_.before.fused and rule_.cpu_fused
+                         and compiled.runs_on(grads[0].device))
+        found = (compiled.found_nonfinite(grads, found_nonfinite) if compiled_call
+                 else found_nonfinite(grads))
         applies = (1.0 - found).reshape(()).to(steps[0].device)  # steps live on the device
         torch._foreach_add_(steps, [applies] * len(steps))
         aux = impl(params, grads, state, steps, hp, Context(grad_scale, found=found))
@@ -123,10 +126,17 @@ def swgl(
 
 
 def _pick(variants: Variants, rule: str, params, hp: Hyper, foreach: bool, fused: bool | None):
-    """The variant a call runs: fused (Triton), cache-blocked foreach (CPU), foreach or single."""
+    """The variant a call runs: fused (Triton on CUDA, compiled on the CPU for the rules that
+    declare ``cpu_fused``), cache-blocked foreach (CPU), foreach or single."""
+    cpu_fused = RULES[rule].cpu_fused and bool(params) and compiled.runs_on(params[0].device)
     if fused is None:
-        fused = foreach and variants.fused is not None and kernels.can_fuse(params, hp)
-    elif fused and not kernels.triton_available():
+        fused = foreach and variants.fused is not None and (
+            compiled.worth_it(params) and kernels.supports(hp) if cpu_fused
+            else kernels.can_fuse(params, hp))
+    elif fused and cpu_fused and not compiled.available():
+        raise RuntimeError("fused=True on the CPU needs torch.compile and a C++ compiler "
+                           "(apt install g++)")
+    elif fused and not cpu_fused and not kernels.triton_available():
         raise RuntimeError("fused=True needs a CUDA device and Triton (pip install triton)")
     if fused:
         if variants.fused is None or not kernels.supports(hp):

@@ -105,6 +105,7 @@ class SWGL(SWGLBase):
         self._fresh = True
         self._hooks = Hooks()
         self._owned: set[int] = set()
+        self._kept_snapshots: dict[int, tuple] = {}  # CPU: see base.snapshot
         for group in self.param_groups:
             for p in group["params"]:
                 if p.requires_grad:
@@ -152,7 +153,8 @@ class SWGL(SWGLBase):
         # a param no optimizer holds is never stepped: there is no update to rescale
         if not self._param_ids <= self._owned:
             pending = [entry.only(self._owned)[0] for entry in pending]
-        self._pending_update = [(e, snapshot(e)) for e in pending if e.params]
+        self._pending_update = [(e, snapshot(e, self._kept_snapshots)) for e in pending
+                                if e.params]
         return loss
 
     def _after_base_step(self, base: Optimizer) -> None:

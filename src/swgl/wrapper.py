@@ -81,6 +81,7 @@ class SWGLWrapper(SWGLBase):
         self.base = base_opt
         self._warned_fresh = False
         self._sharing_groups = False
+        self._kept_snapshots: dict[int, tuple] = {}  # CPU: see base.snapshot
         # With the base's defaults: OneCycleLR and CyclicLR look for momentum/betas there.
         super().__init__(base_opt.param_groups, {**base_opt.defaults, **defaults})
         self._sharing_groups = True
@@ -117,7 +118,7 @@ class SWGLWrapper(SWGLBase):
         """Run ``closure`` (forward and backward), modulate the grads, then step the base."""
         loss = run_closure(closure)
         _, pending = self._modulate()
-        snapshots = [snapshot(entry) for entry in pending]
+        snapshots = [snapshot(entry, self._kept_snapshots) for entry in pending]
         self.base.step()
         self._after(pending, snapshots)
         return loss

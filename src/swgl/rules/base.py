@@ -113,6 +113,8 @@ class Rule:
     hyper: Callable[[Hyper], Hyper] = field(default=lambda hp: hp, compare=False)
     #: the Triton kernels' rule id (rules sharing kernels share it), None without kernels
     kernel: str | None = None
+    #: the ``fused`` variant also runs on the CPU (compiled: :mod:`swgl.kernels.compiled`)
+    cpu_fused: bool = False
     #: the values ``alpha`` and ``lambda_reg`` take when the user leaves them unset (None):
     #: the seed's for the seed's rules, the measured ones for the default
     defaults: tuple[tuple[str, float], ...] = (("alpha", 0.99), ("lambda_reg", 0.01))

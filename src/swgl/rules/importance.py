@@ -55,14 +55,21 @@ __all__ = ["V4", "R_MAX", "factor", "progress_ratio"]
 R_MAX = 1e20
 
 
-def _commit(out: Tensor, new: Tensor, ok: Tensor | None) -> None:
-    """``out = new``, or ``out`` unchanged where the step is skipped (no host sync)."""
-    out.copy_(new if ok is None else torch.where(ok, new, out))
+def _commit(out: Tensor, new: Tensor, ok: Tensor | None) -> Tensor:
+    """``out = new``, or ``out`` unchanged where the step is skipped (no host sync); returns
+    what ``out`` now holds."""
+    kept = new if ok is None else torch.where(ok, new, out)
+    out.copy_(kept)
+    return kept
+
+
+def _factor(s: Tensor, k: Tensor | float, min_c: Tensor | float) -> Tensor:
+    return (s * k).add_(1.0).reciprocal_().clamp_(min=min_c)
 
 
 def factor(s: Tensor, k: Tensor | float, hp: Hyper) -> Tensor:
     """``c = clamp(1 / (1 + k s), 1 / max_boost, 1)`` for one tensor (``s >= 0``)."""
-    return (s * k).add_(1.0).reciprocal_().clamp_(min=1.0 / hp.max_boost)
+    return _factor(s, k, 1.0 / hp.max_boost)
 
 
 def progress_ratio(full: Tensor, damped: Tensor, hp: Hyper) -> Tensor:
@@ -91,37 +98,67 @@ def _numel(params, ctx: Context) -> int:
     return sum(map(Tensor.numel, params)) if ctx.numels is None else sum(ctx.numels)
 
 
+# -- per tensor: the formulas, once. The single variant runs them eagerly, the CPU's fused
+# -- variant compiled (swgl.kernels.compiled); scalars are floats or 0-d tensors ----------
+
+
+def _ema_one(g: Tensor, s: Tensor, ok: Tensor | None, grad_scale, one_minus_alpha) -> Tensor:
+    """``s = s + (1 - alpha) (min((g / scale)^2, R_MAX) - s)`` in place; returns ``sum(s)``."""
+    g32 = g.float() / grad_scale
+    return _commit(s, s + one_minus_alpha * ((g32 * g32).clamp(max=R_MAX) - s), ok).sum()
+
+
+def _grad_sums_one(g: Tensor, s: Tensor, k, min_c) -> Tensor:
+    """Grad mode: ``(-sum(g^2), -sum(c g^2))``."""
+    g2 = g.float() * g.float()
+    return torch.stack([-g2.sum(), -(_factor(s, k, min_c) * g2).sum()])
+
+
+def _rescale_grad_one(g: Tensor, s: Tensor, ok: Tensor | None, k, rho, min_c) -> None:
+    """Grad mode: ``g = rho c g`` in place."""
+    _commit(g, g.float() * (rho * _factor(s, k, min_c)), ok)
+
+
+def _update_sums_one(p: Tensor, b: Tensor, g: Tensor, s: Tensor, k, min_c) -> Tensor:
+    """Update mode: ``(sum(g u), sum(c g u))`` with ``u = p - b`` (``b``: before the step)."""
+    gu = g.float() * (p.float() - b.float())
+    return torch.stack([gu.sum(), (_factor(s, k, min_c) * gu).sum()])
+
+
+def _apply_update_one(p: Tensor, b: Tensor, s: Tensor, k, rho, min_c) -> None:
+    """Update mode: ``p = b + rho c (p - b)`` in place."""
+    b32 = b.float()
+    p.copy_(b32 + rho * _factor(s, k, min_c) * (p.float() - b32))
+
+
 # -- single: per tensor, the readable reference ---------------------------------------------
 
 
 def _before_single(params, grads, state, steps, hp: Hyper, ctx: Context):
     stabilities = state["stability"]
-    for g, s in zip(grads, stabilities):
-        g32 = g.float() / ctx.grad_scale
-        _commit(s, s + (1.0 - hp.alpha) * ((g32 * g32).clamp(max=R_MAX) - s), ctx.ok(s.device))
-    k = _strength(torch.stack([s.sum() for s in stabilities]), _numel(params, ctx), hp, ctx)
+    sums = [_ema_one(g, s, ctx.ok(s.device), ctx.grad_scale, 1.0 - hp.alpha)
+            for g, s in zip(grads, stabilities)]
+    k = _strength(torch.stack(sums), _numel(params, ctx), hp, ctx)
     if hp.mode == "update":
         return [(k, g) for g in grads]
-    c = [factor(s, k, hp) for s in stabilities]
-    g2 = [g.float() * g.float() for g in grads]
-    full = _total([-x.sum() for x in g2], ctx)
-    damped = _total([-(cc * x).sum() for cc, x in zip(c, g2)], ctx)
+    min_c = 1.0 / hp.max_boost
+    full, damped = ctx.reduce_sum(
+        torch.stack([_grad_sums_one(g, s, k, min_c) for g, s in zip(grads, stabilities)]).sum(0))
     rho = progress_ratio(full, damped, hp)
-    for g, s, cc in zip(grads, stabilities, c):
-        _commit(g, g.float() * (rho * cc), ctx.ok(s.device))
+    for g, s in zip(grads, stabilities):
+        _rescale_grad_one(g, s, ctx.ok(s.device), k, rho, min_c)
     return None
 
 
 def _after_single(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
-    k = aux[0][0]
-    c = [factor(s, k, hp) for s in state["stability"]]
-    u = [p.float() - b.float() for p, b in zip(params, snapshots)]
-    gu = [g.float() * uu for (_, g), uu in zip(aux, u)]
-    full = _total([x.sum() for x in gu], ctx)
-    damped = _total([(cc * x).sum() for cc, x in zip(c, gu)], ctx)
+    k, min_c = aux[0][0], 1.0 / hp.max_boost
+    s = state["stability"]
+    full, damped = ctx.reduce_sum(torch.stack([
+        _update_sums_one(p, b, g, si, k, min_c)
+        for p, b, (_, g), si in zip(params, snapshots, aux, s)]).sum(0))
     rho = progress_ratio(full, damped, hp)
-    for p, b, cc, uu in zip(params, snapshots, c, u):
-        p.copy_(b.float() + rho * cc * uu)
+    for p, b, si in zip(params, snapshots, s):
+        _apply_update_one(p, b, si, k, rho, min_c)
 
 
 # -- foreach: the same math over the whole list ---------------------------------------------
@@ -196,7 +233,8 @@ def _after_foreach(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context
     torch._foreach_copy_(params, before)
 
 
-# -- fused: Triton (swgl.kernels.triton_importance), the rest of the list through foreach -----
+# -- fused: Triton (swgl.kernels.triton_importance) on CUDA, compiled on the CPU; the tensors
+# -- the kernels cannot take go through foreach ----------------------------------------------
 
 
 def _sub(xs, idx: list[int]) -> list:
@@ -224,6 +262,8 @@ def _plan(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...], fusab
 
 def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
     s = state["stability"]
+    if _compiled_here(params):
+        return _before_compiled(params, grads, state, steps, hp, ctx)
     tables, rest = _plan("v4.before", [params, grads, s], (1,), lambda i: True)
     if not tables:
         return _before_foreach(params, grads, state, steps, hp, ctx)
@@ -232,40 +272,28 @@ def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
     launches = [ti.Group(lau, ctx.found) for lau in tables]
     sums = [grp.ema(hp, ctx.grad_scale) for grp in launches]
     if rest:
-        _ema_foreach(_sub(grads, rest), _sub(s, rest), hp, ctx)
-        sums.append(torch.stack(torch._foreach_norm(_sub(s, rest), 1)).to(sums[0].device))
+        sums.append(_rest_ema(grads, s, rest, hp, ctx).to(sums[0].device))
     k = _strength(torch.cat(sums), _numel(params, ctx), hp, ctx)
     if hp.mode == "update":
         return [(k, g) for g in grads]
     parts = [grp.grad_sums(k, hp) for grp in launches]
     if rest:
-        g32 = [g.float() for g in _sub(grads, rest)]
-        g2 = torch._foreach_mul(g32, g32)
-        torch._foreach_neg_(g2)
-        parts.append(torch.stack(_sums(g2, _factors_foreach(_sub(s, rest), k, hp),
-                                       Context())).to(parts[0].device))
-    full, damped = ctx.reduce_sum(torch.stack(parts).sum(0))
-    rho = progress_ratio(full, damped, hp)
+        parts.append(_rest_grad_sums(grads, s, rest, k, hp).to(parts[0].device))
+    rho = progress_ratio(*ctx.reduce_sum(torch.stack(parts).sum(0)), hp)
     for grp in launches:
         grp.rescale_grads(k, rho, hp)
     if rest:
-        _apply_grads(_sub(grads, rest), _sub(s, rest), k, rho, hp, ctx)
+        _rest_rescale_grads(grads, s, rest, k, rho, hp, ctx)
     return None
-
-
-def _apply_grads(grads, s, k: Tensor, rho: Tensor, hp: Hyper, ctx: Context) -> None:
-    ok = ctx.ok(s[0].device)
-    c = _factors_foreach(s, k, hp)
-    torch._foreach_mul_(c, rho)
-    torch._foreach_mul_(c, [g.float() for g in grads])
-    for out, new in zip(grads, c):
-        _commit(out, new, ok)
 
 
 def _after_fused(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
     s = state["stability"]
     grads = [g for _, g in aux]
     k = aux[0][0]
+    if _compiled_here(params):
+        _after_compiled(params, snapshots, state, steps, aux, hp, ctx)
+        return
     tables, rest = _plan("v4.after", [params, snapshots, s, grads], (1, 3),
                          lambda i: _fusable_after(params[i], grads[i], s[i]))
     if not tables:
@@ -276,23 +304,118 @@ def _after_fused(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) 
     launches = [ti.Update(lau) for lau in tables]
     parts = [lau.sums(k, hp) for lau in launches]
     if rest:
-        w = [p.float() for p in _sub(params, rest)]
-        u = torch._foreach_sub(w, [b.float() for b in _sub(snapshots, rest)])
-        gu = torch._foreach_mul(u, [g.float() for g in _sub(grads, rest)])
-        sums = torch.stack(_sums(gu, _factors_foreach(_sub(s, rest), k, hp), Context()))
-        parts.append(sums.to(parts[0].device) if parts else sums)
-    full, damped = ctx.reduce_sum(torch.stack(parts).sum(0))
-    rho = progress_ratio(full, damped, hp)
+        parts.append(_rest_update_sums(params, snapshots, grads, s, rest, k, hp)
+                     .to(parts[0].device))
+    rho = progress_ratio(*ctx.reduce_sum(torch.stack(parts).sum(0)), hp)
     for lau in launches:
         lau.apply(k, rho, hp)
     if rest:
-        c = _factors_foreach(_sub(s, rest), k, hp)
-        torch._foreach_mul_(c, rho)
-        before = [b.float() for b in _sub(snapshots, rest)]
-        u = torch._foreach_sub([p.float() for p in _sub(params, rest)], before)
-        torch._foreach_mul_(u, c)
-        torch._foreach_add_(before, u)
-        torch._foreach_copy_(_sub(params, rest), before)
+        _rest_apply_update(params, snapshots, s, rest, k, rho, hp)
+
+
+def _compiled_here(params) -> bool:
+    """The CPU takes the compiled functions; CUDA (or Triton's interpreter) the kernels."""
+    from swgl.kernels import compiled
+
+    return compiled.runs_on(params[0].device)
+
+
+# -- the part of a fused call that takes foreach (``rest``: indices into the lists) ----------
+
+
+def _rest_ema(grads, s, rest: list[int], hp: Hyper, ctx: Context) -> Tensor:
+    """The EMA over ``rest``; returns its per-tensor sums of ``s``."""
+    _ema_foreach(_sub(grads, rest), _sub(s, rest), hp, ctx)
+    return torch.stack(torch._foreach_norm(_sub(s, rest), 1))
+
+
+def _rest_grad_sums(grads, s, rest: list[int], k: Tensor, hp: Hyper) -> Tensor:
+    g32 = [g.float() for g in _sub(grads, rest)]
+    g2 = torch._foreach_mul(g32, g32)
+    torch._foreach_neg_(g2)
+    return torch.stack(_sums(g2, _factors_foreach(_sub(s, rest), k, hp), Context()))
+
+
+def _rest_rescale_grads(grads, s, rest: list[int], k: Tensor, rho: Tensor, hp: Hyper,
+                        ctx: Context) -> None:
+    grads, s = _sub(grads, rest), _sub(s, rest)
+    ok = ctx.ok(s[0].device)
+    c = _factors_foreach(s, k, hp)
+    torch._foreach_mul_(c, rho)
+    torch._foreach_mul_(c, [g.float() for g in grads])
+    for out, new in zip(grads, c):
+        _commit(out, new, ok)
+
+
+def _rest_update_sums(params, snapshots, grads, s, rest: list[int], k: Tensor,
+                      hp: Hyper) -> Tensor:
+    w = [p.float() for p in _sub(params, rest)]
+    u = torch._foreach_sub(w, [b.float() for b in _sub(snapshots, rest)])
+    gu = torch._foreach_mul(u, [g.float() for g in _sub(grads, rest)])
+    return torch.stack(_sums(gu, _factors_foreach(_sub(s, rest), k, hp), Context()))
+
+
+def _rest_apply_update(params, snapshots, s, rest: list[int], k: Tensor, rho: Tensor,
+                       hp: Hyper) -> None:
+    c = _factors_foreach(_sub(s, rest), k, hp)
+    torch._foreach_mul_(c, rho)
+    before = [b.float() for b in _sub(snapshots, rest)]
+    u = torch._foreach_sub([p.float() for p in _sub(params, rest)], before)
+    torch._foreach_mul_(u, c)
+    torch._foreach_add_(before, u)
+    torch._foreach_copy_(_sub(params, rest), before)
+
+
+# -- compiled: the CPU's fused variant, the per-tensor formulas through torch.compile
+# -- (swgl.kernels.compiled); small tensors take foreach ------------------------------------
+
+
+def _before_compiled(params, grads, state, steps, hp: Hyper, ctx: Context):
+    from swgl.kernels import compiled as cc
+
+    s = state["stability"]
+    big, rest = cc.split(params, grads, s)
+    ok = ctx.ok(torch.device("cpu"))
+    scale, keep = cc.scalar(ctx.grad_scale), cc.scalar(1.0 - hp.alpha)
+    ema = cc.compiled(_ema_one)
+    sums = [ema(cc.flat(grads[i]), cc.flat(s[i]), ok, scale, keep) for i in big]
+    if rest:
+        sums += list(_rest_ema(grads, s, rest, hp, ctx))
+    k = _strength(torch.stack(sums), _numel(params, ctx), hp, ctx)
+    if hp.mode == "update":
+        return [(k, g) for g in grads]
+    min_c = cc.scalar(1.0 / hp.max_boost)
+    grad_sums = cc.compiled(_grad_sums_one)
+    parts = [grad_sums(cc.flat(grads[i]), cc.flat(s[i]), k, min_c) for i in big]
+    if rest:
+        parts.append(_rest_grad_sums(grads, s, rest, k, hp))
+    rho = progress_ratio(*ctx.reduce_sum(torch.stack(parts).sum(0)), hp)
+    rescale = cc.compiled(_rescale_grad_one)
+    for i in big:
+        rescale(cc.flat(grads[i]), cc.flat(s[i]), ok, k, rho, min_c)
+    if rest:
+        _rest_rescale_grads(grads, s, rest, k, rho, hp, ctx)
+    return None
+
+
+def _after_compiled(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
+    from swgl.kernels import compiled as cc
+
+    s = state["stability"]
+    grads = [g for _, g in aux]
+    k, min_c = aux[0][0], cc.scalar(1.0 / hp.max_boost)
+    big, rest = cc.split(params, snapshots, s, grads)
+    update_sums = cc.compiled(_update_sums_one)
+    parts = [update_sums(*(cc.flat(xs[i]) for xs in (params, snapshots, grads, s)), k, min_c)
+             for i in big]
+    if rest:
+        parts.append(_rest_update_sums(params, snapshots, grads, s, rest, k, hp))
+    rho = progress_ratio(*ctx.reduce_sum(torch.stack(parts).sum(0)), hp)
+    apply = cc.compiled(_apply_update_one)
+    for i in big:
+        apply(*(cc.flat(xs[i]) for xs in (params, snapshots, s)), k, rho, min_c)
+    if rest:
+        _rest_apply_update(params, snapshots, s, rest, k, rho, hp)
 
 
 def _fusable_after(p: Tensor, g: Tensor, s: Tensor) -> bool:
@@ -322,5 +445,6 @@ V4 = Rule(
     # swgl.optim's fused steps: swgl.kernels.triton_importance_optim (SWGL and SWGL.wrap
     # run the fused variants above, swgl.kernels.triton_importance)
     kernel="v4",
+    cpu_fused=True,
     defaults=(("alpha", 0.999), ("lambda_reg", 3.0)),
 )
