@@ -46,14 +46,20 @@ def test_split_sends_small_odd_and_mismatched_tensors_to_foreach():
 
 @pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("where", [0, compiled.MIN_NUMEL * 2 - 1, "small"])
-def test_found_nonfinite_sees_every_bad_value(bad, where):
+def test_set_found_sees_every_bad_value(bad, where):
     grads = [torch.randn(compiled.MIN_NUMEL * 2), torch.randn(5)]
-    assert compiled.found_nonfinite(grads, functional.found_nonfinite).tolist() == [0.0]
+
+    def found():
+        flag = torch.zeros(1)
+        compiled.set_found(flag, grads, *compiled.split(grads), functional.found_nonfinite)
+        return flag.tolist()
+
+    assert found() == [0.0]
     if where == "small":
         grads[1][3] = bad
     else:
         grads[0][where] = bad
-    assert compiled.found_nonfinite(grads, functional.found_nonfinite).tolist() == [1.0]
+    assert found() == [1.0]
 
 
 def _train(fused, steps=4, wrap=False, bad_step=None):
@@ -73,7 +79,7 @@ def _train(fused, steps=4, wrap=False, bad_step=None):
         else:
             opt.step()
             base.step()
-        seen.append(opt._kept_snapshots[id(opt.param_groups[0])][1])
+        seen.append(opt._kept_snapshots[id(opt.param_groups[0])][-1])
     return model, opt, seen
 
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from swgl import DEFAULT_RULE, RULES, SWGL
+from swgl.functional import swgl as swgl_fn
 from swgl.rules import Context, Hyper
 from swgl.kernels import compiled
 from swgl.rules.importance import factor, progress_ratio
@@ -107,6 +108,25 @@ def test_a_flagged_step_changes_nothing(impl):
     out = _one_step(impl, "grad", torch.float32, found=torch.ones(1, device=DEVICE))
     for a, b in zip(grads + s, out[1] + out[2]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("fused", [False, True] if FUSED else [False])
+@pytest.mark.parametrize("where", [5, 0])  # the large tensor (compiled on the CPU), a small one
+def test_a_nonfinite_grad_skips_the_call_through_functional(fused, where):
+    # with fused=True the variant sets the non-finite flag in its own passes
+    params, grads, s = _problem(torch.float32)
+    grads[where].view(-1)[-1] = float("nan")
+    kept_grads, kept_s = [g.clone() for g in grads], [x.clone() for x in s]
+    steps = [torch.zeros((), device=DEVICE) for _ in params]
+    out = swgl_fn(params, grads, s, steps, rule="v4", mode="grad", fused=fused, **HP)
+    assert not bool(out.applied)
+    for a, b in zip(grads + s, kept_grads + kept_s):
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+    assert [float(t) for t in steps] == [0.0] * len(params)
+    grads[where].view(-1)[-1] = 0.0
+    out = swgl_fn(params, grads, s, steps, rule="v4", mode="grad", fused=fused, **HP)
+    assert bool(out.applied) and [float(t) for t in steps] == [1.0] * len(params)
+    assert not torch.equal(s[5], kept_s[5])
 
 
 @pytest.mark.skipif(not TRITON, reason="needs Triton on CUDA (or TRITON_INTERPRET=1)")

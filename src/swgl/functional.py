@@ -110,19 +110,28 @@ def swgl(
     if dtensor is not None and any(isinstance(p, dtensor) for p in params):
         return _swgl_dtensor(params, grads, state, steps, hp, impl, grad_scale)
     if rule_.device_guard:
-        compiled_call = (impl is rule_.before.fused and rule_.cpu_fused
-                         and compiled.runs_on(grads[0].device))
-        found = (compiled.found_nonfinite(grads, found_nonfinite) if compiled_call
-                 else found_nonfinite(grads))
-        applies = (1.0 - found).reshape(()).to(steps[0].device)  # steps live on the device
-        torch._foreach_add_(steps, [applies] * len(steps))
-        aux = impl(params, grads, state, steps, hp, Context(grad_scale, found=found))
+        if impl is rule_.before.fused and rule_.fused_checks:
+            # the variant sets the flag in its own kernels before it reads it (and reads no
+            # step counter): no separate pass over the grads
+            found = torch.zeros(1, device=grads[0].device)
+            aux = impl(params, grads, state, steps, hp,
+                       Context(grad_scale, found=found, check=found_nonfinite))
+            _count_steps(steps, found)
+        else:
+            found = found_nonfinite(grads)
+            _count_steps(steps, found)
+            aux = impl(params, grads, state, steps, hp, Context(grad_scale, found=found))
         return Outcome(found.reshape(()) == 0, aux)
     if not all_finite(grads):
         return Outcome(False)
     for step in steps:
         step.add_(1)
     return Outcome(True, impl(params, grads, state, steps, hp, Context(grad_scale)))
+
+
+def _count_steps(steps: list[Tensor], found: Tensor) -> None:
+    applies = (1.0 - found).reshape(()).to(steps[0].device)  # steps live on the device
+    torch._foreach_add_(steps, [applies] * len(steps))
 
 
 def _pick(variants: Variants, rule: str, params, hp: Hyper, foreach: bool, fused: bool | None):

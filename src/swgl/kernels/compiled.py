@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["MIN_NUMEL", "AUTO_NUMEL", "available", "runs_on", "worth_it", "split", "compiled",
-           "scalar", "found_nonfinite"]
+           "scalar", "set_found"]
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +99,13 @@ def _any_nonfinite(g: Tensor) -> Tensor:
     return (~torch.isfinite(g)).any()
 
 
-def found_nonfinite(tensors: list[Tensor], fallback: Callable[[list[Tensor]], Tensor]) -> Tensor:
-    """:func:`swgl.functional.found_nonfinite` with one compiled pass per large tensor (the
-    CPU's ``torch._foreach_norm(inf)`` costs 8 ms on a 6M-param MLP, this 1 ms)."""
-    big, rest = split(tensors)
-    check = compiled(_any_nonfinite)
-    flags = [check(flat(tensors[i])) for i in big]
+def set_found(found: Tensor, grads: list[Tensor], big: list[int], rest: list[int],
+              check: Callable[[list[Tensor]], Tensor]) -> None:
+    """``found[0] = 1`` if any grad is inf or NaN: one compiled pass per grad of ``big`` (the
+    CPU's ``torch._foreach_norm(inf)`` cost 8 ms on a 6M-param MLP, this 1 ms), ``check``
+    (a flag like ``found``) over the ``rest``."""
+    any_bad = compiled(_any_nonfinite)
+    flags = [any_bad(flat(grads[i])) for i in big]
     if rest:
-        flags.append(fallback([tensors[i] for i in rest]).reshape(()) > 0)
-    return torch.stack(flags).any().float().reshape(1)
+        flags.append(check([grads[i] for i in rest]).reshape(()) > 0)
+    found.copy_(torch.stack(flags).any().reshape(1))

@@ -66,6 +66,10 @@ class Context:
     reduce_sum: Callable[[Tensor], Tensor] = _local_sum
     numels: tuple[int, ...] | None = None
     found: Tensor | None = None
+    #: set for a rule that declares ``fused_checks``: ``found`` is 0 and its fused variant
+    #: sets it from the grads before anything reads it (its kernels check the tensors they
+    #: take, ``check(grads)``, returning a flag like ``found``, the rest)
+    check: Callable[[list[Tensor]], Tensor] | None = None
 
     def numel(self, i: int, t: Tensor) -> int:
         return t.numel() if self.numels is None else self.numels[i]
@@ -115,6 +119,9 @@ class Rule:
     kernel: str | None = None
     #: the ``fused`` variant also runs on the CPU (compiled: :mod:`swgl.kernels.compiled`)
     cpu_fused: bool = False
+    #: the ``fused`` variant's before phase sets ``Context.found`` itself (``Context.check``)
+    #: and reads no step counter (they are counted after it)
+    fused_checks: bool = False
     #: the values ``alpha`` and ``lambda_reg`` take when the user leaves them unset (None):
     #: the seed's for the seed's rules, the measured ones for the default
     defaults: tuple[tuple[str, float], ...] = (("alpha", 0.99), ("lambda_reg", 0.01))

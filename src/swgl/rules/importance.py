@@ -265,6 +265,8 @@ def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
     if _compiled_here(params):
         return _before_compiled(params, grads, state, steps, hp, ctx)
     tables, rest = _plan("v4.before", [params, grads, s], (1,), lambda i: True)
+    if ctx.check is not None:  # the flag is ours to set: it is read by every pass below
+        _set_found(tables, grads, rest, ctx)
     if not tables:
         return _before_foreach(params, grads, state, steps, hp, ctx)
     from swgl.kernels import triton_importance as ti  # imports Triton
@@ -285,6 +287,21 @@ def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
     if rest:
         _rest_rescale_grads(grads, s, rest, k, rho, hp, ctx)
     return None
+
+
+def _set_found(tables, grads, rest: list[int], ctx: Context) -> None:
+    """``ctx.found`` from the grads: a check kernel per launch group, ``ctx.check`` the rest."""
+    found = ctx.found
+    if not tables or any(lau.device != found.device for lau in tables):
+        found.copy_(ctx.check(grads).reshape(found.shape).to(found))
+        return
+    from swgl.kernels import triton_swgl  # imports Triton
+
+    for lau in tables:
+        triton_swgl.nonfinite(lau, found)
+    if rest:
+        found.copy_(torch.maximum(found, ctx.check(_sub(grads, rest)).reshape(found.shape)
+                                  .to(found)))
 
 
 def _after_fused(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
@@ -375,6 +392,8 @@ def _before_compiled(params, grads, state, steps, hp: Hyper, ctx: Context):
 
     s = state["stability"]
     big, rest = cc.split(params, grads, s)
+    if ctx.check is not None:
+        cc.set_found(ctx.found, grads, big, rest, ctx.check)
     ok = ctx.ok(torch.device("cpu"))
     scale, keep = cc.scalar(ctx.grad_scale), cc.scalar(1.0 - hp.alpha)
     ema = cc.compiled(_ema_one)
@@ -446,5 +465,6 @@ V4 = Rule(
     # run the fused variants above, swgl.kernels.triton_importance)
     kernel="v4",
     cpu_fused=True,
+    fused_checks=True,
     defaults=(("alpha", 0.999), ("lambda_reg", 3.0)),
 )
