@@ -106,3 +106,30 @@ def test_a_nonfinite_grad_skips_the_compiled_step():
     # the NaN grad went on to the base optimizer (as without SWGL), the rest moved as SGD did
     assert torch.isnan(skipped[0].weight).any()
     assert not torch.equal(skipped[2].weight, weights[-2])
+
+
+def test_the_functions_really_compile_here():
+    # the fallback to the eager formula must not hide a toolchain that cannot build
+    _train(None, steps=1)
+    assert compiled.failed() is None
+
+
+def test_a_compile_failure_falls_back_to_the_eager_formula(monkeypatch, caplog):
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no compiler today")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(compiled, "_failed", [])
+    compiled.compiled.cache_clear()
+    try:
+        ref, _, _ = _train(False, steps=2)
+        with caplog.at_level("WARNING", logger="swgl.kernels.compiled"):
+            out, _, _ = _train(True, steps=2)
+        assert "no compiler today" in compiled.failed()
+        assert "runs eagerly" in caplog.text
+        for a, b in zip(ref.parameters(), out.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    finally:
+        compiled.compiled.cache_clear()

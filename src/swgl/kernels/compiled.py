@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["MIN_NUMEL", "AUTO_NUMEL", "available", "runs_on", "worth_it", "split", "compiled",
-           "scalar", "set_found"]
+           "scalar", "set_found", "failed"]
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,37 @@ def worth_it(params: Sequence[Tensor]) -> bool:
     return large >= AUTO_NUMEL and available()
 
 
+#: set when a compile failed: every compiled function runs its eager formula from then on
+_failed: list[str] = []
+
+
 @functools.cache
 def compiled(fn: Callable) -> Callable:
-    """``fn`` compiled once per process (dynamic sizes, one graph, no fallback to eager)."""
+    """``fn`` compiled once per process (dynamic sizes, one graph).
+
+    If the toolchain cannot build it (a broken compiler, missing headers), the step does not
+    fail: a warning is logged once and ``fn`` itself, the same formula, runs eagerly. Nothing
+    is written before a compile finishes, so the fallback is exact."""
+    fast = torch.compile(fn, dynamic=True, fullgraph=True)
+
+    def call(*args):
+        if _failed:
+            return fn(*args)
+        try:
+            return fast(*args)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: run the eager formula
+            _failed.append(f"{fn.__qualname__}: {type(exc).__name__}: {exc}")
+            log.warning("swgl: torch.compile failed (%s); SWGL's CPU step runs eagerly "
+                        "(pass fused=False to skip compiling)", _failed[0][:500])
+            return fn(*args)
+
     log.info("swgl: compiling %s for the CPU (once per process)", fn.__qualname__)
-    return torch.compile(fn, dynamic=True, fullgraph=True)
+    return call
+
+
+def failed() -> str | None:
+    """Why compiling failed in this process, or None."""
+    return _failed[0] if _failed else None
 
 
 def scalar(value: float | Tensor) -> Tensor:
