@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -32,6 +33,27 @@ def test_streaming_reports_online_metrics(tiny):
     m = cell["metrics"]
     assert 0 <= m["online_acc"] <= 1 and 0 <= m["plasticity"] <= 1
     assert cell["steps"] == 40 and len(cell["online_curve"]["acc"]) == 20
+
+
+@pytest.mark.parametrize("scenario", ["split-class", "stream-input-permuted"])
+def test_the_first_step_is_timed_apart(tiny, monkeypatch, scenario):
+    # a compiled path builds its kernels on the first step: seconds that are not per step
+    from swgl.bench.methods.base import Method
+
+    real = Method.observe
+    calls = []
+
+    def observe(self, x, y, tids):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.3)
+        return real(self, x, y, tids)
+
+    monkeypatch.setattr(Method, "observe", observe)
+    cfg = dataclasses.replace(tiny, methods=("naive-sgd",), n_tasks=2)
+    m = runner.run_cell(cfg, scenario, "naive-sgd", 0)["metrics"]
+    assert m["first_step_ms"] >= 300
+    assert m["time_per_step_ms"] < 100
 
 
 def test_run_writes_files_and_resume_skips_done_cells(tiny, tmp_path, monkeypatch):
