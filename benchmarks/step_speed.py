@@ -169,7 +169,8 @@ def gpu_suite(args) -> dict:
 
 def _standalone(device) -> dict:
     """The default rule's passes over BERT-base-sized fp32 tensors, in device time (profiler),
-    against a copy: before (v4: reads g, s; writes s), snapshot (reads w, writes a copy), after
+    against a copy: before (v4: the non-finite check reads g; the EMA reads g, s and writes s:
+    16 B per fp32 param), snapshot (reads w, writes a copy), after
     (v4: the progress sums read w, snapshot, s, g; the rescale reads w, snapshot, s, writes
     w)."""
     from torch.profiler import ProfilerActivity, profile
@@ -193,7 +194,7 @@ def _standalone(device) -> dict:
     aux = before().aux
     snaps = list(torch._foreach_mul(params, 1.0))
     passes = {
-        "before (g, s -> s)": (before, 12),
+        "before (check g; g, s -> s)": (before, 16),
         "snapshot (w -> copy)": (lambda: torch._foreach_mul(params, 1.0), 8),
         "after (w, copy, s, g -> sums; w, copy, s -> w)": (lambda: swgl.functional.swgl_after(
             params, snaps, stabs, steps, aux, rule=swgl.DEFAULT_RULE, hp=hp), 32),
