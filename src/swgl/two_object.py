@@ -101,6 +101,7 @@ class SWGL(SWGLBase):
         self.scaler = scaler
         self._param_ids = {id(p) for g in self.param_groups for p in g["params"]}
         self._fingerprint: tuple[Tensor, Tensor] | None = None
+        self._smallest: Tensor | None = None
         self._pending_update: list[tuple[Pending, list[Tensor] | None]] = []
         self._fresh = True
         self._hooks = Hooks()
@@ -123,6 +124,7 @@ class SWGL(SWGLBase):
         check_params(group)
         if hasattr(self, "_param_ids"):
             self._param_ids.update(id(p) for p in group["params"])
+            self._smallest = None
 
     def _current_grad_scale(self) -> float:
         scaler = self.scaler
@@ -174,11 +176,14 @@ class SWGL(SWGLBase):
         self._pending_update = rest
 
     def _take_fingerprint(self) -> tuple[Tensor, Tensor] | None:
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not grads:
-            return None
-        smallest = min(grads, key=Tensor.numel)
-        return smallest, smallest.detach().abs().sum()
+        # the smallest param with a grad, found once (not a loop over every param per step)
+        p = self._smallest
+        if p is None or p.grad is None:
+            owned = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+            if not owned:
+                return None
+            p = self._smallest = min(owned, key=Tensor.numel)
+        return p.grad, p.grad.detach().abs().sum()
 
     def _before_base_step(self, base: Optimizer) -> None:
         """Checks made when another optimizer steps params that this SWGL manages."""

@@ -146,7 +146,7 @@ class SWGLOptimizer(Optimizer):
                         p, dtype=torch.float32, memory_format=torch.contiguous_format
                     )
                 out.append(state[key])
-            params.append(p.detach())
+            params.append(p)  # the step runs under no_grad: no detached copy needed
             grads.append(p.grad)
             stabilities.append(state["swgl_stability"])
             steps.append(state["step"])
