@@ -133,3 +133,30 @@ def test_a_compile_failure_falls_back_to_the_eager_formula(monkeypatch, caplog):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     finally:
         compiled.compiled.cache_clear()
+
+
+def test_swgl_optim_compiles_large_cpu_groups_and_matches_its_foreach(monkeypatch):
+    import swgl.optim
+    from swgl.optim import _base
+
+    def train(fused):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 3))
+        x, y = torch.randn(16, 1024), torch.randint(0, 3, (16,))
+        opt = swgl.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return model
+
+    picked = []
+    real = _base._compiles_on_cpu
+    monkeypatch.setattr(_base, "_compiles_on_cpu", lambda work: picked.append(real(work))
+                        or picked[-1])
+    out = train(None)
+    assert picked and all(picked)
+    ref = train(False)
+    assert not picked[-1]
+    for a, b in zip(ref.parameters(), out.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl import kernels
+from swgl.kernels import compiled
 from swgl.base import run_closure
 from swgl.functional import all_finite, found_nonfinite
 from swgl.options import DEFAULTS, check_options
@@ -88,6 +89,18 @@ def _guard_on_device(work) -> bool:
     elsewhere one host read, which costs less than the masked copies."""
     return all(p.is_cuda for _, lists in work for p in lists[0]) and all(
         RULES[group["swgl"]["rule"]].device_guard for group, _ in work)
+
+
+def _compiles_on_cpu(work) -> bool:
+    """The CPU takes the rules' compiled variants (:mod:`swgl.kernels.compiled`) as
+    ``SWGL(fused=None)`` does: every group's rule has them and its ``fused`` is not False,
+    and the params are large enough to repay the compile."""
+    params = [p for _, lists in work for p in lists[0]]
+    return all(
+        RULES[group["swgl"]["rule"]].cpu_fused and group["fused"] is not False
+        and kernels.supports(hyper(group["swgl"])) for group, _ in work
+    ) and compiled.runs_on(params[0].device) and (
+        compiled.worth_it(params) or all(group["fused"] for group, _ in work))
 
 
 def _restore(found: Tensor, outs: list[list[Tensor]], saved: list[list[Tensor]]) -> None:
@@ -191,9 +204,10 @@ class SWGLOptimizer(Optimizer):
                   and kernels.supports(hyper(group["swgl"]))
                   and all(key[0] == device for key in groups))
             plan.append(list(groups.values()))
-        if True in wants and not ok:
+        if True in wants and not ok and not _compiles_on_cpu(work):
             raise RuntimeError(
-                "fused=True needs every param on one CUDA device, contiguous, of dtype "
+                "fused=True needs every param on one CUDA device (or, for v4, the CPU with "
+                "torch.compile), contiguous, of dtype "
                 "fp32/bf16/fp16, and a rule with a kernel; pass fused=None to fall back"
             )
         return plan if ok and False not in wants else None
@@ -220,13 +234,21 @@ class SWGLOptimizer(Optimizer):
         ``SWGL.wrap(torch optimizer)``, with the guard of :func:`_guard_on_device`."""
         grads = [g for _, lists in work for g in lists[1]]
         found = None
+        compile_ = _compiles_on_cpu(work)
         if _guard_on_device(work):
             found = found_nonfinite(grads)
+        elif compile_:  # one compiled pass per large grad, read on the host (a CPU: no sync)
+            bad = torch.zeros(1)
+            compiled.set_found(bad, grads, *compiled.split(grads), found_nonfinite)
+            if bad.item():
+                return
         elif not all_finite(grads):
             return
         for group, (params, grads, stabilities, steps, buffers) in work:
             options = group["swgl"]
             rule, hp = RULES[options["rule"]], hyper(options)
+            before, after = ((rule.before.fused, rule.after and rule.after.fused) if compile_
+                             else (rule.before.foreach, rule.after and rule.after.foreach))
             if found is None:
                 torch._foreach_add_(steps, 1.0)
             else:
@@ -235,7 +257,7 @@ class SWGLOptimizer(Optimizer):
             state = {"stability": stabilities}
             # the rule writes its gradient into d; the grads themselves are only read
             d = list(torch._foreach_mul([g.float() for g in grads], 1.0))
-            aux = rule.before.foreach(params, d, state, steps, hp, Context(found=found))
+            aux = before(params, d, state, steps, hp, Context(found=found))
             snapshots = None
             if options["mode"] == "update":
                 snapshots = list(torch._foreach_mul(params, 1.0))
@@ -254,7 +276,7 @@ class SWGLOptimizer(Optimizer):
                 if w32 is not p:
                     p.copy_(w32)
             if options["mode"] == "update":
-                rule.after.foreach(params, snapshots, state, steps, aux, hp, Context())
+                after(params, snapshots, state, steps, aux, hp, Context())
             if found is not None:  # the rule kept its state; put the rest back
                 _restore(found, [params, *buffers], saved)
 
