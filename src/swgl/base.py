@@ -23,7 +23,8 @@ from swgl.rules import RULES
 from swgl.state import STORAGES
 from swgl.stats import DEFAULT_QUANTILES, layer_stats
 
-__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "local", "run_closure", "snapshot"]
+__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "copies", "local", "run_closure",
+           "snapshot"]
 
 #: Prefix of SWGL's keys in the wrapper's param groups and state_dict.
 PREFIX = "swgl_"
@@ -285,33 +286,41 @@ def _fresh(p: Tensor, init: float | str) -> Tensor:
                            memory_format=torch.contiguous_format)
 
 
-def snapshot(entry: Pending, kept: dict[int, tuple] | None = None) -> list[Tensor] | None:
+def snapshot(entry: Pending, kept: dict[Any, tuple] | None = None) -> list[Tensor] | None:
     """Copies of the params' local shards before the base step, if the rule needs them (one
-    multi-tensor copy; a copy keeps -0.0 and NaN as they are).
-
-    On the CPU, with ``kept`` (the classes' cache, by param group), the copies of a group
-    whose params share a dtype are views of one flat buffer that is kept and overwritten at
-    the next step: the CPU allocator hands large blocks back to the OS and faults them in
-    again, which cost 5 ms a step beside AdamW on a 6M-param MLP (docs/results.md). On CUDA
-    the caching allocator reuses the blocks, so the snapshot stays transient there (views of
-    one flat buffer allocated per step measured slower on the host than one allocation per
-    param: 1.1 against 0.6 ms for BERT-base's 200 params)."""
+    multi-tensor copy; a copy keeps -0.0 and NaN as they are); on the CPU kept in ``kept``
+    between steps (:func:`copies`). On CUDA the caching allocator reuses the blocks, so the
+    snapshot stays transient there (views of one flat buffer allocated per step measured
+    slower on the host than one allocation per param: 1.1 against 0.6 ms for BERT-base's
+    200 params)."""
     rule = RULES[entry.group[_prefix_of(entry.group) + "rule"]]
     if not rule.snapshot or not entry.params:
         return None
-    params = [local(p) for p in entry.params]
-    if (kept is None or params[0].device.type != "cpu"
-            or len({(p.dtype, p.device) for p in params}) != 1):
-        return list(torch._foreach_mul(params, 1.0))
-    # the same params (a param keeps its shape and dtype): the same copies
-    ids = tuple(map(id, entry.params))
-    held = kept.get(id(entry.group))
+    return copies([local(p) for p in entry.params], kept, id(entry.group))
+
+
+def copies(tensors: list[Tensor], kept: dict[Any, tuple] | None, key: Any,
+           dtype: torch.dtype | None = None, owners: list[Tensor] | None = None) -> list[Tensor]:
+    """Copies of ``tensors`` (cast to ``dtype`` if given).
+
+    On the CPU, with ``kept``, the copies are views of one buffer kept under ``key`` and
+    overwritten at the next call with the same tensors: the CPU allocator hands large blocks
+    back to the OS and faults them in again, which cost 5 ms a step beside AdamW on a 6M-param
+    MLP (docs/results.md). Elsewhere they are fresh tensors. ``owners`` (default: the tensors
+    themselves) are what must stay the same for the copies to be reused: the params, for
+    grads that are new tensors at every step."""
+    if (kept is None or tensors[0].device.type != "cpu"
+            or len({(t.dtype, t.device) for t in tensors}) != 1):
+        fresh = [t.to(dtype) for t in tensors] if dtype is not None else tensors
+        return list(torch._foreach_mul(fresh, 1.0))
+    # the same tensors (a param keeps its shape and dtype): the same copies
+    ids = tuple(map(id, tensors if owners is None else owners))
+    held = kept.get(key)
     if held is None or held[0] != ids:
-        numels = [p.numel() for p in params]
-        flat = torch.empty(sum(numels), dtype=params[0].dtype)
-        held = kept[id(entry.group)] = (
-            ids, [v.view(p.shape) for v, p in zip(flat.split(numels), params)])
-    torch._foreach_copy_(held[1], params)
+        numels = [t.numel() for t in tensors]
+        flat = torch.empty(sum(numels), dtype=dtype or tensors[0].dtype)
+        held = kept[key] = (ids, [v.view(t.shape) for v, t in zip(flat.split(numels), tensors)])
+    torch._foreach_copy_(held[1], tensors)
     return held[1]
 
 

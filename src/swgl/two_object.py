@@ -106,7 +106,7 @@ class SWGL(SWGLBase):
         self._fresh = True
         self._hooks = Hooks()
         self._owned: set[int] = set()
-        self._kept_snapshots: dict[int, tuple] = {}  # CPU: see base.snapshot
+        self._kept_snapshots: dict[Any, tuple] = {}  # CPU: see base.snapshot
         for group in self.param_groups:
             for p in group["params"]:
                 if p.requires_grad:

@@ -81,7 +81,7 @@ class SWGLWrapper(SWGLBase):
         self.base = base_opt
         self._warned_fresh = False
         self._sharing_groups = False
-        self._kept_snapshots: dict[int, tuple] = {}  # CPU: see base.snapshot
+        self._kept_snapshots: dict[Any, tuple] = {}  # CPU: see base.snapshot
         # With the base's defaults: OneCycleLR and CyclicLR look for momentum/betas there.
         super().__init__(base_opt.param_groups, {**base_opt.defaults, **defaults})
         self._sharing_groups = True

@@ -31,7 +31,7 @@ from torch.optim import Optimizer
 
 from swgl import kernels
 from swgl.kernels import compiled
-from swgl.base import run_closure
+from swgl.base import copies, run_closure
 from swgl.functional import all_finite, found_nonfinite
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
@@ -123,6 +123,7 @@ class SWGLOptimizer(Optimizer):
                  fused: bool | None) -> None:
         defaults = {**defaults, "swgl": check_swgl(swgl or {}), "fused": check_fused(fused)}
         super().__init__(params, defaults)
+        self._kept: dict[Any, tuple] = {}  # the CPU's working copies (base.copies)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "swgl" in param_group:
@@ -255,19 +256,20 @@ class SWGLOptimizer(Optimizer):
                 applies = (1.0 - found).reshape(()).to(steps[0].device)
                 torch._foreach_add_(steps, [applies] * len(steps))
             state = {"stability": stabilities}
-            # the rule writes its gradient into d; the grads themselves are only read
-            d = list(torch._foreach_mul([g.float() for g in grads], 1.0))
+            # the rule writes its gradient into d; the grads themselves are only read (on the
+            # CPU the copies live on between steps: base.copies)
+            d = copies(grads, self._kept, (id(group), "d"), torch.float32, owners=params)
             aux = before(params, d, state, steps, hp, Context(found=found))
             snapshots = None
             if options["mode"] == "update":
-                snapshots = list(torch._foreach_mul(params, 1.0))
+                snapshots = copies(params, self._kept, (id(group), "snapshot"))
             # what a skipped step puts back (the after phase may work in the snapshots)
             saved = []
             if found is not None:
                 saved = [torch._foreach_mul(xs, 1.0) for xs in (params, *buffers)]
             w = [p.float() for p in params]
             if options["mode"] == "update":  # the update mutates d; the after phase reads it (v4)
-                d = [x.clone() for x in d]
+                d = copies(d, self._kept, (id(group), "update"))
             # bias corrections and SGD's first step come from the device step counters, not
             # from a host counter per group: a step skipped on the device flag, or a param
             # without a grad at some step, sets the counters apart, and reading them syncs
