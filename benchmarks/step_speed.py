@@ -13,8 +13,8 @@ runs them) in device time against a device-to-device copy of the same bytes.
 
 CPU (2 threads): an MLP 1024-2048-2048-10 (6.3M params), grads fixed: the default two-object
 step (``swgl.step()`` + ``base.step()``; compiled, :mod:`swgl.kernels.compiled`) and the same
-with ``fused=False`` (foreach), with AdamW (foreach) and with SGD as the base, against each
-base alone, in interleaved rounds.
+with ``fused=False`` (foreach), with AdamW (foreach) and with SGD as the base, and
+``swgl.optim.AdamW`` / ``SGD``, against each base alone, in interleaved rounds.
 
     PYTHONPATH=src python benchmarks/step_speed.py --cpu --json step_speed_cpu.json
     PYTHONPATH=src python benchmarks/step_speed.py --json step_speed_gpu.json   # < 5 min, H200
@@ -242,15 +242,19 @@ def cpu_suite(args) -> dict:
     rows = []
     for base_name in ("AdamW (foreach)", "SGD"):
         steps = {}
-        for variant in ("alone", "default", "foreach"):
+        for variant in ("alone", "default", "foreach", "swgl.optim"):
             model = torch.nn.Sequential(*(torch.nn.Linear(a, b) for a, b in zip(dims, dims[1:])))
             params = list(model.parameters())
             for p in params:
                 p.grad = torch.randn_like(p) * 1e-3
             adamw = base_name.startswith("AdamW")
-            base = (torch.optim.AdamW(params, lr=1e-4, foreach=True) if adamw
-                    else torch.optim.SGD(params, lr=1e-3))
-            pre = (None if variant == "alone" else
+            if variant == "swgl.optim":  # SWGL fused into the optimizer (its own defaults)
+                base = (swgl.optim.AdamW(params, lr=1e-4) if adamw
+                        else swgl.optim.SGD(params, lr=1e-3))
+            else:
+                base = (torch.optim.AdamW(params, lr=1e-4, foreach=True) if adamw
+                        else torch.optim.SGD(params, lr=1e-3))
+            pre = (None if variant in ("alone", "swgl.optim") else
                    SWGL(params, **QUICK_START, fused=None if variant == "default" else False))
 
             def step(pre=pre, base=base):
@@ -269,7 +273,9 @@ def cpu_suite(args) -> dict:
                          two_object_default_ms=round(ms["default"], 2),
                          ratio=round(ms["default"] / ms["alone"], 2),
                          two_object_foreach_ms=round(ms["foreach"], 2),
-                         foreach_ratio=round(ms["foreach"] / ms["alone"], 2)))
+                         foreach_ratio=round(ms["foreach"] / ms["alone"], 2),
+                         swgl_optim_ms=round(ms["swgl.optim"], 2),
+                         swgl_optim_ratio=round(ms["swgl.optim"] / ms["alone"], 2)))
     nparams = sum(a * b + b for a, b in zip(dims, dims[1:]))
     return dict(rows=rows, nparams=nparams, threads=args.threads)
 
@@ -293,11 +299,12 @@ def _print(result: dict) -> None:
         print(f"\nCPU: {cpu['threads']} threads, MLP 1024-2048-2048-10 "
               f"({cpu['nparams'] / 1e6:.1f}M params)")
         print(f"{'base':<18} {'base alone ms':>14} {'default ms':>11} {'ratio':>6} "
-              f"{'fused=False ms':>15} {'ratio':>6}")
+              f"{'fused=False ms':>15} {'ratio':>6} {'swgl.optim ms':>14} {'ratio':>6}")
         for r in cpu["rows"]:
             print(f"{r['base']:<18} {r['base_ms']:>14.2f} {r['two_object_default_ms']:>11.2f} "
                   f"{r['ratio']:>6.2f} {r['two_object_foreach_ms']:>15.2f} "
-                  f"{r['foreach_ratio']:>6.2f}")
+                  f"{r['foreach_ratio']:>6.2f} {r['swgl_optim_ms']:>14.2f} "
+                  f"{r['swgl_optim_ratio']:>6.2f}")
 
 
 def main(argv=None) -> None:
