@@ -101,7 +101,7 @@ def test_a_nonfinite_grad_skips_the_compiled_step():
     stab = [opt.stability(p).clone() for p in model.parameters()]
     weights = [p.detach().clone() for p in model.parameters()]
     skipped, skipped_opt, _ = _train(None, steps=3, bad_step=2)
-    for p, q, s in zip(model.parameters(), skipped.parameters(), stab):
+    for q, s in zip(skipped.parameters(), stab):
         assert torch.equal(skipped_opt.stability(q), s)  # the EMA did not move
     # the NaN grad went on to the base optimizer (as without SWGL), the rest moved as SGD did
     assert torch.isnan(skipped[0].weight).any()

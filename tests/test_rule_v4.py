@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from swgl import DEFAULT_RULE, RULES, SWGL
 from swgl.functional import swgl as swgl_fn
-from swgl.rules import Context, Hyper
 from swgl.kernels import compiled
+from swgl.rules import Context, Hyper
 from swgl.rules.importance import factor, progress_ratio
 
 V4 = RULES["v4"]

@@ -30,9 +30,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl import kernels
-from swgl.kernels import compiled
 from swgl.base import copies, run_closure
 from swgl.functional import all_finite, found_nonfinite
+from swgl.kernels import compiled
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
 from swgl.rules import RULES, Context, Hyper
