@@ -160,3 +160,40 @@ def test_swgl_optim_compiles_large_cpu_groups_and_matches_its_foreach(monkeypatc
     assert not picked[-1]
     for a, b in zip(ref.parameters(), out.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_compiled_step_is_deterministic():
+    # bit-exact resumes rely on it: the same inputs give the same bits
+    a, opt_a, _ = _train(None, steps=3)
+    b, opt_b, _ = _train(None, steps=3)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(opt_a.stability(p), opt_b.stability(q))
+
+
+def test_a_resumed_compiled_run_is_bit_exact():
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 3))
+    x, y = torch.randn(16, 1024), torch.randint(0, 3, (16,))
+
+    def run(model, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    opt = SWGL.wrap(torch.optim.AdamW(model.parameters(), lr=1e-3))
+    run(model, opt, 2)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    run(model, opt, 2)
+
+    torch.manual_seed(1)
+    resumed = nn.Sequential(nn.Linear(1024, 1024), nn.Tanh(), nn.Linear(1024, 3))
+    resumed.load_state_dict(saved_model)
+    opt2 = SWGL.wrap(torch.optim.AdamW(resumed.parameters(), lr=1e-3))
+    opt2.load_state_dict(saved_opt)
+    run(resumed, opt2, 2)
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
