@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["MIN_NUMEL", "AUTO_NUMEL", "available", "runs_on", "worth_it", "split", "compiled",
-           "scalar", "set_found", "failed"]
+           "scalar", "flat", "set_found", "failed"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ def scalar(value: float | Tensor) -> Tensor:
 
 
 def flat(t: Tensor) -> Tensor:
+    """``t`` as a 1-D view: one compiled graph serves tensors of every rank."""
     return t.view(-1)
 
 
