@@ -71,6 +71,13 @@ class Rule:
         dlam=None,
         r2=1e-2,
         r3=1e-3,
+        det="grad",
+        det_k=2.0,
+        det_R=200,
+        det_warm=100,
+        a_L=0.99,
+        cgamma=1.0,
+        cnorm="mean",
     ):
         self.p = [p for p in params]
         self.kind, self.lam, self.gamma, self.signal, self.anchor = kind, lam, gamma, signal, anchor
@@ -81,6 +88,50 @@ class Rule:
         self.u3 = [p.detach().clone() for p in self.p]
         self.mu = [p.detach().clone() for p in self.p]
         self.t = 0
+        # kind "cons": consolidation at detected (or, det="oracle", given) distribution shifts
+        self.det, self.det_k, self.det_R, self.det_warm = det, det_k, det_R, det_warm
+        self.a_L, self.cgamma, self.cnorm = a_L, cgamma, cnorm
+        self.Fc = None
+        self.fast = self.slow = 0.0
+        self.last_fire = -(10**9)
+        self.fires = []
+
+    def _detect(self, n):
+        """Fire when a fast EMA (10 steps) of the squared grad norm exceeds det_k times a slow
+        one (100 steps), at most once per det_R steps, after det_warm steps."""
+        b_f, b_s = 0.9, 0.99
+        self.fast = b_f * self.fast + (1 - b_f) * n
+        self.slow = b_s * self.slow + (1 - b_s) * n
+        f = self.fast / (1 - b_f**self.t)
+        sl = self.slow / (1 - b_s**self.t)
+        return self.t > self.det_warm and self.t - self.last_fire > self.det_R and f > self.det_k * sl
+
+    @torch.no_grad()
+    def _cons_step(self, base, boundary):
+        self.t += 1
+        g = [p.grad for p in self.p]
+        g2 = torch._foreach_mul(g, g)
+        n = sum(float(x.sum()) for x in g2)
+        fire = boundary if self.det == "oracle" else self._detect(n)
+        if fire and self.t > 1:
+            self.last_fire = self.t
+            self.fires.append(self.t)
+            m = sum(float(x.sum()) for x in self.L) / sum(x.numel() for x in self.L) + 1e-30
+            add = [x / m for x in self.L] if self.cnorm == "mean" else [x.clone() for x in self.L]
+            if self.Fc is None:
+                self.Fc = add
+            else:
+                torch._foreach_mul_(self.Fc, self.cgamma)
+                torch._foreach_add_(self.Fc, add)
+            for mu, p in zip(self.mu, self.p):
+                mu.copy_(p)
+        torch._foreach_mul_(self.L, self.a_L)
+        torch._foreach_add_(self.L, g2, alpha=1 - self.a_L)
+        base.step()
+        if self.Fc is not None:
+            for p, mu, fc in zip(self.p, self.mu, self.Fc):
+                k = fc * self.lam
+                p.add_(k * mu).div_(1.0 + k)
 
     def _norm(self, L):
         if self.norm == "global":
@@ -101,9 +152,12 @@ class Rule:
         return k
 
     @torch.no_grad()
-    def step(self, base):
+    def step(self, base, boundary=False):
         if self.kind == "plain":
             base.step()
+            return
+        if self.kind == "cons":
+            self._cons_step(base, boundary)
             return
         self.t += 1
         g = [p.grad for p in self.p]
@@ -232,9 +286,7 @@ def _run(cfg):
         from swgl import SWGL
 
         base = SWGL.wrap(base, **lib)
-        rule = Rule(params)
-    else:
-        rule = Rule(params, **rule_kw)
+    rule = Rule(params, **rule_kw)
     Rs = {k: np.zeros((T, T)) for k in tests}
     for t in range(T):
         if scen == "splitdom":
@@ -245,6 +297,7 @@ def _run(cfg):
             xt = tasks[t](xtr[idx_pool]).to(dev)
             yt = ytr[idx_pool].to(dev)
         N_t = len(yt)
+        first = t > 0
         for _ in range(E):
             order = torch.randperm(N_t, generator=g).to(dev)
             for i in range(0, N_t - B + 1, B):
@@ -252,13 +305,14 @@ def _run(cfg):
                 base.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(xt[bi]), yt[bi])
                 loss.backward()
-                rule.step(base)
+                rule.step(base, boundary=first)
+                first = False
         with torch.no_grad():
             for k, sets in tests.items():
                 for j, (xj, yj) in enumerate(sets):
                     Rs[k][t, j] = float((model(xj).argmax(1) == yj).float().mean())
     finite = all(bool(torch.isfinite(p).all()) for p in params)
-    out = dict(cfg=cfg)
+    out = dict(cfg=cfg, fires=getattr(rule, "fires", []))
     for k, R in Rs.items():
         acc = R[-1].mean()
         la = np.diag(R).mean()

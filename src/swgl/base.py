@@ -277,8 +277,11 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
         return closure()
 
 
-def _fresh(p: Tensor, init: float | str) -> Tensor:
-    """A rule's extra state tensor: filled with ``init``, or a copy of ``p`` (``"param"``)."""
+def _fresh(p: Tensor, init: float | str | tuple[float, ...]) -> Tensor:
+    """A rule's extra state tensor: filled with ``init``, a copy of ``p`` (``"param"``), or a
+    small vector of the values ``init`` lists (a tuple: the rule's per-group scalars)."""
+    if isinstance(init, tuple):
+        return torch.tensor(init, dtype=torch.float32, device=local(p).device)
     if init == "param":
         return local(p.detach()).to(torch.float32, memory_format=torch.contiguous_format,
                                     copy=True)

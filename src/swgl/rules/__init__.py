@@ -3,20 +3,23 @@
 * :mod:`swgl.rules.seed`: ``v1``, ``v1-paper`` (the seed's, bit-exact);
 * :mod:`swgl.rules.normalised`: ``v2``, ``v3`` (the default until issue 12);
 * :mod:`swgl.rules.importance`: ``v4`` (the default: importance damping with the progress
-  rescale, chosen against the plain optimizer at its tuned learning rate).
+  rescale, chosen against the plain optimizer at its tuned learning rate);
+* :mod:`swgl.rules.consolidation`: ``v5`` (v4 plus a pull toward the weights at detected
+  distribution shifts).
 
 Each module holds its formula (docstring) and its ``single`` / ``foreach`` / ``fused``
 variants; :mod:`swgl.rules.base` describes the interface a new rule implements, and
 :func:`swgl.functional.swgl` / :func:`swgl.functional.swgl_after` dispatch to them.
 """
 
-from swgl.rules import importance, normalised, seed
+from swgl.rules import consolidation, importance, normalised, seed
 from swgl.rules.base import Context, Hyper, Rule, Variants
 
 __all__ = ["RULES", "DEFAULT_RULE", "Context", "Hyper", "Rule", "Variants"]
 
 RULES: dict[str, Rule] = {
     rule.name: rule
-    for rule in (seed.V1, seed.V1_PAPER, normalised.V2, normalised.V3, importance.V4)
+    for rule in (seed.V1, seed.V1_PAPER, normalised.V2, normalised.V3, importance.V4,
+                 consolidation.V5)
 }
 DEFAULT_RULE = "v4"

@@ -100,9 +100,10 @@ class Rule:
     before: Variants
     #: the Hyper fields the rule reads; the classes reject any other option set for it
     options: frozenset[str]
-    #: (name, initial value) of each per-param fp32 state tensor: a number, or ``"param"`` for
-    #: a copy of the param (an anchor); the storage format applies to the first one
-    state: tuple[tuple[str, float | str], ...] = (("stability", 1.0),)
+    #: (name, initial value) of each per-param fp32 state tensor: a number, ``"param"`` for
+    #: a copy of the param (an anchor), or a tuple for a small vector of per-group scalars
+    #: (every param of the group holds a copy); the storage format applies to the first one
+    state: tuple[tuple[str, float | str | tuple[float, ...]], ...] = (("stability", 1.0),)
     after: Variants | None = None
     #: ``after`` needs the params as they were before the base step
     snapshot: bool = False

@@ -1,0 +1,178 @@
+r"""``v5`` (v4 with consolidation at detected shifts): the default rule ``v4``, plus a pull
+toward the weights the group had when its gradient statistics last jumped, weighted by the
+importance the weights had then.
+
+For a param group, at each step (``t`` counts the group's steps)::
+
+    v4's step (swgl.rules.importance): s, c, rho, w = w_before + rho * c * u
+
+    n     = sum(g^2)                                   # over the group, before the base step
+    f     = f + (1 - B_FAST) (n - f);  q = q + (1 - B_SLOW) (n - q)      # f, q start at 0
+    shift = t > REFRACTORY  and  t - t_last > REFRACTORY
+            and  f / (1 - B_FAST^t) > SHIFT_RATIO * q / (1 - B_SLOW^t)
+    on a shift, before the base step (t_last = t):
+        F  = DECAY * F + s / (m + eps^2)               # m: the group's mean of s (v4's)
+        mu = w
+    after v4's update, once the group has consolidated:
+        w  = (w + k mu) / (1 + k),  k = STRENGTH * F   # implicit (proximal): stable for any k
+
+``s`` is v4's EMA of the squared gradient (its estimate of the diagonal Fisher information),
+so ``F`` holds, per element, how much the weights mattered at the last shifts, relative to the
+group (each consolidation adds a term of mean 1; ``DECAY`` bounds the sum by 5, so a long
+stream of shifts cannot freeze the network). The pull is elastic weight consolidation in its
+implicit form, with the task boundaries it needs found from the gradients: a new
+distribution raises the loss, so the squared gradient norm's fast EMA (horizon ~10 steps)
+jumps above its slow one (~100 steps). No boundary is given; on a stationary stream the
+detector stays silent and ``v5`` is ``v4``.
+
+Why: at the plain optimizer's tuned learning rate, ``v4`` gained little on streams where old
+tasks are overwritten (docs/results.md, "Earn its place"): an importance EMA forgets an
+old task's importance within its horizon, and damping alone only slows the drift. An anchor
+taken at a shift, weighted by the importance frozen then, bounds the drift of the weights an
+old task relied on. The constants were chosen by the search in
+``benchmarks/rule_search.py`` (docs/results.md); they are module constants, not options.
+
+Phases. ``before`` runs v4's ``before`` (any variant), then the detector and, on a shift, the
+consolidation; ``after`` runs v4's ``after``, then the pull. On the CPU the consolidation and
+the pull are skipped on the host when they would change nothing (a host read there costs no
+sync); on CUDA they run as masked foreach passes, with no host sync. A non-finite step
+(``Context.found``) leaves the detector, ``F`` and ``mu`` as they were.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from swgl.rules.base import Context, Hyper, Rule, Variants
+from swgl.rules.importance import V4
+
+__all__ = ["V5", "STRENGTH", "DECAY", "SHIFT_RATIO", "REFRACTORY", "B_FAST", "B_SLOW"]
+
+#: pull strength per unit of consolidated importance (per step, implicit)
+STRENGTH = 0.01
+#: decay of the consolidated importance at each new shift (its sum is bounded by 1 / (1 - DECAY))
+DECAY = 0.8
+#: a shift: the fast EMA of the squared grad norm above this many times the slow one
+SHIFT_RATIO = 2.0
+#: steps after the start and after a shift during which no shift is detected
+REFRACTORY = 50
+#: the detector's EMA decays (horizons ~10 and ~100 steps)
+B_FAST, B_SLOW = 0.9, 0.99
+
+#: the detector's state, one per param (every param of a group holds the group's copy):
+#: ``[t, f, q, t_last]``
+DETECTOR = (0.0, 0.0, 0.0, 0.0)
+
+
+def _inv_mean(k: Tensor, params, s: list[Tensor], hp: Hyper, ctx: Context) -> Tensor:
+    """``1 / (m + eps^2)`` from v4's ``k = lambda_reg / (m + eps^2)`` (or recomputed when
+    ``lambda_reg`` is 0)."""
+    if hp.lambda_reg > 0.0:
+        return k / hp.lambda_reg
+    total = ctx.reduce_sum(torch.stack([x.sum() for x in s])).sum()
+    numel = sum(map(Tensor.numel, params)) if ctx.numels is None else sum(ctx.numels)
+    return 1.0 / (total / numel + hp.eps * hp.eps)
+
+
+def _detect(grads: list[Tensor], det: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
+    """Advance the group's detector ``det = [t, f, q, t_last]`` (unchanged on a skipped step);
+    returns ``(new detector, shift)``, both on ``det``'s device."""
+    g2 = torch.stack([(g.float() / ctx.grad_scale).square().sum() for g in grads])
+    n = ctx.reduce_sum(g2.to(det.device)).sum()
+    t = det[0] + 1.0
+    f = det[1] + (1.0 - B_FAST) * (n - det[1])
+    q = det[2] + (1.0 - B_SLOW) * (n - det[2])
+    f_hat = f / (1.0 - B_FAST ** t)
+    q_hat = q / (1.0 - B_SLOW ** t)
+    shift = (t > REFRACTORY) & (t - det[3] > REFRACTORY) & (f_hat > SHIFT_RATIO * q_hat)
+    ok = ctx.ok(det.device)
+    if ok is not None:
+        shift = shift & ok
+    new = torch.stack([t, f, q, torch.where(shift, t, det[3])])
+    if ok is not None:
+        new = torch.where(ok, new, det)
+    return new, shift
+
+
+def _consolidate(params, state, shift: Tensor, inv_m: Tensor, single: bool) -> None:
+    """On a shift: ``F = DECAY F + s / (m + eps^2)`` and ``mu = w``."""
+    F, mu, s = state["consolidated"], state["anchor"], state["stability"]
+    if shift.device.type == "cpu":
+        if not bool(shift):
+            return
+        weight = torch.ones(())
+    else:  # masked, no host sync: a factor of 1 / 0 where there is no shift
+        weight = shift.float()
+    keep = 1.0 - weight * (1.0 - DECAY)
+    gain = weight * inv_m
+    if single:
+        for f, m, si, p in zip(F, mu, s, params):
+            f.mul_(keep).add_(si * gain)
+            m.lerp_(p.float(), weight)
+        return
+    torch._foreach_mul_(F, keep)
+    torch._foreach_add_(F, torch._foreach_mul(s, gain))
+    step = torch._foreach_sub([p.float() for p in params], mu)   # mu += weight (w - mu)
+    torch._foreach_mul_(step, weight)
+    torch._foreach_add_(mu, step)
+
+
+def _pull(params, state, det: Tensor, single: bool) -> None:
+    """Once the group has consolidated: ``w = (w + k mu) / (1 + k)``, ``k = STRENGTH F``."""
+    if det.device.type == "cpu" and not bool(det[3] > 0):
+        return
+    F, mu = state["consolidated"], state["anchor"]
+    if single:
+        for p, f, m in zip(params, F, mu):
+            k = f * STRENGTH
+            p.copy_((p.float() + k * m) / (1.0 + k))
+        return
+    k = torch._foreach_mul(F, STRENGTH)
+    w = torch._foreach_addcmul([p.float() for p in params], k, mu)
+    torch._foreach_add_(k, 1.0)
+    torch._foreach_div_(w, k)
+    torch._foreach_copy_(params, w)
+
+
+def _before(v4_before, single: bool):
+    def before(params, grads, state, steps, hp: Hyper, ctx: Context):
+        det = state["detector"]
+        new, shift = _detect(grads, det[0], ctx)    # reads the grads before v4 may rescale them
+        aux = v4_before(params, grads, state, steps, hp, ctx)
+        if ctx.found is not None:  # a fused v4 sets the flag in its own passes: mask again
+            ok = ctx.ok(new.device)
+            shift = shift & ok
+            new = torch.where(ok, new, det[0])
+        _consolidate(params, state, shift, _inv_mean(aux[0][0], params, state["stability"],
+                                                     hp, ctx), single)
+        torch._foreach_copy_(det, [new] * len(det))
+        return aux
+    return before
+
+
+def _after(v4_after, single: bool):
+    def after(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
+        v4_after(params, snapshots, state, steps, aux, hp, ctx)
+        _pull(params, state, state["detector"][0], single)
+    return after
+
+
+V5 = Rule(
+    name="v5",
+    before=Variants(_before(V4.before.single, True), _before(V4.before.foreach, False),
+                    _before(V4.before.fused, False)),
+    after=Variants(_after(V4.after.single, True), _after(V4.after.foreach, False),
+                   _after(V4.after.fused, False)),
+    options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode"}),
+    state=(("stability", 0.0), ("consolidated", 0.0), ("anchor", "param"),
+           ("detector", DETECTOR)),
+    snapshot=True,
+    modes=("update",),
+    device_guard=True,
+    factor=V4.factor,
+    kernel="v4",
+    cpu_fused=True,
+    fused_checks=True,
+    defaults=V4.defaults,
+)

@@ -1,0 +1,169 @@
+"""Rule ``v5`` (swgl.rules.consolidation): v4 plus a pull toward the weights at detected
+distribution shifts. Its detector on hand-made gradient streams, its variants against each
+other, that it is v4 until a shift, that the pull holds what was consolidated, and that its
+state survives a checkpoint bit-exactly."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from swgl import RULES, SWGL
+from swgl.kernels import compiled
+from swgl.rules import Context, Hyper
+from swgl.rules import consolidation as cons
+
+IMPLS = ["single", "foreach"] + (["fused"] if compiled.available() else [])
+IMPL_KW = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True, fused=False),
+           "fused": dict(foreach=True, fused=True)}
+
+
+def _stream(n_steps, shift_at, seed=0):
+    """A regression stream whose target map changes at ``shift_at`` (a new task: the loss,
+    and with it the gradient norm, jumps)."""
+    g = torch.Generator().manual_seed(seed)
+    w1, w2 = torch.randn(8, 4, generator=g), 3.0 * torch.randn(8, 4, generator=g)
+    for t in range(n_steps):
+        x = torch.randn(32, 8, generator=g)
+        yield x, x @ (w1 if t < shift_at else w2)
+
+
+def _train(rule, n_steps=240, shift_at=120, impl="foreach", seed=0, model=None, opt=None):
+    torch.manual_seed(seed)
+    model = model or nn.Linear(8, 4)
+    opt = opt or SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule=rule,
+                           **IMPL_KW[impl])
+    for x, y in _stream(n_steps, shift_at, seed):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+    return model, opt
+
+
+def _detector(opt):
+    return opt.state[opt.param_groups[0]["params"][0]]["detector"]
+
+
+def _run_detector(norms):
+    """Feed ``_detect`` grads whose squared norm is each of ``norms``; the steps it fires."""
+    det, fired = torch.zeros(4), []
+    for t, n in enumerate(norms, 1):
+        new, shift = cons._detect([torch.tensor([n ** 0.5])], det, Context())
+        det = new
+        if bool(shift):
+            fired.append(t)
+    return fired, det
+
+
+def test_detector_is_silent_on_a_stationary_stream():
+    g = torch.Generator().manual_seed(0)
+    norms = (1.0 + 0.5 * torch.rand(2000, generator=g)).tolist()     # noisy, no shift
+    fired, det = _run_detector(norms)
+    assert fired == []
+    assert float(det[0]) == 2000
+
+
+def test_detector_fires_at_each_jump_and_respects_the_refractory_period():
+    norms = [1.0] * 300 + [4.0] * 300 + [1.0] * 300 + [6.0] * 300
+    fired, _ = _run_detector(norms)
+    assert len(fired) == 2
+    assert 300 < fired[0] <= 310 and 900 < fired[1] <= 910
+    # a 10x jump outlasts the refractory period (the slow EMA is still catching up): a
+    # second shift, never closer than REFRACTORY steps to the first
+    fired, _ = _run_detector([1.0] * 300 + [10.0] * 300)
+    assert 300 < fired[0] <= 305 and len(fired) == 2
+    assert fired[1] - fired[0] > cons.REFRACTORY
+    # a jump inside the first REFRACTORY steps is not a shift
+    fired, _ = _run_detector([1.0] * 20 + [100.0] * (cons.REFRACTORY - 20))
+    assert fired == []
+
+
+def test_v5_is_v4_until_the_first_shift():
+    m4, _ = _train("v4", n_steps=100, shift_at=10**9)
+    m5, opt5 = _train("v5", n_steps=100, shift_at=10**9)
+    for a, b in zip(m4.parameters(), m5.parameters()):
+        assert torch.equal(a, b)
+    assert float(_detector(opt5)[3]) == 0.0          # never consolidated
+
+
+def test_a_shift_consolidates_and_the_pull_holds_the_old_weights():
+    m4, _ = _train("v4")
+    m5, opt5 = _train("v5")
+    det = _detector(opt5)
+    assert 120 < float(det[3]) <= 130                # the shift was found, no boundary given
+    state = opt5.state[m5.weight]
+    # one consolidation adds a term of mean 1 over the group (weight and bias)
+    consolidated = torch.cat([opt5.state[p]["consolidated"].flatten() for p in m5.parameters()])
+    assert float(consolidated.mean()) == pytest.approx(1.0, rel=1e-3)
+    anchor = state["anchor"]
+    # the pull keeps the weights nearer the anchor than v4 leaves them
+    assert (m5.weight - anchor).norm() < 0.8 * (m4.weight - anchor).norm()
+
+
+@pytest.mark.parametrize("impl", IMPLS[1:])
+def test_variants_agree(impl):
+    ref, opt_ref = _train("v5", impl="single")
+    got, opt_got = _train("v5", impl=impl)
+    for a, b in zip(ref.parameters(), got.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for p_ref, p_got in zip(ref.parameters(), got.parameters()):
+        for name in ("stability", "consolidated", "anchor", "detector"):
+            torch.testing.assert_close(opt_ref.state[p_ref][name], opt_got.state[p_got][name],
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_a_flagged_step_leaves_the_detector_and_the_consolidation_as_they_were():
+    p = [torch.zeros(4)]
+    state = {"stability": [torch.ones(4)], "consolidated": [torch.zeros(4)],
+             "anchor": [torch.zeros(4)], "detector": [torch.tensor([100.0, 1.0, 1.0, 0.0])]}
+    before = copy.deepcopy(state)
+    hp = Hyper(alpha=0.9, lambda_reg=3.0, eps=1e-8, max_boost=10.0, mode="update")
+    grads = [torch.full((4,), 100.0)]                 # would fire: a 10^4 jump
+    RULES["v5"].before.foreach(p, grads, state, [torch.ones(())], hp,
+                               Context(found=torch.ones(1)))
+    for name in state:
+        assert torch.equal(state[name][0], before[name][0]), name
+
+
+def test_a_checkpoint_resumes_bit_exactly_after_a_shift():
+    full, _ = _train("v5", n_steps=240)
+    part, opt = _train("v5", n_steps=160)             # past the shift at 120
+    saved_model, saved_opt = copy.deepcopy(part.state_dict()), copy.deepcopy(opt.state_dict())
+    model = nn.Linear(8, 4)
+    model.load_state_dict(saved_model)
+    opt2 = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule="v5")
+    opt2.load_state_dict(saved_opt)
+    assert float(_detector(opt2)[3]) > 0
+    for t, (x, y) in enumerate(_stream(240, 120)):
+        if t < 160:
+            continue
+        opt2.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt2.step()
+    for a, b in zip(full.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_grad_mode_is_rejected_for_v5():
+    with pytest.raises(ValueError, match="mode"):
+        SWGL([torch.zeros(3, requires_grad=True)], rule="v5", mode="grad")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: host syncs exist only "
+                    "between a host and a device")
+def test_v5_step_has_no_host_sync_on_cuda():
+    model = nn.Linear(64, 64).cuda()
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.01), rule="v5")
+    x = torch.randn(16, 64, device="cuda")
+    for scale in (1.0,) * 60 + (30.0,) * 5:           # warm up, then a shift
+        opt.zero_grad()
+        (scale * model(x).square().mean()).backward()
+        if scale > 1.0:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert float(_detector(opt)[3]) > 0
