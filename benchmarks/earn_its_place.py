@@ -375,7 +375,30 @@ def smoke_grid() -> list[dict]:
     return [r for r in runs if r["lr"] != 4.0]               # MESU: lr 1 and 2 only
 
 
-PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid}
+#: The v5 run's lr grids (fifth session): each brackets plain's and v5's optima from the rule
+#: search (benchmarks/rule_search.py, round 5).
+V5_LRS = {
+    "long": {"sgd": (0.01, 0.02, 0.04), "adam": (3e-5, 6e-5, 1.2e-4)},
+    "short": {"sgd": (0.01, 0.02, 0.04), "adam": (5e-5, 1e-4, 2e-4)},
+    "rotated": {"sgd": (0.03, 0.06, 0.12, 0.24), "adam": (5e-5, 1e-4, 2e-4, 4e-4)},
+    "splitdom": {"sgd": (0.0025, 0.005, 0.01, 0.02), "adam": (7.5e-6, 1.5e-5, 3e-5, 6e-5)},
+}
+
+
+def v5_grid() -> list[dict]:
+    """Plain against rule ``v5`` (``swgl-v5``) on the four regimes, 3 seeds, and v4 (``swgl``)
+    on the two fast ones: 216 runs, about 4 minutes on 16 cores (the slow ``long`` first)."""
+    runs = []
+    for sc, lrs in V5_LRS.items():
+        runs += method_runs(sc, "plain", lrs)
+        runs += method_runs(sc, "swgl-v5", lrs, swgl={"rule": "v5"})
+        if sc in ("rotated", "splitdom"):
+            runs += method_runs(sc, "swgl", lrs)
+    order = {"long": 0, "short": 1}
+    return sorted(runs, key=lambda r: (order.get(r["scenario_name"], 2), r["method"] == "plain"))
+
+
+PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, "v5": v5_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:
