@@ -78,8 +78,8 @@ def _inv_mean(k: Tensor, params, s: list[Tensor], hp: Hyper, ctx: Context) -> Te
 def _detect(grads: list[Tensor], det: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
     """Advance the group's detector ``det = [t, f, q, t_last]`` (unchanged on a skipped step);
     returns ``(new detector, shift)``, both on ``det``'s device."""
-    g2 = torch.stack([(g.float() / ctx.grad_scale).square().sum() for g in grads])
-    n = ctx.reduce_sum(g2.to(det.device)).sum()
+    norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))  # one launch
+    n = ctx.reduce_sum(norms.square().to(det.device)).sum() / (ctx.grad_scale * ctx.grad_scale)
     t = det[0] + 1.0
     f = det[1] + (1.0 - B_FAST) * (n - det[1])
     q = det[2] + (1.0 - B_SLOW) * (n - det[2])
