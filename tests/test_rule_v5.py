@@ -30,11 +30,11 @@ def _stream(n_steps, shift_at, seed=0):
         yield x, x @ (w1 if t < shift_at else w2)
 
 
-def _train(rule, n_steps=240, shift_at=120, impl="foreach", seed=0, model=None, opt=None):
+def _train(rule, n_steps=240, shift_at=120, impl="foreach", seed=0, **options):
     torch.manual_seed(seed)
-    model = model or nn.Linear(8, 4)
-    opt = opt or SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule=rule,
-                           **IMPL_KW[impl])
+    model = nn.Linear(8, 4)
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule=rule, **IMPL_KW[impl],
+                    **options)
     for x, y in _stream(n_steps, shift_at, seed):
         opt.zero_grad()
         F.mse_loss(model(x), y).backward()
@@ -144,6 +144,32 @@ def test_a_checkpoint_resumes_bit_exactly_after_a_shift():
         opt2.step()
     for a, b in zip(full.parameters(), model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_consolidation_sets_the_pull_and_zero_turns_it_off():
+    m4, _ = _train("v4")
+    off, opt_off = _train("v5", consolidation=0.0)
+    for a, b in zip(m4.parameters(), off.parameters()):
+        assert torch.equal(a, b)                      # no pull: v4's trajectory exactly
+    assert float(_detector(opt_off)[3]) > 0            # while the consolidation is still kept
+    anchor = opt_off.state[off.weight]["anchor"]
+    dist = {}
+    for strength in (0.003, 0.01, 0.1):
+        m, _ = _train("v5", consolidation=strength)
+        dist[strength] = float((m.weight.detach() - anchor).norm())
+    assert dist[0.1] < dist[0.01] < dist[0.003] < float((m4.weight.detach() - anchor).norm())
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(rule="v5", consolidation=-0.1), "consolidation"),
+    (dict(rule="v5", consolidation=float("nan")), "consolidation"),
+    (dict(rule="v4", consolidation=0.01), "means nothing to rule 'v4'"),
+])
+def test_bad_consolidation_raises_naming_it(options, match):
+    with pytest.raises(ValueError, match=match):
+        SWGL([torch.zeros(3, requires_grad=True)], **options)
+    with pytest.raises(ValueError, match=match):
+        SWGL.wrap(torch.optim.SGD([torch.zeros(3, requires_grad=True)], lr=0.1), **options)
 
 
 def test_grad_mode_is_rejected_for_v5():

@@ -81,6 +81,7 @@ def swgl(
     max_damping: float | None = None,
     mode: str = "grad",
     shock: float = 0.0,
+    consolidation: float | None = None,
     grad_scale: float = 1.0,
     foreach: bool = True,
     fused: bool | None = None,
@@ -107,6 +108,7 @@ def swgl(
     hp = Hyper(
         alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
         max_damping=max_damping, mode=mode, shock=shock,
+        consolidation=0.0 if consolidation is None else consolidation,
     )
     rule_ = RULES[rule]
     hp = rule_.hyper(hp)

@@ -17,6 +17,9 @@ What each of the seed's options does under the default rule (v4, :mod:`swgl.rule
 * ``eps``: a floor under the gradient's RMS in the group mean (``eps^2`` under ``m``);
 * ``max_boost``: the strongest damping is ``1/max_boost``, and the progress rescale is at
   most ``max_boost``.
+
+``consolidation`` is v5's own (:mod:`swgl.rules.consolidation`): the strength of its pull
+toward the weights at the last detected shift (0.01 unset; 0: no pull).
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ DEFAULT_SIGNAL = "utility"
 #: The options of the math, with their defaults (the seed's four first).
 DEFAULTS: dict[str, Any] = dict(
     alpha=None, lambda_reg=None, eps=1e-8, max_boost=10.0, rule=DEFAULT_RULE, signal=None,
-    mode=None, max_damping=None, shock=0.0,
+    mode=None, max_damping=None, shock=0.0, consolidation=None,
 )
 MATH_OPTIONS = tuple(DEFAULTS)
 #: What "unset" is for each option a rule may not read.
-_UNSET: dict[str, Any] = dict(signal=None, max_damping=None, shock=0.0)
+_UNSET: dict[str, Any] = dict(signal=None, max_damping=None, shock=0.0, consolidation=None)
 
 
 def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = False,
@@ -91,6 +94,8 @@ def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = 
         )
     if group[key("max_damping")] is not None:
         number("max_damping", 1.0)
+    if "consolidation" in rule.options:
+        number("consolidation", 0.0)
     number("shock", 0.0)
     if 0.0 < group[key("shock")] <= 1.0:
         raise ValueError(f"{shown('shock')} must be 0 (off) or > 1, got {group[key('shock')]!r}")
@@ -113,5 +118,9 @@ def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = 
 
 
 def hyper(group: dict[str, Any], prefix: str = "") -> Hyper:
-    """A checked group's math options (but ``rule``) as the rules take them."""
-    return Hyper(**{name: group[prefix + name] for name in MATH_OPTIONS if name != "rule"})
+    """A checked group's math options (but ``rule``) as the rules take them (an unset
+    ``consolidation``, for a rule that does not read it, is Hyper's 0)."""
+    values = {name: group[prefix + name] for name in MATH_OPTIONS if name != "rule"}
+    if values["consolidation"] is None:
+        values["consolidation"] = 0.0
+    return Hyper(**values)

@@ -49,7 +49,8 @@ class SWGL(SWGLBase):
         eps: numerical floor, > 0 (v4: a floor under the gradient's RMS).
         max_boost: >= 1; v4: the strongest damping is ``1/max_boost`` and the progress
             rescale at most ``max_boost``; the seed's rules: the largest gradient boost.
-        rule: ``"v4"`` (default), ``"v3"``/``"v2"`` (the normalised EMA of issue 4),
+        rule: ``"v4"`` (default), ``"v5"`` (v4 plus consolidation at detected shifts),
+            ``"v3"``/``"v2"`` (the normalised EMA of issue 4),
             ``"v1"`` or ``"v1-paper"`` (the seed's formulas, bit-exact); see :mod:`swgl.rules`.
         signal: v2/v3 only: what their EMA tracks, ``"utility"`` :math:`|g w|` (their
             default), ``"relative"`` :math:`|g|/(|w|+\delta)` (the seed's) or ``"fisher"``.
@@ -59,6 +60,8 @@ class SWGL(SWGLBase):
             params from ``swgl.step()`` until ``base_optimizer.step()`` (transiently).
         max_damping: v2/v3 only: the strongest damping is ``1/max_damping``.
         shock: v2/v3 only, deprecated (measured useless, CHANGELOG.md).
+        consolidation: v5 only: the strength of its pull toward the weights at the last
+            detected distribution shift, >= 0; None: 0.01 (0: no pull).
         storage: how the stability state is stored (see :mod:`swgl.state`); ``"fp32"``.
         foreach: use the multi-tensor implementation (default) or the per-tensor reference.
         fused: the Triton kernels (:mod:`swgl.kernels`): None picks them on CUDA when Triton
@@ -84,6 +87,7 @@ class SWGL(SWGLBase):
         mode: str | None = None,
         max_damping: float | None = None,
         shock: float = 0.0,
+        consolidation: float | None = None,
         storage: str = "fp32",
         foreach: bool = True,
         fused: bool | None = None,
@@ -92,7 +96,7 @@ class SWGL(SWGLBase):
         defaults = dict(
             rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
             signal=signal, mode=mode, max_damping=max_damping, shock=shock,
-            storage=storage, foreach=foreach, fused=fused,
+            consolidation=consolidation, storage=storage, foreach=foreach, fused=fused,
         )
         check_options(dict(defaults))
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):

@@ -41,6 +41,8 @@ class Hyper:
     max_damping: float | None = None
     mode: str = "grad"
     shock: float = 0.0
+    #: v5: the pull's strength per unit of consolidated importance (0: no pull)
+    consolidation: float = 0.0
 
     @property
     def min_scale(self) -> float:

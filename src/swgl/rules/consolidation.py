@@ -14,7 +14,7 @@ For a param group, at each step (``t`` counts the group's steps)::
         F  = DECAY * F + s / (m + eps^2)               # m: the group's mean of s (v4's)
         mu = w
     after v4's update, once the group has consolidated:
-        w  = (w + k mu) / (1 + k),  k = STRENGTH * F   # implicit (proximal): stable for any k
+        w  = (w + k mu) / (1 + k),  k = consolidation * F   # implicit: stable for any k
 
 ``s`` is v4's EMA of the squared gradient (its estimate of the diagonal Fisher information),
 so ``F`` holds, per element, how much the weights mattered at the last shifts, relative to the
@@ -30,7 +30,9 @@ tasks are overwritten (docs/results.md, "Earn its place"): an importance EMA for
 old task's importance within its horizon, and damping alone only slows the drift. An anchor
 taken at a shift, weighted by the importance frozen then, bounds the drift of the weights an
 old task relied on. The constants were chosen by the search in
-``benchmarks/rule_search.py`` (docs/results.md); they are module constants, not options.
+``benchmarks/rule_search.py`` (docs/results.md). The pull's strength is the option
+``consolidation`` (default :data:`STRENGTH`, 0.01; 0: no pull, the consolidation still kept);
+the detector's and the decay's constants are the module's.
 
 Phases. ``before`` runs v4's ``before`` (any variant), then the detector and, on a shift, the
 consolidation; ``after`` runs v4's ``after``, then the pull. On the CPU the consolidation and
@@ -49,7 +51,7 @@ from swgl.rules.importance import V4
 
 __all__ = ["V5", "STRENGTH", "DECAY", "SHIFT_RATIO", "REFRACTORY", "B_FAST", "B_SLOW"]
 
-#: pull strength per unit of consolidated importance (per step, implicit)
+#: the default of ``consolidation``: the pull's strength per unit of consolidated importance
 STRENGTH = 0.01
 #: decay of the consolidated importance at each new shift (its sum is bounded by 1 / (1 - DECAY))
 DECAY = 0.8
@@ -118,17 +120,17 @@ def _consolidate(params, state, shift: Tensor, inv_m: Tensor, single: bool) -> N
     torch._foreach_add_(mu, step)
 
 
-def _pull(params, state, det: Tensor, single: bool) -> None:
-    """Once the group has consolidated: ``w = (w + k mu) / (1 + k)``, ``k = STRENGTH F``."""
-    if det.device.type == "cpu" and not bool(det[3] > 0):
+def _pull(params, state, det: Tensor, strength: float, single: bool) -> None:
+    """Once the group has consolidated: ``w = (w + k mu) / (1 + k)``, ``k = strength F``."""
+    if strength == 0.0 or (det.device.type == "cpu" and not bool(det[3] > 0)):
         return
     F, mu = state["consolidated"], state["anchor"]
     if single:
         for p, f, m in zip(params, F, mu):
-            k = f * STRENGTH
+            k = f * strength
             p.copy_((p.float() + k * m) / (1.0 + k))
         return
-    k = torch._foreach_mul(F, STRENGTH)
+    k = torch._foreach_mul(F, strength)
     w = torch._foreach_addcmul([p.float() for p in params], k, mu)
     torch._foreach_add_(k, 1.0)
     torch._foreach_div_(w, k)
@@ -154,7 +156,7 @@ def _before(v4_before, single: bool):
 def _after(v4_after, single: bool):
     def after(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
         v4_after(params, snapshots, state, steps, aux, hp, ctx)
-        _pull(params, state, state["detector"][0], single)
+        _pull(params, state, state["detector"][0], hp.consolidation, single)
     return after
 
 
@@ -164,7 +166,7 @@ V5 = Rule(
                     _before(V4.before.fused, False)),
     after=Variants(_after(V4.after.single, True), _after(V4.after.foreach, False),
                    _after(V4.after.fused, False)),
-    options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode"}),
+    options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode", "consolidation"}),
     state=(("stability", 0.0), ("consolidated", 0.0), ("anchor", "param"),
            ("detector", DETECTOR)),
     snapshot=True,
@@ -174,5 +176,5 @@ V5 = Rule(
     kernel="v4",
     cpu_fused=True,
     fused_checks=True,
-    defaults=V4.defaults,
+    defaults=(*V4.defaults, ("consolidation", STRENGTH)),
 )
