@@ -610,7 +610,7 @@ def main(argv=None) -> None:
         print(f"done in {time.time() - t0:.0f} s")
     else:
         results = [r for p in args.results for r in json.loads(p.read_text())]
-        grids = [p.parent / "grid.json" for p in args.results]
+        grids = list(dict.fromkeys(p.parent / "grid.json" for p in args.results))  # once each
         grid = ([c for p in grids for c in json.loads(p.read_text())]
                 if all(p.exists() for p in grids) else None)
         print(report(results, args.out, grid))
