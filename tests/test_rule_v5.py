@@ -114,6 +114,25 @@ def test_variants_agree(impl):
                                        rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(not compiled.available(), reason="needs torch.compile and a C++ compiler")
+def test_the_compiled_pull_matches_the_reference():
+    g = torch.Generator().manual_seed(0)
+    shapes = [(300, 300), (7,)]                       # one compiled tensor, one foreach
+    params = [torch.randn(s, generator=g) for s in shapes]
+    state = {"consolidated": [torch.rand(s, generator=g) * 5 for s in shapes],
+             "anchor": [torch.randn(s, generator=g) for s in shapes]}
+    det = torch.tensor([100.0, 1.0, 1.0, 60.0])       # consolidated at step 60
+    out = {}
+    for variant in ("single", "foreach", "fused"):
+        ps = [p.clone() for p in params]
+        cons._pull(ps, state, det, 0.01, variant)
+        out[variant] = ps
+    for variant in ("foreach", "fused"):
+        for a, b in zip(out["single"], out[variant]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(out["single"][0], params[0])      # it did pull
+
+
 def test_a_flagged_step_leaves_the_detector_and_the_consolidation_as_they_were():
     p = [torch.zeros(4)]
     state = {"stability": [torch.ones(4)], "consolidated": [torch.zeros(4)],

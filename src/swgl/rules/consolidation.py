@@ -37,7 +37,8 @@ the detector's and the decay's constants are the module's.
 Phases. ``before`` runs v4's ``before`` (any variant), then the detector and, on a shift, the
 consolidation; ``after`` runs v4's ``after``, then the pull. On the CPU the consolidation and
 the pull are skipped on the host when they would change nothing (a host read there costs no
-sync); on CUDA they run as masked foreach passes, with no host sync. A non-finite step
+sync), and the fused variant compiles the pull per large tensor (one pass: read w, mu, F;
+write w); on CUDA they run as masked foreach passes, with no host sync (no Triton kernel yet). A non-finite step
 (``Context.found``) leaves the detector, ``F`` and ``mu`` as they were.
 """
 
@@ -120,16 +121,32 @@ def _consolidate(params, state, shift: Tensor, inv_m: Tensor, single: bool) -> N
     torch._foreach_add_(mu, step)
 
 
-def _pull(params, state, det: Tensor, strength: float, single: bool) -> None:
-    """Once the group has consolidated: ``w = (w + k mu) / (1 + k)``, ``k = strength F``."""
+def _pull_one(p: Tensor, f: Tensor, mu: Tensor, strength) -> None:
+    """``w = (w + k mu) / (1 + k)``, ``k = strength F``, in place, for one tensor."""
+    k = f * strength
+    p.copy_((p.float() + k * mu) / (1.0 + k))
+
+
+def _pull(params, state, det: Tensor, strength: float, variant: str) -> None:
+    """Once the group has consolidated, the pull on every param: per tensor (``single``), as
+    foreach passes, or (``fused`` on the CPU) compiled per large tensor, foreach for the rest."""
     if strength == 0.0 or (det.device.type == "cpu" and not bool(det[3] > 0)):
         return
     F, mu = state["consolidated"], state["anchor"]
-    if single:
+    if variant == "single":
         for p, f, m in zip(params, F, mu):
-            k = f * strength
-            p.copy_((p.float() + k * m) / (1.0 + k))
+            _pull_one(p, f, m, strength)
         return
+    from swgl.kernels import compiled as cc   # imports torch._dynamo: only when called
+
+    if variant == "fused" and cc.runs_on(params[0].device):
+        big, rest = cc.split(params, F, mu)
+        pull = cc.compiled(_pull_one)
+        for i in big:
+            pull(cc.flat(params[i]), cc.flat(F[i]), cc.flat(mu[i]), cc.scalar(strength))
+        params, F, mu = ([xs[i] for i in rest] for xs in (params, F, mu))
+        if not params:
+            return
     k = torch._foreach_mul(F, strength)
     w = torch._foreach_addcmul([p.float() for p in params], k, mu)
     torch._foreach_add_(k, 1.0)
@@ -153,10 +170,10 @@ def _before(v4_before, single: bool):
     return before
 
 
-def _after(v4_after, single: bool):
+def _after(v4_after, variant: str):
     def after(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
         v4_after(params, snapshots, state, steps, aux, hp, ctx)
-        _pull(params, state, state["detector"][0], hp.consolidation, single)
+        _pull(params, state, state["detector"][0], hp.consolidation, variant)
     return after
 
 
@@ -164,8 +181,8 @@ V5 = Rule(
     name="v5",
     before=Variants(_before(V4.before.single, True), _before(V4.before.foreach, False),
                     _before(V4.before.fused, False)),
-    after=Variants(_after(V4.after.single, True), _after(V4.after.foreach, False),
-                   _after(V4.after.fused, False)),
+    after=Variants(_after(V4.after.single, "single"), _after(V4.after.foreach, "foreach"),
+                   _after(V4.after.fused, "fused")),
     options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode", "consolidation"}),
     state=(("stability", 0.0), ("consolidated", 0.0), ("anchor", "param"),
            ("detector", DETECTOR)),
