@@ -6,7 +6,7 @@ For a param group, at each step (``t`` counts the group's steps)::
 
     v4's step (swgl.rules.importance): s, c, rho, w = w_before + rho * c * u
 
-    n     = sum(g^2)                                   # over the group, before the base step
+    n     = sum over tensors of min(sum(g^2), R_MAX)   # the group's, before the base step
     f     = f + (1 - B_FAST) (n - f);  q = q + (1 - B_SLOW) (n - q)      # f, q start at 0
     shift = t > REFRACTORY  and  t - t_last > REFRACTORY
             and  f / (1 - B_FAST^t) > SHIFT_RATIO * q / (1 - B_SLOW^t)
@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from swgl.rules.base import Context, Hyper, Rule, Variants
-from swgl.rules.importance import V4
+from swgl.rules.importance import R_MAX, V4
 
 __all__ = ["V5", "STRENGTH", "DECAY", "SHIFT_RATIO", "REFRACTORY", "B_FAST", "B_SLOW"]
 
@@ -82,7 +82,9 @@ def _detect(grads: list[Tensor], det: Tensor, ctx: Context) -> tuple[Tensor, Ten
     """Advance the group's detector ``det = [t, f, q, t_last]`` (unchanged on a skipped step);
     returns ``(new detector, shift)``, both on ``det``'s device."""
     norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))  # one launch
-    n = ctx.reduce_sum(norms.square().to(det.device)).sum() / (ctx.grad_scale * ctx.grad_scale)
+    # each tensor's (unscaled) g^2 sum capped as v4 caps g^2: finite for any finite grad
+    g2 = (norms / ctx.grad_scale).square().clamp(max=R_MAX)
+    n = ctx.reduce_sum(g2.to(det.device)).sum()
     t = det[0] + 1.0
     f = det[1] + (1.0 - B_FAST) * (n - det[1])
     q = det[2] + (1.0 - B_SLOW) * (n - det[2])
