@@ -15,7 +15,11 @@ run's config; none uses task boundaries):
   mu: the precision-weighted mean of the iterates ("lap"), a slow EMA ("ema"), a snapshot every
   K steps ("snap"), a two-level Benna-Fusi chain ("chain") or the initial weights ("init");
 * ``both``: damp and prox together;
-* ``ctrl``: the per-element factor replaced by its tensor mean or one global scalar;
+* ``ctrl``: the per-element factor replaced by its tensor mean or one global scalar (for
+  ``cons``: the consolidated importance that weights the pull);
+* ``cons``: a pull toward the weights at detected (``det="grad"``) or given (``"oracle"``)
+  shifts, weighted by the importance frozen there (the library's ``v5`` with ``lib={}``,
+  ``a_L=0.999``, ``cgamma=0.8``, ``lam=0.01``);
 * ``lib``: ``SWGL.wrap(base, **options)`` from the library.
 
     python benchmarks/rule_search.py run GRID.json OUT      # {"runs": [...], "jobs": N}
@@ -129,7 +133,7 @@ class Rule:
         torch._foreach_add_(self.L, g2, alpha=1 - self.a_L)
         base.step()
         if self.Fc is not None:
-            for p, mu, fc in zip(self.p, self.mu, self.Fc):
+            for p, mu, fc in zip(self.p, self.mu, self._ctrl(self.Fc)):
                 k = fc * self.lam
                 p.add_(k * mu).div_(1.0 + k)
 
