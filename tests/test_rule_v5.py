@@ -11,11 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from swgl import RULES, SWGL
+from swgl import RULES, SWGL, kernels
 from swgl.kernels import compiled
 from swgl.rules import Context, Hyper
 from swgl.rules import consolidation as cons
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IMPLS = ["single", "foreach"] + (["fused"] if compiled.available() else [])
 IMPL_KW = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True, fused=False),
            "fused": dict(foreach=True, fused=True)}
@@ -116,11 +117,13 @@ def test_variants_agree(impl):
 
 
 @pytest.mark.skipif(not compiled.available(), reason="needs torch.compile and a C++ compiler")
-def test_the_compiled_pull_matches_the_reference():
+def test_the_fused_pull_matches_the_reference():
+    """Compiled on the CPU (Triton's kernels under TRITON_INTERPRET=1)."""
     g = torch.Generator().manual_seed(0)
     shapes = [(300, 300), (7,)]                       # one compiled tensor, one foreach
     params = [torch.randn(s, generator=g) for s in shapes]
     state = {"consolidated": [torch.rand(s, generator=g) * 5 for s in shapes],
+             "stability": [torch.rand(s, generator=g) for s in shapes],
              "anchor": [torch.randn(s, generator=g) for s in shapes]}
     det = torch.tensor([100.0, 1.0, 1.0, 60.0])       # consolidated at step 60
     out = {}
@@ -132,6 +135,32 @@ def test_the_compiled_pull_matches_the_reference():
         for a, b in zip(out["single"], out[variant]):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert not torch.equal(out["single"][0], params[0])      # it did pull
+
+
+@pytest.mark.skipif(not kernels.can_fuse([torch.zeros(1, device=DEVICE)]),
+                    reason="needs Triton on CUDA, or TRITON_INTERPRET=1 with Triton installed")
+def test_the_kernels_do_nothing_when_their_flag_is_off():
+    from swgl.kernels import triton_consolidation as tc
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(5000,), (3, 7)]
+    params = [torch.randn(s, generator=g).to(DEVICE) for s in shapes]
+    state = {k: [torch.rand(s, generator=g).to(DEVICE) for s in shapes]
+             for k in ("consolidated", "stability", "anchor")}
+    tables, rest = cons._kernel_tables(params, state)
+    assert tables and not rest
+    before = [t.clone() for t in params + sum(state.values(), [])]
+    off, on = torch.zeros((), device=DEVICE), torch.ones((), device=DEVICE)
+    for lau in tables:
+        tc.consolidate(lau, off.bool(), on, 0.8)
+        tc.pull(lau, off.bool(), 0.01)
+    assert all(torch.equal(a, b) for a, b in zip(params + sum(state.values(), []), before))
+    for lau in tables:
+        tc.consolidate(lau, on.bool(), 2 * on, 0.8)
+    for f, f0, s, mu, p in zip(state["consolidated"], before[2:4], state["stability"],
+                               state["anchor"], params):
+        torch.testing.assert_close(f, 0.8 * f0 + 2 * s)
+        assert torch.equal(mu, p)
 
 
 def test_a_flagged_step_leaves_the_detector_and_the_consolidation_as_they_were():

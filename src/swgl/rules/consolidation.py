@@ -38,7 +38,9 @@ Phases. ``before`` runs v4's ``before`` (any variant), then the detector and, on
 consolidation; ``after`` runs v4's ``after``, then the pull. On the CPU the consolidation and
 the pull are skipped on the host when they would change nothing (a host read there costs no
 sync), and the fused variant compiles the pull per large tensor (one pass: read w, mu, F;
-write w); on CUDA they run as masked foreach passes, with no host sync (no Triton kernel yet). A non-finite step
+write w). On CUDA, with no host sync: the fused variant runs both as Triton kernels gated by
+device flags (:mod:`swgl.kernels.triton_consolidation`: a kernel whose flag is 0 exits at
+once), the foreach variant as masked passes. A non-finite step
 (``Context.found``) leaves the detector, ``F`` and ``mu`` as they were.
 """
 
@@ -100,18 +102,51 @@ def _detect(grads: list[Tensor], det: Tensor, ctx: Context) -> tuple[Tensor, Ten
     return new, shift
 
 
-def _consolidate(params, state, shift: Tensor, inv_m: Tensor, single: bool) -> None:
+def _kernel_tables(params, state) -> tuple[list, list[int]]:
+    """The Triton launch tables of (params, consolidated, stability, anchor) and the indices
+    the kernels cannot take (reused while the tensors are alike)."""
+    from swgl import kernels
+
+    lists = [params, state["consolidated"], state["stability"], state["anchor"]]
+
+    def split() -> tuple[list[list[int]], list[int]]:
+        groups, rest = kernels.split(*lists[:3], extra=lists[3:])
+        return list(groups.values()), rest
+
+    _, rest, tables = kernels.launches_for("v5", lists, (), split)
+    return tables, rest
+
+
+def _on_kernels(params, variant: str) -> bool:
+    """The fused variant off the CPU's compiled path: Triton (CUDA, or its interpreter)."""
+    from swgl.kernels import compiled   # imports torch._dynamo: only when called
+
+    return variant == "fused" and not compiled.runs_on(params[0].device)
+
+
+def _subset(state, params, idx: list[int]):
+    return [params[i] for i in idx], {k: [v[i] for i in idx] for k, v in state.items()}
+
+
+def _consolidate(params, state, shift: Tensor, inv_m: Tensor, variant: str) -> None:
     """On a shift: ``F = DECAY F + s / (m + eps^2)`` and ``mu = w``."""
-    F, mu, s = state["consolidated"], state["anchor"], state["stability"]
-    if shift.device.type == "cpu":
-        if not bool(shift):
+    if shift.device.type == "cpu" and not bool(shift):
+        return
+    if _on_kernels(params, variant):
+        from swgl.kernels import triton_consolidation as tc  # imports Triton
+
+        tables, rest = _kernel_tables(params, state)
+        for lau in tables:
+            tc.consolidate(lau, shift, inv_m, DECAY)
+        if not rest:
             return
-        weight = torch.ones(())
-    else:  # masked, no host sync: a factor of 1 / 0 where there is no shift
-        weight = shift.float()
+        params, state = _subset(state, params, rest)
+    F, mu, s = state["consolidated"], state["anchor"], state["stability"]
+    # masked on CUDA, no host sync: a factor of 1 / 0 where there is no shift
+    weight = shift.float() if shift.device.type != "cpu" else torch.ones(())
     keep = 1.0 - weight * (1.0 - DECAY)
     gain = weight * inv_m
-    if single:
+    if variant == "single":
         for f, m, si, p in zip(F, mu, s, params):
             f.mul_(keep).add_(si * gain)
             m.lerp_(p.float(), weight)
@@ -139,9 +174,19 @@ def _pull(params, state, det: Tensor, strength: float, variant: str) -> None:
         for p, f, m in zip(params, F, mu):
             _pull_one(p, f, m, strength)
         return
-    from swgl.kernels import compiled as cc   # imports torch._dynamo: only when called
+    if _on_kernels(params, variant):
+        from swgl.kernels import triton_consolidation as tc  # imports Triton
 
-    if variant == "fused" and cc.runs_on(params[0].device):
+        tables, rest = _kernel_tables(params, state)
+        for lau in tables:
+            tc.pull(lau, det[3] > 0, strength)
+        params, state = _subset(state, params, rest)
+        if not params:
+            return
+        F, mu = state["consolidated"], state["anchor"]
+    elif variant == "fused":   # the CPU: compiled per large tensor
+        from swgl.kernels import compiled as cc
+
         big, rest = cc.split(params, F, mu)
         pull = cc.compiled(_pull_one)
         for i in big:
@@ -156,7 +201,7 @@ def _pull(params, state, det: Tensor, strength: float, variant: str) -> None:
     torch._foreach_copy_(params, w)
 
 
-def _before(v4_before, single: bool):
+def _before(v4_before, variant: str):
     def before(params, grads, state, steps, hp: Hyper, ctx: Context):
         det = state["detector"]
         new, shift = _detect(grads, det[0], ctx)    # reads the grads before v4 may rescale them
@@ -166,7 +211,7 @@ def _before(v4_before, single: bool):
             shift = shift & ok
             new = torch.where(ok, new, det[0])
         _consolidate(params, state, shift, _inv_mean(aux[0][0], params, state["stability"],
-                                                     hp, ctx), single)
+                                                     hp, ctx), variant)
         torch._foreach_copy_(det, [new] * len(det))
         return aux
     return before
@@ -181,8 +226,8 @@ def _after(v4_after, variant: str):
 
 V5 = Rule(
     name="v5",
-    before=Variants(_before(V4.before.single, True), _before(V4.before.foreach, False),
-                    _before(V4.before.fused, False)),
+    before=Variants(_before(V4.before.single, "single"), _before(V4.before.foreach, "foreach"),
+                    _before(V4.before.fused, "fused")),
     after=Variants(_after(V4.after.single, "single"), _after(V4.after.foreach, "foreach"),
                    _after(V4.after.fused, "fused")),
     options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode", "consolidation"}),

@@ -1,0 +1,92 @@
+r"""Triton kernels of the ``v5`` rule's consolidation and pull
+(:mod:`swgl.rules.consolidation`), over one launch group of (params, consolidated, stability,
+anchor) (the tables of :mod:`swgl.kernels.triton_swgl`).
+
+The flags that gate them are device scalars, so nothing waits for the host, and a kernel
+whose flag is 0 exits after one load per program instead of making a masked pass:
+
+* ``consolidate``: where ``shift`` is set, ``F = decay F + gain s`` and ``mu = w`` (reads
+  ``F``, ``s``, ``w``; writes ``F``, ``mu``);
+* ``pull``: where the group has consolidated, ``w = (w + k mu) / (1 + k)``, ``k = strength F``
+  (reads ``w``, ``F``, ``mu``; writes ``w``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from swgl.kernels.triton_swgl import BLOCK, NUM_WARPS, Launch, _ld, _ptr, _st, _tile
+
+__all__ = ["consolidate", "pull"]
+
+
+@triton.jit
+def _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, MASKED: tl.constexpr):
+    mask = offs < n
+    f = _ld(fp, offs, mask, MASKED)
+    s = _ld(sp, offs, mask, MASKED)
+    _st(fp, offs, decay * f + gain * s, mask, MASKED)
+    _st(mp, offs, _ld(pp, offs, mask, MASKED).to(tl.float32), mask, MASKED)
+
+
+@triton.jit
+def _consolidate_kernel(ptrs, T, blocks, nblocks, numels, shiftp, gainp, decay,
+                        P_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, shiftp, False, BLOCK_)
+    if tl.load(shiftp) != 0.0:
+        pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+        fp = _ptr(ptrs, 1, T, i, tl.float32, ALIGNED)
+        sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
+        mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
+        gain = tl.load(gainp)
+        if full:
+            _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, False)
+        else:
+            _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, True)
+
+
+@triton.jit
+def _pull_body(pp, fp, mp, offs, n, strength, MASKED: tl.constexpr):
+    mask = offs < n
+    k = strength * _ld(fp, offs, mask, MASKED)
+    w = _ld(pp, offs, mask, MASKED).to(tl.float32)
+    _st(pp, offs, (w + k * _ld(mp, offs, mask, MASKED)) / (1.0 + k), mask, MASKED)
+
+
+@triton.jit
+def _pull_kernel(ptrs, T, blocks, nblocks, numels, activep, strength,
+                 P_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, activep, False, BLOCK_)
+    if tl.load(activep) != 0.0:
+        pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+        fp = _ptr(ptrs, 1, T, i, tl.float32, ALIGNED)
+        mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
+        if full:
+            _pull_body(pp, fp, mp, offs, n, strength, False)
+        else:
+            _pull_body(pp, fp, mp, offs, n, strength, True)
+
+
+def _flag(x: Tensor, device) -> Tensor:
+    return x.reshape(1).to(device=device, dtype=torch.float32)
+
+
+def consolidate(lau: Launch, shift: Tensor, gain: Tensor, decay: float) -> None:
+    """Where ``shift`` (a device bool) is set: ``F = decay F + gain s``, ``mu = w``."""
+    _consolidate_kernel[lau.grid()](
+        lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, _flag(shift, lau.device),
+        _flag(gain, lau.device), decay, P_DTYPE=lau.p_dtype, ALIGNED=lau.aligned,
+        BLOCK_=BLOCK, num_warps=NUM_WARPS,
+    )
+
+
+def pull(lau: Launch, active: Tensor, strength: float) -> None:
+    """Where ``active`` (a device bool: the group has consolidated) is set:
+    ``w = (w + k mu) / (1 + k)``, ``k = strength F``."""
+    _pull_kernel[lau.grid()](
+        lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, _flag(active, lau.device),
+        strength, P_DTYPE=lau.p_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
+    )
