@@ -253,6 +253,27 @@ def test_hostile_grads_keep_the_state_finite(impl, hostile):
         assert applied < float(state["detector"][3]) <= applied + 10
 
 
+def test_a_loss_scale_is_transparent_to_the_detector_and_the_state():
+    """Grads that still carry a loss scale S (grad_scale=S, as under a GradScaler) give the
+    unscaled run's detector and state."""
+    hp = Hyper(alpha=0.9, lambda_reg=3.0, eps=1e-8, max_boost=10.0, mode="update")
+    runs = {}
+    for scale in (1.0, 1024.0):
+        p = [torch.zeros(6, 5)]
+        state = {"stability": [torch.zeros(6, 5)], "consolidated": [torch.zeros(6, 5)],
+                 "anchor": [torch.zeros(6, 5)], "detector": [torch.zeros(4)]}
+        gen = torch.Generator().manual_seed(2)
+        for t in range(120):
+            grads = [(1.0 if t < 70 else 20.0) * torch.randn(6, 5, generator=gen) * scale]
+            RULES["v5"].before.foreach(p, grads, state, [torch.ones(())], hp,
+                                       Context(grad_scale=scale))
+        runs[scale] = state
+    assert float(runs[1.0]["detector"][0][3]) > 70       # the shift was found, in both
+    for name in runs[1.0]:
+        torch.testing.assert_close(runs[1024.0][name][0], runs[1.0][name][0], rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_grad_mode_is_rejected_for_v5():
     with pytest.raises(ValueError, match="mode"):
         SWGL([torch.zeros(3, requires_grad=True)], rule="v5", mode="grad")
