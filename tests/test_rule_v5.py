@@ -274,6 +274,15 @@ def test_a_loss_scale_is_transparent_to_the_detector_and_the_state():
                                    atol=1e-6)
 
 
+def test_an_unset_strength_resolves_to_the_rules_default():
+    from swgl.options import DEFAULTS, check_options, hyper
+
+    for rule, want in (("v5", cons.STRENGTH), ("v4", 0.0)):
+        group = dict(DEFAULTS, rule=rule)
+        check_options(group, math_only=True)
+        assert hyper(group).consolidation == want
+
+
 def test_grad_mode_is_rejected_for_v5():
     with pytest.raises(ValueError, match="mode"):
         SWGL([torch.zeros(3, requires_grad=True)], rule="v5", mode="grad")

@@ -108,7 +108,9 @@ def swgl(
     hp = Hyper(
         alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
         max_damping=max_damping, mode=mode, shock=shock,
-        consolidation=0.0 if consolidation is None else consolidation,
+        # unset: the rule's default (v5: 0.01), or 0 for the rules that do not read it
+        consolidation=(dict(RULES[rule].defaults).get("consolidation", 0.0)
+                       if consolidation is None else consolidation),
     )
     rule_ = RULES[rule]
     hp = rule_.hyper(hp)
