@@ -105,14 +105,14 @@ def swgl(
     check_choice("rule", rule, RULES)
     if not params:
         return Outcome(True, [] if mode == "update" else None)
+    rule_ = RULES[rule]
     hp = Hyper(
         alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
         max_damping=max_damping, mode=mode, shock=shock,
         # unset: the rule's default (v5: 0.01), or 0 for the rules that do not read it
-        consolidation=(dict(RULES[rule].defaults).get("consolidation", 0.0)
-                       if consolidation is None else consolidation),
+        consolidation=(rule_.default("consolidation", 0.0) if consolidation is None
+                       else consolidation),
     )
-    rule_ = RULES[rule]
     hp = rule_.hyper(hp)
     impl = _pick(rule_.before, rule, params, hp, foreach, fused)
     state = {"stability": stabilities, **(extra_state or {})}

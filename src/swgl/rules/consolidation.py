@@ -81,8 +81,9 @@ def _inv_mean(k: Tensor, params, s: list[Tensor], hp: Hyper, ctx: Context) -> Te
 
 
 def _detect(grads: list[Tensor], det: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
-    """Advance the group's detector ``det = [t, f, q, t_last]`` (unchanged on a skipped step);
-    returns ``(new detector, shift)``, both on ``det``'s device."""
+    """The group's detector ``det = [t, f, q, t_last]`` advanced by this step; returns
+    ``(new detector, shift)``, both on ``det``'s device. It reads no skip flag: the caller
+    masks both once the flag is known (a fused v4 sets it after this runs)."""
     norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))  # one launch
     # each tensor's (unscaled) g^2 sum capped as v4 caps g^2: finite for any finite grad
     g2 = (norms / ctx.grad_scale).square().clamp(max=R_MAX)
@@ -93,13 +94,7 @@ def _detect(grads: list[Tensor], det: Tensor, ctx: Context) -> tuple[Tensor, Ten
     f_hat = f / (1.0 - B_FAST ** t)
     q_hat = q / (1.0 - B_SLOW ** t)
     shift = (t > REFRACTORY) & (t - det[3] > REFRACTORY) & (f_hat > SHIFT_RATIO * q_hat)
-    ok = ctx.ok(det.device)
-    if ok is not None:
-        shift = shift & ok
-    new = torch.stack([t, f, q, torch.where(shift, t, det[3])])
-    if ok is not None:
-        new = torch.where(ok, new, det)
-    return new, shift
+    return torch.stack([t, f, q, torch.where(shift, t, det[3])]), shift
 
 
 def _kernel_tables(params, state) -> tuple[list, list[int]]:
@@ -206,7 +201,7 @@ def _before(v4_before, variant: str):
         det = state["detector"]
         new, shift = _detect(grads, det[0], ctx)    # reads the grads before v4 may rescale them
         aux = v4_before(params, grads, state, steps, hp, ctx)
-        if ctx.found is not None:  # a fused v4 sets the flag in its own passes: mask again
+        if ctx.found is not None:  # known now (a fused v4 sets it in its own passes)
             ok = ctx.ok(new.device)
             shift = shift & ok
             new = torch.where(ok, new, det[0])
