@@ -59,26 +59,38 @@ def _bert(device):
 
 
 def _setup(name: str, params):
-    """(optimizer step callable, the optimizer whose zero_grad clears the grads)."""
+    """(optimizer step callable, the optimizer whose zero_grad clears the grads, the object
+    that holds SWGL's state or None)."""
     if name == "swgl.optim.AdamW":
         opt = swgl.optim.AdamW(params, lr=1e-4)
-        return opt.step, opt
+        return opt.step, opt, None
     base = torch.optim.AdamW(params, lr=1e-4, fused=True)
     if name == "torch AdamW fused=True":
-        return base.step, base
-    if name == "SWGL.wrap(fused AdamW)":
-        opt = SWGL.wrap(base)
-        return opt.step, opt
-    pre = SWGL(params, **QUICK_START, **({"rule": "v1"} if "v1" in name else {}))
+        return base.step, base, None
+    rule = next((r for r in ("v1", "v5") if f"rule='{r}'" in name), None)
+    if name.startswith("SWGL.wrap"):
+        opt = SWGL.wrap(base, **({"rule": rule} if rule else {}))
+        return opt.step, opt, opt
+    pre = SWGL(params, **QUICK_START, **({"rule": rule} if rule else {}))
 
     def step():
         pre.step()
         base.step()
-    return step, base
+    return step, base, pre
 
 
 GPU_ROWS = ("torch AdamW fused=True", "SWGL(params) + fused AdamW (quick start)",
             "SWGL.wrap(fused AdamW)", "swgl.optim.AdamW", "SWGL(params, rule='v1') + fused AdamW")
+#: ``--v5``: rule v5 in both of the seed's patterns, in the state after a detected shift
+V5_ROWS = ("SWGL(params, rule='v5') + fused AdamW", "SWGL.wrap(fused AdamW, rule='v5')")
+
+
+def _as_after_shift(owner, params) -> None:
+    """Rule v5's state as after a detected shift, so that its pull runs at every step."""
+    for p in params:
+        state = owner.state[p]
+        state["detector"][3] = 1.0
+        state["consolidated"].uniform_(0.0, 2.0)
 
 
 def _count_syncs(fn: Callable[[], None], steps: int = 5) -> float:
@@ -98,10 +110,10 @@ def gpu_suite(args) -> dict:
     device = torch.device("cuda")
     events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
     runs = {}
-    for name in GPU_ROWS:
+    for name in GPU_ROWS + (V5_ROWS if args.v5 else ()):
         model, ids, labels = _bert(device)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt_step, zeroer = _setup(name, params)
+        opt_step, zeroer, owner = _setup(name, params)
         opt_ms: list[float] = []
 
         def train(model=model, ids=ids, labels=labels, opt_step=opt_step, zeroer=zeroer,
@@ -118,6 +130,8 @@ def gpu_suite(args) -> dict:
 
         for _ in range(5):  # warm up: kernels compiled, state built, the base found
             train()
+        if name in V5_ROWS:
+            _as_after_shift(owner, params)
         torch.cuda.synchronize()
         # transient memory of the optimizer step
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -316,6 +330,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cpu-rounds", type=int, default=3, help="CPU interleaved rounds")
     parser.add_argument("--rounds", type=int, default=3, help="GPU interleaved rounds")
     parser.add_argument("--steps", type=int, default=20, help="GPU train steps per round")
+    parser.add_argument("--v5", action="store_true",
+                        help="GPU: add rule v5's rows (both patterns, after a shift)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result: dict = dict(torch=torch.__version__, python=platform.python_version(),
