@@ -18,8 +18,8 @@ import swgl.optim._base as optim_base
 from swgl import SWGL, kernels
 from swgl.rules import RULES
 
-#: swgl.optim runs the rules with one state tensor (v5 is refused: a test below)
-RULE_NAMES = tuple(name for name, r in RULES.items() if len(r.state) == 1)
+RULE_NAMES = tuple(RULES)
+GRAD_RULES = tuple(name for name in RULE_NAMES if "grad" in RULES[name].modes)
 MODES = [(rule, mode) for rule in RULE_NAMES for mode in RULES[rule].modes]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 needs_kernels = pytest.mark.skipif(
@@ -41,11 +41,11 @@ def _model(dtype=torch.float32, device="cpu"):
     return net.to(device=device, dtype=dtype)
 
 
-def _backward(net, seed):
+def _backward(net, seed, scale=1.0):
     gen = torch.Generator().manual_seed(seed)
     p = next(net.parameters())
     x = torch.randn(16, 7, generator=gen).to(p)
-    y = torch.randn(16, 3, generator=gen).to(p.device)
+    y = scale * torch.randn(16, 3, generator=gen).to(p.device)
     net.zero_grad()
     torch.nn.functional.mse_loss(net(x).float(), y).backward()
 
@@ -67,7 +67,7 @@ def _make(kind, params, rule, mode="grad", fused=False, **kw):
 # -- foreach fallback -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("rule", GRAD_RULES)
 @pytest.mark.parametrize("kind", ["adamw", "sgd0", "sgd1", "sgd2"])
 def test_grad_mode_equals_swgl_then_torch_optimizer(rule, kind):
     fused_net, ref_net = _model(), _model()
@@ -378,6 +378,93 @@ def test_load_state_dict_keeps_fp32_state_for_bf16_params():
         assert state["exp_avg"].dtype == state["swgl_stability"].dtype == torch.float32
 
 
-def test_a_rule_with_more_state_is_refused_with_a_pointer_to_the_wrapper():
-    with pytest.raises(ValueError, match="SWGL.wrap"):
-        swgl.optim.AdamW([torch.zeros(3, requires_grad=True)], swgl={"rule": "v5"})
+# -- v5: its detector, consolidation and pull around the fused optimizer step ----------------
+
+#: the targets grow 30-fold at SHIFT_AT: v5's detector fires (after its refractory 50 steps)
+SHIFT_AT, V5_STEPS = 60, 72
+
+
+def _v5_stream(net, i):
+    _backward(net, i, scale=30.0 if i >= SHIFT_AT else 1.0)
+
+
+def _assert_consolidated(state, prefix):
+    det = state[prefix + "detector"]
+    assert float(det[3]) >= SHIFT_AT, "the detector did not fire at the shift"
+    assert float(state[prefix + "consolidated"].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd1"])
+def test_v5_equals_the_wrapper_across_a_detected_shift(kind):
+    fused_net, ref_net = _model(), _model()
+    if kind == "adamw":
+        opt = _make("adamw", fused_net.parameters(), "v5", "update", **ADAMW)
+        base = torch.optim.AdamW(ref_net.parameters(), **ADAMW, foreach=True)
+    else:
+        opt = _make("sgd", fused_net.parameters(), "v5", "update", **SGD_KW[1])
+        base = torch.optim.SGD(ref_net.parameters(), **SGD_KW[1])
+    ref = SWGL.wrap(base, rule="v5", **SW)
+    for i in range(V5_STEPS):
+        for net, o in ((fused_net, opt), (ref_net, ref)):
+            _v5_stream(net, i)
+            o.step()
+    assert _max_diff(fused_net, ref_net) < 1e-5
+    for p, q in zip(fused_net.parameters(), ref_net.parameters()):
+        _assert_consolidated(opt.state[p], "swgl_")
+        for name in ("consolidated", "anchor", "detector"):
+            torch.testing.assert_close(opt.state[p]["swgl_" + name], ref.state[q][name],
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_v5_nonfinite_grad_skips_the_pull_and_the_consolidation(path):
+    net = _model(device=DEV if path else "cpu")
+    opt = _make("adamw", net.parameters(), "v5", "update", fused=path, **ADAMW)
+    for i in range(V5_STEPS):
+        _v5_stream(net, i)
+        opt.step()
+    _assert_consolidated(opt.state[net[0].weight], "swgl_")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    state = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in net.parameters()}
+    _backward(net, 999, scale=1e3)   # a jump the detector would take as a shift, but for the nan
+    net[2].bias.grad[0] = float("nan")
+    opt.step()
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for p in net.parameters():
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, state[id(p)][k]), k
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["adamw", "sgd1"])
+def test_triton_v5_matches_foreach_across_a_detected_shift(kind):
+    kw = ADAMW if kind == "adamw" else SGD_KW[1]
+    nets, opts = _pair(kind[:-1] if kind != "adamw" else kind, "v5", "update", torch.float32, kw)
+    for i in range(V5_STEPS):
+        for net, opt in zip(nets, opts):
+            _v5_stream(net, i)
+            opt.step()
+    assert _max_diff(*nets) < 1e-5
+    for p, q in zip(*(n.parameters() for n in nets)):
+        st, ref = opts[0].state[p], opts[1].state[q]
+        _assert_consolidated(st, "swgl_")
+        for key in ref:
+            torch.testing.assert_close(st[key].cpu(), ref[key].cpu(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and kernels.triton_available()),
+                    reason="needs CUDA and Triton")
+def test_triton_v5_step_never_syncs_after_a_shift():
+    net = _model(device="cuda")
+    opt = _make("adamw", net.parameters(), "v5", "update", fused=True, **ADAMW)
+    for i in range(V5_STEPS):
+        _v5_stream(net, i)
+        opt.step()
+    _assert_consolidated(opt.state[net[0].weight], "swgl_")
+    torch.cuda.synchronize()
+    _backward(net, 999, scale=1e3)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

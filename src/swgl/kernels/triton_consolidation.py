@@ -6,7 +6,8 @@ The flags that gate them are device scalars, so nothing waits for the host, and 
 whose flag is 0 exits after one load per program instead of making a masked pass:
 
 * ``consolidate``: where ``shift`` is set, ``F = decay F + gain s`` and ``mu = w`` (reads
-  ``F``, ``s``, ``w``; writes ``F``, ``mu``);
+  ``F``, ``s``, ``w``; writes ``F``, ``mu``), or either half alone (swgl.optim takes the
+  anchor before its fused step and the importance after it);
 * ``pull``: where the group has consolidated, ``w = (w + k mu) / (1 + k)``, ``k = strength F``
   (reads ``w``, ``F``, ``mu``; writes ``w``).
 """
@@ -24,17 +25,21 @@ __all__ = ["consolidate", "pull"]
 
 
 @triton.jit
-def _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, MASKED: tl.constexpr):
+def _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, MASKED: tl.constexpr,
+                      IMPORTANCE: tl.constexpr, ANCHOR: tl.constexpr):
     mask = offs < n
-    f = _ld(fp, offs, mask, MASKED)
-    s = _ld(sp, offs, mask, MASKED)
-    _st(fp, offs, decay * f + gain * s, mask, MASKED)
-    _st(mp, offs, _ld(pp, offs, mask, MASKED).to(tl.float32), mask, MASKED)
+    if IMPORTANCE:
+        f = _ld(fp, offs, mask, MASKED)
+        s = _ld(sp, offs, mask, MASKED)
+        _st(fp, offs, decay * f + gain * s, mask, MASKED)
+    if ANCHOR:
+        _st(mp, offs, _ld(pp, offs, mask, MASKED).to(tl.float32), mask, MASKED)
 
 
 @triton.jit
 def _consolidate_kernel(ptrs, T, blocks, nblocks, numels, shiftp, gainp, decay,
-                        P_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+                        P_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr,
+                        IMPORTANCE: tl.constexpr, ANCHOR: tl.constexpr):
     pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, shiftp, False, BLOCK_)
     if tl.load(shiftp) != 0.0:
         pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
@@ -43,9 +48,9 @@ def _consolidate_kernel(ptrs, T, blocks, nblocks, numels, shiftp, gainp, decay,
         mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
         gain = tl.load(gainp)
         if full:
-            _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, False)
+            _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, False, IMPORTANCE, ANCHOR)
         else:
-            _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, True)
+            _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, True, IMPORTANCE, ANCHOR)
 
 
 @triton.jit
@@ -74,12 +79,15 @@ def _flag(x: Tensor, device) -> Tensor:
     return x.reshape(1).to(device=device, dtype=torch.float32)
 
 
-def consolidate(lau: Launch, shift: Tensor, gain: Tensor, decay: float) -> None:
-    """Where ``shift`` (a device bool) is set: ``F = decay F + gain s``, ``mu = w``."""
+def consolidate(lau: Launch, shift: Tensor, gain: Tensor | None, decay: float,
+                importance: bool = True, anchor: bool = True) -> None:
+    """Where ``shift`` (a device bool) is set: ``F = decay F + gain s`` (``importance``),
+    ``mu = w`` (``anchor``)."""
     _consolidate_kernel[lau.grid()](
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, _flag(shift, lau.device),
-        _flag(gain, lau.device), decay, P_DTYPE=lau.p_dtype, ALIGNED=lau.aligned,
-        BLOCK_=BLOCK, num_warps=NUM_WARPS,
+        _flag(shift if gain is None else gain, lau.device), decay, P_DTYPE=lau.p_dtype,
+        ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS, IMPORTANCE=importance,
+        ANCHOR=anchor,
     )
 
 

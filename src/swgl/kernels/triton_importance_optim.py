@@ -181,10 +181,11 @@ def check(lau: Launch, hp: Hyper, found: Tensor) -> Tensor:
 
 
 def step(launches: list[Launch], partials: list[Tensor], numel: int, hp: Hyper,
-         found: Tensor, *, opt: int, **opt_kw) -> None:
+         found: Tensor, *, opt: int, **opt_kw) -> Tensor:
     """Passes 2 and 3 over a param group's launch groups (their ``steps`` set, already counted),
     with the partial sums :func:`check` returned and the group's element count ``numel``;
-    ``opt`` and ``opt_kw`` as :func:`swgl.kernels.triton_swgl.step` takes them."""
+    ``opt`` and ``opt_kw`` as :func:`swgl.kernels.triton_swgl.step` takes them. Returns
+    ``k`` (a device 0-d), which v5 reads."""
     scalars, flags = opt_args(opt, **opt_kw)
     k = _strength(partials[0] if len(partials) == 1 else torch.cat(partials), numel, hp,
                   Context()).reshape(1)
@@ -206,3 +207,4 @@ def step(launches: list[Launch], partials: list[Tensor], numel: int, hp: Hyper,
     rho = progress_ratio(full, damped, hp).reshape(1)
     for lau in launches:
         run(lau, rho, k, True)
+    return k.reshape(())

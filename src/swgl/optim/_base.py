@@ -30,12 +30,12 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl import kernels
-from swgl.base import copies, run_closure
+from swgl.base import _fresh, copies, run_closure
 from swgl.functional import all_finite, found_nonfinite
 from swgl.kernels import compiled
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
-from swgl.rules import RULES, Context, Hyper
+from swgl.rules import RULES, Context, Hyper, consolidation
 
 #: The ``swgl=`` options: the math options of :class:`swgl.SWGL`, with its defaults.
 SWGL_DEFAULTS: dict[str, Any] = dict(DEFAULTS)
@@ -58,9 +58,6 @@ def check_swgl(options: Any, base: dict[str, Any] | None = None) -> dict[str, An
                                                          "max_boost")}}
     checked = {**base, **options}
     check_options(checked, math_only=True, label="swgl['{}']")
-    if len(RULES[checked["rule"]].state) > 1:
-        raise ValueError(f"swgl['rule']={checked['rule']!r} keeps several state tensors; "
-                         "swgl.optim runs rules with one (use SWGL.wrap(base))")
     return checked
 
 
@@ -141,6 +138,9 @@ class SWGLOptimizer(Optimizer):
         params, grads, stabilities, steps = [], [], [], []
         keys = self.group_buffer_keys(group)
         buffers: list[list[Tensor]] = [[] for _ in keys]
+        # the rule's other state tensors (v5's), as state["swgl_<name>"]
+        extra_state = RULES[group["swgl"]["rule"]].state[1:]
+        extras: dict[str, list[Tensor]] = {name: [] for name, _ in extra_state}
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -160,11 +160,16 @@ class SWGLOptimizer(Optimizer):
                         p, dtype=torch.float32, memory_format=torch.contiguous_format
                     )
                 out.append(state[key])
+            for name, init in extra_state:
+                key = "swgl_" + name
+                if key not in state:
+                    state[key] = _fresh(p, init)
+                extras[name].append(state[key])
             params.append(p)  # the step runs under no_grad: no detached copy needed
             grads.append(p.grad)
             stabilities.append(state["swgl_stability"])
             steps.append(state["step"])
-        return params, grads, stabilities, steps, buffers
+        return params, grads, stabilities, steps, buffers, extras
 
     # -- step ----------------------------------------------------------------------------------
 
@@ -194,7 +199,7 @@ class SWGLOptimizer(Optimizer):
         plan = []
         device = work[0][1][0][0].device
         ok = kernels.runs_on(device)
-        for group, (params, grads, stabilities, _, _) in work:
+        for group, (params, grads, stabilities, *_) in work:
             if not ok:
                 break
             # reused while the tensors are alike: no per-param checks on a repeated step
@@ -245,7 +250,7 @@ class SWGLOptimizer(Optimizer):
                 return
         elif not all_finite(grads):
             return
-        for group, (params, grads, stabilities, steps, buffers) in work:
+        for group, (params, grads, stabilities, steps, buffers, extras) in work:
             options = group["swgl"]
             rule, hp = RULES[options["rule"]], hyper(options)
             before, after = ((rule.before.fused, rule.after and rule.after.fused) if compile_
@@ -255,7 +260,7 @@ class SWGLOptimizer(Optimizer):
             else:
                 applies = (1.0 - found).reshape(()).to(steps[0].device)
                 torch._foreach_add_(steps, [applies] * len(steps))
-            state = {"stability": stabilities}
+            state = {"stability": stabilities, **extras}
             # the rule writes its gradient into d; the grads themselves are only read (on the
             # CPU the copies live on between steps: base.copies)
             d = copies(grads, self._kept, (id(group), "d"), torch.float32, owners=params)
@@ -300,7 +305,8 @@ class SWGLOptimizer(Optimizer):
         found = torch.zeros(1, dtype=torch.float32, device=device)
         plans = []
         # the first pass of every launch group sets the flag, before any later pass reads it
-        for (group, (params, grads, stabilities, steps, buffers)), launches in zip(work, plan):
+        for (group, (params, grads, stabilities, steps, buffers, extras)), launches in zip(
+                work, plan):
             rule = RULES[group["swgl"]["rule"]].kernel
             hp = hyper(group["swgl"])
             runs = []
@@ -316,17 +322,24 @@ class SWGLOptimizer(Optimizer):
                     first = None
                     K.nonfinite(lau, found)
                 runs.append((lau, [steps[i] for i in idx], first))
-            plans.append((group, hp, rule, sum(p.numel() for p in params), runs))
-        all_steps = [t for *_, runs in plans for _, steps, _ in runs for t in steps]
+            state = {"stability": stabilities, **extras}
+            plans.append((group, hp, rule, sum(p.numel() for p in params), runs,
+                          (params, grads, state)))
+        all_steps = [t for *_, runs, _ in plans for _, steps, _ in runs for t in steps]
         torch._foreach_add_(all_steps, 1.0)
         # a list of 0-d device tensors: the Tensor-scalar overload would sync to read it
         torch._foreach_sub_(all_steps, [found.reshape(())] * len(all_steps))
-        for group, hp, rule, numel, runs in plans:
+        for group, hp, rule, numel, runs, (params, grads, state) in plans:
             for lau, steps, _ in runs:
                 lau.steps = torch.stack(steps)
-            if rule == "v4":  # one k and one rho over the whole param group
-                V4.step([lau for lau, _, _ in runs], [first for _, _, first in runs], numel,
-                        hp, found, opt=self.kernel_opt, **self.kernel_args(group))
+            if rule == "v4":  # one k and one rho over the whole param group (v4, v5)
+                v4_step = functools.partial(
+                    V4.step, [lau for lau, _, _ in runs], [first for _, _, first in runs],
+                    numel, hp, found, opt=self.kernel_opt, **self.kernel_args(group))
+                if group["swgl"]["rule"] == "v5":
+                    consolidation.around_fused_step(params, grads, state, hp, found, v4_step)
+                else:
+                    v4_step()
                 continue
             for lau, _, sumsq in runs:
                 sums = K.v2_ema(lau, hp, ctx, sumsq, found) if sumsq is not None else None

@@ -46,13 +46,15 @@ once), the foreach variant as masked passes. A non-finite step
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from swgl.rules.base import Context, Hyper, Rule, Variants
 from swgl.rules.importance import R_MAX, V4
 
-__all__ = ["V5", "STRENGTH", "DECAY", "SHIFT_RATIO", "REFRACTORY", "B_FAST", "B_SLOW"]
+__all__ = ["V5", "around_fused_step", "STRENGTH", "DECAY", "SHIFT_RATIO", "REFRACTORY", "B_FAST", "B_SLOW"]
 
 #: the default of ``consolidation``: the pull's strength per unit of consolidated importance
 STRENGTH = 0.01
@@ -123,8 +125,10 @@ def _subset(state, params, idx: list[int]):
     return [params[i] for i in idx], {k: [v[i] for i in idx] for k, v in state.items()}
 
 
-def _consolidate(params, state, shift: Tensor, inv_m: Tensor, variant: str) -> None:
-    """On a shift: ``F = DECAY F + s / (m + eps^2)`` and ``mu = w``."""
+def _consolidate(params, state, shift: Tensor, inv_m: Tensor | None, variant: str,
+                 importance: bool = True, anchor: bool = True) -> None:
+    """On a shift: ``F = DECAY F + s / (m + eps^2)`` (``importance``; ``inv_m`` is
+    ``1 / (m + eps^2)``) and ``mu = w`` (``anchor``)."""
     if shift.device.type == "cpu" and not bool(shift):
         return
     if _on_kernels(params, variant):
@@ -132,25 +136,30 @@ def _consolidate(params, state, shift: Tensor, inv_m: Tensor, variant: str) -> N
 
         tables, rest = _kernel_tables(params, state)
         for lau in tables:
-            tc.consolidate(lau, shift, inv_m, DECAY)
+            tc.consolidate(lau, shift, inv_m, DECAY, importance, anchor)
         if not rest:
             return
         params, state = _subset(state, params, rest)
     F, mu, s = state["consolidated"], state["anchor"], state["stability"]
     # masked on CUDA, no host sync: a factor of 1 / 0 where there is no shift
     weight = shift.float() if shift.device.type != "cpu" else torch.ones(())
-    keep = 1.0 - weight * (1.0 - DECAY)
-    gain = weight * inv_m
+    if importance:
+        keep = 1.0 - weight * (1.0 - DECAY)
+        gain = weight * inv_m
     if variant == "single":
         for f, m, si, p in zip(F, mu, s, params):
-            f.mul_(keep).add_(si * gain)
-            m.lerp_(p.float(), weight)
+            if importance:
+                f.mul_(keep).add_(si * gain)
+            if anchor:
+                m.lerp_(p.float(), weight)
         return
-    torch._foreach_mul_(F, keep)
-    torch._foreach_add_(F, torch._foreach_mul(s, gain))
-    step = torch._foreach_sub([p.float() for p in params], mu)   # mu += weight (w - mu)
-    torch._foreach_mul_(step, weight)
-    torch._foreach_add_(mu, step)
+    if importance:
+        torch._foreach_mul_(F, keep)
+        torch._foreach_add_(F, torch._foreach_mul(s, gain))
+    if anchor:
+        step = torch._foreach_sub([p.float() for p in params], mu)   # mu += weight (w - mu)
+        torch._foreach_mul_(step, weight)
+        torch._foreach_add_(mu, step)
 
 
 def _pull_one(p: Tensor, f: Tensor, mu: Tensor, strength) -> None:
@@ -159,10 +168,13 @@ def _pull_one(p: Tensor, f: Tensor, mu: Tensor, strength) -> None:
     p.copy_((p.float() + k * mu) / (1.0 + k))
 
 
-def _pull(params, state, det: Tensor, strength: float, variant: str) -> None:
-    """Once the group has consolidated, the pull on every param: per tensor (``single``), as
-    foreach passes, or (``fused`` on the CPU) compiled per large tensor, foreach for the rest."""
-    if strength == 0.0 or (det.device.type == "cpu" and not bool(det[3] > 0)):
+def _pull(params, state, det: Tensor, strength: float, variant: str,
+          ok: Tensor | None = None) -> None:
+    """Once the group has consolidated (and, given ``ok``, where it is set), the pull on every
+    param: per tensor (``single``), as foreach passes, or (``fused`` on the CPU) compiled per
+    large tensor, foreach for the rest."""
+    active = det[3] > 0 if ok is None else (det[3] > 0) & ok
+    if strength == 0.0 or (det.device.type == "cpu" and not bool(active)):
         return
     F, mu = state["consolidated"], state["anchor"]
     if variant == "single":
@@ -174,7 +186,7 @@ def _pull(params, state, det: Tensor, strength: float, variant: str) -> None:
 
         tables, rest = _kernel_tables(params, state)
         for lau in tables:
-            tc.pull(lau, det[3] > 0, strength)
+            tc.pull(lau, active, strength)
         params, state = _subset(state, params, rest)
         if not params:
             return
@@ -189,7 +201,8 @@ def _pull(params, state, det: Tensor, strength: float, variant: str) -> None:
         params, F, mu = ([xs[i] for i in rest] for xs in (params, F, mu))
         if not params:
             return
-    k = torch._foreach_mul(F, strength)
+    # masked without a host read where a skip flag is given (on the CPU it returned above)
+    k = torch._foreach_mul(F, strength if ok is None else strength * active.float())
     w = torch._foreach_addcmul([p.float() for p in params], k, mu)
     torch._foreach_add_(k, 1.0)
     torch._foreach_div_(w, k)
@@ -217,6 +230,27 @@ def _after(v4_after, variant: str):
         v4_after(params, snapshots, state, steps, aux, hp, ctx)
         _pull(params, state, state["detector"][0], hp.consolidation, variant)
     return after
+
+
+def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
+                      v4_step: Callable[[], Tensor]) -> None:
+    """v5 around a fused v4 step that also steps the optimizer (swgl.optim's Triton path),
+    with no host sync: ``v4_step()`` runs it and returns v4's ``k``; ``found`` is the step's
+    skip flag, already set. The same math as the phases, in this order: the detector; on a
+    shift ``mu = w`` (before the step, as the ``before`` phase takes it); the step; on a shift
+    ``F = DECAY F + s / (m + eps^2)`` (the new ``s``, as ``before`` reads it); the pull."""
+    det = state["detector"]
+    ctx = Context(found=found)
+    new, shift = _detect(grads, det[0], ctx)
+    ok = ctx.ok(new.device)
+    shift = shift & ok
+    new = torch.where(ok, new, det[0])
+    _consolidate(params, state, shift, None, "fused", importance=False)
+    k = v4_step()
+    _consolidate(params, state, shift, _inv_mean(k, params, state["stability"], hp, ctx),
+                 "fused", anchor=False)
+    torch._foreach_copy_(det, [new] * len(det))
+    _pull(params, state, new, hp.consolidation, "fused", ok)
 
 
 V5 = Rule(
