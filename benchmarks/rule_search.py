@@ -108,7 +108,8 @@ class Rule:
         self.slow = b_s * self.slow + (1 - b_s) * n
         f = self.fast / (1 - b_f**self.t)
         sl = self.slow / (1 - b_s**self.t)
-        return self.t > self.det_warm and self.t - self.last_fire > self.det_R and f > self.det_k * sl
+        return (self.t > self.det_warm and self.t - self.last_fire > self.det_R
+                and f > self.det_k * sl)
 
     @torch.no_grad()
     def _cons_step(self, base, boundary):

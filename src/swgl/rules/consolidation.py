@@ -54,7 +54,8 @@ from torch import Tensor
 from swgl.rules.base import Context, Hyper, Rule, Variants
 from swgl.rules.importance import R_MAX, V4
 
-__all__ = ["V5", "around_fused_step", "STRENGTH", "DECAY", "SHIFT_RATIO", "REFRACTORY", "B_FAST", "B_SLOW"]
+__all__ = ["V5", "around_fused_step", "STRENGTH", "DECAY", "SHIFT_RATIO", "REFRACTORY",
+           "B_FAST", "B_SLOW"]
 
 #: the default of ``consolidation``: the pull's strength per unit of consolidated importance
 STRENGTH = 0.01
@@ -116,7 +117,7 @@ def _kernel_tables(params, state) -> tuple[list, list[int]]:
 
 def _on_kernels(params, variant: str) -> bool:
     """The fused variant off the CPU's compiled path: Triton (CUDA, or its interpreter)."""
-    from swgl.kernels import compiled   # imports torch._dynamo: only when called
+    from swgl.kernels import compiled  # imports torch._dynamo: only when called
 
     return variant == "fused" and not compiled.runs_on(params[0].device)
 
