@@ -279,6 +279,60 @@ def scenario_dcp(rank, out_dir: Path):
     return {"round_trip_equal": equal, "is_dtensor": type(b["stability"]).__name__}
 
 
+#: v5 on FSDP2: the inputs grow 20-fold at V5_SHIFT, which its detector takes as a shift
+V5_SHIFT, V5_STEPS = 55, 62
+
+
+def scenario_fsdp_v5(rank, out_dir: Path):
+    """Rule v5 on FSDP2 across a detected shift: its state tensors sharded like the params,
+    numerics equal to one process on the global batch, and a DCP round trip."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    model, reference = _shard(_model()), _model()
+    opt = SWGL.wrap(torch.optim.AdamW(model.parameters(), lr=1e-2), rule="v5")
+    ref_opt = SWGL.wrap(torch.optim.AdamW(reference.parameters(), lr=1e-2), rule="v5")
+    for step in range(V5_STEPS):
+        scale = 20.0 if step >= V5_SHIFT else 1.0
+        x, y = _batch(rank, step)
+        _loss(model, (scale * x, y)).backward()
+        opt.step()
+        opt.zero_grad()
+        x, y = (torch.cat(parts) for parts in zip(*(_batch(r, step) for r in range(WORLD))))
+        _loss(reference, (scale * x, y)).backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+    rows = []
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        a, b = opt.state[p], ref_opt.state[q]
+        rows.append({
+            "name": name,
+            "sharded_like_param": all(
+                (a[k].placements, a[k].device_mesh) == (p.placements, p.device_mesh)
+                for k in ("consolidated", "anchor")),
+            "shift_at": float(a["detector"][3]), "ref_shift_at": float(b["detector"][3]),
+            "diffs": {k: float((a[k].full_tensor() - b[k]).abs().max())
+                      for k in ("stability", "consolidated", "anchor")},
+            "param_diff": float((p.detach().full_tensor() - q.detach()).abs().max()),
+        })
+    ckpt = str(out_dir / "ckpt_v5")
+    dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=ckpt)
+    model2 = _shard(_model())
+    opt2 = SWGL.wrap(torch.optim.AdamW(model2.parameters(), lr=1e-2), rule="v5")
+    osd = get_optimizer_state_dict(model2, opt2)
+    dcp.load({"optim": osd}, checkpoint_id=ckpt)
+    set_optimizer_state_dict(model2, opt2, osd)
+    equal = [all(torch.equal(opt.state[p][k].to_local() if k != "detector" else
+                             opt.state[p][k], opt2.state[q][k].to_local() if k != "detector"
+                             else opt2.state[q][k]) for k in ("consolidated", "anchor",
+                                                              "detector"))
+             for p, q in zip(model.parameters(), model2.parameters())]
+    return {"rows": rows, "round_trip_equal": equal}
+
+
 def _worker(rank: int, store: str, out_dir: Path) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -293,6 +347,7 @@ def _worker(rank: int, store: str, out_dir: Path) -> None:
             "fsdp": scenario_fsdp, "fsdp_guard": scenario_fsdp_guard,
             "fsdp_storages": scenario_fsdp_storages,
             "dcp": lambda r: scenario_dcp(r, out_dir),
+            "fsdp_v5": lambda r: scenario_fsdp_v5(r, out_dir),
         })
     results = {}
     for name, fn in scenarios.items():
@@ -451,6 +506,17 @@ def test_dcp_reshard_save_on_two_load_on_one(run):
         assert float(opt.state[p]["step"]) == STEPS
     _loss(model, _batch(0, 0)).backward()  # and training goes on from there
     opt.step()
+
+
+def test_fsdp2_v5_state_is_sharded_and_matches_one_process_across_a_shift(run):
+    r0, r1 = _get(run, "fsdp_v5")
+    for a, b in zip(r0["rows"], r1["rows"]):
+        assert a["sharded_like_param"] and b["sharded_like_param"], a["name"]
+        # the detector sees the global grad norm: it fires at the same step as one process
+        assert a["shift_at"] == b["shift_at"] == a["ref_shift_at"] >= V5_SHIFT, a
+        assert all(d <= 1e-4 for d in a["diffs"].values()), a
+        assert a["param_diff"] <= 1e-5, a
+    assert all(r0["round_trip_equal"]) and all(r1["round_trip_equal"])
 
 
 if __name__ == "__main__":

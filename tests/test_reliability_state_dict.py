@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from swgl import SWGL
+from swgl.rules import DEFAULT_RULE
 from swgl.state import STORAGES
 
 META = torch.device("meta")  # a device with no data: stands in for "another device" on CPU
@@ -29,17 +30,18 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
-def _trained(kind: str, storage: str = "fp32"):
+def _trained(kind: str, storage: str = "fp32", rule: str = DEFAULT_RULE):
     """(model, optimizer, base) after two steps with two param groups."""
     model = _model()
     groups = [{"params": list(model[0].parameters())},
               {"params": list(model[2].parameters()), "lr": 0.05}]
     if kind == "wrapper":
         base = torch.optim.AdamW(groups, lr=1e-2)
-        opt = SWGL.wrap(base, alpha=0.9, storage=storage)
+        opt = SWGL.wrap(base, alpha=0.9, storage=storage, rule=rule)
     else:
         base = torch.optim.SGD(groups, lr=0.1)
-        opt = SWGL([{"params": g["params"]} for g in groups], alpha=0.9, storage=storage)
+        opt = SWGL([{"params": g["params"]} for g in groups], alpha=0.9, storage=storage,
+                   rule=rule)
     for i in range(2):
         x = torch.randn(5, 6, generator=torch.Generator().manual_seed(i))
         opt.zero_grad()
@@ -133,7 +135,7 @@ def corruptions(prefix: str):
         key, value = draw(st.sampled_from([
             ("alpha", 1.5), ("alpha", "0.9"), ("alpha", float("nan")), ("eps", 0.0),
             ("max_boost", 0.5), ("max_boost", float("inf")), ("rule", "v9"),
-            ("storage", "int3"), ("signal", None), ("mode", "weights"), ("foreach", "yes"),
+            ("storage", "int3"), ("signal", "magic"), ("mode", "weights"), ("foreach", "yes"),
             ("lambda_reg", -1.0), ("shock", 0.5), ("max_damping", 0.1),
         ]))
         g[prefix + key] = value
@@ -176,7 +178,8 @@ def corruptions(prefix: str):
     # an empty tensor (factored's column state of a 1-D param) changes nothing
     valid = {
         "nan": lambda key, t: t.dtype == torch.uint8 or t.numel() == 0,
-        "negative": lambda key, t: key.endswith("log2_lo") or t.numel() == 0,
+        "negative": lambda key, t: (key.endswith("log2_lo") or key.endswith("anchor")
+                                    or t.numel() == 0),
     }
     return {
         **{f"tensor {name}": on_swgl_tensor(fn, *[valid[name]] if name in valid else [])
@@ -206,27 +209,32 @@ KINDS = ["two-object", "wrapper"]
 _SAVED = {}
 
 
-def _saved(kind, storage):
-    if (kind, storage) not in _SAVED:
-        _, opt, _ = _trained(kind, storage)
-        _SAVED[kind, storage] = opt.state_dict()
-    return _SAVED[kind, storage]
+#: the default rule, and v5 for its further state tensors (consolidated, anchor, detector)
+RULE_NAMES = sorted({DEFAULT_RULE, "v5"})
 
 
+def _saved(kind, storage, rule=DEFAULT_RULE):
+    if (kind, storage, rule) not in _SAVED:
+        _, opt, _ = _trained(kind, storage, rule)
+        _SAVED[kind, storage, rule] = opt.state_dict()
+    return _SAVED[kind, storage, rule]
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", sorted(corruptions("")))
 @settings(max_examples=6, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_malformed_state_dict_fails_cleanly(kind, name, data):
+def test_malformed_state_dict_fails_cleanly(kind, name, rule, data):
     storage = data.draw(st.sampled_from(sorted(STORAGES)), label="storage")
     prefix = "swgl_" if kind == "wrapper" else ""
-    _, opt, base = _trained(kind, storage)
-    bad = copy.deepcopy(_saved(kind, storage))
+    _, opt, base = _trained(kind, storage, rule)
+    bad = copy.deepcopy(_saved(kind, storage, rule))
     still_valid = corruptions(prefix)[name](bad, data.draw)
     _expect_clean_failure(opt, base, bad, may_accept=bool(still_valid))
     # and the optimizer still loads a good checkpoint afterwards, exactly
-    good = _saved(kind, storage)
+    good = _saved(kind, storage, rule)
     opt.load_state_dict(copy.deepcopy(good))
     assert _same(opt.state_dict()["state"], good["state"])
 

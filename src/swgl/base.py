@@ -21,6 +21,7 @@ from swgl.checkpoint import check_step
 from swgl.options import check_options, hyper
 from swgl.rules import RULES
 from swgl.state import STORAGES
+from swgl.state._common import check_tensor
 from swgl.stats import DEFAULT_QUANTILES, layer_stats
 
 __all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "copies", "local", "run_closure",
@@ -208,6 +209,8 @@ class SWGLBase(Optimizer):
                 )
             check_step(entry["step"], index)
             storage.check(entry, p, index)
+            for name, init in RULES[saved_group[self.option_prefix + "rule"]].state[1:]:
+                _check_extra(entry[name], f"{name} for param {index}", init, p)
 
     def _install_swgl_state(self, saved: dict[int, dict[str, Any]]) -> None:
         """Replace SWGL's state with checked ``saved`` state, keeping the saved dtypes."""
@@ -279,14 +282,25 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
 
 def _fresh(p: Tensor, init: float | str | tuple[float, ...]) -> Tensor:
     """A rule's extra state tensor: filled with ``init``, a copy of ``p`` (``"param"``), or a
-    small vector of the values ``init`` lists (a tuple: the rule's per-group scalars)."""
+    small vector of the values ``init`` lists (a tuple: the rule's per-group scalars, the same
+    on every rank). Shaped like a DTensor ``p`` as a DTensor sharded like it (FSDP2), so that
+    distributed checkpoints save and reshard it as they do the stability."""
     if isinstance(init, tuple):
         return torch.tensor(init, dtype=torch.float32, device=local(p).device)
+    p = p.detach()
+    layout = {} if hasattr(p, "to_local") else {"memory_format": torch.contiguous_format}
     if init == "param":
-        return local(p.detach()).to(torch.float32, memory_format=torch.contiguous_format,
-                                    copy=True)
-    return torch.full_like(local(p.detach()), init, dtype=torch.float32,
-                           memory_format=torch.contiguous_format)
+        return p.to(torch.float32, copy=True, **layout)
+    return torch.full_like(p, init, dtype=torch.float32, **layout)
+
+
+def _check_extra(t: object, what: str, init: float | str | tuple[float, ...], p: Tensor) -> None:
+    """A loaded extra state tensor (see :func:`_fresh`): fp32 and finite, shaped like ``p``
+    (a number's fill or a copy of ``p``) or like ``init`` (a vector of per-group scalars);
+    nonnegative but for a copy of ``p`` (the rules' fills are importances, their vectors
+    counters and EMAs of norms)."""
+    shape = (len(init),) if isinstance(init, tuple) else tuple(p.shape)
+    check_tensor(t, what, torch.float32, shape, nonnegative=init != "param")
 
 
 def snapshot(entry: Pending, kept: dict[Any, tuple] | None = None) -> list[Tensor] | None:

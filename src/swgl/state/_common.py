@@ -95,4 +95,4 @@ def check_tensor(
         if finite and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{what} holds non-finite values")
         if nonnegative and bool((t < 0).any()):
-            raise ValueError(f"{what} holds negative values; a stability is never negative")
+            raise ValueError(f"{what} holds negative values; this state is never negative")
