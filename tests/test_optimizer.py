@@ -1,6 +1,7 @@
 """The optimizer classes: seed API, wrapper mode, argument checks, checkpoints, AMP."""
 
 import copy
+import gc
 import math
 import re
 import warnings
@@ -622,6 +623,23 @@ def _two_object_run(side: bool, steps: int = 4):
 
 def test_a_side_optimizer_does_not_consume_the_update_rescale():
     """Issue 13's hook leak: with process-global hooks the side SGD applied the factors."""
+    for a, b in zip(_two_object_run(side=False), _two_object_run(side=True)):
+        assert torch.equal(a, b)
+
+
+def test_an_optimizer_whose_init_raised_is_no_owner():
+    """A half-built optimizer (its __init__ raised; a traceback still holds it) has no
+    param_groups: the owner scan passes over it instead of failing the step."""
+    class Broken(torch.optim.SGD):
+        def __init__(self, params):
+            raise ValueError("bad argument")
+
+    kept = []
+    try:
+        Broken([torch.zeros(1, requires_grad=True)])
+    except ValueError as exc:
+        kept.append(exc)    # holds the frame, so the half-built object stays alive
+    assert any(type(o) is Broken for o in gc.get_objects())
     for a, b in zip(_two_object_run(side=False), _two_object_run(side=True)):
         assert torch.equal(a, b)
 

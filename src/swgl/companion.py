@@ -34,7 +34,8 @@ def find_owners(param_ids: set[int], skip: Callable[[Optimizer], bool]) -> list[
     """
     held: list[tuple[Optimizer, set[int]]] = []
     for obj in gc.get_objects():
-        if issubclass(type(obj), Optimizer) and not skip(obj):
+        # one whose __init__ raised has no param_groups (a traceback may still hold it)
+        if issubclass(type(obj), Optimizer) and hasattr(obj, "param_groups") and not skip(obj):
             ids = {id(p) for g in obj.param_groups for p in g["params"]} & param_ids
             if ids:
                 held.append((obj, ids))
