@@ -4,7 +4,9 @@ GPU (one CUDA device): BERT-base MLM built from ``transformers.BertConfig()`` (1
 bf16 autocast, batch 32 x 128, AdamW lr 1e-4. Rows: torch AdamW ``fused=True`` alone; the
 seed's quick start ``SWGL(model.parameters(), alpha=0.99, lambda_reg=0.01, max_boost=10.0)``
 before fused AdamW (the default rule); ``SWGL.wrap(fused AdamW)``; ``swgl.optim.AdamW``;
-``SWGL(..., rule="v1")`` before fused AdamW. Columns: train step ms (median of interleaved
+``SWGL(..., rule="v1")`` before fused AdamW (``--v4``: the previous default, v4, in the
+three patterns). The default rule v5 runs in its state after a detected shift, where its pull
+runs at every step. Columns: train step ms (median of interleaved
 rounds), optimizer step ms (``swgl.step()`` + ``base.step()`` between CUDA events), host
 syncs per step (``torch.cuda.set_sync_debug_mode("warn")`` warnings over 5 steps) and the
 optimizer step's transient memory (peak allocated during the step minus before it). Then the
@@ -58,20 +60,25 @@ def _bert(device):
     return model, ids, labels
 
 
+def _rule_of(name: str) -> str | None:
+    return next((r for r in ("v1", "v4") if f"rule='{r}'" in name), None)
+
+
 def _setup(name: str, params):
     """(optimizer step callable, the optimizer whose zero_grad clears the grads, the object
     that holds SWGL's state or None)."""
-    if name == "swgl.optim.AdamW":
-        opt = swgl.optim.AdamW(params, lr=1e-4)
-        return opt.step, opt, None
+    rule = _rule_of(name)
+    opts = {"rule": rule} if rule else {}
+    if name.startswith("swgl.optim.AdamW"):
+        opt = swgl.optim.AdamW(params, lr=1e-4, swgl=opts)
+        return opt.step, opt, opt
     base = torch.optim.AdamW(params, lr=1e-4, fused=True)
     if name == "torch AdamW fused=True":
         return base.step, base, None
-    rule = next((r for r in ("v1", "v5") if f"rule='{r}'" in name), None)
     if name.startswith("SWGL.wrap"):
-        opt = SWGL.wrap(base, **({"rule": rule} if rule else {}))
+        opt = SWGL.wrap(base, **opts)
         return opt.step, opt, opt
-    pre = SWGL(params, **QUICK_START, **({"rule": rule} if rule else {}))
+    pre = SWGL(params, **QUICK_START, **opts)
 
     def step():
         pre.step()
@@ -81,16 +88,19 @@ def _setup(name: str, params):
 
 GPU_ROWS = ("torch AdamW fused=True", "SWGL(params) + fused AdamW (quick start)",
             "SWGL.wrap(fused AdamW)", "swgl.optim.AdamW", "SWGL(params, rule='v1') + fused AdamW")
-#: ``--v5``: rule v5 in both of the seed's patterns, in the state after a detected shift
-V5_ROWS = ("SWGL(params, rule='v5') + fused AdamW", "SWGL.wrap(fused AdamW, rule='v5')")
+#: ``--v4``: the previous default, v4, in the three patterns
+V4_ROWS = ("SWGL(params, rule='v4') + fused AdamW", "SWGL.wrap(fused AdamW, rule='v4')",
+           "swgl.optim.AdamW(rule='v4')")
 
 
 def _as_after_shift(owner, params) -> None:
-    """Rule v5's state as after a detected shift, so that its pull runs at every step."""
+    """The default rule v5's state as after a detected shift (its steady state once the
+    stream has shifted once), so that its pull runs at every step."""
+    prefix = "swgl_" if isinstance(owner, swgl.optim.AdamW) else ""
     for p in params:
         state = owner.state[p]
-        state["detector"][3] = 1.0
-        state["consolidated"].uniform_(0.0, 2.0)
+        state[prefix + "detector"][3] = 1.0
+        state[prefix + "consolidated"].uniform_(0.0, 2.0)
 
 
 def _count_syncs(fn: Callable[[], None], steps: int = 5) -> float:
@@ -110,7 +120,7 @@ def gpu_suite(args) -> dict:
     device = torch.device("cuda")
     events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
     runs = {}
-    for name in GPU_ROWS + (V5_ROWS if args.v5 else ()):
+    for name in GPU_ROWS + (V4_ROWS if args.v4 else ()):
         model, ids, labels = _bert(device)
         params = [p for p in model.parameters() if p.requires_grad]
         opt_step, zeroer, owner = _setup(name, params)
@@ -130,7 +140,7 @@ def gpu_suite(args) -> dict:
 
         for _ in range(5):  # warm up: kernels compiled, state built, the base found
             train()
-        if name in V5_ROWS:
+        if owner is not None and (_rule_of(name) or swgl.DEFAULT_RULE) == "v5":
             _as_after_shift(owner, params)
         torch.cuda.synchronize()
         # transient memory of the optimizer step
@@ -183,10 +193,11 @@ def gpu_suite(args) -> dict:
 
 def _standalone(device) -> dict:
     """The default rule's passes over BERT-base-sized fp32 tensors, in device time (profiler),
-    against a copy: before (v4: the non-finite check reads g; the EMA reads g, s and writes s:
-    16 B per fp32 param), snapshot (reads w, writes a copy), after
-    (v4: the progress sums read w, snapshot, s, g; the rescale reads w, snapshot, s, writes
-    w)."""
+    against a copy, in v5's steady state after a shift: before (the non-finite check reads g;
+    the EMA reads g, s and writes s; the detector's norms read g: 20 B per fp32 param; its
+    consolidation runs only at a shift), snapshot (reads w, writes a copy), after (v4's
+    progress sums read w, snapshot, s, g; its rescale reads w, snapshot, s, writes w; v5's
+    pull reads w, F, mu, writes w: 48 B)."""
     from torch.profiler import ProfilerActivity, profile
 
     model, _, _ = _bert(device)
@@ -197,21 +208,27 @@ def _standalone(device) -> dict:
     steps = [torch.ones((), device=device) for _ in params]
     opts = dict(rule=swgl.DEFAULT_RULE, alpha=0.999, lambda_reg=3.0, eps=1e-8, max_boost=10.0,
                 mode="update")
-    hp = swgl.rules.Hyper(**{k: v for k, v in opts.items() if k != "rule"})
+    hp = swgl.rules.Hyper(**{k: v for k, v in opts.items() if k != "rule"}, consolidation=0.01)
+    # as after a shift (detector [t, f, q, t_last] with t_last > 0): the pull runs
+    extra = {"consolidated": [torch.rand_like(p) for p in params],
+             "anchor": [p.clone() for p in params],
+             "detector": [torch.tensor([100.0, 1.0, 1.0, 1.0], device=device) for _ in params]}
     n = sum(p.numel() for p in params)
     flat = torch.empty(n, device=device)
     out = torch.empty_like(flat)
 
     def before():
-        return swgl.functional.swgl(params, grads, stabs, steps, **opts)
+        return swgl.functional.swgl(params, grads, stabs, steps, **opts, extra_state=extra)
 
     aux = before().aux
     snaps = list(torch._foreach_mul(params, 1.0))
     passes = {
-        "before (check g; g, s -> s)": (before, 16),
+        "before (check g; g, s -> s; norms of g)": (before, 20),
         "snapshot (w -> copy)": (lambda: torch._foreach_mul(params, 1.0), 8),
-        "after (w, copy, s, g -> sums; w, copy, s -> w)": (lambda: swgl.functional.swgl_after(
-            params, snaps, stabs, steps, aux, rule=swgl.DEFAULT_RULE, hp=hp), 32),
+        "after (w, copy, s, g -> sums; w, copy, s -> w; w, F, mu -> w)": (
+            lambda: swgl.functional.swgl_after(params, snaps, stabs, steps, aux,
+                                               rule=swgl.DEFAULT_RULE, hp=hp,
+                                               extra_state=extra), 48),
         "copy (reference)": (lambda: out.copy_(flat), 8),
     }
     result = {}
@@ -330,8 +347,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cpu-rounds", type=int, default=3, help="CPU interleaved rounds")
     parser.add_argument("--rounds", type=int, default=3, help="GPU interleaved rounds")
     parser.add_argument("--steps", type=int, default=20, help="GPU train steps per round")
-    parser.add_argument("--v5", action="store_true",
-                        help="GPU: add rule v5's rows (both patterns, after a shift)")
+    parser.add_argument("--v4", action="store_true",
+                        help="GPU: add rows of the previous default, rule v4")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result: dict = dict(torch=torch.__version__, python=platform.python_version(),

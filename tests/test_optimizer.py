@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from swgl import DEFAULT_RULE, SWGL, SWGLWrapper
+from swgl.rules import RULES
 from toy import toy_batches as _batches
 from toy import toy_loss as _loss
 from toy import toy_model as _model
@@ -106,7 +107,8 @@ def test_seed_tuning_presets_are_accepted():
 
 def test_step_modulates_grads_in_place_and_only_there():
     model = _model()
-    swgl = SWGL(model.parameters(), mode="grad")  # the default, "update", leaves grads alone
+    # mode "grad" (v4's; the default, "update", leaves grads alone)
+    swgl = SWGL(model.parameters(), rule="v4", mode="grad")
     _loss(model, _batches(1)[0]).backward()
     weights = [p.detach().clone() for p in model.parameters()]
     grads = [p.grad.clone() for p in model.parameters()]
@@ -380,7 +382,8 @@ def test_wrapper_state_dict_is_one_standard_dict_with_namespaced_keys():
     _train_wrapper(model, opt, _batches(1))
     sd = opt.state_dict()
     assert set(sd) == {"state", "param_groups"}
-    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "swgl_stability", "swgl_step"}
+    swgl_keys = {"swgl_" + name for name, _ in RULES[DEFAULT_RULE].state} | {"swgl_step"}
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq"} | swgl_keys
     assert all(isinstance(v, torch.Tensor) for v in sd["state"][0].values())
     assert set(opt.base.state[model[0].weight]) == {"step", "exp_avg", "exp_avg_sq"}
 
@@ -702,8 +705,14 @@ def host_reads(monkeypatch):
     return calls
 
 
+#: host reads per CPU step of each rule's foreach path: v5 reads its group's two detector
+#: flags (shift, consolidated), which on the CPU costs no sync and spares a masked pass over
+#: the weights at every step (on CUDA they stay device flags: the CUDA tests)
+CPU_READS = {"v4": 0, "v5": 2}
+
+
 @pytest.mark.parametrize("api", ["two-object", "wrapper"])
-def test_the_default_cpu_step_never_reads_a_tensor_on_the_host(api, host_reads):
+def test_the_default_cpu_step_reads_only_its_rules_flags_on_the_host(api, host_reads):
     model = _model()
     base = torch.optim.SGD(model.parameters(), lr=0.1)  # torch's SGD reads nothing either
     swgl = SWGL(model.parameters()) if api == "two-object" else SWGL.wrap(base)
@@ -718,20 +727,21 @@ def test_the_default_cpu_step_never_reads_a_tensor_on_the_host(api, host_reads):
         swgl.step()
         if api == "two-object":
             base.step()
-    assert host_reads == []
+    assert host_reads == ["__bool__"] * 2 * CPU_READS[DEFAULT_RULE]
 
 
-@pytest.mark.parametrize("mode", ["update", "grad"])
+@pytest.mark.parametrize("rule, mode", [("v5", "update"), ("v4", "update"), ("v4", "grad")])
 @pytest.mark.parametrize("kind", ["AdamW", "SGD"])
-def test_swgl_optim_cpu_step_reads_only_its_guard_on_the_host(kind, mode, host_reads):
-    """swgl.optim's foreach path reads no step counter: on the CPU its one host read a step is
-    the non-finite guard (on CUDA a device flag replaces it, as the sync test checks)."""
+def test_swgl_optim_cpu_step_reads_only_its_guard_on_the_host(kind, rule, mode, host_reads):
+    """swgl.optim's foreach path reads no step counter: on the CPU its host reads a step are
+    the non-finite guard and the rule's flags (on CUDA device flags replace them, as the sync
+    test checks); a skipped step reads the guard alone."""
     import swgl.optim
 
     model = _model()
     kw = dict(momentum=0.9) if kind == "SGD" else {}
-    opt = getattr(swgl.optim, kind)(model.parameters(), lr=1e-3, swgl={"mode": mode},
-                                     fused=False, **kw)
+    opt = getattr(swgl.optim, kind)(model.parameters(), lr=1e-3,
+                                     swgl={"rule": rule, "mode": mode}, fused=False, **kw)
     for i, batch in enumerate(_batches(4)):
         if i == 2:
             host_reads.clear()  # the first steps build the state
@@ -740,7 +750,7 @@ def test_swgl_optim_cpu_step_reads_only_its_guard_on_the_host(kind, mode, host_r
         if i == 3:
             next(model.parameters()).grad[0] = float("nan")
         opt.step()
-    assert host_reads == ["__bool__", "__bool__"]
+    assert host_reads == ["__bool__"] * (2 + CPU_READS[rule])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -61,7 +61,8 @@ def test_update_mode_scales_the_base_optimizers_step(wrapper):
     batch = _batches(1)[0]
     base = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     ref_base = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.0)
-    opts = dict(mode="update", lambda_reg=0.0, alpha=0.5)
+    # v4 (v5 before any shift: test_rule_v5) has both modes
+    opts = dict(rule="v4", mode="update", lambda_reg=0.0, alpha=0.5)
     ref_swgl = SWGL(ref.parameters(), **{**opts, "mode": "grad"})  # to read the factors
     before = [p.detach().clone() for p in model.parameters()]
     if wrapper:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from swgl import RULES, SWGL, kernels
+from swgl import DEFAULT_RULE, RULES, SWGL, kernels
 from swgl.kernels import compiled
 from swgl.rules import Context, Hyper
 from swgl.rules import consolidation as cons
@@ -57,6 +57,14 @@ def _run_detector(norms):
         if bool(shift):
             fired.append(t)
     return fired, det
+
+
+def test_v5_is_the_default():
+    assert DEFAULT_RULE == "v5"
+    opt = SWGL([torch.zeros(3, requires_grad=True)])
+    group = opt.param_groups[0]
+    assert (group["rule"], group["alpha"], group["lambda_reg"], group["mode"],
+            group["consolidation"]) == ("v5", 0.999, 3.0, "update", cons.STRENGTH)
 
 
 def test_detector_is_silent_on_a_stationary_stream():

@@ -4,7 +4,7 @@ foreach, fused) for its two phases (:mod:`swgl.rules.base`) and guard the state.
 The guard is the same for every rule: if any gradient in the call is non-finite, nothing is
 touched (neither state nor gradients), so a ``GradScaler`` that sees the same infs still skips
 its step, and no inf or NaN can ever enter the state. Rules that declare ``device_guard``
-(v2, v3 and the default v4) are handed a device flag and mask on the device, with no host sync; the
+(v2 to v5, the default) are handed a device flag and mask on the device, with no host sync; the
 seed's rules are checked on the host first (one sync).
 """
 

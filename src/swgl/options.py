@@ -7,19 +7,20 @@ Options left unset (None) take the rule's default: ``mode`` its first mode, ``si
 ``"utility"`` (chosen by measurement, docs/results.md). ``shock`` is deprecated (measured
 useless, CHANGELOG.md).
 
-What each of the seed's options does under the default rule (v4, :mod:`swgl.rules.importance`):
+What each of the seed's options does under the default rule (v5, :mod:`swgl.rules.consolidation`:
+v4's damping, :mod:`swgl.rules.importance`, plus its own pull):
 
 * ``alpha``: the decay of the squared-gradient EMA (memory of about ``1 / (1 - alpha)``
-  steps); unset: the rule's default (v4: 0.999; the seed's rules: 0.99);
+  steps); unset: the rule's default (v4, v5: 0.999; the seed's rules: 0.99);
 * ``lambda_reg``: the stability penalty's strength, how strongly an element's importance
-  bends its step away (0: SWGL changes nothing); unset: the rule's default (v4: 3.0; the
-  seed's rules: 0.01);
+  bends its step away (0: SWGL changes nothing); unset: the rule's default (v4, v5: 3.0;
+  the seed's rules: 0.01);
 * ``eps``: a floor under the gradient's RMS in the group mean (``eps^2`` under ``m``);
 * ``max_boost``: the strongest damping is ``1/max_boost``, and the progress rescale is at
   most ``max_boost``.
 
-``consolidation`` is v5's own (:mod:`swgl.rules.consolidation`): the strength of its pull
-toward the weights at the last detected shift (0.01 unset; 0: no pull).
+``consolidation`` is v5's own: the strength of its pull toward the weights at the last
+detected shift (0.01 unset; 0: no pull, v4's trajectory exactly).
 """
 
 from __future__ import annotations

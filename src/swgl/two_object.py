@@ -33,10 +33,13 @@ class SWGL(SWGLBase):
     r"""Stability-Weighted Gradient Learning, the seed's two-object API.
 
     Call ``swgl.step()`` after ``loss.backward()`` and before ``base_optimizer.step()``. Under
-    the default rule ``v4`` (:mod:`swgl.rules.importance`) an EMA of the squared gradient,
+    the default rule ``v5`` (:mod:`swgl.rules.consolidation`) an EMA of the squared gradient,
     normalised by its mean over the group, damps the steps of the elements that matter, and
-    the step is rescaled to make the base optimizer's first-order progress; in the default
-    ``mode="update"`` the base optimizer's step is rescaled by a post-hook on it. See
+    the step is rescaled to make the base optimizer's first-order progress (``v4``,
+    :mod:`swgl.rules.importance`); where the gradient statistics jump (a distribution shift,
+    found without task boundaries) the importance is frozen and the weights are pulled toward
+    their values then. In ``mode="update"`` the base optimizer's step is rescaled by a
+    post-hook on it. See
     :mod:`swgl.rules` for the exact math of each rule and ``docs/algorithm.md`` for why.
 
     Args:
@@ -49,15 +52,17 @@ class SWGL(SWGLBase):
         eps: numerical floor, > 0 (v4: a floor under the gradient's RMS).
         max_boost: >= 1; v4: the strongest damping is ``1/max_boost`` and the progress
             rescale at most ``max_boost``; the seed's rules: the largest gradient boost.
-        rule: ``"v4"`` (default), ``"v5"`` (v4 plus consolidation at detected shifts),
+        rule: ``"v5"`` (default: v4 plus consolidation at detected shifts), ``"v4"``
+            (importance damping alone: a third of v5's state, and mode ``"grad"``),
             ``"v3"``/``"v2"`` (the normalised EMA of issue 4),
             ``"v1"`` or ``"v1-paper"`` (the seed's formulas, bit-exact); see :mod:`swgl.rules`.
         signal: v2/v3 only: what their EMA tracks, ``"utility"`` :math:`|g w|` (their
             default), ``"relative"`` :math:`|g|/(|w|+\delta)` (the seed's) or ``"fisher"``.
-        mode: ``"update"`` (v4/v2/v3's default) scales the change the base optimizer makes,
-            which Adam's normalisation would otherwise cancel; ``"grad"`` scales the gradient
-            (the seed's rules). In the two-object pattern the update mode holds a copy of the
-            params from ``swgl.step()`` until ``base_optimizer.step()`` (transiently).
+        mode: ``"update"`` (the default of v5, its only mode, and of v4/v3/v2) scales the
+            change the base optimizer makes, which Adam's normalisation would otherwise
+            cancel; ``"grad"`` scales the gradient (the seed's rules). In the two-object
+            pattern the update mode holds a copy of the params from ``swgl.step()`` until
+            ``base_optimizer.step()`` (transiently).
         max_damping: v2/v3 only: the strongest damping is ``1/max_damping``.
         shock: v2/v3 only, deprecated (measured useless, CHANGELOG.md).
         consolidation: v5 only: the strength of its pull toward the weights at the last

@@ -2,7 +2,7 @@
 SWGL state and the optimizer state once (Triton on CUDA, foreach elsewhere).
 
 ``swgl.optim.AdamW(params, lr=1e-3)`` computes what ``SWGL.wrap(torch.optim.AdamW(params,
-lr=1e-3))`` does, with the same SWGL options, defaults (the default rule, ``v4`` in
+lr=1e-3))`` does, with the same SWGL options, defaults (the default rule, ``v5`` in
 ``mode="update"``) and checks, passed as ``swgl=dict(...)``.
 """
 

@@ -7,11 +7,13 @@ A step takes one of two paths, chosen per call:
   non-finite check writes a flag on the device that every later kernel reads, and the step
   counters are bumped by ``1 - found_inf`` on the device, so the step never syncs with the
   host. Launches per step, whatever the number of params: about five for v1, eight for v2;
-  for v4 (the default) three Triton passes (:mod:`swgl.kernels.triton_importance_optim`)
-  and about twenty small ops on device scalars (the step counters, ``k`` and ``rho``).
+  for v4 three Triton passes (:mod:`swgl.kernels.triton_importance_optim`) and about twenty
+  small ops on device scalars (the step counters, ``k`` and ``rho``); the default, v5, adds
+  its detector (a norm per tensor, one launch), its consolidation (two kernels that exit at
+  once but at a shift) and its pull (one pass; :func:`swgl.rules.consolidation.around_fused_step`).
 * **foreach** (everything else): the same math through ``torch._foreach_*``. Bias
   corrections come from the step counters on their device. On CUDA, with a rule that
-  honours a device flag (v2, v3, v4), the non-finite guard is that flag and a masked commit,
+  honours a device flag (v2 to v5), the non-finite guard is that flag and a masked commit,
   so this path never syncs either; elsewhere it is one host read
   (:func:`swgl.functional.all_finite`).
 
@@ -212,7 +214,7 @@ class SWGLOptimizer(Optimizer):
             plan.append(list(groups.values()))
         if True in wants and not ok and not _compiles_on_cpu(work):
             raise RuntimeError(
-                "fused=True needs every param on one CUDA device (or, for v4, the CPU with "
+                "fused=True needs every param on one CUDA device (or, for v4 and v5, the CPU with "
                 "torch.compile), contiguous, of dtype "
                 "fp32/bf16/fp16, and a rule with a kernel; pass fused=None to fall back"
             )

@@ -1,7 +1,8 @@
 r"""AdamW with SWGL fused into the same pass: ``swgl.optim.AdamW(params, lr, ...)`` computes
 exactly what ``SWGL.wrap(torch.optim.AdamW(params, lr, ...))`` does, in one pass over the
 gradient, the param, SWGL's state and Adam's moments (Triton on CUDA, foreach elsewhere;
-the default rule ``v4`` takes three passes, for its sums over the param group).
+``v4`` takes three passes, for its sums over the param group, and the default ``v5`` those
+three, a pull, and a consolidation at detected shifts).
 
 With :math:`d` the gradient the rule hands on (mode ``"grad"``: :math:`c \odot g + k \odot w`,
 ``v4``: :math:`\rho c \odot g`; mode ``"update"``: :math:`g + k \odot w`, ``v4``: :math:`g`)

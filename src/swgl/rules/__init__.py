@@ -2,10 +2,11 @@
 
 * :mod:`swgl.rules.seed`: ``v1``, ``v1-paper`` (the seed's, bit-exact);
 * :mod:`swgl.rules.normalised`: ``v2``, ``v3`` (the default until issue 12);
-* :mod:`swgl.rules.importance`: ``v4`` (the default: importance damping with the progress
-  rescale, chosen against the plain optimizer at its tuned learning rate);
-* :mod:`swgl.rules.consolidation`: ``v5`` (v4 plus a pull toward the weights at detected
-  distribution shifts).
+* :mod:`swgl.rules.importance`: ``v4`` (importance damping with the progress rescale; the
+  default until the sixth session);
+* :mod:`swgl.rules.consolidation`: ``v5`` (the default: v4 plus a pull toward the weights
+  at detected distribution shifts, chosen against the plain optimizer at its tuned learning
+  rate, docs/results.md).
 
 Each module holds its formula (docstring) and its ``single`` / ``foreach`` / ``fused``
 variants; :mod:`swgl.rules.base` describes the interface a new rule implements, and
@@ -22,4 +23,4 @@ RULES: dict[str, Rule] = {
     for rule in (seed.V1, seed.V1_PAPER, normalised.V2, normalised.V3, importance.V4,
                  consolidation.V5)
 }
-DEFAULT_RULE = "v4"
+DEFAULT_RULE = "v5"

@@ -1,6 +1,6 @@
-r"""``v5`` (v4 with consolidation at detected shifts): the default rule ``v4``, plus a pull
-toward the weights the group had when its gradient statistics last jumped, weighted by the
-importance the weights had then.
+r"""``v5``, the default rule (v4 with consolidation at detected shifts): ``v4``'s importance
+damping, plus a pull toward the weights the group had when its gradient statistics last
+jumped, weighted by the importance the weights had then.
 
 For a param group, at each step (``t`` counts the group's steps)::
 

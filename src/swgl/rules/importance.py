@@ -1,6 +1,7 @@
-r"""``v4`` (importance damping, the default since issue 12): an EMA of the squared gradient,
-normalised by its mean over the param group, damps the steps of the elements that matter, and
-the step is rescaled so that it makes the same first-order progress as the base optimizer's.
+r"""``v4`` (importance damping; the default from issue 12 until ``v5``, which builds on it):
+an EMA of the squared gradient, normalised by its mean over the param group, damps the steps
+of the elements that matter, and the step is rescaled so that it makes the same first-order
+progress as the base optimizer's.
 
 For every element of a param group, at each step::
 
