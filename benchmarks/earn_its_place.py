@@ -6,11 +6,13 @@ validation split (the last 10k training images, never trained on), and the table
 test accuracy at that choice, side by side, from the same run. Methods:
 
 * ``plain``: the base optimizer alone (SGD or Adam);
-* ``swgl``: ``SWGL.wrap(base)`` with every default (the library's default rule);
-* ``swgl-v3``: the previous default rule (``rule="v3"``);
-* ``ctrl-tensor`` / ``ctrl-global``: the controls that isolate the per-parameter idea: the
-  default rule with its per-element factor replaced by the tensor's mean factor, or by one
-  scalar for the whole model matched to the mean factor at each step;
+* ``swgl``: ``SWGL.wrap(base)`` with every default (the library's default rule: ``v5`` since
+  the sixth session, ``v4`` before it, so the ``swgl`` rows of earlier stored results are v4);
+* ``swgl-v5``, ``swgl-v4``, ``swgl-v3``: a rule named explicitly (``swgl-v5-c<strength>``:
+  v5 with that ``consolidation``);
+* ``ctrl-tensor`` / ``ctrl-global``: the controls that isolate the per-parameter idea: v4
+  with its per-element factor replaced by the tensor's mean factor, or by one scalar for the
+  whole model matched to the mean factor at each step;
 * the boundary-free peers (:data:`PEERS`), built from the harness's method classes
   (``swgl.bench.methods``: ``stream-ewc``, ``stream-mas``, ``stream-si``, ``l2-init`` on SGD and
   on Adam; ``upgd``, ``mesu``, ``bgd`` on their own optimizers, in the SGD rows), each tuned on
@@ -23,6 +25,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
 
     python benchmarks/earn_its_place.py grid > grid.json        # the default grid (222 runs)
     python benchmarks/earn_its_place.py grid --preset device    # long + the peers (534 runs)
+    python benchmarks/earn_its_place.py grid --preset v5-strength  # v5's pull strength (168)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -139,7 +142,7 @@ def rotate(x, degrees: float):
 
 
 class Control:
-    """The default rule with its per-element factor ``c`` replaced by the tensor's mean
+    """v4 with its per-element factor ``c`` replaced by the tensor's mean
     (``"tensor"``) or by the mean over the whole model (``"global"``), at every step, before
     the rule's progress rescale ``rho`` (so "global" gives back the plain step up to the
     ``max_boost`` cap: the per-element part is all the rule adds)."""
@@ -386,19 +389,39 @@ V5_LRS = {
 
 
 def v5_grid() -> list[dict]:
-    """Plain against rule ``v5`` (``swgl-v5``) on the four regimes, 3 seeds, and v4 (``swgl``)
+    """Plain against rule ``v5`` (``swgl-v5``) on the four regimes, 3 seeds, and v4
+    (``swgl-v4``; the stored results of the fifth session name it ``swgl``, the default then)
     on the two fast ones: 216 runs, about 4 minutes on 16 cores (the slow ``long`` first)."""
     runs = []
     for sc, lrs in V5_LRS.items():
         runs += method_runs(sc, "plain", lrs)
         runs += method_runs(sc, "swgl-v5", lrs, swgl={"rule": "v5"})
         if sc in ("rotated", "splitdom"):
-            runs += method_runs(sc, "swgl", lrs)
+            runs += method_runs(sc, "swgl-v4", lrs, swgl={"rule": "v4"})
     order = {"long": 0, "short": 1}
     return sorted(runs, key=lambda r: (order.get(r["scenario_name"], 2), r["method"] == "plain"))
 
 
-PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, "v5": v5_grid}
+#: v5's pull strengths around its default (0.01, in the v5 preset) and the lrs around v5's
+#: tuned ones (short/SGD up to 0.08, where v5 was tuned at the 0.01 strength)
+STRENGTHS = (0.003, 0.03)
+STRENGTH_LRS = {**V5_LRS, "short": {**V5_LRS["short"], "sgd": (0.02, 0.04, 0.08)}}
+
+
+def v5_strength_grid() -> list[dict]:
+    """v5 at the pull strengths :data:`STRENGTHS` (``swgl-v5-c<strength>``) on the four
+    regimes, 3 seeds: 168 runs, about 5 minutes on 16 cores; report it with the v5 preset's
+    results (plain and v5 at 0.01 come from there)."""
+    runs = []
+    for sc, lrs in STRENGTH_LRS.items():
+        for c in STRENGTHS:
+            runs += method_runs(sc, f"swgl-v5-c{c}", lrs, swgl={"rule": "v5", "consolidation": c})
+    order = {"long": 0, "short": 1}
+    return sorted(runs, key=lambda r: order.get(r["scenario_name"], 2))
+
+
+PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, "v5": v5_grid,
+           "v5-strength": v5_strength_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:
@@ -506,7 +529,8 @@ def report(results: list[dict], out: Path, grid: list[dict] | None = None) -> st
     lines.append("| scenario | optimizer | method | tuned lr | strength | ACC (test) "
                  "| delta vs tuned plain | LA | forgetting | seeds |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    order = {m: i for i, m in enumerate(("plain", "swgl", "swgl-v3", "ctrl-tensor",
+    order = {m: i for i, m in enumerate(("plain", "swgl", "swgl-v5", "swgl-v4", "swgl-v3",
+                                         "ctrl-tensor",
                                          "ctrl-global", *PEER_ORDER))}
     for (sc, opt, method), (lr, strength, row) in sorted(
             best.items(), key=lambda kv: (kv[0][:2], order.get(kv[0][2], 99), kv[0][2])):
