@@ -1,9 +1,11 @@
 """Host time of the optimizer step alone, per setup of ``step_speed.py`` (CUDA only).
 
 BERT-base grads from one backward; then 20 optimizer steps timed on the host (the GPU runs
-behind), and a cProfile of 20 more, sorted by own time: where the per-step Python goes.
+behind), and a cProfile of 20 more, sorted by own time: where the per-step Python goes. The
+default rule v5 runs in its state after a shift (``step_speed._as_after_shift``); ``--v4``
+adds the previous default's rows.
 
-    PYTHONPATH=src python benchmarks/host_time_gpu.py
+    PYTHONPATH=src python benchmarks/host_time_gpu.py [--v4]
 """
 
 import cProfile
@@ -21,13 +23,16 @@ import step_speed as S  # noqa: E402
 
 def main() -> None:
     dev = torch.device("cuda")
-    for name in S.GPU_ROWS[:4]:
+    for name in S.GPU_ROWS[:4] + (S.V4_ROWS if "--v4" in sys.argv[1:] else ()):
         model, ids, labels = S._bert(dev)
         params = [p for p in model.parameters() if p.requires_grad]
-        opt_step, _ = S._setup(name, params)
+        opt_step, _, owner = S._setup(name, params)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             model(input_ids=ids, labels=labels).loss.backward()
         for _ in range(5):
+            opt_step()
+        if owner is not None and (S._rule_of(name) or S.swgl.DEFAULT_RULE) == "v5":
+            S._as_after_shift(owner, params)
             opt_step()
         torch.cuda.synchronize()
         t = time.perf_counter()
@@ -47,7 +52,7 @@ def main() -> None:
             out = io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(22)
             print(out.getvalue()[-6000:])
-        del model, params, opt_step
+        del model, params, opt_step, owner
         torch.cuda.empty_cache()
 
 
