@@ -143,6 +143,46 @@ def test_unmodulated_categories_keep_their_grads(api):
     assert by_cat["weights"][pre + "alpha"] == 0.99  # v2's default (the seed's)
 
 
+def test_default_rule_categories_can_switch_damping_and_pull_off():
+    """Under the default rule v5, ``lambda_reg=0, consolidation=0`` leaves a category's steps
+    plain SGD's (up to rounding) at every step, across a detected shift; the weights' are not."""
+    torch.manual_seed(0)
+    model = Tiny()
+    off = dict(lambda_reg=0.0, consolidation=0.0)
+    opt = SWGL.wrap(torch.optim.SGD(param_groups(model, biases=off, norms=off,
+                                                 embeddings=off, for_wrapper=True), lr=0.05))
+    named = _names(classify(model))
+    params = dict(model.named_parameters())
+    worst = {"off": 0.0, "weights": 0.0}
+    for step in range(70):              # inputs change at step 55: v5's detector fires
+        opt.zero_grad()
+        low, scale = (0, 1.0) if step < 55 else (5, 10.0)
+        x = torch.randint(low, low + 5, (6, 4), generator=torch.Generator().manual_seed(step))
+        (scale * model(x).pow(2).mean()).backward()
+        plain = {n: (p - 0.05 * p.grad).detach() for n, p in params.items() if p.grad is not None}
+        opt.step()
+        for n, target in plain.items():
+            kind = "weights" if n in named["weights"] else "off"
+            worst[kind] = max(worst[kind], float((params[n].detach() - target).abs().max()))
+    assert any(float(opt.state[p]["detector"][3]) > 0 for p in model.parameters())
+    assert worst["off"] < 1e-6 < 1e-3 < worst["weights"], worst
+
+
+def test_the_wrapper_refuses_groups_built_without_its_prefix():
+    """Unprefixed SWGL options in a base's groups would be ignored: an error, not a no-op."""
+    groups = param_groups(Tiny(), biases=dict(lambda_reg=0.0))
+    with pytest.raises(ValueError, match=r"param group 1 has SWGL option\(s\) \['lambda_reg'\] "
+                                         r"without the 'swgl_' prefix.*for_wrapper=True"):
+        SWGL.wrap(torch.optim.SGD(groups, lr=0.05))
+
+
+def test_category_options_are_checked_against_a_rule_that_reads_them():
+    with pytest.raises(ValueError, match="biases: signal='fisher' means nothing to rule 'v5'"):
+        param_groups(Tiny(), biases=dict(signal="fisher", consolidation=0.0))
+    with pytest.raises(ValueError, match="norms: consolidation must be"):
+        param_groups(Tiny(), norms=dict(consolidation=-1.0))
+
+
 def test_wrapper_keys_never_touch_the_base_options():
     model = Tiny()
     groups = param_groups(model, norms=dict(eps=1e-3), for_wrapper=True)

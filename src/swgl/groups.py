@@ -17,11 +17,12 @@ shared by several modules (tied embeddings) belongs to the first owner in
 ``model.named_modules()`` order. ``overrides`` maps glob patterns of parameter names to a
 category for what types cannot tell (a ViT's ``pos_embed``, say).
 
-Example, biases and norms left unmodulated (``lambda_reg=0`` under the default rule ``v4``;
+Example, biases and norms left unmodulated (``lambda_reg=0, consolidation=0`` under the
+default rule ``v5``: no damping and no pull; ``lambda_reg=0`` under ``v4``;
 ``max_boost=1, max_damping=1`` under ``v2``/``v3``)::
 
-    groups = swgl.groups.param_groups(model, biases=dict(lambda_reg=0.0),
-                                      norms=dict(lambda_reg=0.0))
+    off = dict(lambda_reg=0.0, consolidation=0.0)
+    groups = swgl.groups.param_groups(model, biases=off, norms=off)
     swgl = SWGL(groups)                                   # two-object API
     opt = SWGLWrapper(swgl.groups.param_groups(model, ..., for_wrapper=True),
                       base=torch.optim.AdamW, base_kwargs={"lr": 1e-3})
@@ -39,6 +40,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
+
+from swgl.rules import DEFAULT_RULE, RULES
 
 __all__ = ["CATEGORIES", "NORM_TYPES", "EMBEDDING_TYPES", "classify", "merge", "param_groups",
            "swgl_options"]
@@ -131,9 +134,11 @@ def _check_category_options(category: str, options: Any, known: Mapping[str, Any
     from swgl.options import check_options
 
     # values are range-checked here, against the category's own rule if it names one, else
-    # against v2 (which reads every option); the optimizer then checks them against the rule
-    # it is built with
-    checked = {**known, "rule": "v2", **options}
+    # against the first rule that reads every option given (or the default, whose error then
+    # names the option it does not read); the optimizer checks them again against its rule
+    rule = options.get("rule") or next(
+        (name for name, r in RULES.items() if set(options) <= r.options), DEFAULT_RULE)
+    checked = {**known, **options, "rule": rule}
     try:
         check_options(checked)
     except (ValueError, TypeError) as err:

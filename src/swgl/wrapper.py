@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 
 from swgl.base import PREFIX, SWGLBase, check_params, run_closure, snapshot
 from swgl.checkpoint import by_position, check_state_dict_layout
-from swgl.options import check_options
+from swgl.options import MATH_OPTIONS, check_options
 from swgl.rules import DEFAULT_RULE
 
 __all__ = ["SWGLWrapper", "wrap"]
@@ -88,19 +88,26 @@ class SWGLWrapper(SWGLBase):
         self._sharing_groups = True
         # Share the groups themselves: schedulers and add_param_group then act on both.
         self.param_groups = base_opt.param_groups
-        for group in self.param_groups:
-            for key, value in defaults.items():
-                group.setdefault(key, value)
-            check_options(group, PREFIX)
-            check_params(group)
+        for index, group in enumerate(self.param_groups):
+            self._check_group(group, index, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not self._sharing_groups:  # Optimizer.__init__ copying the base's groups
             super().add_param_group(param_group)
             return
         self.base.add_param_group(param_group)
-        group = self.param_groups[-1]
-        for key, value in self.defaults.items():
+        self._check_group(self.param_groups[-1], len(self.param_groups) - 1, self.defaults)
+
+    def _check_group(self, group: dict[str, Any], index: int, defaults: dict[str, Any]) -> None:
+        # an SWGL option without the prefix is a key the base ignores: it would do nothing
+        bare = sorted(k for k in set(group) & set(MATH_OPTIONS) if k not in self.base.defaults)
+        if bare:
+            raise ValueError(
+                f"param group {index} has SWGL option(s) {bare} without the {PREFIX!r} prefix, "
+                f"which {type(self.base).__name__} would ignore; name them {PREFIX}<option> "
+                "(swgl.groups.param_groups(..., for_wrapper=True) does)"
+            )
+        for key, value in defaults.items():
             group.setdefault(key, value)
         check_options(group, PREFIX)
         check_params(group)
