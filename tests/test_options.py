@@ -93,6 +93,12 @@ def test_update_mode_needs_rule_v2():
         SWGL(_model().parameters(), rule="v1", mode="update")
 
 
+def test_grad_mode_under_the_default_names_the_rules_that_have_it():
+    with pytest.raises(ValueError, match=r"mode='grad' is not a mode of rule 'v5' \(it runs in "
+                                         r"\['update'\]\); rules with mode 'grad': \[.*'v4'\]"):
+        SWGL(_model().parameters(), mode="grad")
+
+
 @pytest.mark.parametrize("bad, error, message", [
     (dict(signal="hessian"), ValueError, r"signal must be one of"),
     (dict(mode="param"), ValueError, r"mode must be one of \['grad', 'update'\]"),

@@ -89,9 +89,11 @@ def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = 
         group[key("mode")] = rule.modes[0]
     group[key("mode")] = check_choice(shown("mode"), group[key("mode")], MODES)
     if group[key("mode")] not in rule.modes:
+        mode = group[key("mode")]
         raise ValueError(
-            f"{shown('mode')}={group[key('mode')]!r} is not a mode of rule {rule_name!r} "
-            f"(it runs in {list(rule.modes)})"
+            f"{shown('mode')}={mode!r} is not a mode of rule {rule_name!r} (it runs in "
+            f"{list(rule.modes)}); rules with mode {mode!r}: "
+            f"{[name for name, r in RULES.items() if mode in r.modes]}"
         )
     if group[key("max_damping")] is not None:
         number("max_damping", 1.0)
