@@ -24,8 +24,8 @@ from swgl.state import STORAGES
 from swgl.state._common import check_tensor
 from swgl.stats import DEFAULT_QUANTILES, layer_stats
 
-__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "copies", "local", "run_closure",
-           "snapshot"]
+__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "copies", "fresh_extra", "local",
+           "run_closure", "snapshot"]
 
 #: Prefix of SWGL's keys in the wrapper's param groups and state_dict.
 PREFIX = "swgl_"
@@ -62,7 +62,7 @@ class SWGLBase(Optimizer):
         # the step counter lives on the param's device: the default rule reads it there
         step = torch.zeros((), device=local(p).device)
         # the storage format takes the first state tensor; the others are plain fp32
-        extra = {name: _fresh(p, init) for name, init in rule.state[1:]}
+        extra = {name: fresh_extra(p, init) for name, init in rule.state[1:]}
         return {**self._storage(group).init(p, rule.init_value), **extra, "step": step}
 
     def _extra_names(self, group: dict[str, Any]) -> list[str]:
@@ -280,7 +280,7 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
         return closure()
 
 
-def _fresh(p: Tensor, init: float | str | tuple[float, ...]) -> Tensor:
+def fresh_extra(p: Tensor, init: float | str | tuple[float, ...]) -> Tensor:
     """A rule's extra state tensor: filled with ``init``, a copy of ``p`` (``"param"``), or a
     small vector of the values ``init`` lists (a tuple: the rule's per-group scalars, the same
     on every rank). Shaped like a DTensor ``p`` as a DTensor sharded like it (FSDP2), so that
@@ -295,7 +295,7 @@ def _fresh(p: Tensor, init: float | str | tuple[float, ...]) -> Tensor:
 
 
 def _check_extra(t: object, what: str, init: float | str | tuple[float, ...], p: Tensor) -> None:
-    """A loaded extra state tensor (see :func:`_fresh`): fp32 and finite, shaped like ``p``
+    """A loaded extra state tensor (see :func:`fresh_extra`): fp32 and finite, shaped like ``p``
     (a number's fill or a copy of ``p``) or like ``init`` (a vector of per-group scalars);
     nonnegative but for a copy of ``p`` (the rules' fills are importances, their vectors
     counters and EMAs of norms)."""

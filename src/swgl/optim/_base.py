@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl import kernels
-from swgl.base import _fresh, copies, run_closure
+from swgl.base import copies, fresh_extra, run_closure
 from swgl.functional import all_finite, found_nonfinite
 from swgl.kernels import compiled
 from swgl.options import DEFAULTS, check_options
@@ -165,7 +165,7 @@ class SWGLOptimizer(Optimizer):
             for name, init in extra_state:
                 key = "swgl_" + name
                 if key not in state:
-                    state[key] = _fresh(p, init)
+                    state[key] = fresh_extra(p, init)
                 extras[name].append(state[key])
             params.append(p)  # the step runs under no_grad: no detached copy needed
             grads.append(p.grad)
