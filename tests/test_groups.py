@@ -174,6 +174,10 @@ def test_the_wrapper_refuses_groups_built_without_its_prefix():
     with pytest.raises(ValueError, match=r"param group 1 has SWGL option\(s\) \['lambda_reg'\] "
                                          r"without the 'swgl_' prefix.*for_wrapper=True"):
         SWGL.wrap(torch.optim.SGD(groups, lr=0.05))
+    opt = SWGL.wrap(torch.optim.SGD(groups[:1], lr=0.05))
+    with pytest.raises(ValueError, match="param group 1 has SWGL option"):
+        opt.add_param_group(groups[1])
+    assert len(opt.param_groups) == len(opt.base.param_groups) == 1  # nothing was added
 
 
 def test_category_options_are_checked_against_a_rule_that_reads_them():

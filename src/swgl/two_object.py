@@ -44,13 +44,13 @@ class SWGL(SWGLBase):
 
     Args:
         params: iterable of tensors or of param-group dicts; options may differ per group.
-        alpha: EMA decay in [0, 1); None: the rule's default (v4: 0.999, the seed's rules:
-            0.99).
-        lambda_reg: the stability penalty's strength, >= 0 (v4: how strongly importance bends
-            a step; the seed's rules: their decay term); None: the rule's default (v4: 3.0,
-            the seed's rules: 0.01).
-        eps: numerical floor, > 0 (v4: a floor under the gradient's RMS).
-        max_boost: >= 1; v4: the strongest damping is ``1/max_boost`` and the progress
+        alpha: EMA decay in [0, 1); None: the rule's default (v4, v5: 0.999, the seed's
+            rules: 0.99).
+        lambda_reg: the stability penalty's strength, >= 0 (v4/v5: how strongly importance
+            bends a step; the seed's rules: their decay term); None: the rule's default (v4,
+            v5: 3.0, the seed's rules: 0.01).
+        eps: numerical floor, > 0 (v4/v5: a floor under the gradient's RMS).
+        max_boost: >= 1; v4/v5: the strongest damping is ``1/max_boost`` and the progress
             rescale at most ``max_boost``; the seed's rules: the largest gradient boost.
         rule: ``"v5"`` (default: v4 plus consolidation at detected shifts), ``"v4"``
             (importance damping alone: a third of v5's state, and mode ``"grad"``),

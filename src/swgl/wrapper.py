@@ -89,17 +89,19 @@ class SWGLWrapper(SWGLBase):
         # Share the groups themselves: schedulers and add_param_group then act on both.
         self.param_groups = base_opt.param_groups
         for index, group in enumerate(self.param_groups):
-            self._check_group(group, index, defaults)
+            self._check_bare(group, index)
+            self._check_group(group, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not self._sharing_groups:  # Optimizer.__init__ copying the base's groups
             super().add_param_group(param_group)
             return
+        self._check_bare(param_group, len(self.param_groups))  # before the base takes it
         self.base.add_param_group(param_group)
-        self._check_group(self.param_groups[-1], len(self.param_groups) - 1, self.defaults)
+        self._check_group(self.param_groups[-1], self.defaults)
 
-    def _check_group(self, group: dict[str, Any], index: int, defaults: dict[str, Any]) -> None:
-        # an SWGL option without the prefix is a key the base ignores: it would do nothing
+    def _check_bare(self, group: dict[str, Any], index: int) -> None:
+        """An SWGL option without the prefix is a key the base ignores: it would do nothing."""
         bare = sorted(k for k in set(group) & set(MATH_OPTIONS) if k not in self.base.defaults)
         if bare:
             raise ValueError(
@@ -107,6 +109,8 @@ class SWGLWrapper(SWGLBase):
                 f"which {type(self.base).__name__} would ignore; name them {PREFIX}<option> "
                 "(swgl.groups.param_groups(..., for_wrapper=True) does)"
             )
+
+    def _check_group(self, group: dict[str, Any], defaults: dict[str, Any]) -> None:
         for key, value in defaults.items():
             group.setdefault(key, value)
         check_options(group, PREFIX)
