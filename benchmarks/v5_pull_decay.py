@@ -8,7 +8,9 @@ so a task of a few hundred steps gets a strong pull right after its shift and a 
 later, while a short task keeps it strong. Variants: ``decayA`` (H 20, the detector's shift
 ratio lowered to 1.5), ``decayB`` (H 20, the default ratio 2). C0 = 0.03. The change is made by
 replacing ``swgl.rules.consolidation._pull`` (and ``SHIFT_RATIO``) in the forked workers, on
-the CPU's foreach path; lrs as ``earn_its_place.py``'s v5-strength preset, 3 seeds.
+the CPU's foreach path; lrs as ``earn_its_place.py``'s v5-strength preset, 3 seeds. The
+library has since taken ``decayB`` as an option: ``consolidation=0.03,
+consolidation_horizon=20`` gives the same accuracy matrices bit for bit.
 
     python benchmarks/v5_pull_decay.py OUT JOBS [sgd|adam] [decayA,decayB]
     python benchmarks/earn_its_place.py report benchmarks/results/earn_its_place_v5/results.json \\

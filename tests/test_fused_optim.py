@@ -395,16 +395,19 @@ def _assert_consolidated(state, prefix):
     assert float(state[prefix + "consolidated"].abs().sum()) > 0
 
 
+@pytest.mark.parametrize("horizon", [None, 5.0])
 @pytest.mark.parametrize("kind", ["adamw", "sgd1"])
-def test_v5_equals_the_wrapper_across_a_detected_shift(kind):
+def test_v5_equals_the_wrapper_across_a_detected_shift(kind, horizon):
     fused_net, ref_net = _model(), _model()
+    fade = {"consolidation_horizon": horizon}
     if kind == "adamw":
         opt = _make("adamw", fused_net.parameters(), "v5", "update", **ADAMW)
         base = torch.optim.AdamW(ref_net.parameters(), **ADAMW, foreach=True)
     else:
         opt = _make("sgd", fused_net.parameters(), "v5", "update", **SGD_KW[1])
         base = torch.optim.SGD(ref_net.parameters(), **SGD_KW[1])
-    ref = SWGL.wrap(base, rule="v5", **SW)
+    opt.param_groups[0]["swgl"] = optim_base.check_swgl(fade, opt.param_groups[0]["swgl"])
+    ref = SWGL.wrap(base, rule="v5", **SW, **fade)
     for i in range(V5_STEPS):
         for net, o in ((fused_net, opt), (ref_net, ref)):
             _v5_stream(net, i)

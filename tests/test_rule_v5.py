@@ -64,7 +64,8 @@ def test_v5_is_the_default():
     opt = SWGL([torch.zeros(3, requires_grad=True)])
     group = opt.param_groups[0]
     assert (group["rule"], group["alpha"], group["lambda_reg"], group["mode"],
-            group["consolidation"]) == ("v5", 0.999, 3.0, "update", cons.STRENGTH)
+            group["consolidation"], group["consolidation_horizon"]) == (
+        "v5", 0.999, 3.0, "update", cons.STRENGTH, 0.0)
 
 
 def test_detector_is_silent_on_a_stationary_stream():
@@ -112,10 +113,11 @@ def test_a_shift_consolidates_and_the_pull_holds_the_old_weights():
     assert (m5.weight - anchor).norm() < 0.8 * (m4.weight - anchor).norm()
 
 
+@pytest.mark.parametrize("horizon", [0.0, 20.0])
 @pytest.mark.parametrize("impl", IMPLS[1:])
-def test_variants_agree(impl):
-    ref, opt_ref = _train("v5", impl="single")
-    got, opt_got = _train("v5", impl=impl)
+def test_variants_agree(impl, horizon):
+    ref, opt_ref = _train("v5", impl="single", consolidation_horizon=horizon)
+    got, opt_got = _train("v5", impl=impl, consolidation_horizon=horizon)
     for a, b in zip(ref.parameters(), got.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for p_ref, p_got in zip(ref.parameters(), got.parameters()):
@@ -203,6 +205,34 @@ def test_a_checkpoint_resumes_bit_exactly_after_a_shift():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("variant", IMPLS)
+def test_the_faded_pull_follows_its_formula(variant):
+    """k = consolidation F min(1, horizon / (t - t_last + 1)): full strength within the
+    horizon, faded after it."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(300, 300), (7,)]                       # one compiled tensor, one foreach
+    params = [torch.randn(s, generator=g) for s in shapes]
+    state = {"consolidated": [torch.rand(s, generator=g) * 5 for s in shapes],
+             "stability": [torch.rand(s, generator=g) for s in shapes],
+             "anchor": [torch.randn(s, generator=g) for s in shapes]}
+    for t, fade in ((70.0, 1.0), (160.0, 20.0 / 101.0)):      # consolidated at step 60
+        ps = [p.clone() for p in params]
+        cons._pull(ps, state, torch.tensor([t, 1.0, 1.0, 60.0]), 0.03, variant, horizon=20.0)
+        for p, got, f, mu in zip(params, ps, state["consolidated"], state["anchor"]):
+            k = 0.03 * fade * f
+            torch.testing.assert_close(got, (p + k * mu) / (1.0 + k), rtol=1e-6, atol=1e-6)
+
+
+def test_a_horizon_fades_the_pull_after_a_shift():
+    m4, _ = _train("v4")
+    held, opt = _train("v5", consolidation=0.1)
+    faded, _ = _train("v5", consolidation=0.1, consolidation_horizon=10.0)
+    anchor = opt.state[held.weight]["anchor"]
+    dist = {name: float((m.weight.detach() - anchor).norm())
+            for name, m in (("v4", m4), ("held", held), ("faded", faded))}
+    assert dist["held"] < dist["faded"] < dist["v4"], dist
+
+
 def test_consolidation_sets_the_pull_and_zero_turns_it_off():
     m4, _ = _train("v4")
     off, opt_off = _train("v5", consolidation=0.0)
@@ -221,6 +251,9 @@ def test_consolidation_sets_the_pull_and_zero_turns_it_off():
     (dict(rule="v5", consolidation=-0.1), "consolidation"),
     (dict(rule="v5", consolidation=float("nan")), "consolidation"),
     (dict(rule="v4", consolidation=0.01), "means nothing to rule 'v4'"),
+    (dict(rule="v5", consolidation_horizon=-1.0), "consolidation_horizon"),
+    (dict(rule="v5", consolidation_horizon=float("inf")), "consolidation_horizon"),
+    (dict(rule="v4", consolidation_horizon=20.0), "means nothing to rule 'v4'"),
 ])
 def test_bad_consolidation_raises_naming_it(options, match):
     with pytest.raises(ValueError, match=match):
@@ -298,9 +331,11 @@ def test_grad_mode_is_rejected_for_v5():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: host syncs exist only "
                     "between a host and a device")
-def test_v5_step_has_no_host_sync_on_cuda():
+@pytest.mark.parametrize("horizon", [None, 20.0])
+def test_v5_step_has_no_host_sync_on_cuda(horizon):
     model = nn.Linear(64, 64).cuda()
-    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.01), rule="v5")
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.01), rule="v5",
+                    consolidation_horizon=horizon)
     x = torch.randn(16, 64, device="cuda")
     for scale in (1.0,) * 60 + (30.0,) * 5:           # warm up, then a shift
         opt.zero_grad()

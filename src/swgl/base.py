@@ -134,7 +134,7 @@ class SWGLBase(Optimizer):
     def _rule_options(self, group: dict[str, Any]) -> dict[str, Any]:
         pre = self.option_prefix
         names = ("rule", "alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
-                 "mode", "shock", "consolidation", "foreach", "fused")
+                 "mode", "shock", "consolidation", "consolidation_horizon", "foreach", "fused")
         return {name: group.get(pre + name) for name in names}
 
     @torch.no_grad()

@@ -82,6 +82,7 @@ def swgl(
     mode: str = "grad",
     shock: float = 0.0,
     consolidation: float | None = None,
+    consolidation_horizon: float | None = None,
     grad_scale: float = 1.0,
     foreach: bool = True,
     fused: bool | None = None,
@@ -112,6 +113,8 @@ def swgl(
         # unset: the rule's default (v5: 0.01), or 0 for the rules that do not read it
         consolidation=(rule_.default("consolidation", 0.0) if consolidation is None
                        else consolidation),
+        consolidation_horizon=(rule_.default("consolidation_horizon", 0.0)
+                               if consolidation_horizon is None else consolidation_horizon),
     )
     hp = rule_.hyper(hp)
     impl = _pick(rule_.before, rule, params, hp, foreach, fused)

@@ -20,7 +20,9 @@ v4's damping, :mod:`swgl.rules.importance`, plus its own pull):
   most ``max_boost``.
 
 ``consolidation`` is v5's own: the strength of its pull toward the weights at the last
-detected shift (0.01 unset; 0: no pull, v4's trajectory exactly).
+detected shift (0.01 unset; 0: no pull, v4's trajectory exactly). So is
+``consolidation_horizon``: from that many steps after a shift on, the pull fades as
+``horizon / steps since the shift`` (0 unset: it keeps its strength).
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ DEFAULT_SIGNAL = "utility"
 #: The options of the math, with their defaults (the seed's four first).
 DEFAULTS: dict[str, Any] = dict(
     alpha=None, lambda_reg=None, eps=1e-8, max_boost=10.0, rule=DEFAULT_RULE, signal=None,
-    mode=None, max_damping=None, shock=0.0, consolidation=None,
+    mode=None, max_damping=None, shock=0.0, consolidation=None, consolidation_horizon=None,
 )
 MATH_OPTIONS = tuple(DEFAULTS)
 #: What "unset" is for each option a rule may not read.
-_UNSET: dict[str, Any] = dict(signal=None, max_damping=None, shock=0.0, consolidation=None)
+_UNSET: dict[str, Any] = dict(signal=None, max_damping=None, shock=0.0, consolidation=None,
+                              consolidation_horizon=None)
 
 
 def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = False,
@@ -99,6 +102,8 @@ def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = 
         number("max_damping", 1.0)
     if "consolidation" in rule.options:
         number("consolidation", 0.0)
+    if "consolidation_horizon" in rule.options:
+        number("consolidation_horizon", 0.0)
     number("shock", 0.0)
     if 0.0 < group[key("shock")] <= 1.0:
         raise ValueError(f"{shown('shock')} must be 0 (off) or > 1, got {group[key('shock')]!r}")
@@ -124,6 +129,7 @@ def hyper(group: dict[str, Any], prefix: str = "") -> Hyper:
     """A checked group's math options (but ``rule``) as the rules take them (an unset
     ``consolidation``, for a rule that does not read it, is Hyper's 0)."""
     values = {name: group[prefix + name] for name in MATH_OPTIONS if name != "rule"}
-    if values["consolidation"] is None:
-        values["consolidation"] = 0.0
+    for name in ("consolidation", "consolidation_horizon"):   # 0 for rules that do not read them
+        if values[name] is None:
+            values[name] = 0.0
     return Hyper(**values)

@@ -67,6 +67,8 @@ class SWGL(SWGLBase):
         shock: v2/v3 only, deprecated (measured useless, CHANGELOG.md).
         consolidation: v5 only: the strength of its pull toward the weights at the last
             detected distribution shift, >= 0; None: 0.01 (0: no pull).
+        consolidation_horizon: v5 only: from this many steps after a shift on, the pull
+            fades as ``horizon / steps since the shift``, >= 0; None: 0 (it never fades).
         storage: how the stability state is stored (see :mod:`swgl.state`); ``"fp32"``.
         foreach: use the multi-tensor implementation (default) or the per-tensor reference.
         fused: the Triton kernels (:mod:`swgl.kernels`): None picks them on CUDA when Triton
@@ -93,6 +95,7 @@ class SWGL(SWGLBase):
         max_damping: float | None = None,
         shock: float = 0.0,
         consolidation: float | None = None,
+        consolidation_horizon: float | None = None,
         storage: str = "fp32",
         foreach: bool = True,
         fused: bool | None = None,
@@ -101,7 +104,8 @@ class SWGL(SWGLBase):
         defaults = dict(
             rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
             signal=signal, mode=mode, max_damping=max_damping, shock=shock,
-            consolidation=consolidation, storage=storage, foreach=foreach, fused=fused,
+            consolidation=consolidation, consolidation_horizon=consolidation_horizon,
+            storage=storage, foreach=foreach, fused=fused,
         )
         check_options(dict(defaults))
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):

@@ -54,6 +54,7 @@ class SWGLWrapper(SWGLBase):
         max_damping: float | None = None,
         shock: float = 0.0,
         consolidation: float | None = None,
+        consolidation_horizon: float | None = None,
         storage: str = "fp32",
         foreach: bool = True,
         fused: bool | None = None,
@@ -75,7 +76,8 @@ class SWGLWrapper(SWGLBase):
             for k, v in dict(
                 rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
                 signal=signal, mode=mode, max_damping=max_damping, shock=shock,
-                consolidation=consolidation, storage=storage, foreach=foreach, fused=fused,
+                consolidation=consolidation, consolidation_horizon=consolidation_horizon,
+                storage=storage, foreach=foreach, fused=fused,
             ).items()
         }
         check_options(dict(defaults), PREFIX)

@@ -35,7 +35,8 @@ __all__ = ["run_fused", "run_fused_after", "triton_available", "runs_on", "can_f
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
-                          "mode", "consolidation"})   # v5 applies its pull outside the kernels
+                          "mode", "consolidation", "consolidation_horizon"})
+# (v5 applies its pull, faded or not, outside v4's kernels)
 # Triton's interpreter runs the kernels on CPU tensors: lets the kernels be debugged anywhere
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

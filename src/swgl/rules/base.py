@@ -43,6 +43,8 @@ class Hyper:
     shock: float = 0.0
     #: v5: the pull's strength per unit of consolidated importance (0: no pull)
     consolidation: float = 0.0
+    #: v5: steps after a shift from which the pull fades as horizon / steps (0: it never fades)
+    consolidation_horizon: float = 0.0
 
     @property
     def min_scale(self) -> float:

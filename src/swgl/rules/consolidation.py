@@ -14,7 +14,8 @@ For a param group, at each step (``t`` counts the group's steps)::
         F  = DECAY * F + s / (m + eps^2)               # m: the group's mean of s (v4's)
         mu = w
     after v4's update, once the group has consolidated:
-        w  = (w + k mu) / (1 + k),  k = consolidation * F   # implicit: stable for any k
+        w  = (w + k mu) / (1 + k),  k = consolidation * F * fade   # implicit: stable for any k
+        fade = min(1, horizon / (t - t_last + 1))   # horizon = consolidation_horizon; 0: fade = 1
 
 ``s`` is v4's EMA of the squared gradient (its estimate of the diagonal Fisher information),
 so ``F`` holds, per element, how much the weights mattered at the last shifts, relative to the
@@ -31,8 +32,10 @@ old task's importance within its horizon, and damping alone only slows the drift
 taken at a shift, weighted by the importance frozen then, bounds the drift of the weights an
 old task relied on. The constants were chosen by the search in
 ``benchmarks/rule_search.py`` (docs/results.md). The pull's strength is the option
-``consolidation`` (default :data:`STRENGTH`, 0.01; 0: no pull, the consolidation still kept);
-the detector's and the decay's constants are the module's.
+``consolidation`` (default :data:`STRENGTH`, 0.01; 0: no pull, the consolidation still kept).
+``consolidation_horizon`` (default 0: off) makes it fade from that many steps after a shift
+on: a research lead that met the +2-points goal with SGD and not with Adam (docs/results.md,
+sixth session). The detector's and the decay's constants are the module's.
 
 Phases. ``before`` runs v4's ``before`` (any variant), then the detector and, on a shift, the
 consolidation; ``after`` runs v4's ``after``, then the pull. On the CPU the consolidation and
@@ -40,8 +43,8 @@ the pull are skipped on the host when they would change nothing (a host read the
 sync), and the fused variant compiles the pull per large tensor (one pass: read w, mu, F;
 write w). On CUDA, with no host sync: the fused variant runs both as Triton kernels gated by
 device flags (:mod:`swgl.kernels.triton_consolidation`: a kernel whose flag is 0 exits at
-once), the foreach variant as masked passes. A non-finite step
-(``Context.found``) leaves the detector, ``F`` and ``mu`` as they were.
+once; a faded pull runs as foreach passes), the foreach variant as masked passes. A
+non-finite step (``Context.found``) leaves the detector, ``F`` and ``mu`` as they were.
 """
 
 from __future__ import annotations
@@ -170,19 +173,31 @@ def _pull_one(p: Tensor, f: Tensor, mu: Tensor, strength) -> None:
 
 
 def _pull(params, state, det: Tensor, strength: float, variant: str,
-          ok: Tensor | None = None) -> None:
+          ok: Tensor | None = None, horizon: float = 0.0) -> None:
     """Once the group has consolidated (and, given ``ok``, where it is set), the pull on every
     param: per tensor (``single``), as foreach passes, or (``fused`` on the CPU) compiled per
-    large tensor, foreach for the rest."""
+    large tensor, foreach for the rest. With a ``horizon``, its strength fades after it; on
+    CUDA the faded pull runs as foreach passes (the kernels take a fixed strength)."""
     active = det[3] > 0 if ok is None else (det[3] > 0) & ok
-    if strength == 0.0 or (det.device.type == "cpu" and not bool(active)):
+    cpu = det.device.type == "cpu"
+    if strength == 0.0 or (cpu and not bool(active)):
         return
+    scale = None   # a device factor (CUDA): the fade, the skip flag
+    if horizon > 0.0:
+        steps = det[0] - det[3] + 1.0
+        if cpu:
+            strength = strength * min(1.0, horizon / float(steps))
+        else:
+            scale = (horizon / steps).clamp(max=1.0)
+    if ok is not None and not cpu:
+        scale = active.float() if scale is None else scale * active.float()
     F, mu = state["consolidated"], state["anchor"]
     if variant == "single":
         for p, f, m in zip(params, F, mu):
-            _pull_one(p, f, m, strength)
+            _pull_one(p, f, m, strength if scale is None else strength * scale)
         return
-    if _on_kernels(params, variant):
+    kernels = _on_kernels(params, variant)
+    if kernels and horizon == 0.0:
         from swgl.kernels import triton_consolidation as tc  # imports Triton
 
         tables, rest = _kernel_tables(params, state)
@@ -192,7 +207,7 @@ def _pull(params, state, det: Tensor, strength: float, variant: str,
         if not params:
             return
         F, mu = state["consolidated"], state["anchor"]
-    elif variant == "fused":   # the CPU: compiled per large tensor
+    elif variant == "fused" and not kernels:   # the CPU: compiled per large tensor
         from swgl.kernels import compiled as cc
 
         big, rest = cc.split(params, F, mu)
@@ -202,8 +217,8 @@ def _pull(params, state, det: Tensor, strength: float, variant: str,
         params, F, mu = ([xs[i] for i in rest] for xs in (params, F, mu))
         if not params:
             return
-    # masked without a host read where a skip flag is given (on the CPU it returned above)
-    k = torch._foreach_mul(F, strength if ok is None else strength * active.float())
+    # masked and faded without a host read (on the CPU both were read above)
+    k = torch._foreach_mul(F, strength if scale is None else strength * scale)
     w = torch._foreach_addcmul([p.float() for p in params], k, mu)
     torch._foreach_add_(k, 1.0)
     torch._foreach_div_(w, k)
@@ -229,7 +244,8 @@ def _before(v4_before, variant: str):
 def _after(v4_after, variant: str):
     def after(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
         v4_after(params, snapshots, state, steps, aux, hp, ctx)
-        _pull(params, state, state["detector"][0], hp.consolidation, variant)
+        _pull(params, state, state["detector"][0], hp.consolidation, variant,
+              horizon=hp.consolidation_horizon)
     return after
 
 
@@ -251,7 +267,7 @@ def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
     _consolidate(params, state, shift, _inv_mean(k, params, state["stability"], hp, ctx),
                  "fused", anchor=False)
     torch._foreach_copy_(det, [new] * len(det))
-    _pull(params, state, new, hp.consolidation, "fused", ok)
+    _pull(params, state, new, hp.consolidation, "fused", ok, hp.consolidation_horizon)
 
 
 V5 = Rule(
@@ -260,7 +276,8 @@ V5 = Rule(
                     _before(V4.before.fused, "fused")),
     after=Variants(_after(V4.after.single, "single"), _after(V4.after.foreach, "foreach"),
                    _after(V4.after.fused, "fused")),
-    options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode", "consolidation"}),
+    options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode", "consolidation",
+                       "consolidation_horizon"}),
     state=(("stability", 0.0), ("consolidated", 0.0), ("anchor", "param"),
            ("detector", DETECTOR)),
     snapshot=True,
@@ -270,5 +287,5 @@ V5 = Rule(
     kernel="v4",
     cpu_fused=True,
     fused_checks=True,
-    defaults=(*V4.defaults, ("consolidation", STRENGTH)),
+    defaults=(*V4.defaults, ("consolidation", STRENGTH), ("consolidation_horizon", 0.0)),
 )
