@@ -379,6 +379,36 @@ def test_load_state_dict_keeps_fp32_state_for_bf16_params():
         assert state["exp_avg"].dtype == state["swgl_stability"].dtype == torch.float32
 
 
+def test_a_checkpoint_without_a_newer_option_loads_with_its_default():
+    net = _model()
+    opt = swgl.optim.AdamW(net.parameters(), lr=1e-3)
+    _backward(net, 0)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    for group in saved["param_groups"]:
+        del group["swgl"]["consolidation_horizon"]     # as saved before the option existed
+    other = swgl.optim.AdamW(_model().parameters(), lr=1e-3)
+    other.load_state_dict(saved)
+    assert other.param_groups[0]["swgl"] == opt.param_groups[0]["swgl"]
+    _backward(net, 1)
+    other.step()
+
+
+@pytest.mark.parametrize("key, value", [("alpha", 1.5), ("rule", "v9"), ("colour", 1)])
+def test_a_checkpoint_with_a_bad_swgl_option_raises_and_loads_nothing(key, value):
+    net = _model()
+    opt = swgl.optim.AdamW(net.parameters(), lr=1e-3)
+    _backward(net, 0)
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    saved["param_groups"][0]["swgl"][key] = value
+    other = swgl.optim.AdamW(_model().parameters(), lr=1e-3)
+    before = copy.deepcopy(other.state_dict())
+    with pytest.raises(ValueError, match="state_dict param group 0"):
+        other.load_state_dict(saved)
+    assert other.state_dict() == before
+
+
 # -- v5: its detector, consolidation and pull around the fused optimizer step ----------------
 
 #: the targets grow 30-fold at SHIFT_AT: v5's detector fires (after its refractory 50 steps)

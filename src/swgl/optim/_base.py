@@ -222,8 +222,20 @@ class SWGLOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a ``state_dict()``; buffers and SWGL state stay fp32 (torch casts them to the
-        param's dtype) and contiguous, ``step`` lives on a CUDA param's device."""
+        param's dtype) and contiguous, ``step`` lives on a CUDA param's device. Each saved
+        group's ``swgl`` options are checked first (a bad one raises and loads nothing), and
+        options added since the checkpoint was saved take their defaults."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        options = []
+        for index, group in enumerate(groups if isinstance(groups, list) else []):
+            if isinstance(group, dict) and "swgl" in group:
+                try:
+                    options.append(check_swgl(group["swgl"]))
+                except (ValueError, TypeError) as err:
+                    raise type(err)(f"state_dict param group {index}: {err}") from None
         super().load_state_dict(state_dict)
+        for group, checked in zip(self.param_groups, options):
+            group["swgl"] = checked
         for state in self.state.values():
             for key, value in state.items():
                 if key == "step":
