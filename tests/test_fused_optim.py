@@ -394,6 +394,15 @@ def test_a_checkpoint_without_a_newer_option_loads_with_its_default():
     other.step()
 
 
+def test_a_state_dict_of_a_torch_optimizer_is_refused():
+    net = _model()
+    saved = torch.optim.AdamW(net.parameters(), lr=1e-3).state_dict()
+    opt = swgl.optim.AdamW(net.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="param group 0 has no 'swgl' options"):
+        opt.load_state_dict(saved)
+    assert "swgl" in opt.param_groups[0]
+
+
 @pytest.mark.parametrize("key, value", [("alpha", 1.5), ("rule", "v9"), ("colour", 1)])
 def test_a_checkpoint_with_a_bad_swgl_option_raises_and_loads_nothing(key, value):
     net = _model()

@@ -226,18 +226,18 @@ class SWGLOptimizer(Optimizer):
         group's ``swgl`` options are checked first (a bad one raises and loads nothing), and
         options added since the checkpoint was saved take their defaults."""
         groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-        options: list[dict[str, Any] | None] = []   # per saved group, in order
+        options = []   # per saved group, in order
         for index, group in enumerate(groups if isinstance(groups, list) else []):
-            options.append(None)
-            if isinstance(group, dict) and "swgl" in group:
-                try:
-                    options[-1] = check_swgl(group["swgl"])
-                except (ValueError, TypeError) as err:
-                    raise type(err)(f"state_dict param group {index}: {err}") from None
+            if not isinstance(group, dict) or "swgl" not in group:
+                raise ValueError(f"state_dict param group {index} has no 'swgl' options: not "
+                                 f"a state_dict of {type(self).__name__}")
+            try:
+                options.append(check_swgl(group["swgl"]))
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"state_dict param group {index}: {err}") from None
         super().load_state_dict(state_dict)
         for group, checked in zip(self.param_groups, options):
-            if checked is not None:
-                group["swgl"] = checked
+            group["swgl"] = checked
         for state in self.state.values():
             for key, value in state.items():
                 if key == "step":
