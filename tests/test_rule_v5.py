@@ -126,15 +126,21 @@ def test_variants_agree(impl, horizon):
                                        rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(not compiled.available(), reason="needs torch.compile and a C++ compiler")
-def test_the_fused_pull_matches_the_reference():
-    """Compiled on the CPU (Triton's kernels under TRITON_INTERPRET=1)."""
+def _pull_inputs():
+    """Params and a consolidated state: one tensor large enough to compile, one foreach."""
     g = torch.Generator().manual_seed(0)
-    shapes = [(300, 300), (7,)]                       # one compiled tensor, one foreach
+    shapes = [(300, 300), (7,)]
     params = [torch.randn(s, generator=g) for s in shapes]
     state = {"consolidated": [torch.rand(s, generator=g) * 5 for s in shapes],
              "stability": [torch.rand(s, generator=g) for s in shapes],
              "anchor": [torch.randn(s, generator=g) for s in shapes]}
+    return params, state
+
+
+@pytest.mark.skipif(not compiled.available(), reason="needs torch.compile and a C++ compiler")
+def test_the_fused_pull_matches_the_reference():
+    """Compiled on the CPU (Triton's kernels under TRITON_INTERPRET=1)."""
+    params, state = _pull_inputs()
     det = torch.tensor([100.0, 1.0, 1.0, 60.0])       # consolidated at step 60
     out = {}
     for variant in ("single", "foreach", "fused"):
@@ -209,12 +215,7 @@ def test_a_checkpoint_resumes_bit_exactly_after_a_shift():
 def test_the_faded_pull_follows_its_formula(variant):
     """k = consolidation F min(1, horizon / (t - t_last + 1)): full strength within the
     horizon, faded after it."""
-    g = torch.Generator().manual_seed(0)
-    shapes = [(300, 300), (7,)]                       # one compiled tensor, one foreach
-    params = [torch.randn(s, generator=g) for s in shapes]
-    state = {"consolidated": [torch.rand(s, generator=g) * 5 for s in shapes],
-             "stability": [torch.rand(s, generator=g) for s in shapes],
-             "anchor": [torch.randn(s, generator=g) for s in shapes]}
+    params, state = _pull_inputs()
     for t, fade in ((70.0, 1.0), (160.0, 20.0 / 101.0)):      # consolidated at step 60
         ps = [p.clone() for p in params]
         cons._pull(ps, state, torch.tensor([t, 1.0, 1.0, 60.0]), 0.03, variant, horizon=20.0)

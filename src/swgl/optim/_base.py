@@ -37,7 +37,7 @@ from swgl.functional import all_finite, found_nonfinite
 from swgl.kernels import compiled
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
-from swgl.rules import RULES, Context, Hyper, consolidation
+from swgl.rules import RULES, Context, Hyper
 
 #: The ``swgl=`` options: the math options of :class:`swgl.SWGL`, with its defaults.
 SWGL_DEFAULTS: dict[str, Any] = dict(DEFAULTS)
@@ -352,10 +352,11 @@ class SWGLOptimizer(Optimizer):
                 v4_step = functools.partial(
                     V4.step, [lau for lau, _, _ in runs], [first for _, _, first in runs],
                     numel, hp, found, opt=self.kernel_opt, **self.kernel_args(group))
-                if group["swgl"]["rule"] == "v5":
-                    consolidation.around_fused_step(params, grads, state, hp, found, v4_step)
-                else:
+                around = RULES[group["swgl"]["rule"]].around_fused_step
+                if around is None:
                     v4_step()
+                else:   # v5: its detector, consolidation and pull around v4's step
+                    around(params, grads, state, hp, found, v4_step)
                 continue
             for lau, _, sumsq in runs:
                 sums = K.v2_ema(lau, hp, ctx, sumsq, found) if sumsq is not None else None

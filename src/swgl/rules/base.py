@@ -130,6 +130,10 @@ class Rule:
     #: the values ``alpha`` and ``lambda_reg`` take when the user leaves them unset (None):
     #: the seed's for the seed's rules, the measured ones for the default
     defaults: tuple[tuple[str, float], ...] = (("alpha", 0.99), ("lambda_reg", 0.01))
+    #: for a rule whose kernel is another's (``kernel``) plus work of its own:
+    #: ``(params, grads, state, hp, found, step) -> None`` runs that work around ``step()``,
+    #: the kernel rule's fused optimizer step in swgl.optim, which returns its ``k``
+    around_fused_step: Callable[..., None] | None = field(default=None, compare=False)
 
     @property
     def init_value(self) -> float:

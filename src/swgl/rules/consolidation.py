@@ -130,15 +130,16 @@ def _subset(state, params, idx: list[int]):
 
 
 def _consolidate(params, state, shift: Tensor, inv_m: Tensor | None, variant: str,
-                 importance: bool = True, anchor: bool = True) -> None:
+                 importance: bool = True, anchor: bool = True, plan=None) -> None:
     """On a shift: ``F = DECAY F + s / (m + eps^2)`` (``importance``; ``inv_m`` is
-    ``1 / (m + eps^2)``) and ``mu = w`` (``anchor``)."""
+    ``1 / (m + eps^2)``) and ``mu = w`` (``anchor``). ``plan``: :func:`_kernel_tables`'
+    result when the caller has it."""
     if shift.device.type == "cpu" and not bool(shift):
         return
     if _on_kernels(params, variant):
         from swgl.kernels import triton_consolidation as tc  # imports Triton
 
-        tables, rest = _kernel_tables(params, state)
+        tables, rest = plan or _kernel_tables(params, state)
         for lau in tables:
             tc.consolidate(lau, shift, inv_m, DECAY, importance, anchor)
         if not rest:
@@ -173,7 +174,7 @@ def _pull_one(p: Tensor, f: Tensor, mu: Tensor, strength) -> None:
 
 
 def _pull(params, state, det: Tensor, strength: float, variant: str,
-          ok: Tensor | None = None, horizon: float = 0.0) -> None:
+          ok: Tensor | None = None, horizon: float = 0.0, plan=None) -> None:
     """Once the group has consolidated (and, given ``ok``, where it is set), the pull on every
     param: per tensor (``single``), as foreach passes, or (``fused`` on the CPU) compiled per
     large tensor, foreach for the rest. With a ``horizon``, its strength fades after it; on
@@ -200,7 +201,7 @@ def _pull(params, state, det: Tensor, strength: float, variant: str,
     if kernels and horizon == 0.0:
         from swgl.kernels import triton_consolidation as tc  # imports Triton
 
-        tables, rest = _kernel_tables(params, state)
+        tables, rest = plan or _kernel_tables(params, state)
         for lau in tables:
             tc.pull(lau, active, strength)
         params, state = _subset(state, params, rest)
@@ -262,12 +263,14 @@ def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
     ok = ctx.ok(new.device)
     shift = shift & ok
     new = torch.where(ok, new, det[0])
-    _consolidate(params, state, shift, None, "fused", importance=False)
+    # the launch tables, looked up once for the three passes
+    plan = _kernel_tables(params, state) if _on_kernels(params, "fused") else None
+    _consolidate(params, state, shift, None, "fused", importance=False, plan=plan)
     k = v4_step()
     _consolidate(params, state, shift, _inv_mean(k, params, state["stability"], hp, ctx),
-                 "fused", anchor=False)
+                 "fused", anchor=False, plan=plan)
     torch._foreach_copy_(det, [new] * len(det))
-    _pull(params, state, new, hp.consolidation, "fused", ok, hp.consolidation_horizon)
+    _pull(params, state, new, hp.consolidation, "fused", ok, hp.consolidation_horizon, plan)
 
 
 V5 = Rule(
@@ -288,4 +291,5 @@ V5 = Rule(
     cpu_fused=True,
     fused_checks=True,
     defaults=(*V4.defaults, ("consolidation", STRENGTH), ("consolidation_horizon", 0.0)),
+    around_fused_step=around_fused_step,
 )
