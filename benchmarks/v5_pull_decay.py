@@ -1,16 +1,15 @@
-"""Research, not the library: rule v5 with a pull that fades with the time since the last
-detected shift, on the four regimes of ``earn_its_place.py`` (issue 12's lead for the next
-rule). The library's v5 pulls with ``k = consolidation * F`` at every step; here
+"""Research: rule v5 with a pull that fades with the time since the last detected shift, on
+the four regimes of ``earn_its_place.py`` (issue 12's lead for the next rule). The fade is
+the library's option ``consolidation_horizon``:
 
     k = C0 * F * min(1, H / tau),   tau = steps since the last shift + 1
 
 so a task of a few hundred steps gets a strong pull right after its shift and a weak one
 later, while a short task keeps it strong. Variants: ``decayA`` (H 20, the detector's shift
-ratio lowered to 1.5), ``decayB`` (H 20, the default ratio 2). C0 = 0.03. The change is made by
-replacing ``swgl.rules.consolidation._pull`` (and ``SHIFT_RATIO``) in the forked workers, on
-the CPU's foreach path; lrs as ``earn_its_place.py``'s v5-strength preset, 3 seeds. The
-library has since taken ``decayB`` as an option: ``consolidation=0.03,
-consolidation_horizon=20`` gives the same accuracy matrices bit for bit.
+ratio lowered to 1.5: the module constant ``SHIFT_RATIO`` is replaced in the forked workers),
+``decayB`` (H 20, the default detector: ``SWGL(..., consolidation=0.03,
+consolidation_horizon=20)``). C0 = 0.03; lrs as ``earn_its_place.py``'s v5-strength preset,
+3 seeds.
 
     python benchmarks/v5_pull_decay.py OUT JOBS [sgd|adam] [decayA,decayB]
     python benchmarks/earn_its_place.py report benchmarks/results/earn_its_place_v5/results.json \\
@@ -26,23 +25,14 @@ import earn_its_place as e  # noqa: E402
 import swgl.rules.consolidation as cons  # noqa: E402
 
 #: variant -> (H, the detector's shift ratio)
-VARIANTS = {"decayA": (20.0, 1.5), "decayB": (20.0, 2.0)}
+VARIANTS = {"decayA": (20.0, 1.5), "decayB": (20.0, cons.SHIFT_RATIO)}
 #: the pull's strength right after a shift
 C0 = 0.03
-_pull = cons._pull
 _run_one = e.run_one
-_horizon = [0.0]
-
-
-def faded_pull(params, state, det, strength, variant, ok=None):
-    """v5's pull, its strength times ``min(1, H / tau)`` (the CPU: ``det`` is read here)."""
-    if strength and float(det[3]) > 0:
-        strength = strength * min(1.0, _horizon[0] / (float(det[0] - det[3]) + 1.0))
-    return _pull(params, state, det, strength, variant, ok)
 
 
 def run_one(cfg: dict) -> dict:
-    _horizon[0], cons.SHIFT_RATIO = VARIANTS[cfg["method"].rsplit("-", 1)[-1]]
+    cons.SHIFT_RATIO = VARIANTS[cfg["method"].rsplit("-", 1)[-1]][1]
     return _run_one(cfg)
 
 
@@ -50,10 +40,11 @@ def main() -> None:
     out, jobs = Path(sys.argv[1]), int(sys.argv[2])
     opt = sys.argv[3] if len(sys.argv) > 3 else "sgd"
     names = sys.argv[4].split(",") if len(sys.argv) > 4 else list(VARIANTS)
-    cons._pull, e.run_one = faded_pull, run_one   # the forked workers inherit both
+    e.run_one = run_one   # the forked workers inherit it
     grid = [r for sc, lrs in e.STRENGTH_LRS.items() for name in names
             for r in e.method_runs(sc, f"swgl-v5-{name}", lrs,
-                                   swgl={"rule": "v5", "consolidation": C0})
+                                   swgl={"rule": "v5", "consolidation": C0,
+                                         "consolidation_horizon": VARIANTS[name][0]})
             if r["opt"] == opt]
     order = {"long": 0, "short": 1}
     grid.sort(key=lambda r: order.get(r["scenario_name"], 2))
