@@ -65,7 +65,7 @@ def test_v5_is_the_default():
     group = opt.param_groups[0]
     assert (group["rule"], group["alpha"], group["lambda_reg"], group["mode"],
             group["consolidation"], group["consolidation_horizon"]) == (
-        "v5", 0.999, 3.0, "update", cons.STRENGTH, 0.0)
+        "v5", 0.999, 3.0, "update", 0.03, 20.0)
 
 
 def test_detector_is_silent_on_a_stationary_stream():
@@ -169,7 +169,7 @@ def test_the_kernels_do_nothing_when_their_flag_is_off():
     off, on = torch.zeros((), device=DEVICE), torch.ones((), device=DEVICE)
     for lau in tables:
         tc.consolidate(lau, off.bool(), on, 0.8)
-        tc.pull(lau, off.bool(), 0.01)
+        tc.pull(lau, 0.01 * off)
     assert all(torch.equal(a, b) for a, b in zip(params + sum(state.values(), []), before))
     for lau in tables:
         tc.consolidate(lau, on.bool(), 2 * on, 0.8)

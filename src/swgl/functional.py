@@ -110,7 +110,7 @@ def swgl(
     hp = Hyper(
         alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
         max_damping=max_damping, mode=mode, shock=shock,
-        # unset: the rule's default (v5: 0.01), or 0 for the rules that do not read it
+        # unset: the rule's default (v5: 0.03 and 20), or 0 for the rules that do not read it
         consolidation=(rule_.default("consolidation", 0.0) if consolidation is None
                        else consolidation),
         consolidation_horizon=(rule_.default("consolidation_horizon", 0.0)

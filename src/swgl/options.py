@@ -20,9 +20,9 @@ v4's damping, :mod:`swgl.rules.importance`, plus its own pull):
   most ``max_boost``.
 
 ``consolidation`` is v5's own: the strength of its pull toward the weights at the last
-detected shift (0.01 unset; 0: no pull, v4's trajectory exactly). So is
+detected shift (0.03 unset; 0: no pull, v4's trajectory exactly). So is
 ``consolidation_horizon``: from that many steps after a shift on, the pull fades as
-``horizon / steps since the shift`` (0 unset: it keeps its strength).
+``horizon / steps since the shift`` (20 unset; 0: it keeps its strength).
 """
 
 from __future__ import annotations

@@ -66,9 +66,9 @@ class SWGL(SWGLBase):
         max_damping: v2/v3 only: the strongest damping is ``1/max_damping``.
         shock: v2/v3 only, deprecated (measured useless, CHANGELOG.md).
         consolidation: v5 only: the strength of its pull toward the weights at the last
-            detected distribution shift, >= 0; None: 0.01 (0: no pull).
+            detected distribution shift, >= 0; None: 0.03 (0: no pull).
         consolidation_horizon: v5 only: from this many steps after a shift on, the pull
-            fades as ``horizon / steps since the shift``, >= 0; None: 0 (it never fades).
+            fades as ``horizon / steps since the shift``, >= 0; None: 20 (0: it never fades).
         storage: how the stability state is stored (see :mod:`swgl.state`); ``"fp32"``.
         foreach: use the multi-tensor implementation (default) or the per-tensor reference.
         fused: the Triton kernels (:mod:`swgl.kernels`): None picks them on CUDA when Triton

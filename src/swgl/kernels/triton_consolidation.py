@@ -8,8 +8,9 @@ whose flag is 0 exits after one load per program instead of making a masked pass
 * ``consolidate``: where ``shift`` is set, ``F = decay F + gain s`` and ``mu = w`` (reads
   ``F``, ``s``, ``w``; writes ``F``, ``mu``), or either half alone (swgl.optim takes the
   anchor before its fused step and the importance after it);
-* ``pull``: where the group has consolidated, ``w = (w + k mu) / (1 + k)``, ``k = strength F``
-  (reads ``w``, ``F``, ``mu``; writes ``w``).
+* ``pull``: ``w = (w + k mu) / (1 + k)``, ``k = strength F``, with ``strength`` a device scalar
+  that holds the gate and the fade (0 where the group has not consolidated or the step is
+  skipped: the kernel exits) (reads ``w``, ``F``, ``mu``; writes ``w``).
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ def _pull_body(pp, fp, mp, offs, n, strength, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _pull_kernel(ptrs, T, blocks, nblocks, numels, activep, strength,
+def _pull_kernel(ptrs, T, blocks, nblocks, numels, strengthp,
                  P_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
-    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, activep, False, BLOCK_)
-    if tl.load(activep) != 0.0:
+    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, strengthp, False, BLOCK_)
+    strength = tl.load(strengthp)
+    if strength != 0.0:
         pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
         fp = _ptr(ptrs, 1, T, i, tl.float32, ALIGNED)
         mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
@@ -91,10 +93,10 @@ def consolidate(lau: Launch, shift: Tensor, gain: Tensor | None, decay: float,
     )
 
 
-def pull(lau: Launch, active: Tensor, strength: float) -> None:
-    """Where ``active`` (a device bool: the group has consolidated) is set:
-    ``w = (w + k mu) / (1 + k)``, ``k = strength F``."""
+def pull(lau: Launch, strength: Tensor) -> None:
+    """``w = (w + k mu) / (1 + k)``, ``k = strength F``; ``strength`` is a device scalar (the
+    option times the gate and the fade), and where it is 0 nothing is read or written."""
     _pull_kernel[lau.grid()](
-        lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, _flag(active, lau.device),
-        strength, P_DTYPE=lau.p_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
+        lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, _flag(strength, lau.device),
+        P_DTYPE=lau.p_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
     )
