@@ -1,0 +1,90 @@
+"""Issue 12's must-show: the default SWGL beats the plain optimizer at its *tuned* learning rate
+on a small permuted case, by a margin taken from measurement.
+
+Permuted Fashion-MNIST, 5 tasks (task 0 unpermuted) of 4000 samples, one pass, batch 64, MLP
+784-256-256-10, SGD. Each method's lr is chosen on a validation split (training images 50k-60k,
+never trained on) over three values around its optimum, and compared on the test split.
+Measured (5 seeds, the 2-core VM, 2026-11-30): tuned plain SGD 71.2 (lr 0.08; 0.04 and 0.16
+give 69.6 and 71.1), the default 73.2 (lr 0.16); +2.0, paired by seed +1.1 to +3.6. The margin
+asserted here, +1.0 over 3 seeds, is that gain less about one paired standard deviation.
+With Adam the default does not beat the tuned lr on permuted tasks (docs/results.md), so no
+margin is claimed for it.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from swgl import SWGL
+
+bench_data = pytest.importorskip("swgl.bench.data")
+
+TASKS, TRAIN, EVAL, BATCH, HIDDEN = 5, 4000, 1000, 64, 256
+SEEDS = (0, 1, 2)
+MARGIN = 1.0
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    try:
+        return bench_data.load_dataset("fashion-mnist")
+    except FileNotFoundError as err:
+        pytest.skip(f"Fashion-MNIST not installed ({err}); apt-get install dataset-fashion-mnist")
+
+
+def _tasks(data, seed: int):
+    """Per task: (train, val, test) pairs of inputs and labels, the task's permutation applied."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in range(TASKS):
+        perm = torch.arange(784) if t == 0 else torch.randperm(784, generator=g)
+        train = torch.randperm(50000, generator=g)[:TRAIN]
+        val = 50000 + torch.randperm(10000, generator=g)[:EVAL]
+        test = torch.randperm(len(data.y_test), generator=g)[:EVAL]
+        out.append([(xs[i].flatten(1)[:, perm], ys[i]) for xs, ys, i in
+                    ((data.x_train, data.y_train, train), (data.x_train, data.y_train, val),
+                     (data.x_test, data.y_test, test))])
+    return out
+
+
+def _val_and_test_acc(data, lr: float, use_swgl: bool, seed: int) -> tuple[float, float]:
+    """Mean accuracy over every task after the last one, on the val and the test split."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(784, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
+                          nn.Linear(HIDDEN, 10))
+    base = torch.optim.SGD(model.parameters(), lr=lr)
+    opt = SWGL.wrap(base) if use_swgl else base       # every default
+    order = torch.Generator().manual_seed(seed)
+    tasks = _tasks(data, seed)
+    for (x, y), _, _ in tasks:
+        idx = torch.randperm(len(y), generator=order)
+        for i in range(0, len(y) - BATCH + 1, BATCH):
+            b = idx[i:i + BATCH]
+            opt.zero_grad()
+            F.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+    with torch.no_grad():
+        return tuple(100 * np.mean([float((model(x).argmax(1) == y).float().mean())
+                                    for x, y in (task[split] for task in tasks)])
+                     for split in (1, 2))
+
+
+def _tuned_test_acc(data, lrs, use_swgl: bool) -> float:
+    """Test accuracy (mean over seeds) at the lr with the best mean validation accuracy."""
+    runs = {lr: np.array([_val_and_test_acc(data, lr, use_swgl, s) for s in SEEDS]) for lr in lrs}
+    best = max(lrs, key=lambda lr: runs[lr][:, 0].mean())
+    return float(runs[best][:, 1].mean())
+
+
+@pytest.mark.slow
+def test_the_default_beats_tuned_sgd_on_permuted_tasks(fmnist):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)      # the measured numerics
+    try:
+        plain = _tuned_test_acc(fmnist, (0.04, 0.08, 0.16), use_swgl=False)
+        swgl = _tuned_test_acc(fmnist, (0.08, 0.16, 0.32), use_swgl=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert swgl >= plain + MARGIN, (plain, swgl)
