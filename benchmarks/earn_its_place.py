@@ -26,6 +26,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid > grid.json        # the default grid (222 runs)
     python benchmarks/earn_its_place.py grid --preset device    # long + the peers (534 runs)
     python benchmarks/earn_its_place.py grid --preset v5-strength  # v5's pull strength (168)
+    python benchmarks/earn_its_place.py grid --preset v5-horizon   # the fading pull (300)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -420,8 +421,35 @@ def v5_strength_grid() -> list[dict]:
     return sorted(runs, key=lambda r: order.get(r["scenario_name"], 2))
 
 
+#: The seventh session's grid of v5's fading pull, (strength, horizon), both optimizers
+HORIZON_LRS = {
+    "long": {"sgd": (0.02, 0.04, 0.08), "adam": (6e-5, 1.2e-4, 2.4e-4)},
+    "short": {"sgd": (0.04, 0.08, 0.16), "adam": (1e-4, 2e-4, 4e-4)},
+    "rotated": {"sgd": (0.06, 0.12, 0.24), "adam": (1e-4, 2e-4, 4e-4)},
+    "splitdom": {"sgd": (0.005, 0.01, 0.02), "adam": (1.5e-5, 3e-5, 6e-5)},
+}
+HORIZON_POINTS = ((0.1, 20.0), (0.3, 20.0), (0.1, 50.0), (0.03, 50.0))
+
+
+def v5_horizon_grid() -> list[dict]:
+    """v5's pull at the (strength, horizon) points :data:`HORIZON_POINTS`
+    (``swgl-v5-c<strength>-h<horizon>``) on the four regimes, both optimizers, 3 seeds, then
+    the grid edges of the default (0.03, 20: ``swgl``; its other lrs are the v5-strength
+    preset's, run by ``v5_pull_decay.py``) and of plain: 300 runs, the slow ``long`` first."""
+    runs = []
+    for c, h in HORIZON_POINTS:
+        for sc, lrs in HORIZON_LRS.items():
+            runs += method_runs(sc, f"swgl-v5-c{c:g}-h{h:g}", lrs,
+                                swgl={"rule": "v5", "consolidation": c, "consolidation_horizon": h})
+    runs += method_runs("short", "swgl", {"sgd": (0.16,)})
+    runs += method_runs("long", "swgl", {"sgd": (0.08, 0.16)})
+    runs += method_runs("long", "plain", {"sgd": (0.005,)})
+    order = {"long": 0, "short": 1}
+    return sorted(runs, key=lambda r: order.get(r["scenario_name"], 2))
+
+
 PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, "v5": v5_grid,
-           "v5-strength": v5_strength_grid}
+           "v5-strength": v5_strength_grid, "v5-horizon": v5_horizon_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:

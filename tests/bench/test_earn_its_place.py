@@ -84,6 +84,20 @@ def test_device_grid_puts_long_first_and_tunes_every_peer_on_lr_and_strength():
     assert [m for i, m in enumerate(tail) if i == 0 or tail[i - 1] != m] == list(E.PEER_ORDER)
 
 
+def test_horizon_grid_passes_each_point_and_runs_the_default_unchanged():
+    grid = E.v5_horizon_grid()
+    assert len(grid) == len({json.dumps(r, sort_keys=True) for r in grid}) == 300
+    scen = [r["scenario_name"] for r in grid]
+    assert scen.index("short") > max(i for i, s in enumerate(scen) if s == "long")
+    for c, h in E.HORIZON_POINTS:
+        runs = [r for r in grid if r["method"] == f"swgl-v5-c{c:g}-h{h:g}"]
+        assert len(runs) == 72
+        assert all(r["swgl"] == {"rule": "v5", "consolidation": c, "consolidation_horizon": h}
+                   for r in runs)
+    default = [r for r in grid if r["method"] == "swgl"]
+    assert len(default) == 9 and all("swgl" not in r for r in default)   # the library's own
+
+
 def test_peer_specs_are_the_harness_methods():
     assert E.peer_spec("stream-ewc", "adam") is METHODS["stream-ewc-adam"]
     assert E.peer_spec("upgd", "sgd") is METHODS["upgd"]
