@@ -1,6 +1,7 @@
 """Research: rule v5 with a pull that fades with the time since the last detected shift, on
-the four regimes of ``earn_its_place.py`` (issue 12's lead for the next rule). The fade is
-the library's option ``consolidation_horizon``:
+the four regimes of ``earn_its_place.py`` (issue 12's lead in the sixth session; ``decayB``
+became the default in the seventh: its records are the default's). The fade is the library's
+option ``consolidation_horizon``:
 
     k = C0 * F * min(1, H / tau),   tau = steps since the last shift + 1
 
