@@ -118,7 +118,7 @@ def test_shares_the_defaults_of_swgl():
     assert mine == {k: theirs[k] for k in mine}
     assert mine["rule"] == "v5" and mine["mode"] == "update"
     assert mine["alpha"] == 0.999 and mine["lambda_reg"] == 3.0   # v4's measured defaults
-    assert mine["consolidation"] == 0.01
+    assert mine["consolidation"] == 0.03 and mine["consolidation_horizon"] == 20.0
 
 
 @pytest.fixture(params=["host", "device", "triton"])
