@@ -1,0 +1,112 @@
+"""Research pilots (seventh session): can v5's consolidation help Adam on permuted tasks?
+Two variants of the rule, run through ``earn_its_place.py``'s harness by replacing rule v5 in
+the registry of the forked workers (not the library; the foreach variant, on the CPU):
+
+* ``grad-pull``: the pull as a penalty gradient through the base optimizer, so that Adam
+  normalises it as it would EWC's: before the base step, once consolidated,
+  ``g += lam * fade * F * (w - mu)``; v4's update as usual, no implicit pull after it;
+* ``update-damping``: v5 as it is, plus a damping of the base optimizer's update by the
+  consolidated importance: after v4's update, ``w = b + (w - b) / (1 + lam * fade * F)``
+  (``b``: the weights before the step), then the pull.
+
+``fade = min(1, h / steps since the shift)`` (``h`` 0: no fade). Adam, lrs around plain's
+and the default's optimum, seeds 0 and 1:
+
+    python benchmarks/v5_adam_pilots.py grad-pull OUT JOBS --lam 0.1,1,10 --h 0,20 --regimes long
+    python benchmarks/v5_adam_pilots.py update-damping OUT JOBS --lam 1,10 --h 0,20 --regimes short
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import earn_its_place as e  # noqa: E402
+
+import swgl.rules as rules  # noqa: E402
+import swgl.rules.consolidation as cons  # noqa: E402
+from swgl.rules.base import Variants  # noqa: E402
+from swgl.rules.importance import V4  # noqa: E402
+
+LRS = {"short": {"adam": (1e-4, 2e-4, 4e-4)}, "long": {"adam": (6e-5, 1.2e-4, 2.4e-4)}}
+_CFG = {"lam": 0.0, "h": 0.0}
+
+
+def _strength(det: torch.Tensor) -> float:
+    """``lam * fade`` once the group has consolidated, else 0 (a host read: the CPU's)."""
+    if float(det[3]) <= 0:
+        return 0.0
+    fade = min(1.0, _CFG["h"] / float(det[0] - det[3] + 1.0)) if _CFG["h"] > 0 else 1.0
+    return _CFG["lam"] * fade
+
+
+_v5_before = cons._before(V4.before.foreach, "foreach")
+
+
+def _grad_pull_before(params, grads, state, steps, hp, ctx):
+    aux = _v5_before(params, grads, state, steps, hp, ctx)
+    lam = _strength(state["detector"][0])
+    if lam:
+        d = torch._foreach_sub([p.detach().float() for p in params], state["anchor"])
+        torch._foreach_mul_(d, state["consolidated"])
+        torch._foreach_add_(grads, d, alpha=lam)
+    return aux
+
+
+def _grad_pull_after(params, snapshots, state, steps, aux, hp, ctx):
+    V4.after.foreach(params, snapshots, state, steps, aux, hp, ctx)
+
+
+def _damped_after(params, snapshots, state, steps, aux, hp, ctx):
+    before = [b.clone() for b in snapshots]    # v4's after updates the snapshots in place
+    V4.after.foreach(params, snapshots, state, steps, aux, hp, ctx)
+    det = state["detector"][0]
+    lam = _strength(det)
+    if lam:
+        for p, b, f in zip(params, before, state["consolidated"]):
+            p.copy_(b + (p - b) / (1.0 + lam * f))
+    cons._pull(params, state, det, hp.consolidation, "foreach", horizon=hp.consolidation_horizon)
+
+
+PILOTS = {"grad-pull": (_grad_pull_before, _grad_pull_after),
+          "update-damping": (_v5_before, _damped_after)}
+_run_one = e.run_one
+
+
+def run_one(cfg: dict) -> dict:
+    before, after = PILOTS[cfg["pilot"]]
+    _CFG.update(lam=cfg["lam"], h=cfg["h"])
+    rules.RULES["v5"] = dataclasses.replace(cons.V5, before=Variants(before, before, before),
+                                            after=Variants(after, after, after), cpu_fused=False)
+    return _run_one(cfg)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pilot", choices=sorted(PILOTS))
+    parser.add_argument("out", type=Path)
+    parser.add_argument("jobs", type=int)
+    parser.add_argument("--lam", default="1")
+    parser.add_argument("--h", default="0")
+    parser.add_argument("--regimes", default="short,long")
+    parser.add_argument("--seeds", type=int, default=2)
+    args = parser.parse_args()
+    e.run_one = run_one   # the forked workers inherit it
+    grid = []
+    for sc in args.regimes.split(","):
+        for lam in map(float, args.lam.split(",")):
+            for h in map(float, args.h.split(",")):
+                grid += e.method_runs(sc, f"{args.pilot}-l{lam:g}-h{h:g}", LRS[sc],
+                                      seeds=tuple(range(args.seeds)), pilot=args.pilot,
+                                      lam=lam, h=h)
+    print(len(grid), "runs", flush=True)
+    e.run(grid, args.out, args.jobs)
+
+
+if __name__ == "__main__":
+    main()
