@@ -46,8 +46,8 @@ sync), and the fused variant compiles the pull per large tensor (one pass: read 
 write w). On CUDA, with no host sync: the fused variant runs both as Triton kernels gated by
 device flags (:mod:`swgl.kernels.triton_consolidation`: a kernel whose flag is 0 exits at
 once; the pull's flag is its strength, faded and gated), the foreach variant as masked
-passes. A
-non-finite step (``Context.found``) leaves the detector, ``F`` and ``mu`` as they were.
+passes. A non-finite step (``Context.found``) leaves the detector, ``F`` and ``mu`` as they
+were.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from torch import Tensor
 from swgl.rules.base import Context, Hyper, Rule, Variants
 from swgl.rules.importance import R_MAX, V4
 
-__all__ = ["V5", "around_fused_step", "STRENGTH", "HORIZON", "DECAY", "SHIFT_RATIO", "REFRACTORY",
-           "B_FAST", "B_SLOW"]
+__all__ = ["V5", "around_fused_step", "STRENGTH", "HORIZON", "DECAY", "SHIFT_RATIO",
+           "REFRACTORY", "B_FAST", "B_SLOW"]
 
 #: the default of ``consolidation``: the pull's strength per unit of consolidated importance
 STRENGTH = 0.03
