@@ -6,7 +6,8 @@ damping unchanged. If they do as well, the per-element part of the pull adds not
 Run through ``earn_its_place.py``'s harness by replacing rule v5's ``after`` phase in the
 forked workers (not the library; foreach on the CPU); report it beside the default's runs:
 
-    python benchmarks/v5_pull_controls.py OUT JOBS
+    python benchmarks/v5_pull_controls.py OUT JOBS            # SGD, both controls
+    python benchmarks/v5_pull_controls.py OUT2 JOBS --more    # their SGD grid edges; Adam
     python benchmarks/earn_its_place.py report benchmarks/results/earn_its_place_v5/results.json \\
         benchmarks/results/earn_its_place_v5_fade/results_default.json OUT/results.json --out OUT
 """
@@ -29,6 +30,10 @@ from swgl.rules.importance import V4  # noqa: E402
 
 LRS = {"long": {"sgd": (0.02, 0.04, 0.08)}, "short": {"sgd": (0.04, 0.08, 0.16)},
        "splitdom": {"sgd": (0.0025, 0.005, 0.01)}, "rotated": {"sgd": (0.06, 0.12, 0.24)}}
+#: ``--more``: the SGD controls' grid edges, and the model-mean control with Adam
+MORE_SGD = {"splitdom": {"sgd": (0.02,)}, "rotated": {"sgd": (0.48,)}}
+MORE_ADAM = {"long": {"adam": (3e-5, 6e-5, 1.2e-4)}, "short": {"adam": (5e-5, 1e-4, 2e-4)},
+             "splitdom": {"adam": (7.5e-6, 1.5e-5, 3e-5)}, "rotated": {"adam": (5e-5, 1e-4, 2e-4)}}
 _KIND = {"kind": "tensor"}
 
 
@@ -58,8 +63,13 @@ def run_one(cfg: dict) -> dict:
 def main() -> None:
     out, jobs = Path(sys.argv[1]), int(sys.argv[2])
     e.run_one = run_one   # the forked workers inherit it
-    grid = [r for sc, lrs in LRS.items() for kind in ("tensor", "global")
-            for r in e.method_runs(sc, f"ctrl5-{kind}", lrs)]
+    if "--more" in sys.argv[3:]:
+        grid = [r for sc, lrs in MORE_ADAM.items() for r in e.method_runs(sc, "ctrl5-global", lrs)]
+        grid += [r for sc, lrs in MORE_SGD.items() for kind in ("tensor", "global")
+                 for r in e.method_runs(sc, f"ctrl5-{kind}", lrs)]
+    else:
+        grid = [r for sc, lrs in LRS.items() for kind in ("tensor", "global")
+                for r in e.method_runs(sc, f"ctrl5-{kind}", lrs)]
     print(len(grid), "runs", flush=True)
     e.run(grid, out, jobs)
 
