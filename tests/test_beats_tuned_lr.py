@@ -19,19 +19,9 @@ import torch.nn.functional as F
 
 from swgl import SWGL
 
-bench_data = pytest.importorskip("swgl.bench.data")
-
 TASKS, TRAIN, EVAL, BATCH, HIDDEN = 5, 4000, 1000, 64, 256
 SEEDS = (0, 1, 2)
 MARGIN = 1.0
-
-
-@pytest.fixture(scope="module")
-def fmnist():
-    try:
-        return bench_data.load_dataset("fashion-mnist")
-    except FileNotFoundError as err:
-        pytest.skip(f"Fashion-MNIST not installed ({err}); apt-get install dataset-fashion-mnist")
 
 
 def _tasks(data, seed: int):
@@ -79,12 +69,12 @@ def _tuned_test_acc(data, lrs, use_swgl: bool) -> float:
 
 
 @pytest.mark.slow
-def test_the_default_beats_tuned_sgd_on_permuted_tasks(fmnist):
+def test_the_default_beats_tuned_sgd_on_permuted_tasks(fashion_mnist):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)      # the measured numerics
     try:
-        plain = _tuned_test_acc(fmnist, (0.04, 0.08, 0.16), use_swgl=False)
-        swgl = _tuned_test_acc(fmnist, (0.08, 0.16, 0.32), use_swgl=True)
+        plain = _tuned_test_acc(fashion_mnist, (0.04, 0.08, 0.16), use_swgl=False)
+        swgl = _tuned_test_acc(fashion_mnist, (0.08, 0.16, 0.32), use_swgl=True)
     finally:
         torch.set_num_threads(threads)
     assert swgl >= plain + MARGIN, (plain, swgl)

@@ -15,17 +15,12 @@ import torch.nn.functional as F
 
 from swgl import SWGL
 
-bench_data = pytest.importorskip("swgl.bench.data")
-
 TASKS, TRAIN, TEST, EPOCHS, BATCH, HIDDEN = 10, 2000, 1000, 2, 32, 100
 
 
 @pytest.fixture(scope="module")
-def tasks():
-    try:
-        data = bench_data.load_dataset("fashion-mnist")
-    except FileNotFoundError as err:
-        pytest.skip(f"Fashion-MNIST not installed ({err}); apt-get install dataset-fashion-mnist")
+def tasks(fashion_mnist):
+    data = fashion_mnist
     g = torch.Generator().manual_seed(0)
     out = []
     for t in range(TASKS):

@@ -7,16 +7,6 @@ import torch.nn as nn
 
 from swgl import SWGL
 
-bench_data = pytest.importorskip("swgl.bench.data")
-
-
-@pytest.fixture(scope="module")
-def fashion_mnist():
-    try:
-        return bench_data.load_dataset("fashion-mnist")
-    except FileNotFoundError as err:
-        pytest.skip(f"Fashion-MNIST not installed ({err}); apt-get install dataset-fashion-mnist")
-
 
 def _train_sgd(data, rule, train_size=10_000, seed=0, stop_on_nan=False, plain=False):
     torch.manual_seed(seed)
