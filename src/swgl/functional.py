@@ -51,6 +51,11 @@ def _probes(tensors: list[Tensor]) -> Tensor:
     if all(t.device.type == "cpu" for t in tensors):
         probes = [torch.stack(torch.aminmax(t)).float() for t in tensors if t.numel()]
         return torch.cat(probes) if probes else torch.zeros(1)
+    # an empty tensor is finite, and CUDA's foreach inf-norm raises on one (torch 2.11)
+    device = tensors[0].device
+    tensors = [t for t in tensors if t.numel()]
+    if not tensors:
+        return torch.zeros(1, device=device)
     norms = torch._foreach_norm(tensors, float("inf"))
     device = norms[0].device
     if len({(n.dtype, n.device) for n in norms}) == 1:  # one stack, no op per tensor
