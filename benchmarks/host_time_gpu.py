@@ -23,7 +23,8 @@ import step_speed as S  # noqa: E402
 
 def main() -> None:
     dev = torch.device("cuda")
-    for name in S.GPU_ROWS[:4] + (S.V4_ROWS if "--v4" in sys.argv[1:] else ()):
+    rows = S.GPU_ROWS[:4] + S.NO_GRAPH_ROWS + (S.V4_ROWS if "--v4" in sys.argv[1:] else ())
+    for name in rows:
         model, ids, labels = S._bert(dev)
         params = [p for p in model.parameters() if p.requires_grad]
         opt_step, _, owner = S._setup(name, params)

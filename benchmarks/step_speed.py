@@ -4,12 +4,15 @@ GPU (one CUDA device): BERT-base MLM built from ``transformers.BertConfig()`` (1
 bf16 autocast, batch 32 x 128, AdamW lr 1e-4. Rows: torch AdamW ``fused=True`` alone; the
 seed's quick start ``SWGL(model.parameters(), alpha=0.99, lambda_reg=0.01, max_boost=10.0)``
 before fused AdamW (the default rule); ``SWGL.wrap(fused AdamW)``; ``swgl.optim.AdamW``;
-``SWGL(..., rule="v1")`` before fused AdamW (``--v4``: the previous default, v4, in the
-three patterns). The default rule v5 runs in its state after a detected shift, where its pull
-runs at every step. Columns: train step ms (median of interleaved
-rounds), optimizer step ms (``swgl.step()`` + ``base.step()`` between CUDA events), host
-syncs per step (``torch.cuda.set_sync_debug_mode("warn")`` warnings over 5 steps) and the
-optimizer step's transient memory (peak allocated during the step minus before it). Then the
+``SWGL(..., rule="v1")`` before fused AdamW; the two-object and wrapper patterns with
+``cuda_graphs=False`` (the phases launched eagerly, not replayed as CUDA graphs)
+(``--v4``: the previous default, v4, in the three patterns). The default rule v5 runs in its
+state after a detected shift, where its pull runs at every step. Columns: train step ms
+(median of interleaved rounds), optimizer step ms (``swgl.step()`` + ``base.step()`` between
+CUDA events), host syncs per step (``torch.cuda.set_sync_debug_mode("warn")`` warnings over 5
+steps), the optimizer step's transient memory (peak allocated during the step minus before
+it), the memory held between steps beyond fused AdamW's (SWGL's state and kept buffers) and
+how many times the before phase was replayed as a CUDA graph. Then the
 default rule's standalone passes (before + after the base step, as the two-object pattern
 runs them) in device time against a device-to-device copy of the same bytes.
 
@@ -69,6 +72,8 @@ def _setup(name: str, params):
     that holds SWGL's state or None)."""
     rule = _rule_of(name)
     opts = {"rule": rule} if rule else {}
+    if "cuda_graphs=False" in name:
+        opts["cuda_graphs"] = False
     if name.startswith("swgl.optim.AdamW"):
         opt = swgl.optim.AdamW(params, lr=1e-4, swgl=opts)
         return opt.step, opt, opt
@@ -88,6 +93,9 @@ def _setup(name: str, params):
 
 GPU_ROWS = ("torch AdamW fused=True", "SWGL(params) + fused AdamW (quick start)",
             "SWGL.wrap(fused AdamW)", "swgl.optim.AdamW", "SWGL(params, rule='v1') + fused AdamW")
+#: the default without its CUDA graphs (swgl.graphs): the phases launched eagerly
+NO_GRAPH_ROWS = ("SWGL(params, cuda_graphs=False) + fused AdamW",
+                 "SWGL.wrap(fused AdamW, cuda_graphs=False)")
 #: ``--v4``: the previous default, v4, in the three patterns
 V4_ROWS = ("SWGL(params, rule='v4') + fused AdamW", "SWGL.wrap(fused AdamW, rule='v4')",
            "swgl.optim.AdamW(rule='v4')")
@@ -101,6 +109,12 @@ def _as_after_shift(owner, params) -> None:
         state = owner.state[p]
         state[prefix + "detector"][3] = 1.0
         state[prefix + "consolidated"].uniform_(0.0, 2.0)
+
+
+def _replays(owner) -> int:
+    """How many times the before phase was replayed as a CUDA graph (swgl.graphs)."""
+    graphs = getattr(owner, "_graphs", None)
+    return 0 if graphs is None else graphs.before.replays
 
 
 def _count_syncs(fn: Callable[[], None], steps: int = 5) -> float:
@@ -120,9 +134,11 @@ def gpu_suite(args) -> dict:
     device = torch.device("cuda")
     events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
     runs = {}
-    for name in GPU_ROWS + (V4_ROWS if args.v4 else ()):
+    for name in GPU_ROWS + NO_GRAPH_ROWS + (V4_ROWS if args.v4 else ()):
         model, ids, labels = _bert(device)
         params = [p for p in model.parameters() if p.requires_grad]
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()   # the model alone (earlier rows' models too)
         opt_step, zeroer, owner = _setup(name, params)
         opt_ms: list[float] = []
 
@@ -154,9 +170,13 @@ def gpu_suite(args) -> dict:
         torch.cuda.synchronize()
         transient = torch.cuda.max_memory_allocated() - before
         zeroer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        # held between steps beyond the model: optimizer and SWGL state, kept buffers, graphs
+        held = torch.cuda.memory_allocated() - start
         syncs = _count_syncs(train)
         runs[name] = dict(train=train, opt_ms=opt_ms, times=[], transient=transient,
-                          syncs=syncs, nparams=sum(p.numel() for p in params), model=model)
+                          syncs=syncs, held=held, nparams=sum(p.numel() for p in params),
+                          model=model, owner=owner)
     for _ in range(args.rounds):  # interleaved rounds: drift hits every row alike
         for run in runs.values():
             torch.cuda.synchronize()
@@ -182,11 +202,13 @@ def gpu_suite(args) -> dict:
             overhead_pct=round(100 * (ms / base_ms - 1), 1), opt_step_ms=round(opt_ms, 2),
             opt_step_x=round(opt_ms / base_opt, 2), host_syncs_per_step=run["syncs"],
             opt_step_transient_mib=round(run["transient"] / 2**20, 1),
+            held_beyond_adamw_mib=round((run["held"] - base["held"]) / 2**20, 1),
             rounds_ms=[round(t, 2) for t in run["times"]],
+            graph_replays=_replays(run["owner"]),
         ))
     nparams = base["nparams"]
     for run in runs.values():
-        del run["model"], run["train"]
+        del run["model"], run["train"], run["owner"]
     torch.cuda.empty_cache()
     return dict(rows=rows, nparams=nparams, standalone=_standalone(device))
 
@@ -315,12 +337,13 @@ def _print(result: dict) -> None:
     if "gpu" in result:
         print(f"\nGPU: {result['device']}, BERT-base MLM ({result['gpu']['nparams'] / 1e6:.1f}M "
               "params), bf16 autocast, batch 32 x 128")
-        print(f"{'setup':<44} {'train ms':>9} {'overhead':>9} {'opt ms':>8} {'x':>6} "
-              f"{'syncs':>6} {'transient MiB':>14}")
+        print(f"{'setup':<48} {'train ms':>9} {'overhead':>9} {'opt ms':>8} {'x':>6} "
+              f"{'syncs':>6} {'transient MiB':>14} {'held MiB':>9} {'replays':>8}")
         for r in result["gpu"]["rows"]:
-            print(f"{r['setup']:<44} {r['train_step_ms']:>9.2f} {r['overhead_pct']:>+8.1f}% "
+            print(f"{r['setup']:<48} {r['train_step_ms']:>9.2f} {r['overhead_pct']:>+8.1f}% "
                   f"{r['opt_step_ms']:>8.2f} {r['opt_step_x']:>6.2f} "
-                  f"{r['host_syncs_per_step']:>6.1f} {r['opt_step_transient_mib']:>14.1f}")
+                  f"{r['host_syncs_per_step']:>6.1f} {r['opt_step_transient_mib']:>14.1f} "
+                  f"{r['held_beyond_adamw_mib']:>9.1f} {r['graph_replays']:>8}")
         print("\nthe default rule's standalone passes (device time)")
         for name, r in result["gpu"]["standalone"].items():
             print(f"{name:<28} {r['device_us']:>9.1f} us {r['gb_per_s']:>8.1f} GB/s "

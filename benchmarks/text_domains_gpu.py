@@ -8,9 +8,11 @@ autocast) trains on six Debian text domains (``swgl.bench.text``):
    method (AdamW, replay, EWC, online EWC, L2-init, UPGD, SWGL, SWGL-groups) runs at its
    chosen lr and is scored on the test split.
 2. ``text-drift`` (no boundaries): AdamW, replay, SWGL and SWGL-groups at the lrs chosen in 1.
-3. SWGL's training-time overhead: ms per step of AdamW, SWGL (default path, Triton-fused on
-   CUDA when Triton is installed), SWGL with ``fused=False`` and SWGL-groups, on the same
-   model and batches, CUDA-synchronised, median of interleaved repeats.
+3. SWGL's training-time overhead: ms per step of AdamW, SWGL (default path: Triton-fused on
+   CUDA when Triton is installed, its phases replayed as CUDA graphs), SWGL with
+   ``cuda_graphs=False``, with ``fused=False`` (and no graphs) and SWGL-groups, on the same
+   model and batches, CUDA-synchronised, median of interleaved repeats
+   (``--overhead-only``: this part alone, 5 repeats, into ``text_overhead.json``).
 
 Steps per domain are chosen from a measured step time so the whole run fits ``--budget-s``
 (unless ``--steps-per-domain`` is given). Writes ``text_gpu.json`` and the loss-matrix and
@@ -52,7 +54,8 @@ DRIFT_METHODS = ("naive-adamw", "replay", "swgl-adamw", "swgl-adamw-groups")
 OVERHEAD = {
     "adamw": ("naive-adamw", {}),
     "swgl (default)": ("swgl-adamw", {}),
-    "swgl fused=False": ("swgl-adamw", {"swgl.fused": False}),
+    "swgl cuda_graphs=False": ("swgl-adamw", {"swgl.cuda_graphs": False}),
+    "swgl fused=False": ("swgl-adamw", {"swgl.fused": False, "swgl.cuda_graphs": False}),
     "swgl-groups": ("swgl-adamw-groups", {}),
 }
 
@@ -104,6 +107,8 @@ def main(argv=None) -> None:
                    help="fix the steps per domain instead of fitting the budget")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
     p.add_argument("--data-dir", default=None, help="root of the corpora (default: /)")
+    p.add_argument("--overhead-only", action="store_true",
+                   help="measure the training-time overhead (part 3) alone and stop")
     p.add_argument("--out", default=None,
                    help="output folder (default: $OUT, else benchmarks/results/text_gpu)")
     args = p.parse_args(argv)
@@ -120,8 +125,16 @@ def main(argv=None) -> None:
                       seeds=tuple(args.seeds), size=args.size, device=args.device,
                       data_dir=args.data_dir, evals_per_domain=2)
 
-    overhead = step_times(base, steps=30, repeats=3)
+    overhead = step_times(base, steps=30, repeats=5 if args.overhead_only else 3)
     log.info("ms/step: %s", overhead)
+    if args.overhead_only:
+        ref = overhead["adamw"]
+        result = {"step_ms": overhead,
+                  "overhead_vs_adamw": {k: v / ref - 1.0 for k, v in overhead.items()}}
+        (out / "text_overhead.json").write_text(json.dumps(result, indent=2))
+        for label, ms in overhead.items():
+            print(f"{label:<24} {ms:8.2f} ms/step  {100 * (ms / ref - 1):+6.1f}%")
+        return
     steps = args.steps_per_domain
     if steps is None:
         r = base.resolved()

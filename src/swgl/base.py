@@ -18,14 +18,15 @@ from torch.optim import Optimizer
 
 from swgl import functional
 from swgl.checkpoint import check_step
+from swgl.graphs import PhaseGraphs
 from swgl.options import check_options, hyper
 from swgl.rules import RULES
 from swgl.state import STORAGES
 from swgl.state._common import check_tensor
 from swgl.stats import DEFAULT_QUANTILES, layer_stats
 
-__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "copies", "fresh_extra", "local",
-           "run_closure", "snapshot"]
+__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "check_cuda_graphs", "copies",
+           "fresh_extra", "local", "run_closure", "snapshot"]
 
 #: Prefix of SWGL's keys in the wrapper's param groups and state_dict.
 PREFIX = "swgl_"
@@ -41,11 +42,34 @@ def check_params(group: dict[str, Any]) -> None:
             raise TypeError(f"params[{i}] has dtype {p.dtype}; SWGL needs floating-point params")
 
 
+def check_cuda_graphs(value: object) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"cuda_graphs must be None, True or False, got {value!r}")
+
+
+#: the group options the phases read (without the wrapper's prefix)
+_PHASE_OPTIONS = ("rule", "alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
+                  "mode", "shock", "consolidation", "consolidation_horizon", "storage",
+                  "foreach", "fused")
+
+
 class SWGLBase(Optimizer):
-    """State handling and the rule's phases, shared by both classes."""
+    """State handling and the rule's phases, shared by both classes.
+
+    On CUDA the phases run as CUDA graphs (:mod:`swgl.graphs`) unless ``cuda_graphs`` is
+    False; ``_state_version`` is bumped whenever state tensors are replaced, so that no graph
+    replays onto tensors the state no longer holds."""
 
     #: what :func:`swgl.stats.find_swgl` looks for
     is_swgl = True
+    #: None (auto: on CUDA when the rule allows it), True (required), False (never)
+    cuda_graphs: bool | None = None
+    _state_version = 0
+    _graphs: PhaseGraphs | None = None
+    #: (ids of the params with grads, their grad buffers) while graphs are on
+    _grad_kept: tuple[tuple[int, ...], list[Tensor]] | None = None
+    #: the last key :meth:`_graph_blocker` passed
+    _checked_key: tuple | None = None
 
     #: Prefix of SWGL's options in a param group: the wrapper shares its groups with a base
     #: optimizer whose own ``eps``, ``alpha`` or ``foreach`` must not be overwritten.
@@ -59,6 +83,7 @@ class SWGLBase(Optimizer):
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         rule = RULES[self._option(group, "rule")]
+        self._state_version += 1
         # the step counter lives on the param's device: the default rule reads it there
         step = torch.zeros((), device=local(p).device)
         # the storage format takes the first state tensor; the others are plain fp32
@@ -130,6 +155,137 @@ class SWGLBase(Optimizer):
                 pending.append(Pending(group, params, outcome.aux, kept))
             applied = outcome.applied if applied is True else applied & outcome.applied
         return applied, pending
+
+    # -- CUDA graphs (swgl.graphs) ----------------------------------------------------------
+
+    def _graphs_possible(self) -> bool:
+        """Cheap: whether a step may run as graphs at all (the rest is :meth:`_graph_blocker`,
+        asked once per new key)."""
+        if self.cuda_graphs is False or not torch.cuda.is_available():
+            return False
+        graphs = self._graphs
+        if graphs is not None and not graphs.before.enabled:
+            return False
+        first = next((p for g in self.param_groups for p in g["params"]), None)
+        return first is not None and first.is_cuda
+
+    def _graph_key(self, grad_scale: float) -> tuple | None:
+        """What the phases' Python reads that can change between steps (see
+        :mod:`swgl.graphs`), or None when graphs are off. The grads are not in it: the phases
+        read copies of them in buffers kept at fixed addresses (:meth:`_run_before`)."""
+        if not self._graphs_possible():
+            return None
+        parts: list[Any] = [grad_scale, self._state_version, len(self.state)]
+        pre = self.option_prefix
+        for group in self.param_groups:
+            params = group["params"]
+            parts.append(tuple(p.grad is None for p in params))
+            parts.append(tuple(map(Tensor.data_ptr, params)))
+            parts.append(tuple(group.get(pre + name) for name in _PHASE_OPTIONS))
+        return tuple(parts)
+
+    def _graph_blocker(self) -> str | None:
+        """Why the phases cannot be captured now, or None: every rule must allow it in update
+        mode (grad mode rescales the grads the base reads), the state be fp32, and the params
+        with grads be plain tensors on the current CUDA device."""
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+        for index, group in enumerate(self.param_groups):
+            rule = self._option(group, "rule")
+            if not RULES[rule].graphable:
+                return f"rule {rule!r} (param group {index}) is not capturable"
+            mode = self._option(group, "mode") or RULES[rule].modes[0]
+            if mode != "update":
+                return f"mode {mode!r} (param group {index}) rescales the grads in place"
+            if self._option(group, "storage") != "fp32":
+                return f"storage {self._option(group, 'storage')!r} reads a flag on the host"
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if type(p) not in (Tensor, torch.nn.Parameter):
+                    return f"a param is a {type(p).__name__}"
+                if not p.is_cuda or p.device.index != torch.cuda.current_device():
+                    return f"a param is on {p.device}, not the current CUDA device"
+        return None
+
+    def _checked_blocker(self) -> str | None:
+        """:meth:`_graph_blocker`, which ``cuda_graphs=True`` turns into a ValueError."""
+        why = self._graph_blocker()
+        if why is not None and self.cuda_graphs:
+            raise ValueError(f"cuda_graphs=True, but the phases cannot be captured: {why}")
+        return why
+
+    def _run_before(self, fn: Callable[[], list[tuple[Pending, list[Tensor] | None]]],
+                    grad_scale: float = 1.0) -> list[tuple[Pending, list[Tensor] | None]]:
+        """``fn()`` (the before phase and the snapshots: pending entries with their
+        snapshots), as a CUDA graph where :mod:`swgl.graphs` allows.
+
+        While graphs are on, the phases read the grads from buffers kept at fixed addresses
+        (one multi-tensor copy per step): the caching allocator does not give backward the
+        same blocks at every step (measured: the addresses alternated between steps), and a
+        graph reads the addresses it was captured on. ``p.grad`` points to the buffer while
+        ``fn`` runs, then back to the param's own grad, which the base optimizer steps with."""
+        key = self._graph_key(grad_scale)
+        graphs = self._graphs
+        if key is not None and key != self._checked_key:
+            # a new key: what cannot be captured is found before any grad is redirected
+            why = self._checked_blocker()
+            if why is not None:
+                if graphs is None:
+                    graphs = self._graphs = PhaseGraphs()
+                graphs.before.disable(why)
+                graphs.after.disable(why, quiet=True)
+                self._grad_kept = None
+                key = None
+            self._checked_key = key
+        if key is None:
+            if graphs is not None:
+                graphs.bypass()
+                if self._grad_kept is not None:   # graphs went off: free their buffers
+                    self._grad_kept = None
+                    getattr(self, "_kept_snapshots", {}).clear()
+            return fn()
+        if graphs is None:
+            graphs = self._graphs = PhaseGraphs()
+        owners = [p for group in self.param_groups for p in group["params"]
+                  if p.grad is not None]
+        grads = [p.grad for p in owners]
+        buffers = self._grad_buffers(owners, grads)
+        torch._foreach_copy_(buffers, grads)
+
+        def phase():
+            for p, b in zip(owners, buffers):
+                p.grad = b
+            try:
+                return fn()
+            finally:
+                for p, g in zip(owners, grads):
+                    p.grad = g
+
+        return graphs.run_before(key, phase)
+
+    def _grad_buffers(self, owners: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        """The kept grad buffers of ``owners`` (made anew, and the graphs dropped, when the
+        params with grads change: a graph reads the buffers it was captured on)."""
+        ids = tuple(map(id, owners))
+        kept = self._grad_kept
+        if kept is None or kept[0] != ids:
+            kept = self._grad_kept = (ids, [torch.empty_like(g) for g in grads])
+            self._graphs.before.reset()
+            self._graphs.after.reset()
+        return kept[1]
+
+    def _run_after(self, pending: list[Pending], snapshots: list[list[Tensor] | None]) -> None:
+        """:meth:`_after`, as a CUDA graph after a replayed before phase."""
+        if self._graphs is None:
+            self._after(pending, snapshots)
+            return
+        parts = (tuple(map(id, pending)), tuple(len(e.params) for e in pending))
+        self._graphs.run_after(parts, lambda: self._after(pending, snapshots))
+
+    def _keeps_snapshots(self) -> bool:
+        """Snapshots live in kept buffers (fixed addresses) while graphs may run."""
+        return self._graphs_possible()
 
     def _rule_options(self, group: dict[str, Any]) -> dict[str, Any]:
         pre = self.option_prefix
@@ -218,6 +374,7 @@ class SWGLBase(Optimizer):
         self.state.clear()
         for index, entry in saved.items():
             p = params[index]
+            self._state_version += 1
             state = {k: v.detach().to(device=p.device, copy=True) for k, v in entry.items()}
             state["step"] = entry["step"].detach().to(device=local(p).device,
                                                       dtype=torch.float32, copy=True)
@@ -303,30 +460,33 @@ def _check_extra(t: object, what: str, init: float | str | tuple[float, ...], p:
     check_tensor(t, what, torch.float32, shape, nonnegative=init != "param")
 
 
-def snapshot(entry: Pending, kept: dict[Any, tuple] | None = None) -> list[Tensor] | None:
+def snapshot(entry: Pending, kept: dict[Any, tuple] | None = None,
+             on_device: bool = False) -> list[Tensor] | None:
     """Copies of the params' local shards before the base step, if the rule needs them (one
-    multi-tensor copy; a copy keeps -0.0 and NaN as they are); on the CPU kept in ``kept``
-    between steps (:func:`copies`). On CUDA the caching allocator reuses the blocks, so the
-    snapshot stays transient there (views of one flat buffer allocated per step measured
+    multi-tensor copy; a copy keeps -0.0 and NaN as they are); on the CPU, and on CUDA with
+    ``on_device`` (CUDA graphs: their addresses must not move), kept in ``kept`` between
+    steps (:func:`copies`). Otherwise on CUDA the caching allocator reuses the blocks, so
+    the snapshot stays transient there (views of one flat buffer allocated per step measured
     slower on the host than one allocation per param: 1.1 against 0.6 ms for BERT-base's
     200 params)."""
     rule = RULES[entry.group[_prefix_of(entry.group) + "rule"]]
     if not rule.snapshot or not entry.params:
         return None
-    return copies([local(p) for p in entry.params], kept, id(entry.group))
+    return copies([local(p) for p in entry.params], kept, id(entry.group), on_device=on_device)
 
 
 def copies(tensors: list[Tensor], kept: dict[Any, tuple] | None, key: Any,
-           dtype: torch.dtype | None = None, owners: list[Tensor] | None = None) -> list[Tensor]:
+           dtype: torch.dtype | None = None, owners: list[Tensor] | None = None,
+           on_device: bool = False) -> list[Tensor]:
     """Copies of ``tensors`` (cast to ``dtype`` if given).
 
     On the CPU, with ``kept``, the copies are views of one buffer kept under ``key`` and
     overwritten at the next call with the same tensors: the CPU allocator hands large blocks
     back to the OS and faults them in again, which cost 5 ms a step beside AdamW on a 6M-param
-    MLP (docs/results.md). Elsewhere they are fresh tensors. ``owners`` (default: the tensors
-    themselves) are what must stay the same for the copies to be reused: the params, for
-    grads that are new tensors at every step."""
-    if (kept is None or tensors[0].device.type != "cpu"
+    MLP (docs/results.md). With ``on_device`` the same holds on any device. Elsewhere they are
+    fresh tensors. ``owners`` (default: the tensors themselves) are what must stay the same
+    for the copies to be reused: the params, for grads that are new tensors at every step."""
+    if (kept is None or (tensors[0].device.type != "cpu" and not on_device)
             or len({(t.dtype, t.device) for t in tensors}) != 1):
         fresh = [t.to(dtype) for t in tensors] if dtype is not None else tensors
         return list(torch._foreach_mul(fresh, 1.0))
@@ -335,7 +495,8 @@ def copies(tensors: list[Tensor], kept: dict[Any, tuple] | None, key: Any,
     held = kept.get(key)
     if held is None or held[0] != ids:
         numels = [t.numel() for t in tensors]
-        flat = torch.empty(sum(numels), dtype=dtype or tensors[0].dtype)
+        flat = torch.empty(sum(numels), dtype=dtype or tensors[0].dtype,
+                           device=tensors[0].device)
         held = kept[key] = (ids, [v.view(t.shape) for v, t in zip(flat.split(numels), tensors)])
     torch._foreach_copy_(held[1], tensors)
     return held[1]

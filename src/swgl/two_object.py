@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from swgl.base import Pending, SWGLBase, check_params, run_closure, snapshot
+from swgl.base import Pending, SWGLBase, check_cuda_graphs, check_params, run_closure, snapshot
 from swgl.checkpoint import by_position, check_state_dict_layout
 from swgl.companion import Hooks, find_owners
 from swgl.options import check_options
@@ -76,6 +76,11 @@ class SWGL(SWGLBase):
         scaler: a ``torch.amp.GradScaler`` whose scaled grads ``step()`` will see (the seed's
             AMP snippet). Without it, call ``scaler.unscale_(base)`` before ``swgl.step()``;
             the seed's order without ``scaler=`` raises instead of training on scaled grads.
+        cuda_graphs: run the two phases as CUDA graphs (:mod:`swgl.graphs`): None (default)
+            does on CUDA under the rules that allow it (v4, v5) with fp32 state, once a
+            step's tensors repeat; True requires it (ValueError at the first step that cannot);
+            False never. While on, the update mode's copy of the params is kept between steps
+            (one param-sized buffer) instead of being allocated at each step.
 
     Non-finite gradients skip the whole step: state and grads are left untouched, so a
     ``GradScaler`` still sees the infs and skips its own step.
@@ -100,6 +105,7 @@ class SWGL(SWGLBase):
         foreach: bool = True,
         fused: bool | None = None,
         scaler: torch.amp.GradScaler | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         defaults = dict(
             rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
@@ -108,10 +114,12 @@ class SWGL(SWGLBase):
             storage=storage, foreach=foreach, fused=fused,
         )
         check_options(dict(defaults))
+        check_cuda_graphs(cuda_graphs)
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         super().__init__(params, defaults)
         self.scaler = scaler
+        self.cuda_graphs = cuda_graphs
         self._param_ids = {id(p) for g in self.param_groups for p in g["params"]}
         self._fingerprint: tuple[Tensor, Tensor] | None = None
         self._smallest: Tensor | None = None
@@ -163,14 +171,20 @@ class SWGL(SWGLBase):
             owners = find_owners(self._param_ids, _is_swgl)
             self._hooks.attach(owners, self._before_base_step, self._after_base_step)
             self._owned = {id(p) for o in owners for g in o.param_groups for p in g["params"]}
-        _, pending = self._modulate(self._current_grad_scale())
+            self._state_version += 1   # what the phases hand the owners may change
+        grad_scale = self._current_grad_scale()
+        self._pending_update = self._run_before(lambda: self._before_phase(grad_scale),
+                                                grad_scale)
         self._fingerprint = self._take_fingerprint() if self.scaler is None else None
+        return loss
+
+    def _before_phase(self, grad_scale: float) -> list[tuple[Pending, list[Tensor] | None]]:
+        _, pending = self._modulate(grad_scale)
         # a param no optimizer holds is never stepped: there is no update to rescale
         if not self._param_ids <= self._owned:
             pending = [entry.only(self._owned)[0] for entry in pending]
-        self._pending_update = [(e, snapshot(e, self._kept_snapshots)) for e in pending
-                                if e.params]
-        return loss
+        keep = self._keeps_snapshots()
+        return [(e, snapshot(e, self._kept_snapshots, keep)) for e in pending if e.params]
 
     def _after_base_step(self, base: Optimizer) -> None:
         """The rule's ``after`` phase for the params ``base`` holds (it just stepped them)."""
@@ -185,7 +199,7 @@ class SWGL(SWGLBase):
             if left.params:
                 rest.append((left, left_snaps))
         if mine:
-            self._after(*zip(*mine))
+            self._run_after([entry for entry, _ in mine], [snaps for _, snaps in mine])
         self._pending_update = rest
 
     def _take_fingerprint(self) -> tuple[Tensor, Tensor] | None:

@@ -15,7 +15,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from swgl.base import PREFIX, SWGLBase, check_params, run_closure, snapshot
+from swgl.base import (
+    PREFIX,
+    Pending,
+    SWGLBase,
+    check_cuda_graphs,
+    check_params,
+    run_closure,
+    snapshot,
+)
 from swgl.checkpoint import by_position, check_state_dict_layout
 from swgl.options import MATH_OPTIONS, check_options
 from swgl.rules import DEFAULT_RULE
@@ -58,7 +66,9 @@ class SWGLWrapper(SWGLBase):
         storage: str = "fp32",
         foreach: bool = True,
         fused: bool | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
+        check_cuda_graphs(cuda_graphs)
         if isinstance(params, Optimizer):
             if base is not None or base_kwargs is not None:
                 raise ValueError("pass either a base optimizer instance or base=/base_kwargs=")
@@ -82,6 +92,7 @@ class SWGLWrapper(SWGLBase):
         }
         check_options(dict(defaults), PREFIX)
         self.base = base_opt
+        self.cuda_graphs = cuda_graphs
         self._warned_fresh = False
         self._sharing_groups = False
         self._kept_snapshots: dict[Any, tuple] = {}  # CPU: see base.snapshot
@@ -131,11 +142,16 @@ class SWGLWrapper(SWGLBase):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run ``closure`` (forward and backward), modulate the grads, then step the base."""
         loss = run_closure(closure)
-        _, pending = self._modulate()
-        snapshots = [snapshot(entry, self._kept_snapshots) for entry in pending]
+        pending = self._run_before(self._before_phase)
         self.base.step()
-        self._after(pending, snapshots)
+        if pending:
+            self._run_after([entry for entry, _ in pending], [snaps for _, snaps in pending])
         return loss
+
+    def _before_phase(self) -> list[tuple[Pending, list[Tensor] | None]]:
+        _, pending = self._modulate()
+        keep = self._keeps_snapshots()
+        return [(entry, snapshot(entry, self._kept_snapshots, keep)) for entry in pending]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)

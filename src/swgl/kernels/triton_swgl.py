@@ -495,6 +495,9 @@ class Launch:
         return (self.nblocks,)
 
     def _to_device(self, host: list[int]) -> Tensor:
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            # a graph would copy from a host buffer that is gone by its next replay
+            raise RuntimeError("a Triton launch table was built during a CUDA graph capture")
         table = torch.tensor(host, dtype=torch.int64)
         if self.device.type == "cuda":  # pinned, so the copy neither blocks nor syncs
             table = table.pin_memory()

@@ -134,6 +134,9 @@ class Rule:
     #: ``(params, grads, state, hp, found, step) -> None`` runs that work around ``step()``,
     #: the kernel rule's fused optimizer step in swgl.optim, which returns its ``k``
     around_fused_step: Callable[..., None] | None = field(default=None, compare=False)
+    #: on CUDA the phases make no host sync and keep no host state between steps, so they may
+    #: run as CUDA graphs (:mod:`swgl.graphs`)
+    graphable: bool = False
 
     @property
     def init_value(self) -> float:

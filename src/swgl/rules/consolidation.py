@@ -299,4 +299,5 @@ V5 = Rule(
     fused_checks=True,
     defaults=(*V4.defaults, ("consolidation", STRENGTH), ("consolidation_horizon", HORIZON)),
     around_fused_step=around_fused_step,
+    graphable=True,
 )

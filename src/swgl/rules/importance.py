@@ -468,4 +468,5 @@ V4 = Rule(
     cpu_fused=True,
     fused_checks=True,
     defaults=(("alpha", 0.999), ("lambda_reg", 3.0)),
+    graphable=True,
 )

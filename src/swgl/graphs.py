@@ -1,0 +1,176 @@
+"""CUDA graphs of SWGL's two phases: on CUDA the default path replays each phase as one graph.
+
+Why: a BERT-base training step on an H200 waits for the host (docs/results.md, issue 13).
+SWGL's phases walk ~200 params in Python and launch a few dozen kernels: 3 to 6 ms of host
+time for about 2 ms of device work. A CUDA graph replays every kernel a phase launched in one
+call, and none of the Python that gathered them runs.
+
+When a replay is right. A graph replays the kernels it captured, on the addresses they had
+then, with the host values (options, the loss scale) baked in. So a phase is replayed only
+while its *key* equals the key it was captured under; the caller's key holds everything its
+Python reads that can change between steps: the addresses of the params and of their grads
+(None where a param has no grad), the group options, the loss scale and a version of the
+optimizer's state that is bumped whenever state tensors are replaced. Everything else the
+phase touches lives at fixed addresses: the state, and (in update mode) the snapshot of the
+params, kept between steps in one buffer while graphs are on.
+
+The policy (:class:`PhaseGraph`):
+
+* a key seen for the first time runs eagerly (it also warms up: state, Triton builds, launch
+  tables);
+* the same key at the next call is captured, then replayed (a capture runs nothing: the
+  replay does the step);
+* a replay whenever the key recurs; another key runs eagerly, and is captured in its turn
+  once it repeats, up to :data:`MAX_CAPTURES` captures, after which graphs are turned off for
+  this phase (an address pattern that keeps changing: captures would cost more than they
+  save);
+* a capture that fails (the phase did something a graph cannot hold, such as a host sync)
+  turns graphs off for the phase, with a warning, and the call runs eagerly.
+
+The caching allocator usually hands backward the same blocks at every step, so the grads'
+addresses repeat and the phases are replayed from the third step on.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import torch
+
+__all__ = ["PhaseGraph", "PhaseGraphs", "MAX_CAPTURES", "capture_cuda"]
+
+log = logging.getLogger(__name__)
+
+#: captures per phase before graphs are turned off for it
+MAX_CAPTURES = 8
+
+#: ``capture(fn) -> (replay, out)``: runs ``fn`` under capture, returns what replays it and
+#: what ``fn`` returned; raises when the capture fails
+Capture = Callable[[Callable[[], Any]], tuple[Callable[[], None], Any]]
+
+
+def capture_cuda(fn: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+    """``fn`` captured as a CUDA graph on a side stream.
+
+    ``thread_local`` capture: another thread's CUDA calls (a DataLoader's pinning thread) do
+    not break it. Unlike ``torch.cuda.graph``, no device sync, garbage collection or cache
+    flush around it: a capture stays free of host syncs like the steps around it."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    current = torch.cuda.current_stream()
+    stream.wait_stream(current)
+    try:
+        with torch.cuda.stream(stream):
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                out = fn()
+            finally:
+                graph.capture_end()
+    finally:
+        current.wait_stream(stream)
+    return graph.replay, out
+
+
+class PhaseGraph:
+    """One phase's graph and the policy of the module docstring.
+
+    ``capture`` is the capturing function (default :func:`capture_cuda`; the tests pass one
+    that runs on the CPU)."""
+
+    def __init__(self, name: str, capture: Capture | None = None,
+                 max_captures: int = MAX_CAPTURES) -> None:
+        self.name = name
+        self.enabled = True
+        self.max_captures = max_captures
+        #: captures made, replays made (diagnostics; the tests read them)
+        self.captures = 0
+        self.replays = 0
+        #: bumped at each capture: a key for what the other phase captured from this one's output
+        self.generation = 0
+        #: whether the last call's result came from a graph (captured or replayed)
+        self.from_graph = False
+        self._capture = capture or capture_cuda
+        self._replay: Callable[[], None] | None = None
+        self._key: Hashable = None
+        self._out: Any = None
+        self._seen: Hashable = None
+
+    def reset(self) -> None:
+        """Drop the graph (its memory pool goes with it once nothing it returned is held)."""
+        self._replay, self._key, self._out, self._seen = None, None, None, None
+
+    def disable(self, why: str, quiet: bool = False) -> None:
+        if self.enabled and not quiet:
+            log.info("swgl: CUDA graphs off for the %s phase: %s", self.name, why)
+        self.enabled = False
+        self.reset()
+
+    def run(self, key: Hashable, fn: Callable[[], Any],
+            blocker: Callable[[], str | None] = lambda: None) -> Any:
+        """``fn()``'s result: replayed, captured and replayed, or run eagerly (see the module
+        docstring). ``key`` None runs eagerly; ``blocker()``, asked before a capture, says
+        why the phase cannot be captured, or None."""
+        self.from_graph = False
+        if not self.enabled or key is None:
+            return fn()
+        if self._replay is not None and key == self._key:
+            self._replay()
+            self.replays += 1
+            self.from_graph = True
+            return self._out
+        if key != self._seen:
+            self._seen = key
+            return fn()
+        if self.captures >= self.max_captures:
+            self.disable(f"its inputs moved {self.captures} times")
+            return fn()
+        why = blocker()
+        if why is not None:
+            self.disable(why)
+            return fn()
+        self.reset()
+        try:
+            replay, out = self._capture(fn)
+        except RuntimeError as err:
+            warnings.warn(f"swgl: a CUDA graph of the {self.name} phase failed to capture "
+                          f"({err}); the phase runs eagerly from now on", stacklevel=4)
+            self.disable(f"capture failed: {err}")
+            return fn()
+        self._replay, self._key, self._out = replay, key, out
+        self.captures += 1
+        self.generation += 1
+        replay()
+        self.from_graph = True
+        return out
+
+
+class PhaseGraphs:
+    """The before and after phases' graphs of one optimizer.
+
+    The after phase reads what the before phase returned; its key names the before graph's
+    generation, so it is replayed only after a replay of the same before graph."""
+
+    def __init__(self, capture: Capture | None = None) -> None:
+        self.before = PhaseGraph("before", capture)
+        self.after = PhaseGraph("after", capture)
+
+    def run_before(self, key: Hashable, fn: Callable[[], Any],
+                   blocker: Callable[[], str | None] = lambda: None) -> Any:
+        generation = self.before.generation
+        out = self.before.run(key, fn, blocker)
+        if self.before.generation != generation:   # a new capture: the old after graph read
+            self.after.reset()                     # the old one's outputs
+        return out
+
+    def bypass(self) -> None:
+        """The caller runs the before phase itself this step: no after graph follows it."""
+        self.before.from_graph = False
+
+    def run_after(self, parts: Hashable, fn: Callable[[], Any]) -> Any:
+        """``parts``: what selects the after phase's inputs among the before phase's output."""
+        if not self.before.from_graph or not self.before.enabled:
+            return self.after.run(None, fn)
+        return self.after.run((self.before.generation, parts), fn)

@@ -1,0 +1,238 @@
+"""The CUDA-graph policy of swgl.graphs, with a capture that runs on the CPU.
+
+The fake capture runs ``fn`` once (as a capture would record it) and replays by counting, so
+these tests check when the phases are captured, replayed or run eagerly; that a replay does
+what the eager step does is tests/test_graphs_cuda.py's (CUDA only)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from swgl import SWGL
+from swgl.base import SWGLBase
+from swgl.graphs import MAX_CAPTURES, PhaseGraph, PhaseGraphs
+
+
+class FakeCapture:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.captured = 0
+        self.replayed = 0
+
+    def __call__(self, fn):
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captured += 1
+        out = fn()
+
+        def replay() -> None:
+            self.replayed += 1
+        return replay, out
+
+
+def test_eager_first_then_captured_then_replayed():
+    cap = FakeCapture()
+    graph = PhaseGraph("before", cap)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return len(calls)
+
+    assert graph.run("k", fn) == 1 and not graph.from_graph       # first sight: eager
+    assert graph.run("k", fn) == 2 and graph.from_graph           # repeated: captured
+    assert (cap.captured, cap.replayed) == (1, 1)                 # ... and replayed once
+    assert graph.run("k", fn) == 2 and graph.from_graph           # replayed: fn not run
+    assert graph.run("k", fn) == 2
+    assert len(calls) == 2 and cap.replayed == 3 and graph.replays == 2
+
+
+def test_another_key_runs_eagerly_and_is_captured_once_it_repeats():
+    cap = FakeCapture()
+    graph = PhaseGraph("before", cap)
+    for _ in range(3):
+        graph.run("a", lambda: "a")
+    assert graph.run("b", lambda: "b") == "b" and not graph.from_graph
+    assert graph.generation == 1
+    graph.run("b", lambda: "b")
+    assert graph.generation == 2 and graph.from_graph
+    # the old key is eager again: only the latest graph is kept
+    graph.run("a", lambda: "a")
+    assert not graph.from_graph
+
+
+def test_no_key_always_runs_eagerly():
+    cap = FakeCapture()
+    graph = PhaseGraph("before", cap)
+    for _ in range(4):
+        graph.run(None, lambda: 0)
+    assert cap.captured == 0 and not graph.from_graph
+
+
+def test_keys_that_keep_moving_turn_graphs_off(caplog):
+    cap = FakeCapture()
+    graph = PhaseGraph("before", cap, max_captures=2)
+    with caplog.at_level(logging.INFO, logger="swgl.graphs"):
+        for key in ("a", "a", "b", "b", "c", "c", "c"):
+            graph.run(key, lambda: 0)
+    assert cap.captured == 2 and not graph.enabled
+    assert "moved 2 times" in caplog.text
+    assert MAX_CAPTURES >= 2
+
+
+def test_a_failed_capture_warns_runs_eagerly_and_stays_off():
+    graph = PhaseGraph("before", FakeCapture(fail=True))
+    graph.run("k", lambda: 1)
+    with pytest.warns(UserWarning, match="failed to capture"):
+        assert graph.run("k", lambda: 2) == 2
+    assert not graph.enabled and not graph.from_graph
+    assert graph.run("k", lambda: 3) == 3
+
+
+def test_an_ineligible_phase_is_not_captured():
+    cap = FakeCapture()
+    graph = PhaseGraph("before", cap)
+    graph.run("k", lambda: 0, blocker=lambda: "a param is on cpu")
+    graph.run("k", lambda: 0, blocker=lambda: "a param is on cpu")
+    assert cap.captured == 0 and not graph.enabled
+
+
+def test_the_after_phase_replays_only_after_a_replayed_before_phase():
+    cap = FakeCapture()
+    graphs = PhaseGraphs(cap)
+    ran = []
+    for step in range(5):
+        graphs.run_before("k", lambda: "pending", lambda: None)
+        graphs.run_after("parts", lambda step=step: ran.append(step))
+    # before: eager (0), captured (1), replays; after: eager while before was eager, then
+    # eager at first sight (1), captured (2), replays (3, 4)
+    assert ran == [0, 1, 2]
+    assert graphs.after.from_graph and graphs.after.replays == 2
+    # a new before graph drops the after graph that read the old one's outputs
+    graphs.run_before("k2", lambda: "p", lambda: None)
+    graphs.run_after("parts", lambda: ran.append("eager"))
+    graphs.run_before("k2", lambda: "p", lambda: None)
+    assert graphs.after._replay is None
+
+
+def test_cuda_graphs_is_checked():
+    w = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(TypeError, match="cuda_graphs"):
+        SWGL([w], cuda_graphs="yes")
+    with pytest.raises(TypeError, match="cuda_graphs"):
+        SWGL.wrap(torch.optim.SGD([w], lr=0.1), cuda_graphs=1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU's answer")
+def test_on_the_cpu_no_graph_is_made():
+    w = torch.nn.Parameter(torch.randn(4))
+    opt = SWGL.wrap(torch.optim.SGD([w], lr=0.1))
+    for _ in range(3):
+        w.grad = torch.randn(4)
+        opt.step()
+    assert opt._graphs is None
+    assert opt._graph_key(1.0) is None
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        SWGL.wrap(torch.optim.SGD([w], lr=0.1), cuda_graphs=True)._checked_blocker()
+
+
+def _fake_graphs(monkeypatch, opt: SWGLBase) -> FakeCapture:
+    """``opt`` as if on CUDA, its phases 'captured' by a FakeCapture."""
+    cap = FakeCapture()
+    monkeypatch.setattr(type(opt), "_graphs_possible", lambda self: True)
+    monkeypatch.setattr(type(opt), "_graph_blocker", lambda self: None)
+    opt._graphs = PhaseGraphs(cap)
+    return cap
+
+
+@pytest.mark.parametrize("api", ["wrapper", "two-object"])
+def test_the_key_follows_what_the_phases_read(monkeypatch, api):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8))
+    base = torch.optim.SGD([w], lr=0.1)
+    opt = SWGL.wrap(base) if api == "wrapper" else SWGL([w])
+    _fake_graphs(monkeypatch, opt)
+    g = torch.randn(8)
+    w.grad = g
+    opt.step()                                 # the wrapper makes its state at its first step
+    key = opt._graph_key(1.0)
+    assert key == opt._graph_key(1.0)
+    w.grad = g.clone()                         # a grad elsewhere: copied, not in the key
+    assert opt._graph_key(1.0) == key
+    w.grad = None                              # no grad: another list of params
+    assert opt._graph_key(1.0) != key
+    w.grad = g
+    assert opt._graph_key(2.0) != key          # another loss scale
+    group = opt.param_groups[0]
+    name = "swgl_alpha" if api == "wrapper" else "alpha"
+    old = group[name]
+    group[name] = 0.9                          # another option
+    assert opt._graph_key(1.0) != key
+    group[name] = old
+    assert opt._graph_key(1.0) == key
+    opt.on_task_boundary()                     # new state tensors
+    assert opt._graph_key(1.0) != key
+
+
+def test_the_phases_read_kept_buffers_and_the_base_its_own_grads(monkeypatch):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8))
+    seen = []
+
+    class Base(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(w.grad)
+            return super().step(closure)
+
+    opt = SWGL.wrap(Base([w], lr=0.1))
+    cap = _fake_graphs(monkeypatch, opt)
+    grads = [torch.randn(8) for _ in range(5)]
+    for g in grads:
+        w.grad = g          # a new tensor at every step: the key does not read its address
+        opt.step()
+    assert all(a is b for a, b in zip(seen, grads)) and w.grad is grads[-1]
+    # the first step makes the state (a new key); the before phase is captured at the third,
+    # the after phase at the fourth
+    assert cap.captured == 2
+    assert (opt._graphs.before.replays, opt._graphs.after.replays) == (2, 1)
+    entry, snaps = opt._graphs.before._out[0]
+    buffers = opt._grad_kept[1]
+    assert entry.aux[0][1] is buffers[0] and torch.equal(buffers[0], grads[-1])
+    assert snaps[0] is next(iter(opt._kept_snapshots.values()))[1][0]
+
+
+def test_new_params_with_grads_drop_the_graphs(monkeypatch):
+    w, v = torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(3))
+    opt = SWGL.wrap(torch.optim.SGD([w, v], lr=0.1))
+    _fake_graphs(monkeypatch, opt)
+    for _ in range(4):
+        w.grad = torch.randn(4)
+        opt.step()
+    assert opt._graphs.before._replay is not None
+    v.grad = torch.randn(3)
+    w.grad = torch.randn(4)
+    opt.step()
+    assert len(opt._grad_kept[1]) == 2 and not opt._graphs.before.from_graph
+
+
+def test_a_blocked_optimizer_never_redirects_the_grads(monkeypatch, caplog):
+    """What cannot be captured is found at the first step, before any grad is copied."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(SWGLBase, "_graphs_possible", lambda self: True)
+    w, ref = torch.nn.Parameter(torch.randn(6)), torch.nn.Parameter(torch.randn(6))
+    ref.data.copy_(w.data)
+    opt = SWGL.wrap(torch.optim.SGD([w], lr=0.1))
+    plain = SWGL.wrap(torch.optim.SGD([ref], lr=0.1), cuda_graphs=False)
+    with caplog.at_level(logging.INFO, logger="swgl.graphs"):
+        for _ in range(4):
+            g = torch.randn(6)
+            w.grad, ref.grad = g, g.clone()
+            opt.step()
+            plain.step()
+            assert w.grad is g
+    assert not opt._graphs.before.enabled and opt._grad_kept is None
+    assert "CUDA is not available" in caplog.text or "not the current CUDA" in caplog.text
+    assert torch.equal(w, ref)
