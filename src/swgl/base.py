@@ -239,6 +239,9 @@ class SWGLBase(Optimizer):
                 key = None
             self._checked_key = key
         if key is None:
+            if self.cuda_graphs:
+                why = self._graph_blocker() or "a capture failed (see the warning)"
+                raise ValueError(f"cuda_graphs=True, but the phases cannot be captured: {why}")
             if graphs is not None:
                 graphs.bypass()
                 if self._grad_kept is not None:   # graphs went off: free their buffers
