@@ -4,8 +4,8 @@ GPU (one CUDA device): BERT-base MLM built from ``transformers.BertConfig()`` (1
 bf16 autocast, batch 32 x 128, AdamW lr 1e-4. Rows: torch AdamW ``fused=True`` alone; the
 seed's quick start ``SWGL(model.parameters(), alpha=0.99, lambda_reg=0.01, max_boost=10.0)``
 before fused AdamW (the default rule); ``SWGL.wrap(fused AdamW)``; ``swgl.optim.AdamW``;
-``SWGL(..., rule="v1")`` before fused AdamW; the two-object and wrapper patterns with
-``cuda_graphs=False`` (the phases launched eagerly, not replayed as CUDA graphs)
+``SWGL(..., rule="v1")`` before fused AdamW; the three patterns with ``cuda_graphs=False``
+(the phases launched eagerly, not replayed as CUDA graphs)
 (``--v4``: the previous default, v4, in the three patterns). The default rule v5 runs in its
 state after a detected shift, where its pull runs at every step. Columns: train step ms
 (median of interleaved rounds), optimizer step ms (``swgl.step()`` + ``base.step()`` between
@@ -75,7 +75,8 @@ def _setup(name: str, params):
     if "cuda_graphs=False" in name:
         opts["cuda_graphs"] = False
     if name.startswith("swgl.optim.AdamW"):
-        opt = swgl.optim.AdamW(params, lr=1e-4, swgl=opts)
+        graphs = {"cuda_graphs": opts.pop("cuda_graphs")} if "cuda_graphs" in opts else {}
+        opt = swgl.optim.AdamW(params, lr=1e-4, swgl=opts, **graphs)
         return opt.step, opt, opt
     base = torch.optim.AdamW(params, lr=1e-4, fused=True)
     if name == "torch AdamW fused=True":
@@ -95,7 +96,8 @@ GPU_ROWS = ("torch AdamW fused=True", "SWGL(params) + fused AdamW (quick start)"
             "SWGL.wrap(fused AdamW)", "swgl.optim.AdamW", "SWGL(params, rule='v1') + fused AdamW")
 #: the default without its CUDA graphs (swgl.graphs): the phases launched eagerly
 NO_GRAPH_ROWS = ("SWGL(params, cuda_graphs=False) + fused AdamW",
-                 "SWGL.wrap(fused AdamW, cuda_graphs=False)")
+                 "SWGL.wrap(fused AdamW, cuda_graphs=False)",
+                 "swgl.optim.AdamW(cuda_graphs=False)")
 #: ``--v4``: the previous default, v4, in the three patterns
 V4_ROWS = ("SWGL(params, rule='v4') + fused AdamW", "SWGL.wrap(fused AdamW, rule='v4')",
            "swgl.optim.AdamW(rule='v4')")

@@ -115,10 +115,15 @@ def test_state_loaded_mid_run_is_what_the_graphs_read():
     _same(*models, eager, graphed)
 
 
-@pytest.mark.parametrize("api", ["two-object", "wrapper"])
+@pytest.mark.parametrize("api", ["two-object", "wrapper", "swgl.optim"])
 def test_capture_and_replay_make_no_host_sync(api):
+    import swgl.optim
+
     model = _model()
-    opt, base, _ = _build(model, api)
+    if api == "swgl.optim":
+        opt = base = swgl.optim.AdamW(model.parameters(), lr=3e-3)
+    else:
+        opt, base, _ = _build(model, api)
     for i, (x, y, _) in enumerate(_batches(8)):
         base.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -150,5 +155,33 @@ def test_grad_mode_is_never_captured_and_rescales_the_grads_the_base_reads():
     models = [_model(), _model()]
     eager = _train(models[0], "two-object", batches, rule="v4", mode="grad", cuda_graphs=False)
     auto = _train(models[1], "two-object", batches, rule="v4", mode="grad")
-    assert not auto._graphs.before.enabled and auto._grad_kept is None
+    assert not auto._graphs.before.enabled and auto._graphs.kept.buffers == []
     _same(*models, eager, auto)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_swgl_optim_replays_equal_its_eager_steps_under_a_scheduler(name):
+    """The lr the scheduler sets at each step reaches the replayed kernels (a device
+    scalar), across a detected shift."""
+    import swgl.optim
+
+    batches = _batches(80, shift_at=60)
+    models = [_model(), _model()]
+    opts = []
+    for model, graphs in zip(models, (False, None)):
+        kw = dict(lr=3e-3) if name == "AdamW" else dict(lr=0.05, momentum=0.9)
+        opt = getattr(swgl.optim, name)(model.parameters(), cuda_graphs=graphs, **kw)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=80)
+        for x, y, weight in batches:
+            opt.zero_grad(set_to_none=True)
+            (weight * torch.nn.functional.cross_entropy(model(x), y)).backward()
+            opt.step()
+            sched.step()
+        torch.cuda.synchronize()
+        opts.append(opt)
+    assert opts[0]._graphs is None and opts[1]._graphs.before.replays >= 70
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(p, q)
+        for key, value in opts[0].state[p].items():
+            assert torch.equal(value, opts[1].state[q][key]), key
+    assert opts[1].state[next(models[1].parameters())]["swgl_detector"][3] > 60

@@ -6,14 +6,16 @@ what the eager step does is tests/test_graphs_cuda.py's (CUDA only)."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 
 import pytest
 import torch
 
 from swgl import SWGL
 from swgl.base import SWGLBase
-from swgl.graphs import MAX_CAPTURES, PhaseGraph, PhaseGraphs
+from swgl.graphs import MAX_CAPTURES, GraphedPhases, PhaseGraph, PhaseGraphs
 
 
 class FakeCapture:
@@ -145,7 +147,7 @@ def _fake_graphs(monkeypatch, opt: SWGLBase) -> FakeCapture:
     cap = FakeCapture()
     monkeypatch.setattr(type(opt), "_graphs_possible", lambda self: True)
     monkeypatch.setattr(type(opt), "_graph_blocker", lambda self: None)
-    opt._graphs = PhaseGraphs(cap)
+    opt._graphs = GraphedPhases(capture=cap)
     return cap
 
 
@@ -200,7 +202,7 @@ def test_the_phases_read_kept_buffers_and_the_base_its_own_grads(monkeypatch):
     assert cap.captured == 2
     assert (opt._graphs.before.replays, opt._graphs.after.replays) == (2, 1)
     entry, snaps = opt._graphs.before._out[0]
-    buffers = opt._grad_kept[1]
+    buffers = opt._graphs.kept.buffers
     assert entry.aux[0][1] is buffers[0] and torch.equal(buffers[0], grads[-1])
     assert snaps[0] is next(iter(opt._kept_snapshots.values()))[1][0]
 
@@ -216,7 +218,7 @@ def test_new_params_with_grads_drop_the_graphs(monkeypatch):
     v.grad = torch.randn(3)
     w.grad = torch.randn(4)
     opt.step()
-    assert len(opt._grad_kept[1]) == 2 and not opt._graphs.before.from_graph
+    assert len(opt._graphs.kept.buffers) == 2 and not opt._graphs.before.from_graph
 
 
 def test_a_blocked_optimizer_never_redirects_the_grads(monkeypatch, caplog):
@@ -234,6 +236,49 @@ def test_a_blocked_optimizer_never_redirects_the_grads(monkeypatch, caplog):
             opt.step()
             plain.step()
             assert w.grad is g
-    assert not opt._graphs.before.enabled and opt._grad_kept is None
+    assert not opt._graphs.before.enabled and opt._graphs.kept.buffers == []
     assert "CUDA is not available" in caplog.text or "not the current CUDA" in caplog.text
     assert torch.equal(w, ref)
+
+
+def test_swgl_optim_keys_on_what_its_step_reads_but_the_lr(monkeypatch):
+    import swgl.optim
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    w = torch.nn.Parameter(torch.randn(4))
+    opt = swgl.optim.AdamW([w], lr=1e-3)
+    assert opt._graph_key() is None     # a CPU param: no graph
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    w.grad = torch.randn(4)
+    key = opt._graph_key()
+    opt.param_groups[0]["lr"] = 5e-4    # a scheduler's step: the kernels read it on the device
+    assert opt._graph_key() == key
+    opt.param_groups[0]["weight_decay"] = 0.1
+    assert opt._graph_key() != key
+    with pytest.raises(TypeError, match="cuda_graphs"):
+        swgl.optim.SGD([w], lr=0.1, cuda_graphs="auto")
+
+
+@pytest.mark.skipif(not (os.environ.get("TRITON_INTERPRET") == "1"
+                         and importlib.util.find_spec("triton")),
+                    reason="swgl.optim's Triton step on the CPU needs TRITON_INTERPRET=1")
+def test_swgl_optim_replays_its_triton_step_with_the_schedulers_lr(monkeypatch):
+    """Under Triton's interpreter the step runs its kernels on the CPU; a fake capture runs
+    it once, so the replays here only count: the equality of replays is the CUDA test's."""
+    import swgl.optim
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64))
+    opt = swgl.optim.AdamW([w], lr=1e-2)
+    cap = FakeCapture()
+    monkeypatch.setattr(type(opt), "_graph_key", lambda self: ("fixed", self._state_version))
+    monkeypatch.setattr(type(opt), "_graph_blocker", lambda self: None)
+    opt._graphs = GraphedPhases(capture=cap)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    for _ in range(5):
+        w.grad = torch.randn(64)
+        opt.step()
+        sched.step()
+    assert cap.captured == 1 and opt._graphs.before.replays >= 2
+    lr = opt._lr[id(opt.param_groups[0])]
+    assert lr.item() == pytest.approx(1e-2 * 0.5 ** 4)   # the last step's lr, set on device

@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from swgl import functional
 from swgl.checkpoint import check_step
-from swgl.graphs import PhaseGraphs
+from swgl.graphs import GraphedPhases
 from swgl.options import check_options, hyper
 from swgl.rules import RULES
 from swgl.state import STORAGES
@@ -65,11 +65,7 @@ class SWGLBase(Optimizer):
     #: None (auto: on CUDA when the rule allows it), True (required), False (never)
     cuda_graphs: bool | None = None
     _state_version = 0
-    _graphs: PhaseGraphs | None = None
-    #: (ids of the params with grads, their grad buffers) while graphs are on
-    _grad_kept: tuple[tuple[int, ...], list[Tensor]] | None = None
-    #: the last key :meth:`_graph_blocker` passed
-    _checked_key: tuple | None = None
+    _graphs: GraphedPhases | None = None
 
     #: Prefix of SWGL's options in a param group: the wrapper shares its groups with a base
     #: optimizer whose own ``eps``, ``alpha`` or ``foreach`` must not be overwritten.
@@ -163,8 +159,7 @@ class SWGLBase(Optimizer):
         asked once per new key)."""
         if self.cuda_graphs is False or not torch.cuda.is_available():
             return False
-        graphs = self._graphs
-        if graphs is not None and not graphs.before.enabled:
+        if self._graphs is not None and not self._graphs.enabled:
             return False
         first = next((p for g in self.param_groups for p in g["params"]), None)
         return first is not None and first.is_cuda
@@ -208,75 +203,23 @@ class SWGLBase(Optimizer):
                     return f"a param is on {p.device}, not the current CUDA device"
         return None
 
-    def _checked_blocker(self) -> str | None:
-        """:meth:`_graph_blocker`, which ``cuda_graphs=True`` turns into a ValueError."""
-        why = self._graph_blocker()
-        if why is not None and self.cuda_graphs:
-            raise ValueError(f"cuda_graphs=True, but the phases cannot be captured: {why}")
-        return why
-
     def _run_before(self, fn: Callable[[], list[tuple[Pending, list[Tensor] | None]]],
                     grad_scale: float = 1.0) -> list[tuple[Pending, list[Tensor] | None]]:
         """``fn()`` (the before phase and the snapshots: pending entries with their
-        snapshots), as a CUDA graph where :mod:`swgl.graphs` allows.
-
-        While graphs are on, the phases read the grads from buffers kept at fixed addresses
-        (one multi-tensor copy per step): the caching allocator does not give backward the
-        same blocks at every step (measured: the addresses alternated between steps), and a
-        graph reads the addresses it was captured on. ``p.grad`` points to the buffer while
-        ``fn`` runs, then back to the param's own grad, which the base optimizer steps with."""
+        snapshots), as a CUDA graph where :mod:`swgl.graphs` allows. While graphs are on, the
+        phases read the grads from kept buffers (:class:`swgl.graphs.KeptGrads`); the base
+        optimizer steps with the params' own grads."""
         key = self._graph_key(grad_scale)
-        graphs = self._graphs
-        if key is not None and key != self._checked_key:
-            # a new key: what cannot be captured is found before any grad is redirected
-            why = self._checked_blocker()
-            if why is not None:
-                if graphs is None:
-                    graphs = self._graphs = PhaseGraphs()
-                graphs.before.disable(why)
-                graphs.after.disable(why, quiet=True)
-                self._grad_kept = None
-                key = None
-            self._checked_key = key
-        if key is None:
-            if self.cuda_graphs:
-                why = self._graph_blocker() or "a capture failed (see the warning)"
-                raise ValueError(f"cuda_graphs=True, but the phases cannot be captured: {why}")
-            if graphs is not None:
-                graphs.bypass()
-                if self._grad_kept is not None:   # graphs went off: free their buffers
-                    self._grad_kept = None
-                    getattr(self, "_kept_snapshots", {}).clear()
-            return fn()
-        if graphs is None:
-            graphs = self._graphs = PhaseGraphs()
-        owners = [p for group in self.param_groups for p in group["params"]
-                  if p.grad is not None]
-        grads = [p.grad for p in owners]
-        buffers = self._grad_buffers(owners, grads)
-        torch._foreach_copy_(buffers, grads)
-
-        def phase():
-            for p, b in zip(owners, buffers):
-                p.grad = b
-            try:
+        if self._graphs is None:
+            if key is None and not self.cuda_graphs:
                 return fn()
-            finally:
-                for p, g in zip(owners, grads):
-                    p.grad = g
-
-        return graphs.run_before(key, phase)
-
-    def _grad_buffers(self, owners: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        """The kept grad buffers of ``owners`` (made anew, and the graphs dropped, when the
-        params with grads change: a graph reads the buffers it was captured on)."""
-        ids = tuple(map(id, owners))
-        kept = self._grad_kept
-        if kept is None or kept[0] != ids:
-            kept = self._grad_kept = (ids, [torch.empty_like(g) for g in grads])
-            self._graphs.before.reset()
-            self._graphs.after.reset()
-        return kept[1]
+            self._graphs = GraphedPhases(required=bool(self.cuda_graphs))
+        owners = [] if key is None else [p for group in self.param_groups
+                                         for p in group["params"] if p.grad is not None]
+        out = self._graphs.run_before(key, owners, fn, self._graph_blocker)
+        if not self._graphs.enabled:   # graphs went off: the snapshots need not stay
+            getattr(self, "_kept_snapshots", {}).clear()
+        return out
 
     def _run_after(self, pending: list[Pending], snapshots: list[list[Tensor] | None]) -> None:
         """:meth:`_after`, as a CUDA graph after a replayed before phase."""

@@ -40,7 +40,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["PhaseGraph", "PhaseGraphs", "MAX_CAPTURES", "capture_cuda"]
+__all__ = ["PhaseGraph", "PhaseGraphs", "KeptGrads", "GraphedPhases", "MAX_CAPTURES",
+           "capture_cuda"]
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +175,95 @@ class PhaseGraphs:
         if not self.before.from_graph or not self.before.enabled:
             return self.after.run(None, fn)
         return self.after.run((self.before.generation, parts), fn)
+
+
+class KeptGrads:
+    """Copies of the grads in buffers kept at fixed addresses, which a graph reads wherever
+    backward put the grads: the caching allocator does not give backward the same blocks at
+    every step (measured on an H200: the addresses alternated between two sets)."""
+
+    def __init__(self) -> None:
+        self._ids: tuple[int, ...] | None = None
+        self.buffers: list[torch.Tensor] = []
+
+    def clear(self) -> None:
+        self._ids, self.buffers = None, []
+
+    def refresh(self, owners: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
+        """Copy ``grads`` (the ``owners``' grads) in, one multi-tensor copy; True when new
+        buffers were made (other owners): graphs captured on the old ones must go."""
+        ids = tuple(map(id, owners))
+        new = ids != self._ids
+        if new:
+            self._ids, self.buffers = ids, [torch.empty_like(g) for g in grads]
+        torch._foreach_copy_(self.buffers, grads)
+        return new
+
+    def swapped(self, owners: list[torch.Tensor], grads: list[torch.Tensor],
+                fn: Callable[[], Any]) -> Any:
+        """``fn()`` with each owner's ``.grad`` pointing to its buffer, then back to ``grads``."""
+        for p, b in zip(owners, self.buffers):
+            p.grad = b
+        try:
+            return fn()
+        finally:
+            for p, g in zip(owners, grads):
+                p.grad = g
+
+
+class GraphedPhases:
+    """An optimizer's phases as graphs (:class:`PhaseGraphs`), reading kept grads
+    (:class:`KeptGrads`), with what cannot be captured found once per new key, before any
+    grad is redirected.
+
+    ``required`` (the option ``cuda_graphs=True``) turns "cannot" into a ValueError."""
+
+    def __init__(self, required: bool = False, capture: Capture | None = None) -> None:
+        self.graphs = PhaseGraphs(capture)
+        self.kept = KeptGrads()
+        self.required = required
+        self._checked: Hashable = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.graphs.before.enabled
+
+    @property
+    def before(self) -> PhaseGraph:
+        return self.graphs.before
+
+    @property
+    def after(self) -> PhaseGraph:
+        return self.graphs.after
+
+    def run_before(self, key: Hashable, owners: list[torch.Tensor], fn: Callable[[], Any],
+                   blocker: Callable[[], str | None]) -> Any:
+        """``fn()``, the first (or only) phase: replayed, captured or eager. ``key`` None:
+        eagerly (graphs are off for the caller); ``owners``: the params with grads."""
+        if key is not None and key != self._checked:
+            why = blocker()
+            if why is not None:
+                self._fail(why)
+                self.graphs.before.disable(why)
+                self.graphs.after.disable(why, quiet=True)
+                key = None
+            self._checked = key
+        if key is None:
+            if self.required:
+                self._fail(blocker() if self.enabled else "a capture failed (see the warning)")
+            self.graphs.bypass()
+            self.kept.clear()
+            return fn()
+        grads = [p.grad for p in owners]
+        if self.kept.refresh(owners, grads):
+            self.graphs.before.reset()
+            self.graphs.after.reset()
+        return self.graphs.run_before(key, lambda: self.kept.swapped(owners, grads, fn))
+
+    def run_after(self, parts: Hashable, fn: Callable[[], Any]) -> Any:
+        return self.graphs.run_after(parts, fn)
+
+    def _fail(self, why: str | None) -> None:
+        if self.required:
+            raise ValueError("cuda_graphs=True, but the phases cannot be captured: "
+                             f"{why or 'graphs are off'}")

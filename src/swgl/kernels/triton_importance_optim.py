@@ -135,7 +135,7 @@ def _apply_body(pp, gp, sp, mp, vp, offs, n, t, k, rho, one_minus_alpha, min_sca
 @triton.jit
 def _pass_kernel(ptrs, T, blocks, nblocks, numels, steps, found, kp, rhop, partials,
                  one_minus_alpha, min_scale,
-                 lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
+                 lrp, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
                  P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, MODE: tl.constexpr,
                  OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
                  APPLY: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
@@ -145,6 +145,7 @@ def _pass_kernel(ptrs, T, blocks, nblocks, numels, steps, found, kp, rhop, parti
     pp, gp, sp, mp, vp = _step_ptrs(ptrs, T, i, P_DTYPE, G_DTYPE, OPT, HAS_MOMENTUM, ALIGNED)
     t = tl.load(steps + i).to(tl.float32)
     k = tl.load(kp)
+    lr = tl.load(lrp)   # a device scalar: a CUDA graph replays with the scheduler's lr
     if APPLY:
         rho = tl.load(rhop)
         if not skip:
@@ -184,9 +185,14 @@ def step(launches: list[Launch], partials: list[Tensor], numel: int, hp: Hyper,
          found: Tensor, *, opt: int, **opt_kw) -> Tensor:
     """Passes 2 and 3 over a param group's launch groups (their ``steps`` set, already counted),
     with the partial sums :func:`check` returned and the group's element count ``numel``;
-    ``opt`` and ``opt_kw`` as :func:`swgl.kernels.triton_swgl.step` takes them. Returns
-    ``k`` (a device 0-d), which v5 reads."""
+    ``opt`` and ``opt_kw`` as :func:`swgl.kernels.triton_swgl.step` takes them, but ``lr``
+    may be a 1-element fp32 device tensor (read by the kernels: swgl.optim's CUDA graphs).
+    Returns ``k`` (a device 0-d), which v5 reads."""
     scalars, flags = opt_args(opt, **opt_kw)
+    lr = scalars[0]
+    if not isinstance(lr, Tensor):
+        lr = torch.full((1,), lr, device=launches[0].device, dtype=torch.float32)
+    scalars = (lr, *scalars[1:])
     k = _strength(partials[0] if len(partials) == 1 else torch.cat(partials), numel, hp,
                   Context()).reshape(1)
 

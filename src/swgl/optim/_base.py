@@ -32,8 +32,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl import kernels
-from swgl.base import copies, fresh_extra, run_closure
+from swgl.base import check_cuda_graphs, copies, fresh_extra, run_closure
 from swgl.functional import all_finite, found_nonfinite
+from swgl.graphs import GraphedPhases
 from swgl.kernels import compiled
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
@@ -119,10 +120,17 @@ class SWGLOptimizer(Optimizer):
     kernel_opt: int = 0
 
     def __init__(self, params, defaults: dict[str, Any], swgl: dict[str, Any] | None,
-                 fused: bool | None) -> None:
+                 fused: bool | None, cuda_graphs: bool | None = None) -> None:
+        check_cuda_graphs(cuda_graphs)
         defaults = {**defaults, "swgl": check_swgl(swgl or {}), "fused": check_fused(fused)}
         super().__init__(params, defaults)
         self._kept: dict[Any, tuple] = {}  # the CPU's working copies (base.copies)
+        self.cuda_graphs = cuda_graphs
+        self._graphs: GraphedPhases | None = None
+        #: bumped whenever state tensors are made or replaced (a graph reads the old ones)
+        self._state_version = 0
+        #: per param group (by id), its lr as a device scalar, which the graphed kernels read
+        self._lr: dict[int, Tensor] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "swgl" in param_group:
@@ -150,6 +158,7 @@ class SWGLOptimizer(Optimizer):
                 raise TypeError(f"{type(self).__name__} does not support sparse gradients")
             state = self.state[p]
             if "step" not in state:
+                self._state_version += 1
                 init = RULES[group["swgl"]["rule"]].init_value
                 device = p.device if p.is_cuda else torch.device("cpu")
                 state["step"] = torch.zeros((), dtype=torch.float32, device=device)
@@ -177,17 +186,89 @@ class SWGLOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step; on CUDA, replayed as a CUDA graph where :mod:`swgl.graphs` allows (the
+        Triton path of v4 and v5: the kernels read each group's lr from a device scalar, so
+        an LR scheduler does not force a new capture)."""
         loss = run_closure(closure)
+        key = self._graph_key()
+        if self._graphs is None:
+            if key is None and not self.cuda_graphs:
+                self._step()
+                return loss
+            self._graphs = GraphedPhases(required=bool(self.cuda_graphs))
+        owners = []
+        if key is not None:
+            owners = [p for group in self.param_groups for p in group["params"]
+                      if p.grad is not None]
+            self._set_lrs()
+        self._graphs.run_before(key, owners, self._step, self._graph_blocker)
+        return loss
+
+    def _step(self) -> None:
         work = [(group, self._gather(group)) for group in self.param_groups]
         work = [(group, lists) for group, lists in work if lists[0]]
         if not work:
-            return loss
+            return
         plan = self._triton_plan(work)
         if plan is not None:
             self._triton_step(work, plan)
         else:
             self._foreach_step(work)
-        return loss
+
+    # -- CUDA graphs (swgl.graphs) -------------------------------------------------------------
+
+    def _graph_key(self) -> tuple | None:
+        """What the step's Python reads that can change between steps, but the lr (a device
+        scalar, :meth:`_set_lrs`), or None when graphs are off."""
+        if self.cuda_graphs is False or not torch.cuda.is_available():
+            return None
+        if self._graphs is not None and not self._graphs.enabled:
+            return None
+        first = next((p for g in self.param_groups for p in g["params"]), None)
+        if first is None or not first.is_cuda:
+            return None
+        parts: list[Any] = [self._state_version, len(self.state)]
+        for group in self.param_groups:
+            params = group["params"]
+            parts.append(tuple(p.grad is None for p in params))
+            parts.append(tuple(map(Tensor.data_ptr, params)))
+            args = {k: v for k, v in self.kernel_args(group).items() if k != "lr"}
+            parts.append((tuple(args.items()), group["fused"], tuple(group["swgl"].items())))
+        return tuple(parts)
+
+    def _graph_blocker(self) -> str | None:
+        """Why the step cannot be captured now, or None: it must take the Triton path, under
+        a rule whose kernels read the lr on the device (v4, v5), on the current device."""
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+        work = [(group, self._gather(group)) for group in self.param_groups]
+        work = [(group, lists) for group, lists in work if lists[0]]
+        if not work:
+            return "no param has a grad"
+        for index, (group, (params, *_)) in enumerate(work):
+            rule = group["swgl"]["rule"]
+            if not RULES[rule].graphable:
+                return f"rule {rule!r} (param group {index}) is not capturable"
+            if any(type(p) not in (Tensor, torch.nn.Parameter) for p in params):
+                return "a param is not a plain tensor"
+        if self._triton_plan(work) is None:
+            return "the step takes the foreach path (fused=False or tensors the kernels skip)"
+        device = work[0][1][0][0].device
+        if device.index != torch.cuda.current_device():
+            return f"the params are on {device}, not the current CUDA device"
+        return None
+
+    def _set_lrs(self) -> None:
+        """Each group's lr into its device scalar: outside any graph, so that a replay reads
+        the scheduler's value of this step."""
+        for group in self.param_groups:
+            lr = self._lr.get(id(group))
+            if lr is None:
+                device = next(p.device for p in group["params"]) if group["params"] else None
+                if device is None:
+                    continue
+                lr = self._lr[id(group)] = torch.zeros(1, device=device)
+            lr.fill_(group["lr"])
 
     def _triton_plan(self, work) -> list[list[list[int]]] | None:
         """Per group, the index lists of its launch groups; None for the foreach path.
@@ -236,6 +317,7 @@ class SWGLOptimizer(Optimizer):
             except (ValueError, TypeError) as err:
                 raise type(err)(f"state_dict param group {index}: {err}") from None
         super().load_state_dict(state_dict)
+        self._state_version += 1   # new state tensors: no graph may replay onto the old ones
         for group, checked in zip(self.param_groups, options):
             group["swgl"] = checked
         for state in self.state.values():
@@ -349,9 +431,12 @@ class SWGLOptimizer(Optimizer):
             for lau, steps, _ in runs:
                 lau.steps = torch.stack(steps)
             if rule == "v4":  # one k and one rho over the whole param group (v4, v5)
+                args = self.kernel_args(group)
+                if self._graphs is not None and self._graphs.enabled and id(group) in self._lr:
+                    args["lr"] = self._lr[id(group)]   # set this step (_set_lrs)
                 v4_step = functools.partial(
                     V4.step, [lau for lau, _, _ in runs], [first for _, _, first in runs],
-                    numel, hp, found, opt=self.kernel_opt, **self.kernel_args(group))
+                    numel, hp, found, opt=self.kernel_opt, **args)
                 around = RULES[group["swgl"]["rule"]].around_fused_step
                 if around is None:
                     v4_step()

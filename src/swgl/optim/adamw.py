@@ -42,6 +42,9 @@ class AdamW(SWGLOptimizer):
             ``max_damping``, ``shock``.
         fused: None picks the Triton kernels when every param is a contiguous CUDA tensor and
             Triton is installed, else foreach; True requires the kernels; False never uses them.
+        cuda_graphs: replay the Triton step as a CUDA graph (:mod:`swgl.graphs`; v4 and v5):
+            None (default) where possible, True required (ValueError where it cannot), False
+            never. While on, the grads are copied into kept buffers (one param-sized buffer).
 
     State per param: ``step``, ``exp_avg``, ``exp_avg_sq`` (fp32) and ``swgl_stability``.
     Gradients are read, never modified. A non-finite gradient skips the whole step.
@@ -52,7 +55,8 @@ class AdamW(SWGLOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, *,
-                 swgl: dict[str, Any] | None = None, fused: bool | None = None) -> None:
+                 swgl: dict[str, Any] | None = None, fused: bool | None = None,
+                 cuda_graphs: bool | None = None) -> None:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair of floats, got {betas!r}")
         defaults = dict(
@@ -62,7 +66,7 @@ class AdamW(SWGLOptimizer):
             eps=check_range("eps", eps, 0.0),
             weight_decay=check_range("weight_decay", weight_decay, 0.0),
         )
-        super().__init__(params, defaults, swgl, fused)
+        super().__init__(params, defaults, swgl, fused, cuda_graphs)
 
     def kernel_args(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]

@@ -29,7 +29,7 @@ class SGD(SWGLOptimizer):
     Args:
         params: iterable of tensors or of param-group dicts (a group may carry ``swgl``).
         lr, momentum, dampening, weight_decay, nesterov: as in ``torch.optim.SGD``.
-        swgl, fused: as in :class:`swgl.optim.AdamW`.
+        swgl, fused, cuda_graphs: as in :class:`swgl.optim.AdamW`.
 
     State per param: ``step``, ``swgl_stability`` and, with momentum, ``momentum_buffer``.
     """
@@ -38,7 +38,8 @@ class SGD(SWGLOptimizer):
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *,
-                 swgl: dict[str, Any] | None = None, fused: bool | None = None) -> None:
+                 swgl: dict[str, Any] | None = None, fused: bool | None = None,
+                 cuda_graphs: bool | None = None) -> None:
         if not isinstance(nesterov, bool):
             raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
         momentum = check_range("momentum", momentum, 0.0)
@@ -48,7 +49,7 @@ class SGD(SWGLOptimizer):
         defaults = dict(lr=check_range("lr", lr, 0.0), momentum=momentum, dampening=dampening,
                         weight_decay=check_range("weight_decay", weight_decay, 0.0),
                         nesterov=nesterov)
-        super().__init__(params, defaults, swgl, fused)
+        super().__init__(params, defaults, swgl, fused, cuda_graphs)
 
     def group_buffer_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0.0 else ()
