@@ -11,6 +11,8 @@ A step takes one of two paths, chosen per call:
   small ops on device scalars (the step counters, ``k`` and ``rho``); the default, v5, adds
   its detector (a norm per tensor, one launch), its consolidation (two kernels that exit at
   once but at a shift) and its pull (one pass; :func:`swgl.rules.consolidation.around_fused_step`).
+  For v4 and v5 the whole step is then replayed as one CUDA graph (:mod:`swgl.graphs`,
+  ``cuda_graphs``): the kernels read each group's lr from a device scalar set at each step.
 * **foreach** (everything else): the same math through ``torch._foreach_*``. Bias
   corrections come from the step counters on their device. On CUDA, with a rule that
   honours a device flag (v2 to v5), the non-finite guard is that flag and a masked commit,
