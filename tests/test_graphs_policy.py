@@ -94,12 +94,21 @@ def test_a_failed_capture_warns_runs_eagerly_and_stays_off():
     assert graph.run("k", lambda: 3) == 3
 
 
-def test_an_ineligible_phase_is_not_captured():
+def test_a_phase_that_cannot_be_captured_runs_eagerly_from_its_first_call():
     cap = FakeCapture()
-    graph = PhaseGraph("before", cap)
-    graph.run("k", lambda: 0, blocker=lambda: "a param is on cpu")
-    graph.run("k", lambda: 0, blocker=lambda: "a param is on cpu")
-    assert cap.captured == 0 and not graph.enabled
+    phases = GraphedPhases(capture=cap)
+    asked = []
+
+    def blocker():
+        asked.append(1)
+        return "a param is on cpu"
+
+    for _ in range(3):
+        assert phases.run_before("k", [], lambda: 7, blocker) == 7
+    assert cap.captured == 0 and not phases.enabled and len(asked) == 1
+    required = GraphedPhases(required=True, capture=cap)
+    with pytest.raises(ValueError, match="cuda_graphs=True.*a param is on cpu"):
+        required.run_before("k", [], lambda: 7, blocker)
 
 
 def test_the_after_phase_replays_only_after_a_replayed_before_phase():
@@ -107,16 +116,16 @@ def test_the_after_phase_replays_only_after_a_replayed_before_phase():
     graphs = PhaseGraphs(cap)
     ran = []
     for step in range(5):
-        graphs.run_before("k", lambda: "pending", lambda: None)
+        graphs.run_before("k", lambda: "pending")
         graphs.run_after("parts", lambda step=step: ran.append(step))
     # before: eager (0), captured (1), replays; after: eager while before was eager, then
     # eager at first sight (1), captured (2), replays (3, 4)
     assert ran == [0, 1, 2]
     assert graphs.after.from_graph and graphs.after.replays == 2
     # a new before graph drops the after graph that read the old one's outputs
-    graphs.run_before("k2", lambda: "p", lambda: None)
+    graphs.run_before("k2", lambda: "p")
     graphs.run_after("parts", lambda: ran.append("eager"))
-    graphs.run_before("k2", lambda: "p", lambda: None)
+    graphs.run_before("k2", lambda: "p")
     assert graphs.after._replay is None
 
 

@@ -1,18 +1,29 @@
-"""CUDA graphs of SWGL's two phases: on CUDA the default path replays each phase as one graph.
+"""CUDA graphs of SWGL's phases: on CUDA the default path replays each phase as one graph.
 
 Why: a BERT-base training step on an H200 waits for the host (docs/results.md, issue 13).
-SWGL's phases walk ~200 params in Python and launch a few dozen kernels: 3 to 6 ms of host
+SWGL's phases walk ~200 params in Python and launch a few dozen kernels: 3 to 11 ms of host
 time for about 2 ms of device work. A CUDA graph replays every kernel a phase launched in one
 call, and none of the Python that gathered them runs.
 
 When a replay is right. A graph replays the kernels it captured, on the addresses they had
 then, with the host values (options, the loss scale) baked in. So a phase is replayed only
-while its *key* equals the key it was captured under; the caller's key holds everything its
-Python reads that can change between steps: the addresses of the params and of their grads
-(None where a param has no grad), the group options, the loss scale and a version of the
-optimizer's state that is bumped whenever state tensors are replaced. Everything else the
-phase touches lives at fixed addresses: the state, and (in update mode) the snapshot of the
-params, kept between steps in one buffer while graphs are on.
+while its *key* equals the key it was captured under. The caller's key holds everything its
+Python reads that can change between steps:
+- which params have grads, and the params' addresses;
+- the group options and the loss scale;
+- a version of the optimizer's state, bumped whenever state tensors are made or replaced
+  (``load_state_dict``, ``on_task_boundary``, a param's first grad).
+
+Everything else the phases touch lives at fixed addresses:
+- the state, updated in place;
+- the grads, copied at each step into buffers kept for the purpose (:class:`KeptGrads`). The
+  caching allocator does not give backward the same blocks at every step: on an H200 the
+  grads' addresses alternated between two sets, so a graph keyed on them was never replayed;
+- the snapshot of the params (update mode), kept between steps in one buffer;
+- swgl.optim's lr, a device scalar set outside the graph at each step.
+
+So a state tensor swapped by hand (``opt.state[p]["stability"] = t``) is not seen by a
+captured graph; change state through the optimizer's methods.
 
 The policy (:class:`PhaseGraph`):
 
@@ -22,13 +33,12 @@ The policy (:class:`PhaseGraph`):
   replay does the step);
 * a replay whenever the key recurs; another key runs eagerly, and is captured in its turn
   once it repeats, up to :data:`MAX_CAPTURES` captures, after which graphs are turned off for
-  this phase (an address pattern that keeps changing: captures would cost more than they
-  save);
+  this phase (a key that keeps changing: captures would cost more than they save);
 * a capture that fails (the phase did something a graph cannot hold, such as a host sync)
   turns graphs off for the phase, with a warning, and the call runs eagerly.
 
-The caching allocator usually hands backward the same blocks at every step, so the grads'
-addresses repeat and the phases are replayed from the third step on.
+What cannot be captured at all (a rule with host syncs, CPU params, ...) is found once per new
+key, before any grad is redirected (:class:`GraphedPhases`).
 """
 
 from __future__ import annotations
@@ -109,11 +119,9 @@ class PhaseGraph:
         self.enabled = False
         self.reset()
 
-    def run(self, key: Hashable, fn: Callable[[], Any],
-            blocker: Callable[[], str | None] = lambda: None) -> Any:
+    def run(self, key: Hashable, fn: Callable[[], Any]) -> Any:
         """``fn()``'s result: replayed, captured and replayed, or run eagerly (see the module
-        docstring). ``key`` None runs eagerly; ``blocker()``, asked before a capture, says
-        why the phase cannot be captured, or None."""
+        docstring). ``key`` None runs eagerly."""
         self.from_graph = False
         if not self.enabled or key is None:
             return fn()
@@ -127,10 +135,6 @@ class PhaseGraph:
             return fn()
         if self.captures >= self.max_captures:
             self.disable(f"its inputs moved {self.captures} times")
-            return fn()
-        why = blocker()
-        if why is not None:
-            self.disable(why)
             return fn()
         self.reset()
         try:
@@ -158,10 +162,9 @@ class PhaseGraphs:
         self.before = PhaseGraph("before", capture)
         self.after = PhaseGraph("after", capture)
 
-    def run_before(self, key: Hashable, fn: Callable[[], Any],
-                   blocker: Callable[[], str | None] = lambda: None) -> Any:
+    def run_before(self, key: Hashable, fn: Callable[[], Any]) -> Any:
         generation = self.before.generation
-        out = self.before.run(key, fn, blocker)
+        out = self.before.run(key, fn)
         if self.before.generation != generation:   # a new capture: the old after graph read
             self.after.reset()                     # the old one's outputs
         return out
@@ -240,7 +243,9 @@ class GraphedPhases:
                    blocker: Callable[[], str | None]) -> Any:
         """``fn()``, the first (or only) phase: replayed, captured or eager. ``key`` None:
         eagerly (graphs are off for the caller); ``owners``: the params with grads."""
-        if key is not None and key != self._checked:
+        if not self.enabled:
+            key = None
+        elif key is not None and key != self._checked:
             why = blocker()
             if why is not None:
                 self._fail(why)
