@@ -32,8 +32,9 @@ The policy (:class:`PhaseGraph`):
 * the same key at the next call is captured, then replayed (a capture runs nothing: the
   replay does the step);
 * a replay whenever the key recurs; another key runs eagerly, and is captured in its turn
-  once it repeats, up to :data:`MAX_CAPTURES` captures, after which graphs are turned off for
-  this phase (a key that keeps changing: captures would cost more than they save);
+  once it repeats. A phase that needs :data:`MAX_CAPTURES` captures within
+  :data:`CAPTURE_WINDOW` calls has its graphs turned off (a key that keeps changing: captures
+  would cost more than they save);
 * a capture that fails (the phase did something a graph cannot hold, such as a host sync)
   turns graphs off for the phase, with a warning, and the call runs eagerly.
 
@@ -45,18 +46,22 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
 
 __all__ = ["PhaseGraph", "PhaseGraphs", "KeptGrads", "GraphedPhases", "MAX_CAPTURES",
-           "capture_cuda"]
+           "CAPTURE_WINDOW", "capture_cuda"]
 
 log = logging.getLogger(__name__)
 
-#: captures per phase before graphs are turned off for it
+#: graphs are turned off for a phase that needs this many captures within
+#: :data:`CAPTURE_WINDOW` calls (a key that keeps changing); rarer changes (a loss scale that
+#: grows every 2000 steps, a checkpoint loaded, a task boundary) are captured every time
 MAX_CAPTURES = 8
+CAPTURE_WINDOW = 1000
 
 #: ``capture(fn) -> (replay, out)``: runs ``fn`` under capture, returns what replays it and
 #: what ``fn`` returned; raises when the capture fails
@@ -99,6 +104,8 @@ class PhaseGraph:
         #: captures made, replays made (diagnostics; the tests read them)
         self.captures = 0
         self.replays = 0
+        self._calls = 0
+        self._recent: deque[int] = deque(maxlen=max_captures)   # the calls that captured
         #: bumped at each capture: a key for what the other phase captured from this one's output
         self.generation = 0
         #: whether the last call's result came from a graph (captured or replayed)
@@ -123,6 +130,7 @@ class PhaseGraph:
         """``fn()``'s result: replayed, captured and replayed, or run eagerly (see the module
         docstring). ``key`` None runs eagerly."""
         self.from_graph = False
+        self._calls += 1
         if not self.enabled or key is None:
             return fn()
         if self._replay is not None and key == self._key:
@@ -133,8 +141,10 @@ class PhaseGraph:
         if key != self._seen:
             self._seen = key
             return fn()
-        if self.captures >= self.max_captures:
-            self.disable(f"its inputs moved {self.captures} times")
+        recent = self._recent
+        if len(recent) == self.max_captures and self._calls - recent[0] < CAPTURE_WINDOW:
+            self.disable(f"its key changed {self.max_captures} times within "
+                         f"{self._calls - recent[0]} calls")
             return fn()
         self.reset()
         try:
@@ -146,6 +156,7 @@ class PhaseGraph:
             return fn()
         self._replay, self._key, self._out = replay, key, out
         self.captures += 1
+        recent.append(self._calls)
         self.generation += 1
         replay()
         self.from_graph = True
