@@ -47,7 +47,8 @@ def check_cuda_graphs(value: object) -> None:
         raise TypeError(f"cuda_graphs must be None, True or False, got {value!r}")
 
 
-#: the group options the phases read (without the wrapper's prefix)
+#: the group options the phases read (without the wrapper's prefix): the rule's options and
+#: the storage format
 _PHASE_OPTIONS = ("rule", "alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
                   "mode", "shock", "consolidation", "consolidation_horizon", "storage",
                   "foreach", "fused")
@@ -235,9 +236,7 @@ class SWGLBase(Optimizer):
 
     def _rule_options(self, group: dict[str, Any]) -> dict[str, Any]:
         pre = self.option_prefix
-        names = ("rule", "alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
-                 "mode", "shock", "consolidation", "consolidation_horizon", "foreach", "fused")
-        return {name: group.get(pre + name) for name in names}
+        return {name: group.get(pre + name) for name in _PHASE_OPTIONS if name != "storage"}
 
     @torch.no_grad()
     def _after(self, pending: list[Pending], snapshots: list[list[Tensor] | None]) -> None:
