@@ -16,7 +16,9 @@ test accuracy at that choice, side by side, from the same run. Methods:
 * the boundary-free peers (:data:`PEERS`), built from the harness's method classes
   (``swgl.bench.methods``: ``stream-ewc``, ``stream-mas``, ``stream-si``, ``l2-init`` on SGD and
   on Adam; ``upgd``, ``mesu``, ``bgd`` on their own optimizers, in the SGD rows), each tuned on
-  the validation split over the lr grid and two values of its strength (:data:`PEER_STRENGTH`).
+  the validation split over the lr grid and two values of its strength (:data:`PEER_STRENGTH`);
+* ``ewc-boundaries``: a reference, not a peer: EWC *given* the task boundaries
+  (:data:`BOUNDARY_REFS`), the protection a boundary buys.
 
 Scenarios (domain-IL, one shared head): ``short`` (10 permuted tasks x 30k samples, one pass),
 ``long`` (10 permuted tasks x 10k samples, 5 epochs), ``rotated`` (10 rotations 0-162 deg, 5k
@@ -27,6 +29,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset device    # long + the peers (534 runs)
     python benchmarks/earn_its_place.py grid --preset v5-strength  # v5's pull strength (168)
     python benchmarks/earn_its_place.py grid --preset v5-horizon   # the fading pull (300)
+    python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC given boundaries (54)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -90,9 +93,23 @@ PEERS: dict[str, dict[str, str]] = {
 }
 
 
+#: Reference methods given the task boundaries (``end_task`` after each task), which SWGL and
+#: the peers above never get: how far a boundary-free method is from the protection a
+#: boundary buys (issue 12's "Why": EWC given the boundaries beat tuned Adam by over 4 points
+#: in the literature protocol). The harness spec, run with the row's optimizer.
+BOUNDARY_REFS: dict[str, str] = {"ewc-boundaries": "ewc"}
+#: EWC's penalty strengths per optimizer (Adam: its harness tuning grid; SGD: 100 times
+#: smaller, since SGD steps along the penalty's gradient unnormalised and lam 100 at lr 0.01
+#: diverged) and the lrs (``long``: plain's tuned lr and twice and four times it, a penalty
+#: allows a larger one)
+BOUNDARY_STRENGTH = {"ewc-boundaries": {"sgd": {"lam": (1.0, 10.0, 100.0)},
+                                        "adam": {"lam": (100.0, 1000.0, 10000.0)}}}
+BOUNDARY_LRS = {"long": {"sgd": (0.01, 0.02, 0.04), "adam": (6e-5, 1.2e-4, 2.4e-4)}}
+
+
 def peer_spec(method: str, opt: str):
     """The harness :class:`MethodSpec` of peer ``method`` in the ``opt`` rows."""
-    spec = METHODS[PEERS[method][opt]]
+    spec = METHODS[BOUNDARY_REFS[method] if method in BOUNDARY_REFS else PEERS[method][opt]]
     if spec.optimizer in ("sgd", "adam") and spec.optimizer != opt:
         spec = dataclasses.replace(spec, optimizer=opt)      # l2-init on SGD
     return spec
@@ -212,10 +229,11 @@ def run_one(cfg: dict) -> dict:
                           nn.Linear(H, n_out))
     params = list(model.parameters())
     method, peer = cfg["method"], None
-    if method not in PEERS:
+    harness = method in PEERS or method in BOUNDARY_REFS
+    if not harness:
         base_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cfg["opt"]]
         base = base_cls(params, lr=cfg["lr"])
-    if method in PEERS:
+    if harness:
         spec = peer_spec(method, cfg["opt"])
         spec = spec.with_options({"lr": cfg["lr"], **cfg.get("strength", {})},
                                  OPTIMIZERS[spec.optimizer])
@@ -245,6 +263,10 @@ def run_one(cfg: dict) -> dict:
                 opt.zero_grad(set_to_none=True)
                 F.cross_entropy(model(x_t[idx]), y_t[idx]).backward()
                 opt.step()
+        if method in BOUNDARY_REFS:     # the boundary, given: EWC takes its Fisher and anchor
+            peer.end_task(t, lambda x=x_t, y=y_t: (
+                (x[i:i + B], y[i:i + B], torch.zeros(len(x[i:i + B]), dtype=torch.long))
+                for i in range(0, len(y), B)))
         with torch.no_grad():
             for k, task_sets in sets.items():
                 for j, (xj, yj) in enumerate(task_sets):
@@ -431,6 +453,25 @@ HORIZON_LRS = {
 HORIZON_POINTS = ((0.1, 20.0), (0.3, 20.0), (0.1, 50.0), (0.03, 50.0))
 
 
+def boundary_grid() -> list[dict]:
+    """The boundary-given references (:data:`BOUNDARY_REFS`) on ``long``, both optimizers, at
+    the lrs :data:`BOUNDARY_LRS` and strengths :data:`BOUNDARY_STRENGTH`, 3 seeds: 54 runs.
+    Report them beside a run of the default grid (plain and the default on ``long``)."""
+    runs = []
+    for method, grids in BOUNDARY_STRENGTH.items():
+        for opt, lrs in BOUNDARY_LRS["long"].items():
+            grid = grids[opt]
+            keys = list(grid)
+            for values in itertools.product(*(grid[k] for k in keys)):
+                for lr in lrs:
+                    for seed in (0, 1, 2):
+                        runs.append({**dict(seed=seed, batch=64, hidden=256, opt=opt,
+                                            scenario_name="long"), **SCENARIOS["long"],
+                                     "lr": lr, "method": method,
+                                     "strength": dict(zip(keys, values))})
+    return runs
+
+
 def v5_horizon_grid() -> list[dict]:
     """v5's pull at the (strength, horizon) points :data:`HORIZON_POINTS`
     (``swgl-v5-c<strength>-h<horizon>``) on the four regimes, both optimizers, 3 seeds, then
@@ -449,7 +490,8 @@ def v5_horizon_grid() -> list[dict]:
 
 
 PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, "v5": v5_grid,
-           "v5-strength": v5_strength_grid, "v5-horizon": v5_horizon_grid}
+           "v5-strength": v5_strength_grid, "v5-horizon": v5_horizon_grid,
+           "ewc-boundaries": boundary_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:

@@ -120,6 +120,26 @@ def test_a_peer_runs_through_the_harness_step_with_its_strength(fake_data):
     assert np.asarray(weak["val"]).shape == (2, 2)
 
 
+def test_the_boundary_reference_is_ewc_given_each_boundary(fake_data, monkeypatch):
+    grid = E.boundary_grid()
+    assert len(grid) == 54 and {r["method"] for r in grid} == {"ewc-boundaries"}
+    assert {r["strength"]["lam"] for r in grid if r["opt"] == "sgd"} == {1.0, 10.0, 100.0}
+    assert E.peer_spec("ewc-boundaries", "sgd").strategy is METHODS["ewc"].strategy
+    cfg = dict(grid[0], tasks=3, n=256, epochs=1)
+    ends = []
+    real = METHODS["ewc"].strategy.end_task
+    monkeypatch.setattr(METHODS["ewc"].strategy, "end_task",
+                        lambda self, t, batches: ends.append((t, sum(len(x) for x, _, _ in
+                                                                     batches()))) or
+                        real(self, t, batches))
+    weak = E.run_one(dict(cfg, strength={"lam": 0.0}))
+    plain = E.run_one(dict(cfg, method="plain"))
+    strong = E.run_one(dict(cfg, strength={"lam": 1e3}))
+    assert ends[:3] == [(0, 256), (1, 256), (2, 256)]      # told every boundary, its data
+    np.testing.assert_allclose(weak["val"], plain["val"], atol=1e-6)   # lam 0: plain SGD
+    assert strong["val"] != weak["val"]
+
+
 def test_smoke_grid_runs_and_reports_peers(fake_data, tmp_path):
     grid = E.smoke_grid()
     assert {r["method"] for r in grid} == {"plain", "swgl", "stream-ewc", "mesu"}
