@@ -29,7 +29,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset device    # long + the peers (534 runs)
     python benchmarks/earn_its_place.py grid --preset v5-strength  # v5's pull strength (168)
     python benchmarks/earn_its_place.py grid --preset v5-horizon   # the fading pull (300)
-    python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC given boundaries (54)
+    python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC given boundaries (72)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -98,12 +98,12 @@ PEERS: dict[str, dict[str, str]] = {
 #: boundary buys (issue 12's "Why": EWC given the boundaries beat tuned Adam by over 4 points
 #: in the literature protocol). The harness spec, run with the row's optimizer.
 BOUNDARY_REFS: dict[str, str] = {"ewc-boundaries": "ewc"}
-#: EWC's penalty strengths per optimizer (Adam: its harness tuning grid; SGD: 100 times
-#: smaller, since SGD steps along the penalty's gradient unnormalised and lam 100 at lr 0.01
-#: diverged) and the lrs (``long``: plain's tuned lr and twice and four times it, a penalty
-#: allows a larger one)
+#: EWC's penalty strengths per optimizer (Adam: its harness tuning grid and two smaller
+#: values, since the grid's were all below plain; SGD: from 1, since SGD steps along the
+#: penalty's gradient unnormalised and lam 100 at lr 0.01 diverged) and the lrs (``long``:
+#: plain's tuned lr and twice and four times it, a penalty allows a larger one)
 BOUNDARY_STRENGTH = {"ewc-boundaries": {"sgd": {"lam": (1.0, 10.0, 100.0)},
-                                        "adam": {"lam": (100.0, 1000.0, 10000.0)}}}
+                                        "adam": {"lam": (1.0, 10.0, 100.0, 1000.0, 10000.0)}}}
 BOUNDARY_LRS = {"long": {"sgd": (0.01, 0.02, 0.04), "adam": (6e-5, 1.2e-4, 2.4e-4)}}
 
 
@@ -455,7 +455,7 @@ HORIZON_POINTS = ((0.1, 20.0), (0.3, 20.0), (0.1, 50.0), (0.03, 50.0))
 
 def boundary_grid() -> list[dict]:
     """The boundary-given references (:data:`BOUNDARY_REFS`) on ``long``, both optimizers, at
-    the lrs :data:`BOUNDARY_LRS` and strengths :data:`BOUNDARY_STRENGTH`, 3 seeds: 54 runs.
+    the lrs :data:`BOUNDARY_LRS` and strengths :data:`BOUNDARY_STRENGTH`, 3 seeds: 72 runs.
     Report them beside a run of the default grid (plain and the default on ``long``)."""
     runs = []
     for method, grids in BOUNDARY_STRENGTH.items():
