@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from swgl import SWGL
+from toy import step_both
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="CUDA graphs need a CUDA device")
@@ -127,15 +128,8 @@ def test_capture_and_replay_make_no_host_sync(api):
     for i, (x, y, _) in enumerate(_batches(8)):
         base.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(model(x), y).backward()
-        if i >= 1:   # the capture (third step) included
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            opt.step()
-            if api == "two-object":
-                base.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        # the capture (third step) included
+        step_both(opt, base, api == "two-object", no_sync=i >= 1)
     assert opt._graphs.before.replays >= 4
 
 

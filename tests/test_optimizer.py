@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from swgl import DEFAULT_RULE, SWGL, SWGLWrapper
 from swgl.rules import RULES
+from toy import step_both
 from toy import toy_batches as _batches
 from toy import toy_loss as _loss
 from toy import toy_model as _model
@@ -773,14 +774,7 @@ def test_the_default_cuda_step_never_syncs(api):
         _loss(model, batch).backward()
         if i == 3:
             next(model.parameters()).grad[0] = float("nan")
-        if i >= 2:  # the first steps find the base, build the state and compile the kernels
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            opt.step()
-            if api == "two-object":
-                base.step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        # the first steps find the base, build the state and compile the kernels
+        step_both(opt, base, api == "two-object", no_sync=i >= 2)
     if api.startswith("swgl.optim"):  # it skips a non-finite step itself (the others: AMP)
         assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -18,3 +18,18 @@ def toy_batches(n, seed=1):
 def toy_loss(model, batch):
     x, y = batch
     return nn.functional.cross_entropy(model(x), y)
+
+
+def step_both(opt, base, two_object: bool, no_sync: bool = False) -> None:
+    """One step of ``opt`` (and of ``base`` after it in the two-object pattern); with
+    ``no_sync``, under ``torch.cuda.set_sync_debug_mode("error")``: any host sync raises."""
+    if no_sync:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+        if two_object:
+            base.step()
+    finally:
+        if no_sync:
+            torch.cuda.set_sync_debug_mode("default")
