@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from swgl import functional
+from swgl import functional, graphs
 from swgl.checkpoint import check_step
-from swgl.graphs import GraphedPhases
 from swgl.options import check_options, hyper
 from swgl.rules import RULES
 from swgl.state import STORAGES
@@ -66,7 +65,7 @@ class SWGLBase(Optimizer):
     #: None (auto: on CUDA when the rule allows it), True (required), False (never)
     cuda_graphs: bool | None = None
     _state_version = 0
-    _graphs: GraphedPhases | None = None
+    _graphs: graphs.GraphedPhases | None = None
 
     #: Prefix of SWGL's options in a param group: the wrapper shares its groups with a base
     #: optimizer whose own ``eps``, ``alpha`` or ``foreach`` must not be overwritten.
@@ -156,14 +155,7 @@ class SWGLBase(Optimizer):
     # -- CUDA graphs (swgl.graphs) ----------------------------------------------------------
 
     def _graphs_possible(self) -> bool:
-        """Cheap: whether a step may run as graphs at all (the rest is :meth:`_graph_blocker`,
-        asked once per new key)."""
-        if self.cuda_graphs is False or not torch.cuda.is_available():
-            return False
-        if self._graphs is not None and not self._graphs.enabled:
-            return False
-        first = next((p for g in self.param_groups for p in g["params"]), None)
-        return first is not None and first.is_cuda
+        return graphs.possible(self.cuda_graphs, self._graphs, self.param_groups)
 
     def _graph_key(self, grad_scale: float) -> tuple | None:
         """What the phases' Python reads that can change between steps (see
@@ -174,9 +166,7 @@ class SWGLBase(Optimizer):
         parts: list[Any] = [grad_scale, self._state_version, len(self.state)]
         pre = self.option_prefix
         for group in self.param_groups:
-            params = group["params"]
-            parts.append(tuple(p.grad is None for p in params))
-            parts.append(tuple(map(Tensor.data_ptr, params)))
+            parts += graphs.params_key(group["params"])
             parts.append(tuple(group.get(pre + name) for name in _PHASE_OPTIONS))
         return tuple(parts)
 
@@ -195,14 +185,7 @@ class SWGLBase(Optimizer):
                 return f"mode {mode!r} (param group {index}) rescales the grads in place"
             if self._option(group, "storage") != "fp32":
                 return f"storage {self._option(group, 'storage')!r} reads a flag on the host"
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if type(p) not in (Tensor, torch.nn.Parameter):
-                    return f"a param is a {type(p).__name__}"
-                if not p.is_cuda or p.device.index != torch.cuda.current_device():
-                    return f"a param is on {p.device}, not the current CUDA device"
-        return None
+        return graphs.params_blocker(graphs.grad_owners(self.param_groups))
 
     def _run_before(self, fn: Callable[[], list[tuple[Pending, list[Tensor] | None]]],
                     grad_scale: float = 1.0) -> list[tuple[Pending, list[Tensor] | None]]:
@@ -214,9 +197,8 @@ class SWGLBase(Optimizer):
         if self._graphs is None:
             if key is None and not self.cuda_graphs:
                 return fn()
-            self._graphs = GraphedPhases(required=bool(self.cuda_graphs))
-        owners = [] if key is None else [p for group in self.param_groups
-                                         for p in group["params"] if p.grad is not None]
+            self._graphs = graphs.GraphedPhases(required=bool(self.cuda_graphs))
+        owners = [] if key is None else graphs.grad_owners(self.param_groups)
         out = self._graphs.run_before(key, owners, fn, self._graph_blocker)
         if not self._graphs.enabled:   # graphs went off: the snapshots need not stay
             getattr(self, "_kept_snapshots", {}).clear()
@@ -317,9 +299,9 @@ class SWGLBase(Optimizer):
         """Replace SWGL's state with checked ``saved`` state, keeping the saved dtypes."""
         params = [p for group in self.param_groups for p in group["params"]]
         self.state.clear()
+        self._state_version += 1
         for index, entry in saved.items():
             p = params[index]
-            self._state_version += 1
             state = {k: v.detach().to(device=p.device, copy=True) for k, v in entry.items()}
             state["step"] = entry["step"].detach().to(device=local(p).device,
                                                       dtype=torch.float32, copy=True)

@@ -53,7 +53,8 @@ from typing import Any
 import torch
 
 __all__ = ["PhaseGraph", "PhaseGraphs", "KeptGrads", "GraphedPhases", "MAX_CAPTURES",
-           "CAPTURE_WINDOW", "capture_cuda"]
+           "CAPTURE_WINDOW", "capture_cuda", "possible", "params_key", "params_blocker",
+           "grad_owners"]
 
 log = logging.getLogger(__name__)
 
@@ -283,3 +284,39 @@ class GraphedPhases:
         if self.required:
             raise ValueError("cuda_graphs=True, but the phases cannot be captured: "
                              f"{why or 'graphs are off'}")
+
+
+# -- what both optimizer families (SWGL's classes, swgl.optim) ask of their params ----------
+
+
+def possible(option: bool | None, phases: GraphedPhases | None, param_groups) -> bool:
+    """Cheap, at every step: whether a step may run as graphs at all (the option allows it,
+    CUDA is there, the graphs are not off, the params are on CUDA); the rest is the caller's
+    blocker, asked once per new key."""
+    if option is False or not torch.cuda.is_available():
+        return False
+    if phases is not None and not phases.enabled:
+        return False
+    first = next((p for g in param_groups for p in g["params"]), None)
+    return first is not None and first.is_cuda
+
+
+def params_key(params: list[torch.Tensor]) -> tuple[tuple, tuple]:
+    """A param group's part of a key: which params have grads, and the params' addresses."""
+    return tuple(p.grad is None for p in params), tuple(map(torch.Tensor.data_ptr, params))
+
+
+def params_blocker(params) -> str | None:
+    """Why these params' phases cannot be captured, or None: they must be plain tensors (not
+    a DTensor: its data is its shard's) on the current CUDA device."""
+    for p in params:
+        if type(p) not in (torch.Tensor, torch.nn.Parameter):
+            return f"a param is a {type(p).__name__}"
+        if not p.is_cuda or p.device.index != torch.cuda.current_device():
+            return f"a param is on {p.device}, not the current CUDA device"
+    return None
+
+
+def grad_owners(param_groups) -> list[torch.Tensor]:
+    """The params with grads, in group order: the owners of :class:`KeptGrads`' buffers."""
+    return [p for group in param_groups for p in group["params"] if p.grad is not None]

@@ -33,10 +33,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from swgl import kernels
+from swgl import graphs, kernels
 from swgl.base import check_cuda_graphs, copies, fresh_extra, run_closure
 from swgl.functional import all_finite, found_nonfinite
-from swgl.graphs import GraphedPhases
 from swgl.kernels import compiled
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
@@ -128,7 +127,7 @@ class SWGLOptimizer(Optimizer):
         super().__init__(params, defaults)
         self._kept: dict[Any, tuple] = {}  # the CPU's working copies (base.copies)
         self.cuda_graphs = cuda_graphs
-        self._graphs: GraphedPhases | None = None
+        self._graphs: graphs.GraphedPhases | None = None
         #: bumped whenever state tensors are made or replaced (a graph reads the old ones)
         self._state_version = 0
         #: per param group (by id), its lr as a device scalar, which the graphed kernels read
@@ -197,11 +196,10 @@ class SWGLOptimizer(Optimizer):
             if key is None and not self.cuda_graphs:
                 self._step()
                 return loss
-            self._graphs = GraphedPhases(required=bool(self.cuda_graphs))
+            self._graphs = graphs.GraphedPhases(required=bool(self.cuda_graphs))
         owners = []
         if key is not None:
-            owners = [p for group in self.param_groups for p in group["params"]
-                      if p.grad is not None]
+            owners = graphs.grad_owners(self.param_groups)
             self._set_lrs()
         self._graphs.run_before(key, owners, self._step, self._graph_blocker)
         return loss
@@ -222,18 +220,11 @@ class SWGLOptimizer(Optimizer):
     def _graph_key(self) -> tuple | None:
         """What the step's Python reads that can change between steps, but the lr (a device
         scalar, :meth:`_set_lrs`), or None when graphs are off."""
-        if self.cuda_graphs is False or not torch.cuda.is_available():
-            return None
-        if self._graphs is not None and not self._graphs.enabled:
-            return None
-        first = next((p for g in self.param_groups for p in g["params"]), None)
-        if first is None or not first.is_cuda:
+        if not graphs.possible(self.cuda_graphs, self._graphs, self.param_groups):
             return None
         parts: list[Any] = [self._state_version, len(self.state)]
         for group in self.param_groups:
-            params = group["params"]
-            parts.append(tuple(p.grad is None for p in params))
-            parts.append(tuple(map(Tensor.data_ptr, params)))
+            parts += graphs.params_key(group["params"])
             args = {k: v for k, v in self.kernel_args(group).items() if k != "lr"}
             parts.append((tuple(args.items()), group["fused"], tuple(group["swgl"].items())))
         return tuple(parts)
@@ -247,18 +238,14 @@ class SWGLOptimizer(Optimizer):
         work = [(group, lists) for group, lists in work if lists[0]]
         if not work:
             return "no param has a grad"
-        for index, (group, (params, *_)) in enumerate(work):
+        for index, (group, _) in enumerate(work):
             rule = group["swgl"]["rule"]
             if not RULES[rule].graphable:
                 return f"rule {rule!r} (param group {index}) is not capturable"
-            if any(type(p) not in (Tensor, torch.nn.Parameter) for p in params):
-                return "a param is not a plain tensor"
-        if self._triton_plan(work) is None:
+        why = graphs.params_blocker(graphs.grad_owners(self.param_groups))
+        if why is None and self._triton_plan(work) is None:
             return "the step takes the foreach path (fused=False or tensors the kernels skip)"
-        device = work[0][1][0][0].device
-        if device.index != torch.cuda.current_device():
-            return f"the params are on {device}, not the current CUDA device"
-        return None
+        return why
 
     def _set_lrs(self) -> None:
         """Each group's lr into its device scalar: outside any graph, so that a replay reads
