@@ -44,7 +44,7 @@ from swgl.bench.methods import Context
 from swgl.bench.text import bench, report
 from swgl.bench.text.config import DEFAULT_METHODS, TextConfig
 from swgl.bench.text.corpora import load_domain
-from swgl.bench.text.methods import build_method, text_spec
+from swgl.bench.text.methods import build_method, text_spec, tuned_grid
 from swgl.bench.text.model import VOCAB, ByteTransformer
 from swgl.bench.text.stream import sample_windows
 from swgl.bench.text.train import autocast, sync
@@ -106,6 +106,10 @@ def main(argv=None) -> None:
     p.add_argument("--steps-per-domain", type=int, default=None,
                    help="fix the steps per domain instead of fitting the budget")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                   choices=DEFAULT_METHODS, metavar="METHOD",
+                   help="methods of part 1 (default: all); part 2 runs those of "
+                   f"{', '.join(DRIFT_METHODS)} that are among them")
     p.add_argument("--data-dir", default=None, help="root of the corpora (default: /)")
     p.add_argument("--overhead-only", action="store_true",
                    help="measure the training-time overhead (part 3) alone and stop")
@@ -121,7 +125,9 @@ def main(argv=None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
     else:
         torch.set_num_threads(1)  # small models on a shared CPU: one thread is fastest
-    base = TextConfig(scenarios=("text-domains",), methods=DEFAULT_METHODS,
+    methods = tuple(args.methods)
+    drift_methods = tuple(m for m in DRIFT_METHODS if m in methods)
+    base = TextConfig(scenarios=("text-domains",), methods=methods,
                       seeds=tuple(args.seeds), size=args.size, device=args.device,
                       data_dir=args.data_dir, evals_per_domain=2)
 
@@ -138,9 +144,8 @@ def main(argv=None) -> None:
     steps = args.steps_per_domain
     if steps is None:
         r = base.resolved()
-        n_tune = sum(len(g) for g in (r.lr_grid, r.lr_grid, r.lr_grid, r.upgd_grid))
-        n_cells = n_tune + len(DEFAULT_METHODS) * len(args.seeds) + len(DRIFT_METHODS) * len(
-            args.seeds)
+        n_tune = sum(len(tuned_grid(m, base)) for m in methods)
+        n_cells = n_tune + (len(methods) + len(drift_methods)) * len(args.seeds)
         # 1.6: evaluation, EWC's Fisher, replay's doubled batch, model set-up per cell
         per_step = 1.6 * max(overhead.values()) / 1000.0
         steps = int(args.budget_s / (n_cells * len(r.domains) * per_step))
@@ -151,14 +156,15 @@ def main(argv=None) -> None:
     dom = bench.run(cfg, out_dir=out / "runs")
     log.info("text-domains done at %.0f s", time.perf_counter() - t0)
     chosen = dom.chosen_lr["text-domains"]
-    drift_cfg = replace(cfg, scenarios=("text-drift",), methods=DRIFT_METHODS,
-                        method_opts={m: {"lr": chosen[m]} for m in DRIFT_METHODS})
+    drift_cfg = replace(cfg, scenarios=("text-drift",), methods=drift_methods,
+                        method_opts={m: {"lr": chosen[m]} for m in drift_methods})
     drift = bench.run(drift_cfg, out_dir=out / "runs")
     elapsed = time.perf_counter() - t0
     log.info("text-drift done at %.0f s", elapsed)
 
     ref = overhead["adamw"]
-    goals = {s: {m: bench.compare(res.summary, s, m) for m in ("swgl-adamw", "swgl-adamw-groups")}
+    goals = {s: {m: bench.compare(res.summary, s, m)
+                 for m in ("swgl-adamw", "swgl-adamw-groups") if m in methods}
              for s, res in (("text-domains", dom), ("text-drift", drift))}
     result = {
         "config": cfg.resolved().to_dict(),
@@ -193,7 +199,7 @@ def main(argv=None) -> None:
                      f"{row['forgetting_mean']:.4f} ± {row['forgetting_std']:.4f}  learning "
                      f"{row['learning_loss_mean']:.4f} ± {row['learning_loss_std']:.4f}")
     for label, ms in overhead.items():
-        lines.append(f"{label:>18}: {ms:7.2f} ms/step ({100 * (ms / ref - 1):+.1f}% vs AdamW)")
+        lines.append(f"{label:>24}: {ms:7.2f} ms/step ({100 * (ms / ref - 1):+.1f}% vs AdamW)")
     for s, per in goals.items():
         for m, g in per.items():
             lines.append(f"{s} {m}: forgetting {g['forgetting_delta']:+.4f} vs AdamW, "
