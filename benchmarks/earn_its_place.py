@@ -29,7 +29,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset device    # long + the peers (534 runs)
     python benchmarks/earn_its_place.py grid --preset v5-strength  # v5's pull strength (168)
     python benchmarks/earn_its_place.py grid --preset v5-horizon   # the fading pull (300)
-    python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC given boundaries (72)
+    python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC given boundaries (216)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -100,11 +100,14 @@ PEERS: dict[str, dict[str, str]] = {
 BOUNDARY_REFS: dict[str, str] = {"ewc-boundaries": "ewc"}
 #: EWC's penalty strengths per optimizer (Adam: its harness tuning grid and two smaller
 #: values, since the grid's were all below plain; SGD: from 1, since SGD steps along the
-#: penalty's gradient unnormalised and lam 100 at lr 0.01 diverged) and the lrs (``long``:
-#: plain's tuned lr and twice and four times it, a penalty allows a larger one)
+#: penalty's gradient unnormalised and lam 100 at lr 0.01 diverged) and the lrs per scenario
+#: (plain's tuned lr and twice and four times it, since a penalty allows a larger one; on
+#: ``rotated`` with SGD half, once and twice it)
 BOUNDARY_STRENGTH = {"ewc-boundaries": {"sgd": {"lam": (1.0, 10.0, 100.0)},
                                         "adam": {"lam": (1.0, 10.0, 100.0, 1000.0, 10000.0)}}}
-BOUNDARY_LRS = {"long": {"sgd": (0.01, 0.02, 0.04), "adam": (6e-5, 1.2e-4, 2.4e-4)}}
+BOUNDARY_LRS = {"long": {"sgd": (0.01, 0.02, 0.04), "adam": (6e-5, 1.2e-4, 2.4e-4)},
+                "short": {"sgd": (0.02, 0.04, 0.08), "adam": (1e-4, 2e-4, 4e-4)},
+                "rotated": {"sgd": (0.12, 0.24, 0.48), "adam": (2e-4, 4e-4, 8e-4)}}
 
 
 def peer_spec(method: str, opt: str):
@@ -454,19 +457,21 @@ HORIZON_POINTS = ((0.1, 20.0), (0.3, 20.0), (0.1, 50.0), (0.03, 50.0))
 
 
 def boundary_grid() -> list[dict]:
-    """The boundary-given references (:data:`BOUNDARY_REFS`) on ``long``, both optimizers, at
-    the lrs :data:`BOUNDARY_LRS` and strengths :data:`BOUNDARY_STRENGTH`, 3 seeds: 72 runs.
-    Report them beside a run of the default grid (plain and the default on ``long``)."""
+    """The boundary-given references (:data:`BOUNDARY_REFS`) on the scenarios of
+    :data:`BOUNDARY_LRS` (``long``, ``short``, ``rotated``), both optimizers, at those lrs and
+    the strengths :data:`BOUNDARY_STRENGTH`, 3 seeds: 72 runs per scenario. Report them beside
+    a run of the default grid (plain and the default on the same scenarios)."""
     runs = []
-    for method, grids in BOUNDARY_STRENGTH.items():
-        for opt, lrs in BOUNDARY_LRS["long"].items():
+    for (method, grids), (scenario, per_opt) in itertools.product(BOUNDARY_STRENGTH.items(),
+                                                                  BOUNDARY_LRS.items()):
+        for opt, lrs in per_opt.items():
             grid = grids[opt]
             keys = list(grid)
             for values in itertools.product(*(grid[k] for k in keys)):
                 for lr in lrs:
                     for seed in (0, 1, 2):
                         runs.append({**dict(seed=seed, batch=64, hidden=256, opt=opt,
-                                            scenario_name="long"), **SCENARIOS["long"],
+                                            scenario_name=scenario), **SCENARIOS[scenario],
                                      "lr": lr, "method": method,
                                      "strength": dict(zip(keys, values))})
     return runs
