@@ -156,7 +156,7 @@ def test_on_the_cpu_no_graph_is_made():
         w.grad = torch.randn(4)
         opt.step()
     assert opt._graphs is None
-    assert opt._graph_key(1.0) is None
+    assert opt._graph_key() is None
     required = SWGL.wrap(torch.optim.SGD([w], lr=0.1), cuda_graphs=True)
     with pytest.raises(ValueError, match="cuda_graphs=True.*CUDA is not available"):
         required.step()
@@ -181,23 +181,22 @@ def test_the_key_follows_what_the_phases_read(monkeypatch, api):
     g = torch.randn(8)
     w.grad = g
     opt.step()                                 # the wrapper makes its state at its first step
-    key = opt._graph_key(1.0)
-    assert key == opt._graph_key(1.0)
+    key = opt._graph_key()
+    assert key == opt._graph_key()
     w.grad = g.clone()                         # a grad elsewhere: copied, not in the key
-    assert opt._graph_key(1.0) == key
+    assert opt._graph_key() == key
     w.grad = None                              # no grad: another list of params
-    assert opt._graph_key(1.0) != key
+    assert opt._graph_key() != key
     w.grad = g
-    assert opt._graph_key(2.0) != key          # another loss scale
     group = opt.param_groups[0]
     name = "swgl_alpha" if api == "wrapper" else "alpha"
     old = group[name]
     group[name] = 0.9                          # another option
-    assert opt._graph_key(1.0) != key
+    assert opt._graph_key() != key
     group[name] = old
-    assert opt._graph_key(1.0) == key
+    assert opt._graph_key() == key
     opt.on_task_boundary()                     # new state tensors
-    assert opt._graph_key(1.0) != key
+    assert opt._graph_key() != key
 
 
 def test_the_phases_read_kept_buffers_and_the_base_its_own_grads(monkeypatch):

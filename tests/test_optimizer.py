@@ -512,6 +512,34 @@ def test_amp_two_object_pattern_matches_unscaled_training(order):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_scaler_given_unscales_the_base_grads_once():
+    """With ``scaler=``, ``swgl.step()`` unscales the base's grads itself (no host read of
+    the scale); a user who unscaled first (to clip) is not unscaled twice."""
+    batches = _batches(3)
+    runs = []
+    for user_unscales in (False, True):
+        model = _model()
+        base = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        swgl = SWGL(model.parameters(), scaler=scaler)
+        for batch in batches:
+            base.zero_grad()
+            scaler.scale(_loss(model, batch)).backward()
+            scaled = [p.grad.clone() for p in model.parameters()]
+            if user_unscales:
+                scaler.unscale_(base)
+            swgl.step()
+            stage = scaler._per_optimizer_states[id(base)]["stage"]
+            assert stage is torch.amp.grad_scaler.OptState.UNSCALED
+            for g, p in zip(scaled, model.parameters()):   # update mode: grads left unscaled
+                torch.testing.assert_close(p.grad, g / 2.0**10, rtol=0, atol=0)
+            scaler.step(base)
+            scaler.update()
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
 def test_seed_amp_snippet_without_scaler_fails_loudly():
     """The seed's order (swgl.step() on scaled grads, then scaler.step) must not train
     silently wrong."""
@@ -752,6 +780,35 @@ def test_swgl_optim_cpu_step_reads_only_its_guard_on_the_host(kind, rule, mode, 
             next(model.parameters()).grad[0] = float("nan")
         opt.step()
     assert host_reads == ["__bool__"] * (2 + CPU_READS[rule])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_two_object_step_with_a_scaler_never_syncs():
+    """The seed's AMP snippet with ``scaler=`` and torch's fused AdamW: no host sync in
+    ``swgl.step()``, ``scaler.step(base)`` or ``scaler.update()`` (overflowed steps included)."""
+    model = _model().cuda()
+    base = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10)
+    swgl = SWGL(model.parameters(), scaler=scaler)
+    weights = []
+    for i, (x, y) in enumerate(_batches(5)):
+        base.zero_grad()
+        scaler.scale(_loss(model, (x.cuda(), y.cuda()))).backward()
+        if i == 4:
+            next(model.parameters()).grad[0] = float("inf")
+        weights.append([p.detach().clone() for p in model.parameters()])
+        if i >= 2:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            swgl.step()
+            scaler.step(base)
+            scaler.update()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert scaler.get_scale() == 2.0**9          # the overflow was seen and skipped
+    assert all(torch.equal(a, p) for a, p in zip(weights[-1], model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(weights[0], weights[3]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -126,7 +126,7 @@ class SWGLBase(Optimizer):
         """Hook for the wrapper's 'base has state but SWGL does not' warning."""
 
     @torch.no_grad()
-    def _modulate(self, grad_scale: float = 1.0) -> tuple[bool | Tensor, list[Pending]]:
+    def _modulate(self) -> tuple[bool | Tensor, list[Pending]]:
         """Run the rule's ``before`` phase over every group.
 
         Returns whether it ran (False, or a device flag, if non-finite grads made it skip)
@@ -138,7 +138,7 @@ class SWGLBase(Optimizer):
             params, grads, stabilities, steps, extra = self._gather(group)
             options = self._rule_options(group)
             outcome = functional.swgl(params, grads, stabilities, steps, **options,
-                                      grad_scale=grad_scale, extra_state=extra)
+                                      extra_state=extra)
             storage = self._storage(group)
             # fp32 state is updated in place (masked on the device); other formats are
             # stored back only when the step applied, which reads the flag on the host
@@ -157,13 +157,13 @@ class SWGLBase(Optimizer):
     def _graphs_possible(self) -> bool:
         return graphs.possible(self.cuda_graphs, self._graphs, self.param_groups)
 
-    def _graph_key(self, grad_scale: float) -> tuple | None:
+    def _graph_key(self) -> tuple | None:
         """What the phases' Python reads that can change between steps (see
         :mod:`swgl.graphs`), or None when graphs are off. The grads are not in it: the phases
         read copies of them in buffers kept at fixed addresses (:meth:`_run_before`)."""
         if not self._graphs_possible():
             return None
-        parts: list[Any] = [grad_scale, self._state_version, len(self.state)]
+        parts: list[Any] = [self._state_version, len(self.state)]
         pre = self.option_prefix
         for group in self.param_groups:
             parts += graphs.params_key(group["params"])
@@ -187,13 +187,13 @@ class SWGLBase(Optimizer):
                 return f"storage {self._option(group, 'storage')!r} reads a flag on the host"
         return graphs.params_blocker(graphs.grad_owners(self.param_groups))
 
-    def _run_before(self, fn: Callable[[], list[tuple[Pending, list[Tensor] | None]]],
-                    grad_scale: float = 1.0) -> list[tuple[Pending, list[Tensor] | None]]:
+    def _run_before(self, fn: Callable[[], list[tuple[Pending, list[Tensor] | None]]]
+                    ) -> list[tuple[Pending, list[Tensor] | None]]:
         """``fn()`` (the before phase and the snapshots: pending entries with their
         snapshots), as a CUDA graph where :mod:`swgl.graphs` allows. While graphs are on, the
         phases read the grads from kept buffers (:class:`swgl.graphs.KeptGrads`); the base
         optimizer steps with the params' own grads."""
-        key = self._graph_key(grad_scale)
+        key = self._graph_key()
         if self._graphs is None:
             if key is None and not self.cuda_graphs:
                 return fn()

@@ -51,7 +51,13 @@ class Hooks:
 
     def __init__(self) -> None:
         self._handles: list[Any] = []
+        self._owners: list[weakref.ref[Optimizer]] = []
         self.owner_ids: set[int] = set()
+
+    @property
+    def owners(self) -> list[Optimizer]:
+        """The hooked optimizers still alive."""
+        return [o for o in (ref() for ref in self._owners) if o is not None]
 
     def attach(self, owners: list[Optimizer], pre: Callable, post: Callable) -> None:
         """Hook ``owners``: ``pre(base)`` and ``post(base)`` run around each one's step.
@@ -72,10 +78,12 @@ class Hooks:
                 lambda o, args, kwargs: call(pre_ref, o)))
             self._handles.append(opt.register_step_post_hook(
                 lambda o, args, kwargs: call(post_ref, o)))
+        self._owners = [weakref.ref(o) for o in owners]
         self.owner_ids = {id(o) for o in owners}
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._owners = []
         self.owner_ids = set()

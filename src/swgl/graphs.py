@@ -6,11 +6,12 @@ time for about 2 ms of device work. A CUDA graph replays every kernel a phase la
 call, and none of the Python that gathered them runs.
 
 When a replay is right. A graph replays the kernels it captured, on the addresses they had
-then, with the host values (options, the loss scale) baked in. So a phase is replayed only
+then, with the host values (the options) baked in. So a phase is replayed only
 while its *key* equals the key it was captured under. The caller's key holds everything its
 Python reads that can change between steps:
 - which params have grads, and the params' addresses;
-- the group options and the loss scale;
+- the group options (the grads the phases read are unscaled: with ``scaler=`` the
+  two-object ``step()`` unscales them first, and ``GradScaler.step`` does for the wrapper);
 - a version of the optimizer's state, bumped whenever state tensors are made or replaced
   (``load_state_dict``, ``on_task_boundary``, a param's first grad).
 
@@ -59,8 +60,8 @@ __all__ = ["PhaseGraph", "PhaseGraphs", "KeptGrads", "GraphedPhases", "MAX_CAPTU
 log = logging.getLogger(__name__)
 
 #: graphs are turned off for a phase that needs this many captures within
-#: :data:`CAPTURE_WINDOW` calls (a key that keeps changing); rarer changes (a loss scale that
-#: grows every 2000 steps, a checkpoint loaded, a task boundary) are captured every time
+#: :data:`CAPTURE_WINDOW` calls (a key that keeps changing); rarer changes (a checkpoint
+#: loaded, a task boundary, an option set by a schedule now and then) are captured every time
 MAX_CAPTURES = 8
 CAPTURE_WINDOW = 1000
 

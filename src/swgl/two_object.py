@@ -74,8 +74,13 @@ class SWGL(SWGLBase):
         fused: the Triton kernels (:mod:`swgl.kernels`): None picks them on CUDA when Triton
             is installed, True requires them, False never uses them.
         scaler: a ``torch.amp.GradScaler`` whose scaled grads ``step()`` will see (the seed's
-            AMP snippet). Without it, call ``scaler.unscale_(base)`` before ``swgl.step()``;
-            the seed's order without ``scaler=`` raises instead of training on scaled grads.
+            AMP snippet). ``step()`` then calls ``scaler.unscale_(base)`` itself (unless it
+            was called already in this iteration), as torch's recipe for gradient clipping
+            does: the grads are unscaled in place on the device, with no host sync, and
+            ``scaler.step(base)`` skips the step on overflow as usual. Clip after
+            ``swgl.step()`` without calling ``unscale_`` again. Without ``scaler=``, call
+            ``scaler.unscale_(base)`` before ``swgl.step()``; the seed's order without
+            ``scaler=`` raises instead of training on scaled grads.
         cuda_graphs: run the two phases as CUDA graphs (:mod:`swgl.graphs`): None (default)
             does on CUDA under the rules that allow it (v4, v5) with fp32 state, once a
             step's tensors repeat; True requires it (ValueError at the first step that cannot);
@@ -147,16 +152,19 @@ class SWGL(SWGLBase):
             self._param_ids.update(id(p) for p in group["params"])
             self._smallest = None
 
-    def _current_grad_scale(self) -> float:
+    def _unscale(self) -> None:
+        """``scaler.unscale_`` on every hooked owner not yet unscaled in this iteration.
+
+        Reading the scale instead (``scaler.get_scale()``) would sync with the host at each
+        step; unscaling is one device pass, the one ``scaler.step`` would make later."""
         scaler = self.scaler
         if scaler is None or not scaler.is_enabled():
-            return 1.0
+            return
         from torch.amp.grad_scaler import OptState
 
-        stages = [s["stage"] for s in scaler._per_optimizer_states.values()]
-        if any(stage is OptState.UNSCALED for stage in stages):
-            return 1.0  # the user already called scaler.unscale_(base)
-        return float(scaler.get_scale())
+        for owner in self._hooks.owners:
+            if scaler._per_optimizer_states[id(owner)]["stage"] is OptState.READY:
+                scaler.unscale_(owner)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -172,14 +180,13 @@ class SWGL(SWGLBase):
             self._hooks.attach(owners, self._before_base_step, self._after_base_step)
             self._owned = {id(p) for o in owners for g in o.param_groups for p in g["params"]}
             self._state_version += 1   # what the phases hand the owners may change
-        grad_scale = self._current_grad_scale()
-        self._pending_update = self._run_before(lambda: self._before_phase(grad_scale),
-                                                grad_scale)
+        self._unscale()
+        self._pending_update = self._run_before(self._before_phase)
         self._fingerprint = self._take_fingerprint() if self.scaler is None else None
         return loss
 
-    def _before_phase(self, grad_scale: float) -> list[tuple[Pending, list[Tensor] | None]]:
-        _, pending = self._modulate(grad_scale)
+    def _before_phase(self) -> list[tuple[Pending, list[Tensor] | None]]:
+        _, pending = self._modulate()
         # a param no optimizer holds is never stepped: there is no update to rescale
         if not self._param_ids <= self._owned:
             pending = [entry.only(self._owned)[0] for entry in pending]
