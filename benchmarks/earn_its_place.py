@@ -30,7 +30,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset v5-strength  # v5's pull strength (168)
     python benchmarks/earn_its_place.py grid --preset v5-horizon   # the fading pull (300)
     python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC given boundaries (216)
-    python benchmarks/earn_its_place.py grid --preset v5-strong    # a strong pull, no fade (180)
+    python benchmarks/earn_its_place.py grid --preset v5-strong    # a strong pull, no fade (252)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -458,19 +458,21 @@ HORIZON_POINTS = ((0.1, 20.0), (0.3, 20.0), (0.1, 50.0), (0.03, 50.0))
 
 
 #: The ninth session's grid: v5's pull strong and never fading (horizon 0), for Adam above
-#: all (its lrs: plain's tuned lr x 0.5, 1, 2), and two points for SGD
+#: all (its lrs: plain's tuned lr x 0.5, 1, 2, 4, 8: a pull that holds the weights calls for
+#: a larger lr), and two points for SGD
 STRONG_LRS = {
-    "long": {"adam": (3e-5, 6e-5, 1.2e-4), "sgd": HORIZON_LRS["long"]["sgd"]},
-    "short": {"adam": (5e-5, 1e-4, 2e-4), "sgd": HORIZON_LRS["short"]["sgd"]},
-    "rotated": {"adam": (1e-4, 2e-4, 4e-4), "sgd": HORIZON_LRS["rotated"]["sgd"]},
-    "splitdom": {"adam": (7.5e-6, 1.5e-5, 3e-5), "sgd": HORIZON_LRS["splitdom"]["sgd"]},
+    "long": {"adam": (3e-5, 6e-5, 1.2e-4, 2.4e-4, 4.8e-4), "sgd": HORIZON_LRS["long"]["sgd"]},
+    "short": {"adam": (5e-5, 1e-4, 2e-4, 4e-4, 8e-4), "sgd": HORIZON_LRS["short"]["sgd"]},
+    "rotated": {"adam": (1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3), "sgd": HORIZON_LRS["rotated"]["sgd"]},
+    "splitdom": {"adam": (7.5e-6, 1.5e-5, 3e-5, 6e-5, 1.2e-4),
+                 "sgd": HORIZON_LRS["splitdom"]["sgd"]},
 }
 STRONG_POINTS = {"adam": (0.1, 0.3, 1.0), "sgd": (0.1, 0.3)}
 
 
 def v5_strong_grid() -> list[dict]:
     """v5's pull at the strengths :data:`STRONG_POINTS` with no fade
-    (``swgl-v5-c<strength>-h0``) on the four regimes, 3 seeds: 180 runs, Adam's first and the
+    (``swgl-v5-c<strength>-h0``) on the four regimes, 3 seeds: 252 runs, Adam's first and the
     slow ``long`` first within each. Report beside the v5-horizon preset's results (plain and
     the default come from there)."""
     runs = []
