@@ -1,0 +1,150 @@
+"""Which task boundaries v5's shift detector finds (issue 12, ninth session).
+
+Runs the default SWGL through ``earn_its_place.py``'s harness (one scenario, optimizer, lr and
+seed) and records, at every step, the detector's ratio ``f_hat / q_hat`` for the whole group
+(what v5 thresholds at ``SHIFT_RATIO``) and for each tensor alone, and the steps it fired at.
+Prints, per true boundary, whether a shift was detected within 40 steps and the largest
+ratios there; and the ratios' spread inside tasks (steps 45 and more past a boundary, after
+the first task). ``--oracle`` instead forces the shift 3 steps after each true boundary and
+reports the final validation ACC beside the detector's own, so the two can be compared.
+
+    FMNIST_DIR=... python benchmarks/detector_recall.py rotated adam 1e-4 --json out.json
+    FMNIST_DIR=... python benchmarks/detector_recall.py rotated adam 1e-4 --oracle --seeds 0 1
+
+Read-only instrumentation: it wraps ``swgl.rules.consolidation._detect`` for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from swgl.rules import consolidation
+
+HERE = Path(__file__).resolve().parent
+WINDOW = 40      # steps after a boundary in which a detection counts
+SETTLED = 45     # steps after a boundary from which a step counts as inside the task
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("earn_its_place", HERE / "earn_its_place.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ratio(f: torch.Tensor, q: torch.Tensor, t: int) -> torch.Tensor:
+    return (f / (1.0 - consolidation.B_FAST ** t)) / (q / (1.0 - consolidation.B_SLOW ** t))
+
+
+def run(scenario: str, opt: str, lr: float, seed: int, oracle: bool) -> dict:
+    """One run; returns its per-step trace, detections and final validation ACC."""
+    eip = _harness()
+    cfg = eip.SCENARIOS[scenario]
+    per_task = (cfg["n"] // 64) * cfg["epochs"]
+    trace: list[tuple[int, float, list[float]]] = []
+    fired: list[int] = []
+    per_tensor = {"f": None, "q": None}
+    original = consolidation._detect
+
+    def probed(grads, det, ctx):
+        new, shift = original(grads, det, ctx)
+        t = int(new[0])
+        norms = torch.stack([g.detach().float().square().sum() for g in grads])
+        f = per_tensor["f"] if per_tensor["f"] is not None else torch.zeros_like(norms)
+        q = per_tensor["q"] if per_tensor["q"] is not None else torch.zeros_like(norms)
+        per_tensor["f"] = f + (1.0 - consolidation.B_FAST) * (norms - f)
+        per_tensor["q"] = q + (1.0 - consolidation.B_SLOW) * (norms - q)
+        group = float(_ratio(new[1], new[2], t))
+        if oracle:   # the shift 3 steps into each new task, whatever the ratio says
+            shift = torch.tensor(t > per_task and t % per_task == 3)
+            new = torch.stack([new[0], new[1], new[2], torch.where(shift, new[0], det[3])])
+        trace.append((t, group, _ratio(per_tensor["f"], per_tensor["q"], t).tolist()))
+        if bool(shift):
+            fired.append(t)
+        return new, shift
+
+    consolidation._detect = probed
+    try:
+        result = eip.run_one(dict(seed=seed, batch=64, hidden=256, opt=opt,
+                                  scenario_name=scenario, **cfg, lr=lr, method="swgl"))
+    finally:
+        consolidation._detect = original
+    return {"per_task": per_task, "tasks": cfg["tasks"], "trace": trace, "fired": fired,
+            "val_acc": 100.0 * float(np.asarray(result["val"])[-1].mean())}
+
+
+def summary(out: dict) -> dict:
+    """Per boundary: detected or not, the largest group and per-tensor ratios; inside tasks:
+    the ratios' 95th percentile and maximum."""
+    per, trace = out["per_task"], out["trace"]
+    boundaries = []
+    for k in range(1, out["tasks"]):
+        b = k * per
+        near = [x for x in trace if b - 2 <= x[0] <= b + WINDOW]
+        boundaries.append({
+            "step": b,
+            "detected": any(b - 2 <= s <= b + WINDOW for s in out["fired"]),
+            "group_max": max(x[1] for x in near),
+            "tensor_max": [max(x[2][i] for x in near) for i in range(len(near[0][2]))],
+        })
+    inside = [x for x in trace if x[0] > per and x[0] % per > SETTLED]
+    groups = sorted(x[1] for x in inside)
+    tensors = [sorted(x[2][i] for x in inside) for i in range(len(inside[0][2]))]
+
+    def spread(xs):
+        return {"p95": xs[int(0.95 * (len(xs) - 1))], "max": xs[-1]}
+
+    return {"boundaries": boundaries, "inside_group": spread(groups),
+            "inside_tensor": [spread(xs) for xs in tensors], "fired": out["fired"],
+            "val_acc": out["val_acc"]}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenario", help="an earn_its_place.py scenario: short, long, rotated, ...")
+    p.add_argument("opt", choices=("sgd", "adam"))
+    p.add_argument("lr", type=float)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--oracle", action="store_true",
+                   help="force the shift at each true boundary; compare the final val ACC")
+    p.add_argument("--json", help="write the summaries to this file")
+    args = p.parse_args(argv)
+    rows = []
+    for seed in args.seeds:
+        own = summary(run(args.scenario, args.opt, args.lr, seed, oracle=False))
+        row = {"seed": seed, **own}
+        if args.oracle:
+            row["oracle_val_acc"] = run(args.scenario, args.opt, args.lr, seed,
+                                        oracle=True)["val_acc"]
+        rows.append(row)
+        lines = [f"{args.scenario} {args.opt} lr {args.lr:g} seed {seed}: detector fired at "
+                 f"{own['fired']}; val ACC {own['val_acc']:.1f}"
+                 + (f", with the oracle's shifts {row['oracle_val_acc']:.1f}"
+                    if args.oracle else "")]
+        for b in own["boundaries"]:
+            lines.append(f"  boundary {b['step']:>5}: {'found' if b['detected'] else 'missed'}, "
+                         f"group ratio {b['group_max']:.2f}, per tensor "
+                         + " ".join(f"{v:.2f}" for v in b["tensor_max"]))
+        lines.append(f"  inside tasks: group p95 {own['inside_group']['p95']:.2f} max "
+                     f"{own['inside_group']['max']:.2f}; per tensor max "
+                     + " ".join(f"{s['max']:.2f}" for s in own["inside_tensor"]))
+        print("\n".join(lines))  # noqa: T201 (a script's output)
+    if len(rows) > 1 and args.oracle:
+        print(f"mean val ACC: detector {statistics.mean(r['val_acc'] for r in rows):.2f}, "  # noqa: T201
+              f"oracle {statistics.mean(r['oracle_val_acc'] for r in rows):.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
