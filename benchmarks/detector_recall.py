@@ -108,12 +108,20 @@ def summary(out: dict) -> dict:
             "val_acc": out["val_acc"]}
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"lr must be > 0, got {text}")
+    return value
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", help="an earn_its_place.py scenario: short, long, rotated, ...")
+    p.add_argument("scenario", choices=sorted(_harness().SCENARIOS),
+                   help="an earn_its_place.py scenario")
     p.add_argument("opt", choices=("sgd", "adam"))
-    p.add_argument("lr", type=float)
+    p.add_argument("lr", type=_positive)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--oracle", action="store_true",
                    help="force the shift at each true boundary; compare the final val ACC")

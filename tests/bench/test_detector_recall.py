@@ -35,3 +35,13 @@ def test_summary_finds_the_boundaries_a_shift_fell_near_and_the_noise_inside_tas
     assert s["boundaries"][0]["tensor_max"] == [2.5, 1.0]
     assert s["inside_group"]["max"] == pytest.approx(1.2)
     assert s["inside_tensor"][1] == {"p95": 1.0, "max": 1.0}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["permuted", "adam", "1e-4"], "invalid choice: 'permuted'"),
+    (["rotated", "adam", "0"], "lr must be > 0, got 0"),
+])
+def test_bad_arguments_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        D.main(argv)
+    assert message in capsys.readouterr().err
