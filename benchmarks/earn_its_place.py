@@ -17,8 +17,8 @@ test accuracy at that choice, side by side, from the same run. Methods:
   (``swgl.bench.methods``: ``stream-ewc``, ``stream-mas``, ``stream-si``, ``l2-init`` on SGD and
   on Adam; ``upgd``, ``mesu``, ``bgd`` on their own optimizers, in the SGD rows), each tuned on
   the validation split over the lr grid and two values of its strength (:data:`PEER_STRENGTH`);
-* ``ewc-boundaries``: a reference, not a peer: EWC *given* the task boundaries
-  (:data:`BOUNDARY_REFS`), the protection a boundary buys.
+* ``ewc-boundaries``, ``si-boundaries``: references, not peers: EWC and SI *given* the task
+  boundaries (:data:`BOUNDARY_REFS`), the protection a boundary buys.
 
 Scenarios (domain-IL, one shared head): ``short`` (10 permuted tasks x 30k samples, one pass),
 ``long`` (10 permuted tasks x 10k samples, 5 epochs), ``rotated`` (10 rotations 0-162 deg, 5k
@@ -29,7 +29,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset device    # long + the peers (534 runs)
     python benchmarks/earn_its_place.py grid --preset v5-strength  # v5's pull strength (168)
     python benchmarks/earn_its_place.py grid --preset v5-horizon   # the fading pull (300)
-    python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC given boundaries (216)
+    python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC, SI given boundaries (378)
     python benchmarks/earn_its_place.py grid --preset v5-strong    # a strong pull, no fade (252)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
@@ -98,14 +98,17 @@ PEERS: dict[str, dict[str, str]] = {
 #: the peers above never get: how far a boundary-free method is from the protection a
 #: boundary buys (issue 12's "Why": EWC given the boundaries beat tuned Adam by over 4 points
 #: in the literature protocol). The harness spec, run with the row's optimizer.
-BOUNDARY_REFS: dict[str, str] = {"ewc-boundaries": "ewc"}
-#: EWC's penalty strengths per optimizer (Adam: its harness tuning grid and two smaller
+BOUNDARY_REFS: dict[str, str] = {"ewc-boundaries": "ewc", "si-boundaries": "si"}
+#: The penalty strengths per optimizer. EWC's (Adam: its harness tuning grid and two smaller
 #: values, since the grid's were all below plain; SGD: from 1, since SGD steps along the
 #: penalty's gradient unnormalised and lam 100 at lr 0.01 diverged) and the lrs per scenario
 #: (plain's tuned lr and twice and four times it, since a penalty allows a larger one; on
 #: ``rotated`` with SGD half, once and twice it)
 BOUNDARY_STRENGTH = {"ewc-boundaries": {"sgd": {"lam": (1.0, 10.0, 100.0)},
-                                        "adam": {"lam": (1.0, 10.0, 100.0, 1000.0, 10000.0)}}}
+                                        "adam": {"lam": (1.0, 10.0, 100.0, 1000.0, 10000.0)}},
+                     # SI: its harness tuning grid, both optimizers
+                     "si-boundaries": {"sgd": {"c": (0.1, 1.0, 10.0)},
+                                       "adam": {"c": (0.1, 1.0, 10.0)}}}
 BOUNDARY_LRS = {"long": {"sgd": (0.01, 0.02, 0.04), "adam": (6e-5, 1.2e-4, 2.4e-4)},
                 "short": {"sgd": (0.02, 0.04, 0.08), "adam": (1e-4, 2e-4, 4e-4)},
                 "rotated": {"sgd": (0.12, 0.24, 0.48), "adam": (2e-4, 4e-4, 8e-4)}}
@@ -489,8 +492,9 @@ def v5_strong_grid() -> list[dict]:
 def boundary_grid() -> list[dict]:
     """The boundary-given references (:data:`BOUNDARY_REFS`) on the scenarios of
     :data:`BOUNDARY_LRS` (``long``, ``short``, ``rotated``), both optimizers, at those lrs and
-    the strengths :data:`BOUNDARY_STRENGTH`, 3 seeds: 72 runs per scenario. Report them beside
-    a run of the default grid (plain and the default on the same scenarios)."""
+    the strengths :data:`BOUNDARY_STRENGTH`, 3 seeds: 72 runs per scenario for EWC, 54 for SI
+    (378 in all). Report them beside a run of the default grid (plain and the default on the
+    same scenarios)."""
     runs = []
     for (method, grids), (scenario, per_opt) in itertools.product(BOUNDARY_STRENGTH.items(),
                                                                   BOUNDARY_LRS.items()):

@@ -135,9 +135,12 @@ def test_a_peer_runs_through_the_harness_step_with_its_strength(fake_data):
 
 def test_the_boundary_reference_is_ewc_given_each_boundary(fake_data, monkeypatch):
     grid = E.boundary_grid()
-    assert len(grid) == 216 and {r["method"] for r in grid} == {"ewc-boundaries"}
+    assert len(grid) == 378
+    assert {r["method"] for r in grid} == {"ewc-boundaries", "si-boundaries"}
     assert {r["scenario_name"] for r in grid} == {"long", "short", "rotated"}
-    assert {r["strength"]["lam"] for r in grid if r["opt"] == "sgd"} == {1.0, 10.0, 100.0}
+    ewc = [r for r in grid if r["method"] == "ewc-boundaries"]
+    assert {r["strength"]["lam"] for r in ewc if r["opt"] == "sgd"} == {1.0, 10.0, 100.0}
+    assert E.peer_spec("si-boundaries", "adam").strategy is METHODS["si"].strategy
     assert E.peer_spec("ewc-boundaries", "sgd").strategy is METHODS["ewc"].strategy
     cfg = dict(grid[0], tasks=3, n=256, epochs=1)
     ends = []
