@@ -7,29 +7,16 @@ benchmark share one definition): per-layer gain ||g_swgl|| / ||g|| and relative 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from benchmark_scripts import load
 from swgl import SWGL
 from swgl.bench.data import load_dataset
 
 STEPS, WINDOW, DEPTH, WIDTH = 250, 60, 8, 32
 
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "starvation.py"
-    spec = importlib.util.spec_from_file_location("swgl_bench_starvation", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _bench()
+S = load("starvation")
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,10 @@
 """benchmarks/detector_recall.py: the per-boundary summary of a detector trace (issue 12)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from benchmark_scripts import load
 
-def _script():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "detector_recall.py"
-    spec = importlib.util.spec_from_file_location("swgl_bench_detector_recall", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-D = _script()
+D = load("detector_recall")
 
 
 def test_summary_finds_the_boundaries_a_shift_fell_near_and_the_noise_inside_tasks():

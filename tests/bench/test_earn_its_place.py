@@ -3,30 +3,18 @@
 The data is synthetic (the script's loader is bypassed), so the test needs no Fashion-MNIST.
 """
 
-import importlib.util
 import json
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from benchmark_scripts import load
 from swgl.bench.methods import METHODS
 from swgl.bench.methods.l2_init import L2Init
 
-
-def _script():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "earn_its_place.py"
-    spec = importlib.util.spec_from_file_location("swgl_bench_earn_its_place", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-E = _script()
+E = load("earn_its_place")
 
 
 @pytest.fixture
