@@ -17,7 +17,6 @@ Read-only instrumentation: it wraps ``swgl.rules.consolidation._detect`` for the
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -26,19 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swgl.rules import consolidation
+sys.path.insert(0, str(Path(__file__).parent))
+import earn_its_place as eip  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+from swgl.rules import consolidation  # noqa: E402
+
 WINDOW = 40      # steps after a boundary in which a detection counts
 SETTLED = 45     # steps after a boundary from which a step counts as inside the task
-
-
-def _harness():
-    spec = importlib.util.spec_from_file_location("earn_its_place", HERE / "earn_its_place.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _ratio(f: torch.Tensor, q: torch.Tensor, t: int) -> torch.Tensor:
@@ -47,7 +40,6 @@ def _ratio(f: torch.Tensor, q: torch.Tensor, t: int) -> torch.Tensor:
 
 def run(scenario: str, opt: str, lr: float, seed: int, oracle: bool) -> dict:
     """One run; returns its per-step trace, detections and final validation ACC."""
-    eip = _harness()
     cfg = eip.SCENARIOS[scenario]
     per_task = (cfg["n"] // 64) * cfg["epochs"]
     trace: list[tuple[int, float, list[float]]] = []
@@ -118,7 +110,7 @@ def _positive(text: str) -> float:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=sorted(_harness().SCENARIOS),
+    p.add_argument("scenario", choices=sorted(eip.SCENARIOS),
                    help="an earn_its_place.py scenario")
     p.add_argument("opt", choices=("sgd", "adam"))
     p.add_argument("lr", type=_positive)

@@ -29,7 +29,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset device    # long + the peers (534 runs)
     python benchmarks/earn_its_place.py grid --preset v5-strength  # v5's pull strength (168)
     python benchmarks/earn_its_place.py grid --preset v5-horizon   # the fading pull (300)
-    python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC, SI given boundaries (378)
+    python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC, SI given bounds (378)
     python benchmarks/earn_its_place.py grid --preset v5-strong    # a strong pull, no fade (252)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
