@@ -118,7 +118,8 @@ def grid() -> list[dict]:
 
     for sc in ("short", "rotated", "splitdom", "long"):
         long = sc == "long"
-        adam_lrs, adam_cs = ((2, 4, 8), (10.0, 100.0)) if long else ((1, 2, 4, 8), (1.0, 10.0, 100.0))
+        adam_lrs = (2, 4, 8) if long else (1, 2, 4, 8)
+        adam_cs = (10.0, 100.0) if long else (1.0, 10.0, 100.0)
         add(sc, "adam", "si-detect", adam_lrs, adam_cs)
         add(sc, "adam", "si-detect", adam_lrs, adam_cs, 1.0)
         add(sc, "sgd", "si-detect", (1, 2) if long else (0.5, 1, 2), (0.1,) if long else (0.1, 1.0))
