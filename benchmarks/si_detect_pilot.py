@@ -18,6 +18,7 @@ tuned plain optimizer and the default of the seventh session's tuned table
 true boundaries at the edges of the ninth session's grid on ``short``:
 
     python benchmarks/si_detect_pilot.py grid OUT --jobs 16     # 414 runs, ~9 min on 16 cores
+    python benchmarks/si_detect_pilot.py grid OUT --jobs 16 --preset edges    # 27 runs
     python benchmarks/si_detect_pilot.py report OUT/results.json
 
 The detector here runs on the host, on the harness's grads (the penalty's included, as SI's
@@ -131,6 +132,26 @@ def grid() -> list[dict]:
     return runs
 
 
+def edges_grid() -> list[dict]:
+    """Past the edges of :func:`grid`'s best Adam cells (rotated and split domain-IL: the best
+    lr at the grid's end; long: between c 10 and 100), the implicit form, 3 seeds: 27 runs."""
+    runs = []
+    for sc, mults, cs in (("rotated", (0.5,), (100.0, 1000.0)),
+                          ("rotated", (1,), (1000.0,)),
+                          ("splitdom", (16,), (100.0, 1000.0)),
+                          ("splitdom", (8,), (1000.0,)),
+                          ("long", (2, 4), (30.0,)),
+                          ("long", (1,), (10.0,))):
+        for m, c, seed in itertools.product(mults, cs, (0, 1, 2)):
+            runs.append(dict(seed=seed, batch=64, hidden=256, opt="adam", scenario_name=sc,
+                             **e.SCENARIOS[sc], lr=PLAIN_LR[sc]["adam"] * m, method="si-detect",
+                             strength={"c": c, "implicit": 1.0}))
+    return runs
+
+
+GRIDS = {"main": grid, "edges": edges_grid}
+
+
 def report(results: list[dict], tuned: list[dict]) -> str:
     """Per (regime, optimizer, form, c): the lr with the best validation ACC (mean over
     seeds), its test ACC and the delta against tuned plain; the default's delta beside it."""
@@ -167,12 +188,13 @@ def main(argv=None) -> None:
     g = sub.add_parser("grid", help="run the pilot's grid")
     g.add_argument("out", type=Path)
     g.add_argument("--jobs", type=int, default=2)
+    g.add_argument("--preset", choices=sorted(GRIDS), default="main")
     r = sub.add_parser("report", help="the table of a results.json")
     r.add_argument("results", type=Path)
     args = parser.parse_args(argv)
     if args.cmd == "grid":
         register()
-        runs = grid()
+        runs = GRIDS[args.preset]()
         print(len(runs), "runs", flush=True)
         e.run(runs, args.out, args.jobs)
     else:

@@ -9,11 +9,18 @@ the registry of the forked workers (not the library; the foreach variant, on the
   consolidated importance: after v4's update, ``w = b + (w - b) / (1 + lam * fade * F)``
   (``b``: the weights before the step), then the pull.
 
+* ``si-penalty`` (tenth session): the default v5 plus SI's penalty (Zenke et al. 2017) in the
+  implicit form of ``si_detect_pilot.py``, ``g = (g + 2 lam Om (w - mu)) / (1 + lr 2 lam Om)``
+  added before v5's own ``before`` (so v4's EMA and the damping see it); SI's importance
+  ``Om += max(0, path / ((w - w0)^2 + XI))`` and anchor ``mu = w`` at v5's detected shifts:
+  does SI's gain with Adam (si_detect_pilot.py) survive v4's damping?
+
 ``fade = min(1, h / steps since the shift)`` (``h`` 0: no fade). Adam, lrs around plain's
 and the default's optimum, seeds 0 and 1:
 
     python benchmarks/v5_adam_pilots.py grad-pull OUT JOBS --lam 0.1,1,10 --h 0,20 --regimes long
     python benchmarks/v5_adam_pilots.py update-damping OUT JOBS --lam 1,10 --h 0,20 --regimes short
+    python benchmarks/v5_adam_pilots.py si-penalty OUT JOBS --lam 10 --regimes short,splitdom
 """
 
 from __future__ import annotations
@@ -33,8 +40,13 @@ import swgl.rules.consolidation as cons  # noqa: E402
 from swgl.rules.base import Variants  # noqa: E402
 from swgl.rules.importance import V4  # noqa: E402
 
-LRS = {"short": {"adam": (1e-4, 2e-4, 4e-4)}, "long": {"adam": (6e-5, 1.2e-4, 2.4e-4)}}
-_CFG = {"lam": 0.0, "h": 0.0}
+LRS = {"short": {"adam": (1e-4, 2e-4, 4e-4)}, "long": {"adam": (6e-5, 1.2e-4, 2.4e-4)},
+       "splitdom": {"adam": (1.5e-5, 3e-5, 6e-5)}}
+_CFG = {"lam": 0.0, "h": 0.0, "lr": 0.0}
+#: SI's damping of its importance (the harness's SI default)
+XI = 0.1
+#: the si-penalty pilot's state in one run: SI's path integral, importance, start and anchor
+_SI: dict[str, list[torch.Tensor]] = {}
 
 
 def _strength(det: torch.Tensor) -> float:
@@ -73,14 +85,49 @@ def _damped_after(params, snapshots, state, steps, aux, hp, ctx):
     cons._pull(params, state, det, hp.consolidation, "foreach", horizon=hp.consolidation_horizon)
 
 
+_v5_after = cons._after(V4.after.foreach, "foreach")
+
+
+def _si_penalty_before(params, grads, state, steps, hp, ctx):
+    if not _SI:
+        start = [p.detach().float().clone() for p in params]
+        _SI.update(path=[torch.zeros_like(w) for w in start],
+                   om=[torch.zeros_like(w) for w in start], w0=start,
+                   mu=[w.clone() for w in start])
+    lam, lr = _CFG["lam"], _CFG["lr"]
+    for g, p, om, mu in zip(grads, params, _SI["om"], _SI["mu"]):
+        g.add_(2 * lam * om * (p.float() - mu))
+        g.div_(1.0 + lr * 2 * lam * om)
+    last = float(state["detector"][0][3])
+    aux = _v5_before(params, grads, state, steps, hp, ctx)
+    if float(state["detector"][0][3]) != last:        # a shift: SI's end of a task
+        for p, path, om, w0, mu in zip(params, _SI["path"], _SI["om"], _SI["w0"], _SI["mu"]):
+            w = p.detach().float()
+            om.add_((path / ((w - w0).square() + XI)).clamp_(min=0))
+            path.zero_()
+            w0.copy_(w)
+            mu.copy_(w)
+    _SI["g"] = [g.detach().float().clone() for g in grads]
+    _SI["b"] = [p.detach().float().clone() for p in params]
+    return aux
+
+
+def _si_penalty_after(params, snapshots, state, steps, aux, hp, ctx):
+    _v5_after(params, snapshots, state, steps, aux, hp, ctx)
+    for path, g, b, p in zip(_SI["path"], _SI["g"], _SI["b"], params):
+        path.sub_(g * (p.detach().float() - b))
+
+
 PILOTS = {"grad-pull": (_grad_pull_before, _grad_pull_after),
-          "update-damping": (_v5_before, _damped_after)}
+          "update-damping": (_v5_before, _damped_after),
+          "si-penalty": (_si_penalty_before, _si_penalty_after)}
 _run_one = e.run_one
 
 
 def run_one(cfg: dict) -> dict:
     before, after = PILOTS[cfg["pilot"]]
-    _CFG.update(lam=cfg["lam"], h=cfg["h"])
+    _CFG.update(lam=cfg["lam"], h=cfg["h"], lr=cfg["lr"])
+    _SI.clear()
     rules.RULES["v5"] = dataclasses.replace(cons.V5, before=Variants(before, before, before),
                                             after=Variants(after, after, after), cpu_fused=False)
     return _run_one(cfg)
