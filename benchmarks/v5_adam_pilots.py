@@ -21,12 +21,15 @@ and the default's optimum, seeds 0 and 1:
     python benchmarks/v5_adam_pilots.py grad-pull OUT JOBS --lam 0.1,1,10 --h 0,20 --regimes long
     python benchmarks/v5_adam_pilots.py update-damping OUT JOBS --lam 1,10 --h 0,20 --regimes short
     python benchmarks/v5_adam_pilots.py si-penalty OUT JOBS --lam 10 --regimes short,splitdom
+    python benchmarks/v5_adam_pilots.py si-penalty OUT JOBS --lam 10,100 --lambda-reg 0,0.3 \
+        --regimes long,short,rotated,splitdom --seeds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 from pathlib import Path
 
@@ -41,7 +44,7 @@ from swgl.rules.base import Variants  # noqa: E402
 from swgl.rules.importance import V4  # noqa: E402
 
 LRS = {"short": {"adam": (1e-4, 2e-4, 4e-4)}, "long": {"adam": (6e-5, 1.2e-4, 2.4e-4)},
-       "splitdom": {"adam": (1.5e-5, 3e-5, 6e-5)}}
+       "splitdom": {"adam": (1.5e-5, 3e-5, 6e-5)}, "rotated": {"adam": (1e-4, 2e-4, 4e-4)}}
 _CFG = {"lam": 0.0, "h": 0.0, "lr": 0.0}
 #: SI's damping of its importance (the harness's SI default)
 XI = 0.1
@@ -142,15 +145,19 @@ def main() -> None:
     parser.add_argument("--h", default="0")
     parser.add_argument("--regimes", default="short,long")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--lambda-reg", default=None,
+                        help="v4's damping strength(s) (SWGL's lambda_reg; default: the rule's)")
     args = parser.parse_args()
     e.run_one = run_one   # the forked workers inherit it
     grid = []
-    for sc in args.regimes.split(","):
-        for lam in map(float, args.lam.split(",")):
-            for h in map(float, args.h.split(",")):
-                grid += e.method_runs(sc, f"{args.pilot}-l{lam:g}-h{h:g}", LRS[sc],
-                                      seeds=tuple(range(args.seeds)), pilot=args.pilot,
-                                      lam=lam, h=h)
+    damping = [None] if args.lambda_reg is None else list(map(float, args.lambda_reg.split(",")))
+    for sc, lam, h, reg in itertools.product(args.regimes.split(","),
+                                             map(float, args.lam.split(",")),
+                                             map(float, args.h.split(",")), damping):
+        name = f"{args.pilot}-l{lam:g}-h{h:g}" + ("" if reg is None else f"-r{reg:g}")
+        extra = {} if reg is None else {"swgl": {"lambda_reg": reg}}
+        grid += e.method_runs(sc, name, LRS[sc], seeds=tuple(range(args.seeds)),
+                              pilot=args.pilot, lam=lam, h=h, **extra)
     print(len(grid), "runs", flush=True)
     e.run(grid, args.out, args.jobs)
 
