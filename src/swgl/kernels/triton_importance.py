@@ -5,7 +5,7 @@ pointer and block tables they share); ``k``, ``rho`` and the skip flag are read 
 memory, so nothing waits for the host:
 
 * ``ema``: ``s += (1 - alpha) (g^2 - s)`` and a partial sum of ``s`` per program (reads ``g``
-  and ``s``, writes ``s``);
+  and ``s``, writes ``s``), and for v5's detector one of ``min(g^2, R_MAX)`` beside it;
 * grad mode: the partial sums of ``g^2`` and ``c g^2`` (reads ``g``, ``s``), then
   ``g = rho c g`` (reads ``g``, ``s``, writes ``g``);
 * update mode: the partial sums of ``g u`` and ``c g u`` (reads ``w``, ``w_before``, ``s``,
@@ -34,9 +34,14 @@ def _factor(s, k, min_scale):
 
 
 @triton.jit
+def _capped_g2(g):
+    return tl.minimum(g * g, _RMAX)
+
+
+@triton.jit
 def _ema(g, s, one_minus_alpha):
     """v4's EMA: the new ``s`` from the grad and the old ``s``."""
-    return s + one_minus_alpha * (tl.minimum(g * g, _RMAX) - s)
+    return s + one_minus_alpha * (_capped_g2(g) - s)
 
 
 @triton.jit
@@ -46,21 +51,23 @@ def _ema_body(gp, sp, offs, n, one_minus_alpha, inv_scale, skip, MASKED: tl.cons
     s = _ld(sp, offs, mask, MASKED)
     new = tl.where(skip, s, _ema(g, s, one_minus_alpha))
     _st(sp, offs, new, mask, MASKED)
-    return tl.sum(new, axis=0)
+    return tl.sum(new, axis=0), tl.sum(_capped_g2(g), axis=0)
 
 
 @triton.jit
 def _ema_kernel(ptrs, T, blocks, nblocks, numels, found, partials, one_minus_alpha, inv_scale,
                 G_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, HAS_FOUND: tl.constexpr,
-                BLOCK_: tl.constexpr):
+                G2: tl.constexpr, BLOCK_: tl.constexpr):
     pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, HAS_FOUND, BLOCK_)
     gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
     sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
     if full:
-        total = _ema_body(gp, sp, offs, n, one_minus_alpha, inv_scale, skip, False)
+        total, g2 = _ema_body(gp, sp, offs, n, one_minus_alpha, inv_scale, skip, False)
     else:
-        total = _ema_body(gp, sp, offs, n, one_minus_alpha, inv_scale, skip, True)
+        total, g2 = _ema_body(gp, sp, offs, n, one_minus_alpha, inv_scale, skip, True)
     tl.store(partials + pid, total)
+    if G2:  # v5's detector reads it: the capped g^2 of the same read of g
+        tl.store(partials + nblocks + pid, g2)
 
 
 @triton.jit
@@ -192,17 +199,23 @@ class Group(_Tables):
         super().__init__(lau)
         self.found = None if found is None else _scalar(found, self.lau.device)
 
-    def ema(self, hp: Hyper, grad_scale: float) -> Tensor:
-        """The EMA update; returns the per-tensor sums of the new ``s``."""
+    def ema(self, hp: Hyper, grad_scale: float, g2: bool = False) -> Tensor:
+        """The EMA update; returns the per-tensor sums of the new ``s`` ([T]), and with
+        ``g2`` also those of ``min((g / scale)^2, R_MAX)`` ([2, T]: one partials buffer, one
+        reduction)."""
         lau = self.lau
-        partials = torch.empty(lau.nblocks, device=lau.device, dtype=torch.float32)
+        shape = (2, lau.nblocks) if g2 else (lau.nblocks,)
+        partials = torch.empty(shape, device=lau.device, dtype=torch.float32)
         _ema_kernel[lau.grid()](
             *self._args(), partials if self.found is None else self.found, partials,
             1.0 - hp.alpha, 1.0 / grad_scale, G_DTYPE=lau.g_dtype, ALIGNED=lau.aligned,
-            HAS_FOUND=self.found is not None, BLOCK_=BLOCK, num_warps=NUM_WARPS,
+            HAS_FOUND=self.found is not None, G2=g2, BLOCK_=BLOCK, num_warps=NUM_WARPS,
         )
         owners = lau.blocks[: lau.nblocks]
-        return torch.zeros(lau.T, device=lau.device).index_add_(0, owners, partials)
+        # per tensor, not per program: shards all-reduce them (Context.reduce_sum), and a
+        # tensor's shards may span different numbers of programs
+        return torch.zeros((*shape[:-1], lau.T), device=lau.device).index_add_(-1, owners,
+                                                                               partials)
 
     def grad_sums(self, k: Tensor, hp: Hyper) -> Tensor:
         """``(-sum(g^2), -sum(c g^2))`` over the group."""

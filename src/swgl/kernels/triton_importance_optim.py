@@ -8,7 +8,7 @@ flag are read from device memory, so nothing waits for the host:
 
 1. :func:`check`: the non-finite flag and the partial sums of the new ``s``, the EMA
    computed in registers and not yet stored (a grad further on may still be non-finite;
-   reads ``g``, ``s``);
+   reads ``g``, ``s``), and for v5's detector those of ``min(g^2, R_MAX)``;
 2. sums (:func:`step`): mode ``"update"``: stores the new ``s`` and the optimizer's buffers,
    and sums ``g u`` and ``c g u`` with ``u`` the optimizer's step (weight decay included;
    reads ``w``, ``g``, ``s`` and the buffers). Mode ``"grad"``: sums ``-g^2`` and ``-c g^2``
@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from swgl.kernels.triton_importance import _ema, _factor
+from swgl.kernels.triton_importance import _capped_g2, _ema, _factor
 from swgl.kernels.triton_swgl import (
     BLOCK,
     MODES,
@@ -66,20 +66,24 @@ def _check_body(gp, sp, offs, n, found, one_minus_alpha, MASKED: tl.constexpr):
     mask = offs < n
     g = _ld(gp, offs, mask, MASKED)
     _flag_nonfinite(g, found)
-    return tl.sum(_ema(g, _ld(sp, offs, mask, MASKED), one_minus_alpha), axis=0)
+    return (tl.sum(_ema(g, _ld(sp, offs, mask, MASKED), one_minus_alpha), axis=0),
+            tl.sum(_capped_g2(g), axis=0))
 
 
 @triton.jit
 def _check_kernel(ptrs, T, blocks, nblocks, numels, found, partials, one_minus_alpha,
-                  G_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+                  G_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, G2: tl.constexpr,
+                  BLOCK_: tl.constexpr):
     pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, False, BLOCK_)
     gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
     sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
     if full:
-        total = _check_body(gp, sp, offs, n, found, one_minus_alpha, False)
+        total, g2 = _check_body(gp, sp, offs, n, found, one_minus_alpha, False)
     else:
-        total = _check_body(gp, sp, offs, n, found, one_minus_alpha, True)
+        total, g2 = _check_body(gp, sp, offs, n, found, one_minus_alpha, True)
     tl.store(partials + pid, total)
+    if G2:  # v5's detector reads it: the capped g^2 of the same read of g
+        tl.store(partials + nblocks + pid, g2)
 
 
 @triton.jit
@@ -170,15 +174,23 @@ def _pass_kernel(ptrs, T, blocks, nblocks, numels, steps, found, kp, rhop, parti
         tl.store(partials + nblocks + pid, b)
 
 
-def check(lau: Launch, hp: Hyper, found: Tensor) -> Tensor:
+def check(lau: Launch, hp: Hyper, found: Tensor, g2: bool = False) -> Tensor:
     """Pass 1 over one launch group: sets ``found`` on a non-finite grad and returns the
-    per-program partial sums of the new ``s``."""
-    partials = torch.empty(lau.nblocks, device=lau.device, dtype=torch.float32)
+    per-program partial sums of the new ``s`` ([P]), and with ``g2`` also those of
+    ``min(g^2, R_MAX)`` ([2, P]: v5's detector reads them, :func:`g2_sum`)."""
+    partials = torch.empty((2, lau.nblocks) if g2 else (lau.nblocks,), device=lau.device,
+                           dtype=torch.float32)
     _check_kernel[lau.grid()](
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, found, partials, 1.0 - hp.alpha,
-        G_DTYPE=lau.g_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
+        G_DTYPE=lau.g_dtype, ALIGNED=lau.aligned, G2=g2, BLOCK_=BLOCK, num_warps=NUM_WARPS,
     )
     return partials
+
+
+def g2_sum(partials: list[Tensor]) -> Tensor:
+    """The param group's sum of ``min(g^2, R_MAX)`` from :func:`check`'s partial sums (taken
+    with ``g2``), a device 0-d."""
+    return (partials[0][1] if len(partials) == 1 else torch.cat([p[1] for p in partials])).sum()
 
 
 def step(launches: list[Launch], partials: list[Tensor], numel: int, hp: Hyper,
@@ -193,6 +205,7 @@ def step(launches: list[Launch], partials: list[Tensor], numel: int, hp: Hyper,
     if not isinstance(lr, Tensor):
         lr = torch.full((1,), lr, device=launches[0].device, dtype=torch.float32)
     scalars = (lr, *scalars[1:])
+    partials = [p[0] if p.dim() == 2 else p for p in partials]   # the sums of s (check's)
     k = _strength(partials[0] if len(partials) == 1 else torch.cat(partials), numel, hp,
                   Context()).reshape(1)
 

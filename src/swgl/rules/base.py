@@ -74,6 +74,10 @@ class Context:
     #: sets it from the grads before anything reads it (its kernels check the tensors they
     #: take, ``check(grads)``, returning a flag like ``found``, the rest)
     check: Callable[[list[Tensor]], Tensor] | None = None
+    #: an out-slot (v5 sets it for v4's ``before``): when a list, v4's ``before`` appends
+    #: the group's sum of ``min((g / grad_scale)^2, R_MAX)`` over every element (a device
+    #: 0-d, shards summed), taken in its EMA pass: v5's detector reads it
+    g2_sum: list[Tensor] | None = field(default=None, compare=False)
 
     def numel(self, i: int, t: Tensor) -> int:
         return t.numel() if self.numels is None else self.numels[i]

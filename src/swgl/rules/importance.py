@@ -40,7 +40,9 @@ reads no step counter. Sums are over every element of the group: shards complete
 Phases. ``before`` updates the EMA and computes ``k = lambda_reg / (m + eps^2)``, a device
 scalar (no host sync); in ``mode="update"`` it returns ``(k, g)`` per param and ``after``
 recomputes ``c`` from the stored EMA, so no factor tensor lives between the phases. A
-non-finite flag (``Context.found``) leaves the EMA and the grads as they were.
+non-finite flag (``Context.found``) leaves the EMA and the grads as they were. For a caller
+that asks (``Context.g2_sum``: v5's detector), the EMA pass also sums the capped ``g^2`` over
+the group, from the same read of the grads.
 """
 
 from __future__ import annotations
@@ -95,6 +97,16 @@ def _total(partial_sums: list[Tensor] | Tensor, ctx: Context) -> Tensor:
     return ctx.reduce_sum(sums.reshape(-1)).sum()
 
 
+def _hand_g2(sums: Tensor, ctx: Context) -> Tensor:
+    """The per-tensor sums of ``s`` from the EMA pass's: ``sums`` itself ([T]), or, when the
+    caller asked for ``ctx.g2_sum``, the first row of ``sums`` ([2, T]), the second's total
+    (the capped ``g^2``) appended to ``ctx.g2_sum``."""
+    if ctx.g2_sum is None:
+        return sums
+    ctx.g2_sum.append(_total(sums[1], ctx))
+    return sums[0]
+
+
 def _numel(params, ctx: Context) -> int:
     return sum(map(Tensor.numel, params)) if ctx.numels is None else sum(ctx.numels)
 
@@ -103,10 +115,22 @@ def _numel(params, ctx: Context) -> int:
 # -- variant compiled (swgl.kernels.compiled); scalars are floats or 0-d tensors ----------
 
 
+def _capped_g2(g: Tensor, grad_scale) -> Tensor:
+    """``min((g / scale)^2, R_MAX)``, in fp32."""
+    g32 = g.float() / grad_scale
+    return (g32 * g32).clamp(max=R_MAX)
+
+
 def _ema_one(g: Tensor, s: Tensor, ok: Tensor | None, grad_scale, one_minus_alpha) -> Tensor:
     """``s = s + (1 - alpha) (min((g / scale)^2, R_MAX) - s)`` in place; returns ``sum(s)``."""
-    g32 = g.float() / grad_scale
-    return _commit(s, s + one_minus_alpha * ((g32 * g32).clamp(max=R_MAX) - s), ok).sum()
+    return _commit(s, s + one_minus_alpha * (_capped_g2(g, grad_scale) - s), ok).sum()
+
+
+def _ema_g2_one(g: Tensor, s: Tensor, ok: Tensor | None, grad_scale, one_minus_alpha) -> Tensor:
+    """:func:`_ema_one` for a caller that asked for ``Context.g2_sum``: returns
+    ``(sum(s), sum(min((g / scale)^2, R_MAX)))``, both from the one read of ``g``."""
+    r = _capped_g2(g, grad_scale)
+    return torch.stack([_commit(s, s + one_minus_alpha * (r - s), ok).sum(), r.sum()])
 
 
 def _grad_sums_one(g: Tensor, s: Tensor, k, min_c) -> Tensor:
@@ -137,9 +161,10 @@ def _apply_update_one(p: Tensor, b: Tensor, s: Tensor, k, rho, min_c) -> None:
 
 def _before_single(params, grads, state, steps, hp: Hyper, ctx: Context):
     stabilities = state["stability"]
-    sums = [_ema_one(g, s, ctx.ok(s.device), ctx.grad_scale, 1.0 - hp.alpha)
+    ema = _ema_one if ctx.g2_sum is None else _ema_g2_one
+    sums = [ema(g, s, ctx.ok(s.device), ctx.grad_scale, 1.0 - hp.alpha)
             for g, s in zip(grads, stabilities)]
-    k = _strength(torch.stack(sums), _numel(params, ctx), hp, ctx)
+    k = _strength(_hand_g2(torch.stack(sums, -1), ctx), _numel(params, ctx), hp, ctx)
     if hp.mode == "update":
         return [(k, g) for g in grads]
     min_c = 1.0 / hp.max_boost
@@ -173,8 +198,9 @@ def _factors_foreach(stabilities: list[Tensor], k: Tensor, hp: Hyper) -> list[Te
     return c
 
 
-def _ema_foreach(grads, s: list[Tensor], hp: Hyper, ctx: Context) -> None:
-    """``s = s + (1 - alpha) (g^2 - s)`` in place (unchanged where the step is skipped)."""
+def _ema_foreach(grads, s: list[Tensor], hp: Hyper, ctx: Context) -> Tensor | None:
+    """``s = s + (1 - alpha) (g^2 - s)`` in place (unchanged where the step is skipped);
+    with ``ctx.g2_sum`` set, returns the per-tensor sums of the capped ``g^2``."""
     ok = ctx.ok(s[0].device)
     r = [g.float() for g in grads]
     r = torch._foreach_div(r, ctx.grad_scale) if ctx.grad_scale != 1.0 else r
@@ -185,6 +211,8 @@ def _ema_foreach(grads, s: list[Tensor], hp: Hyper, ctx: Context) -> None:
     else:
         for out, new in zip(s, torch._foreach_lerp(s, r, 1.0 - hp.alpha)):
             _commit(out, new, ok)
+    # r >= 0: its 1-norm is its sum (one launch on CUDA)
+    return None if ctx.g2_sum is None else torch.stack(torch._foreach_norm(r, 1))
 
 
 def _sums(xs: list[Tensor], ys: list[Tensor], ctx: Context) -> tuple[Tensor, Tensor]:
@@ -212,8 +240,10 @@ def _rescale_grads_foreach(grads, s: list[Tensor], k: Tensor, hp: Hyper, ctx: Co
 
 def _before_foreach(params, grads, state, steps, hp: Hyper, ctx: Context):
     s = state["stability"]
-    _ema_foreach(grads, s, hp, ctx)
+    g2 = _ema_foreach(grads, s, hp, ctx)
     k = _strength(torch.stack(torch._foreach_norm(s, 1)), _numel(params, ctx), hp, ctx)
+    if g2 is not None:
+        ctx.g2_sum.append(_total(g2, ctx))
     if hp.mode == "update":
         return [(k, g) for g in grads]
     _rescale_grads_foreach(grads, s, k, hp, ctx)
@@ -273,10 +303,11 @@ def _before_fused(params, grads, state, steps, hp: Hyper, ctx: Context):
     from swgl.kernels import triton_importance as ti  # imports Triton
 
     launches = [ti.Group(lau, ctx.found) for lau in tables]
-    sums = [grp.ema(hp, ctx.grad_scale) for grp in launches]
+    # per tensor: the sums of s ([T]), and of the capped g^2 for ctx.g2_sum ([2, T])
+    sums = [grp.ema(hp, ctx.grad_scale, g2=ctx.g2_sum is not None) for grp in launches]
     if rest:
         sums.append(_rest_ema(grads, s, rest, hp, ctx).to(sums[0].device))
-    k = _strength(torch.cat(sums), _numel(params, ctx), hp, ctx)
+    k = _strength(_hand_g2(torch.cat(sums, -1), ctx), _numel(params, ctx), hp, ctx)
     if hp.mode == "update":
         return [(k, g) for g in grads]
     parts = [grp.grad_sums(k, hp) for grp in launches]
@@ -342,9 +373,11 @@ def _compiled_here(params) -> bool:
 
 
 def _rest_ema(grads, s, rest: list[int], hp: Hyper, ctx: Context) -> Tensor:
-    """The EMA over ``rest``; returns its per-tensor sums of ``s``."""
-    _ema_foreach(_sub(grads, rest), _sub(s, rest), hp, ctx)
-    return torch.stack(torch._foreach_norm(_sub(s, rest), 1))
+    """The EMA over ``rest``; returns its per-tensor sums of ``s`` ([T]), and with
+    ``ctx.g2_sum`` set, of the capped ``g^2`` too ([2, T])."""
+    g2 = _ema_foreach(_sub(grads, rest), _sub(s, rest), hp, ctx)
+    sums = torch.stack(torch._foreach_norm(_sub(s, rest), 1))
+    return sums if g2 is None else torch.stack([sums, g2])
 
 
 def _rest_grad_sums(grads, s, rest: list[int], k: Tensor, hp: Hyper) -> Tensor:
@@ -397,11 +430,11 @@ def _before_compiled(params, grads, state, steps, hp: Hyper, ctx: Context):
         cc.set_found(ctx.found, grads, big, rest, ctx.check)
     ok = ctx.ok(torch.device("cpu"))
     scale, keep = cc.scalar(ctx.grad_scale), cc.scalar(1.0 - hp.alpha)
-    ema = cc.compiled(_ema_one)
+    ema = cc.compiled(_ema_one if ctx.g2_sum is None else _ema_g2_one)
     sums = [ema(cc.flat(grads[i]), cc.flat(s[i]), ok, scale, keep) for i in big]
     if rest:
-        sums += list(_rest_ema(grads, s, rest, hp, ctx))
-    k = _strength(torch.stack(sums), _numel(params, ctx), hp, ctx)
+        sums += _rest_ema(grads, s, rest, hp, ctx).unbind(-1)
+    k = _strength(_hand_g2(torch.stack(sums, -1), ctx), _numel(params, ctx), hp, ctx)
     if hp.mode == "update":
         return [(k, g) for g in grads]
     min_c = cc.scalar(1.0 / hp.max_boost)
