@@ -11,12 +11,15 @@ reports the final validation ACC beside the detector's own, so the two can be co
     FMNIST_DIR=... python benchmarks/detector_recall.py rotated adam 1e-4 --json out.json
     FMNIST_DIR=... python benchmarks/detector_recall.py rotated adam 1e-4 --oracle --seeds 0 1
 
-Read-only instrumentation: it wraps ``swgl.rules.consolidation._detect`` for the run.
+Read-only instrumentation: for the run it wraps ``swgl.rules.consolidation._detect`` (the
+detector's torch-ops step, which the CPU runs) and rule v5's ``before`` phase, to see the
+step's grads.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -28,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import earn_its_place as eip  # noqa: E402
 
-from swgl.rules import consolidation  # noqa: E402
+from swgl.rules import RULES, Variants, consolidation  # noqa: E402
 
 WINDOW = 40      # steps after a boundary in which a detection counts
 SETTLED = 45     # steps after a boundary from which a step counts as inside the task
@@ -45,12 +48,19 @@ def run(scenario: str, opt: str, lr: float, seed: int, oracle: bool) -> dict:
     trace: list[tuple[int, float, list[float]]] = []
     fired: list[int] = []
     per_tensor = {"f": None, "q": None}
-    original = consolidation._detect
+    original, rule = consolidation._detect, RULES["v5"]
+    seen = {}
 
-    def probed(grads, det, ctx):
-        new, shift = original(grads, det, ctx)
+    def stash(before):
+        def call(params, grads, *rest):
+            seen["grads"] = grads      # the detector (called within) reads only their sum
+            return before(params, grads, *rest)
+        return call
+
+    def probed(n, det):
+        new, shift = original(n, det)
         t = int(new[0])
-        norms = torch.stack([g.detach().float().square().sum() for g in grads])
+        norms = torch.stack([g.detach().float().square().sum() for g in seen["grads"]])
         f = per_tensor["f"] if per_tensor["f"] is not None else torch.zeros_like(norms)
         q = per_tensor["q"] if per_tensor["q"] is not None else torch.zeros_like(norms)
         per_tensor["f"] = f + (1.0 - consolidation.B_FAST) * (norms - f)
@@ -65,11 +75,13 @@ def run(scenario: str, opt: str, lr: float, seed: int, oracle: bool) -> dict:
         return new, shift
 
     consolidation._detect = probed
+    RULES["v5"] = dataclasses.replace(rule, before=Variants(
+        *(stash(f) for f in (rule.before.single, rule.before.foreach, rule.before.fused))))
     try:
         result = eip.run_one(dict(seed=seed, batch=64, hidden=256, opt=opt,
                                   scenario_name=scenario, **cfg, lr=lr, method="swgl"))
     finally:
-        consolidation._detect = original
+        consolidation._detect, RULES["v5"] = original, rule
     return {"per_task": per_task, "tasks": cfg["tasks"], "trace": trace, "fired": fired,
             "val_acc": 100.0 * float(np.asarray(result["val"])[-1].mean())}
 

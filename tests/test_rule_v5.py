@@ -49,10 +49,10 @@ def _detector(opt):
 
 
 def _run_detector(norms):
-    """Feed ``_detect`` grads whose squared norm is each of ``norms``; the steps it fires."""
+    """Feed ``_detect`` the signals (capped g^2 sums) ``norms``; the steps it fires."""
     det, fired = torch.zeros(4), []
     for t, n in enumerate(norms, 1):
-        new, shift = cons._detect([torch.tensor([n ** 0.5])], det, Context())
+        new, shift = cons._detect(torch.tensor(n), det)
         det = new
         if bool(shift):
             fired.append(t)
@@ -89,6 +89,79 @@ def test_detector_fires_at_each_jump_and_respects_the_refractory_period():
     # a jump inside the first REFRACTORY steps is not a shift
     fired, _ = _run_detector([1.0] * 20 + [100.0] * (cons.REFRACTORY - 20))
     assert fired == []
+
+
+@pytest.mark.parametrize("scale", [1.0, 1024.0])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_v4s_ema_pass_sums_the_detectors_signal_per_element(impl, scale):
+    """``n = sum over elements of min((g / scale)^2, R_MAX)``: a capped element counts R_MAX
+    and the rest of its tensor still counts (the cap is per element, not per tensor's sum).
+    Asking for it leaves v4's own result as it was."""
+    from swgl.rules.importance import R_MAX
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(257, 259), (7,), (3, 5)]     # the first large enough to compile on the CPU
+    grads = [torch.randn(s, generator=g) for s in shapes]
+    grads[1][2] = 1e12                      # g^2 = 1e24: capped
+    want = sum(x.double().square().clamp(max=R_MAX).sum() for x in grads)
+    grads = [(x * scale).to(DEVICE) for x in grads]
+    hp = Hyper(alpha=0.9, lambda_reg=3.0, eps=1e-8, max_boost=10.0, mode="update")
+    out = {}
+    for ask in (False, True):
+        params = [torch.zeros(s, device=DEVICE) for s in shapes]
+        s = [torch.rand(x, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+             for x in shapes]
+        ctx = Context(grad_scale=scale, g2_sum=[] if ask else None)
+        aux = getattr(RULES["v4"].before, impl)(params, grads, {"stability": s},
+                                                 [torch.ones(())] * 3, hp, ctx)
+        out[ask] = (s, aux[0][0], ctx.g2_sum)
+    assert out[False][2] is None and len(out[True][2]) == 1
+    assert float(out[True][2][0]) == pytest.approx(float(want), rel=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(out[True][0], out[False][0]))
+    assert torch.equal(out[True][1], out[False][1])       # k
+
+
+def _detector_trace():
+    """(signal, found) per step, through: a jump inside the refractory period (no shift), a
+    shift after it (t_last set), the refractory period after it, a skipped step that would be
+    a shift, then a second shift; ``found`` alternates between None and 0 (the step applies)
+    and is 1 on the skipped step."""
+    signals = [1.0] * 20 + [50.0] * 10 + [1.0] * 30 + [200.0] * 20 + [1.0] * 60 + [1e3] * 11
+    found = [None if t % 2 else 0.0 for t in range(len(signals))]
+    found[-11] = 1.0
+    return signals, found
+
+
+@pytest.mark.skipif(not kernels.can_fuse([torch.zeros(1, device=DEVICE)]),
+                    reason="needs Triton on CUDA, or TRITON_INTERPRET=1 with Triton installed")
+def test_the_detector_kernel_matches_its_reference():
+    """triton_consolidation.detect (one launch: the detector's step and the skip flag's
+    masking) against _detect and the masking in torch ops, step by step."""
+    signals, found = _detector_trace()
+    ref = torch.zeros(4, device=DEVICE)
+    det = torch.zeros(4, device=DEVICE)
+    fired, skipped = [], []
+    for t, (n, flag) in enumerate(zip(signals, found), 1):
+        n = torch.tensor(n, device=DEVICE)
+        flag = None if flag is None else torch.full((1,), flag, device=DEVICE)
+        before = det.clone()
+        ref, want = cons._advance(n, ref, flag, kernel=False)
+        got_det, got = cons._advance(n, det, flag, kernel=True)
+        assert got_det is det                        # advanced in place
+        torch.testing.assert_close(det, ref, rtol=1e-6, atol=0.0)
+        assert bool(got) == bool(want), t
+        assert got.dtype == torch.float32 and got.dim() == 0
+        if bool(want):
+            fired.append(t)
+        if flag is not None and float(flag) != 0:
+            skipped.append(t)
+            assert torch.equal(det, before)          # a skipped step changes nothing
+    applied = [t - (t > skipped[0]) for t in fired]   # the detector's own step count
+    assert skipped == [len(signals) - 10]
+    # no shift inside the refractory period; one at the jump after it; none within the
+    # refractory period after a shift; the skipped step's jump is found at the next step
+    assert len(fired) == 2 and 60 < fired[0] <= 63 and fired[1] == skipped[0] + 1
+    assert float(det[3]) == applied[-1] and float(det[0]) == len(signals) - 1
 
 
 def test_v5_is_v4_until_the_first_shift():

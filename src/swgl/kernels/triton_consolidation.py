@@ -11,18 +11,33 @@ whose flag is 0 exits after one load per program instead of making a masked pass
 * ``pull``: ``w = (w + k mu) / (1 + k)``, ``k = strength F``, with ``strength`` a device scalar
   that holds the gate and the fade (0 where the group has not consolidated or the step is
   skipped: the kernel exits) (reads ``w``, ``F``, ``mu``; writes ``w``).
+
+And ``detect``, one program on a handful of scalars: the shift detector's step (its EMAs,
+bias corrections and test, and the skip flag's masking) in one launch instead of some thirty
+ops on 0-d tensors; :func:`swgl.rules.consolidation._detect` is its reference.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from swgl.kernels.triton_swgl import BLOCK, NUM_WARPS, Launch, _ld, _ptr, _st, _tile
+from swgl.kernels.triton_swgl import (
+    BLOCK,
+    NUM_WARPS,
+    Launch,
+    _bias_correction,
+    _ld,
+    _ptr,
+    _st,
+    _tile,
+)
 
-__all__ = ["consolidate", "pull"]
+__all__ = ["consolidate", "pull", "detect"]
 
 
 @triton.jit
@@ -100,3 +115,48 @@ def pull(lau: Launch, strength: Tensor) -> None:
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, _flag(strength, lau.device),
         P_DTYPE=lau.p_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
     )
+
+
+@triton.jit
+def _detect_kernel(np_, detp, foundp, shiftp, keep_fast, keep_slow, ln_fast, ln_slow, ratio,
+                   refractory, HAS_FOUND: tl.constexpr):
+    """``det = [t, f, q, t_last]`` advanced by one step of signal ``n`` (in place), and the
+    shift flag (1.0 / 0.0); where ``found`` is set, ``det`` is kept and the flag is 0."""
+    n = tl.load(np_).to(tl.float32)
+    t0 = tl.load(detp)
+    f0 = tl.load(detp + 1)
+    q0 = tl.load(detp + 2)
+    last = tl.load(detp + 3)
+    t = t0 + 1.0
+    f = f0 + keep_fast * (n - f0)
+    q = q0 + keep_slow * (n - q0)
+    f_hat = f / _bias_correction(t, ln_fast)
+    q_hat = q / _bias_correction(t, ln_slow)
+    shift = (t > refractory) & (t - last > refractory) & (f_hat > ratio * q_hat)
+    if HAS_FOUND:
+        ok = tl.load(foundp) == 0.0
+        shift = shift & ok
+        t = tl.where(ok, t, t0)
+        f = tl.where(ok, f, f0)
+        q = tl.where(ok, q, q0)
+    tl.store(detp, t)
+    tl.store(detp + 1, f)
+    tl.store(detp + 2, q)
+    tl.store(detp + 3, tl.where(shift, t, last))
+    tl.store(shiftp, shift.to(tl.float32))
+
+
+def detect(n: Tensor, det: Tensor, found: Tensor | None, *, b_fast: float, b_slow: float,
+           ratio: float, refractory: float) -> Tensor:
+    """The detector's step, one launch: advances ``det`` (fp32 ``[t, f, q, t_last]``) in place
+    with the signal ``n`` (a device scalar) and returns the shift flag (a 0-d fp32 on
+    ``det``'s device); where the skip flag ``found`` is set (non-zero), ``det`` is kept and
+    the flag is 0. The constants are the rule's (:mod:`swgl.rules.consolidation`)."""
+    shift = torch.empty((), device=det.device, dtype=torch.float32)
+    found = None if found is None else found.to(det.device)
+    _detect_kernel[(1,)](
+        n.to(det.device), det, det if found is None else found, shift, 1.0 - b_fast,
+        1.0 - b_slow, math.log(b_fast), math.log(b_slow), ratio, float(refractory),
+        HAS_FOUND=found is not None, num_warps=1,
+    )
+    return shift

@@ -9,8 +9,9 @@ A step takes one of two paths, chosen per call:
   host. Launches per step, whatever the number of params: about five for v1, eight for v2;
   for v4 three Triton passes (:mod:`swgl.kernels.triton_importance_optim`) and about twenty
   small ops on device scalars (the step counters, ``k`` and ``rho``); the default, v5, adds
-  its detector (a norm per tensor, one launch), its consolidation (two kernels that exit at
-  once but at a shift) and its pull (one pass; :func:`swgl.rules.consolidation.around_fused_step`).
+  its detector (its signal summed in v4's first pass, its step one small kernel), its
+  consolidation (two kernels that exit at once but at a shift) and its pull (one pass;
+  :func:`swgl.rules.consolidation.around_fused_step`).
   For v4 and v5 the whole step is then replayed as one CUDA graph (:mod:`swgl.graphs`,
   ``cuda_graphs``): the kernels read each group's lr from a device scalar set at each step.
 * **foreach** (everything else): the same math through ``torch._foreach_*``. Bias
@@ -395,6 +396,7 @@ class SWGLOptimizer(Optimizer):
         for (group, (params, grads, stabilities, steps, buffers, extras)), launches in zip(
                 work, plan):
             rule = RULES[group["swgl"]["rule"]].kernel
+            around = RULES[group["swgl"]["rule"]].around_fused_step
             hp = hyper(group["swgl"])
             runs = []
             for idx in launches:
@@ -404,7 +406,8 @@ class SWGLOptimizer(Optimizer):
                 if rule == "v2":
                     first = K.v2_weight_sums(lau, ctx, found)
                 elif rule == "v4":
-                    first = V4.check(lau, hp, found)  # partial sums of the new EMA
+                    # partial sums of the new EMA (and for v5 of its detector's capped g^2)
+                    first = V4.check(lau, hp, found, g2=around is not None)
                 else:
                     first = None
                     K.nonfinite(lau, found)
@@ -430,7 +433,8 @@ class SWGLOptimizer(Optimizer):
                 if around is None:
                     v4_step()
                 else:   # v5: its detector, consolidation and pull around v4's step
-                    around(params, grads, state, hp, found, v4_step)
+                    around(params, grads, state, hp, found, v4_step,
+                           V4.g2_sum([first for _, _, first in runs]))
                 continue
             for lau, _, sumsq in runs:
                 sums = K.v2_ema(lau, hp, ctx, sumsq, found) if sumsq is not None else None

@@ -135,8 +135,9 @@ class Rule:
     #: the seed's for the seed's rules, the measured ones for the default
     defaults: tuple[tuple[str, float], ...] = (("alpha", 0.99), ("lambda_reg", 0.01))
     #: for a rule whose kernel is another's (``kernel``) plus work of its own:
-    #: ``(params, grads, state, hp, found, step) -> None`` runs that work around ``step()``,
-    #: the kernel rule's fused optimizer step in swgl.optim, which returns its ``k``
+    #: ``(params, grads, state, hp, found, step, g2_sum) -> None`` runs that work around
+    #: ``step()``, the kernel rule's fused optimizer step in swgl.optim, which returns its
+    #: ``k``; ``g2_sum`` is as :attr:`Context.g2_sum` holds it, from the step's first pass
     around_fused_step: Callable[..., None] | None = field(default=None, compare=False)
     #: on CUDA the phases make no host sync and keep no host state between steps, so they may
     #: run as CUDA graphs (:mod:`swgl.graphs`)

@@ -6,7 +6,8 @@ For a param group, at each step (``t`` counts the group's steps)::
 
     v4's step (swgl.rules.importance): s, c, rho, w = w_before + rho * c * u
 
-    n     = sum over tensors of min(sum(g^2), R_MAX)   # the group's, before the base step
+    n     = sum over elements of min(g^2, R_MAX)   # the group's, before the base step:
+                                                   # v4's capped g^2, summed in its EMA pass
     f     = f + (1 - B_FAST) (n - f);  q = q + (1 - B_SLOW) (n - q)      # f, q start at 0
     shift = t > REFRACTORY  and  t - t_last > REFRACTORY
             and  f / (1 - B_FAST^t) > SHIFT_RATIO * q / (1 - B_SLOW^t)
@@ -39,26 +40,28 @@ not frozen: chosen against the tuned plain optimizer in the seventh session (it 
 +2-points goal with SGD, not with Adam; docs/results.md). The detector's and the decay's
 constants are the module's.
 
-Phases. ``before`` runs v4's ``before`` (any variant), then the detector and, on a shift, the
-consolidation; ``after`` runs v4's ``after``, then the pull. On the CPU the consolidation and
-the pull are skipped on the host when they would change nothing (a host read there costs no
-sync), and the fused variant compiles the pull per large tensor (one pass: read w, mu, F;
-write w). On CUDA, with no host sync: the fused variant runs both as Triton kernels gated by
-device flags (:mod:`swgl.kernels.triton_consolidation`: a kernel whose flag is 0 exits at
-once; the pull's flag is its strength, faded and gated), the foreach variant as masked
-passes. A non-finite step (``Context.found``) leaves the detector, ``F`` and ``mu`` as they
-were.
+Phases. ``before`` runs v4's ``before`` (any variant), which also sums ``n`` in its EMA pass
+(``Context.g2_sum``), then the detector (on CUDA's fused variant one Triton launch, the skip
+flag's masking included) and, on a shift, the consolidation; ``after`` runs v4's ``after``,
+then the pull. On the CPU the consolidation and the pull are skipped on the host when they
+would change nothing (a host read there costs no sync), and the fused variant compiles the pull
+per large tensor (one pass: read w, mu, F; write w). On CUDA, with no host sync: the fused
+variant runs both as Triton kernels gated by device flags
+(:mod:`swgl.kernels.triton_consolidation`: a kernel whose flag is 0 exits at once; the pull's
+flag is its strength, faded and gated), the foreach variant as masked passes. A non-finite step
+(``Context.found``) leaves the detector, ``F`` and ``mu`` as they were.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from swgl.rules.base import Context, Hyper, Rule, Variants
-from swgl.rules.importance import R_MAX, V4
+from swgl.rules.importance import V4
 
 __all__ = ["V5", "around_fused_step", "STRENGTH", "HORIZON", "DECAY", "SHIFT_RATIO",
            "REFRACTORY", "B_FAST", "B_SLOW"]
@@ -91,14 +94,12 @@ def _inv_mean(k: Tensor, params, s: list[Tensor], hp: Hyper, ctx: Context) -> Te
     return 1.0 / (total / numel + hp.eps * hp.eps)
 
 
-def _detect(grads: list[Tensor], det: Tensor, ctx: Context) -> tuple[Tensor, Tensor]:
-    """The group's detector ``det = [t, f, q, t_last]`` advanced by this step; returns
-    ``(new detector, shift)``, both on ``det``'s device. It reads no skip flag: the caller
-    masks both once the flag is known (a fused v4 sets it after this runs)."""
-    norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))  # one launch
-    # each tensor's (unscaled) g^2 sum capped as v4 caps g^2: finite for any finite grad
-    g2 = (norms / ctx.grad_scale).square().clamp(max=R_MAX)
-    n = ctx.reduce_sum(g2.to(det.device)).sum()
+def _detect(n: Tensor, det: Tensor) -> tuple[Tensor, Tensor]:
+    """The group's detector ``det = [t, f, q, t_last]`` advanced by a step of signal ``n``
+    (the group's capped g^2 sum, a 0-d); returns ``(new detector, shift)``. It reads no skip
+    flag (:func:`_advance` masks both). The reference of the kernel
+    :func:`swgl.kernels.triton_consolidation.detect`."""
+    n = n.to(det.device)
     t = det[0] + 1.0
     f = det[1] + (1.0 - B_FAST) * (n - det[1])
     q = det[2] + (1.0 - B_SLOW) * (n - det[2])
@@ -106,6 +107,24 @@ def _detect(grads: list[Tensor], det: Tensor, ctx: Context) -> tuple[Tensor, Ten
     q_hat = q / (1.0 - B_SLOW ** t)
     shift = (t > REFRACTORY) & (t - det[3] > REFRACTORY) & (f_hat > SHIFT_RATIO * q_hat)
     return torch.stack([t, f, q, torch.where(shift, t, det[3])]), shift
+
+
+def _advance(n: Tensor, det: Tensor, found: Tensor | None, kernel: bool) -> tuple[Tensor, Tensor]:
+    """``(new detector, shift)`` for this step, both left as they were (``det``, no shift)
+    where the skip flag ``found`` is set: one Triton launch (``kernel``: it advances ``det``
+    in place and returns it; the shift is a 0-d fp32 flag) or :func:`_detect`'s torch ops."""
+    if kernel:
+        from swgl.kernels import triton_consolidation as tc  # imports Triton
+
+        shift = tc.detect(n, det, found, b_fast=B_FAST, b_slow=B_SLOW, ratio=SHIFT_RATIO,
+                          refractory=REFRACTORY)
+        return det, shift
+    new, shift = _detect(n, det)
+    if found is not None:
+        ok = (found.reshape(()) == 0).to(det.device)
+        shift = shift & ok
+        new = torch.where(ok, new, det)
+    return new, shift
 
 
 def _kernel_tables(params, state) -> tuple[list, list[int]]:
@@ -236,12 +255,13 @@ def _pull(params, state, det: Tensor, strength: float, variant: str,
 def _before(v4_before, variant: str):
     def before(params, grads, state, steps, hp: Hyper, ctx: Context):
         det = state["detector"]
-        new, shift = _detect(grads, det[0], ctx)    # reads the grads before v4 may rescale them
-        aux = v4_before(params, grads, state, steps, hp, ctx)
-        if ctx.found is not None:  # known now (a fused v4 sets it in its own passes)
-            ok = ctx.ok(new.device)
-            shift = shift & ok
-            new = torch.where(ok, new, det[0])
+        # v4 first: in mode="update" (v5's only mode) its before leaves the grads as they
+        # were, so the detector may follow it, and its EMA pass sums the detector's signal n
+        # from its own read of the grads (no pass of the detector's own). After it the skip
+        # flag is known too (a fused v4 sets it in its own passes).
+        g2: list[Tensor] = []
+        aux = v4_before(params, grads, state, steps, hp, dataclasses.replace(ctx, g2_sum=g2))
+        new, shift = _advance(g2[0], det[0], ctx.found, _on_kernels(params, variant))
         _consolidate(params, state, shift, _inv_mean(aux[0][0], params, state["stability"],
                                                      hp, ctx), variant)
         torch._foreach_copy_(det, [new] * len(det))
@@ -258,18 +278,18 @@ def _after(v4_after, variant: str):
 
 
 def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
-                      v4_step: Callable[[], Tensor]) -> None:
+                      v4_step: Callable[[], Tensor], n: Tensor) -> None:
     """v5 around a fused v4 step that also steps the optimizer (swgl.optim's Triton path),
     with no host sync: ``v4_step()`` runs it and returns v4's ``k``; ``found`` is the step's
-    skip flag, already set. The same math as the phases, in this order: the detector; on a
-    shift ``mu = w`` (before the step, as the ``before`` phase takes it); the step; on a shift
-    ``F = DECAY F + s / (m + eps^2)`` (the new ``s``, as ``before`` reads it); the pull."""
+    skip flag, already set; ``n`` is the detector's signal, summed by v4's first pass
+    (:func:`swgl.kernels.triton_importance_optim.check`). The same math as the phases, in
+    this order: the detector (its kernel); on a shift ``mu = w`` (before the step, as the
+    ``before`` phase takes it); the step; on a shift ``F = DECAY F + s / (m + eps^2)`` (the
+    new ``s``, as ``before`` reads it); the pull."""
     det = state["detector"]
     ctx = Context(found=found)
-    new, shift = _detect(grads, det[0], ctx)
+    new, shift = _advance(n, det[0], found, kernel=True)
     ok = ctx.ok(new.device)
-    shift = shift & ok
-    new = torch.where(ok, new, det[0])
     # the launch tables, looked up once for the three passes
     plan = _kernel_tables(params, state) if _on_kernels(params, "fused") else None
     _consolidate(params, state, shift, None, "fused", importance=False, plan=plan)
