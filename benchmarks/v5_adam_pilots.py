@@ -23,6 +23,8 @@ and the default's optimum, seeds 0 and 1:
     python benchmarks/v5_adam_pilots.py si-penalty OUT JOBS --lam 10 --regimes short,splitdom
     python benchmarks/v5_adam_pilots.py si-penalty OUT JOBS --lam 10,100 --lambda-reg 0,0.3 \
         --regimes long,short,rotated,splitdom --seeds 3
+    python benchmarks/v5_adam_pilots.py si-penalty OUT JOBS --opt sgd --lam 1 --lambda-reg 0,3 \
+        --regimes short,rotated,splitdom --seeds 3
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ import swgl.rules.consolidation as cons  # noqa: E402
 from swgl.rules.base import Variants  # noqa: E402
 from swgl.rules.importance import V4  # noqa: E402
 
-LRS = {"short": {"adam": (1e-4, 2e-4, 4e-4)}, "long": {"adam": (6e-5, 1.2e-4, 2.4e-4)},
-       "splitdom": {"adam": (1.5e-5, 3e-5, 6e-5)}, "rotated": {"adam": (1e-4, 2e-4, 4e-4)}}
+LRS = {"short": {"adam": (1e-4, 2e-4, 4e-4), "sgd": (0.02, 0.04, 0.08)},
+       "long": {"adam": (6e-5, 1.2e-4, 2.4e-4), "sgd": (0.01, 0.02, 0.04)},
+       "splitdom": {"adam": (1.5e-5, 3e-5, 6e-5), "sgd": (0.005, 0.01, 0.02)},
+       "rotated": {"adam": (1e-4, 2e-4, 4e-4), "sgd": (0.12, 0.24, 0.48)}}
 _CFG = {"lam": 0.0, "h": 0.0, "lr": 0.0}
 #: SI's damping of its importance (the harness's SI default)
 XI = 0.1
@@ -145,6 +149,7 @@ def main() -> None:
     parser.add_argument("--h", default="0")
     parser.add_argument("--regimes", default="short,long")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--opt", choices=("adam", "sgd"), default="adam")
     parser.add_argument("--lambda-reg", default=None,
                         help="v4's damping strength(s) (SWGL's lambda_reg; default: the rule's)")
     args = parser.parse_args()
@@ -156,8 +161,9 @@ def main() -> None:
                                              map(float, args.h.split(",")), damping):
         name = f"{args.pilot}-l{lam:g}-h{h:g}" + ("" if reg is None else f"-r{reg:g}")
         extra = {} if reg is None else {"swgl": {"lambda_reg": reg}}
-        grid += e.method_runs(sc, name, LRS[sc], seeds=tuple(range(args.seeds)),
-                              pilot=args.pilot, lam=lam, h=h, **extra)
+        grid += e.method_runs(sc, name, {args.opt: LRS[sc][args.opt]},
+                              seeds=tuple(range(args.seeds)), pilot=args.pilot, lam=lam, h=h,
+                              **extra)
     print(len(grid), "runs", flush=True)
     e.run(grid, args.out, args.jobs)
 
