@@ -392,9 +392,7 @@ def test_v5_variants_agree_through_a_shift_and_a_skipped_step(impl, dtype):
     # bf16 params: the variants round each step's update apart, and over 8 steps of this size
     # the params drift 2.7e-2 apart under the Triton kernels (as before v5's detector moved)
     tol = {"stability": 1e-5, "params": 1e-5 if dtype == torch.float32 else 5e-2,
-           # the signal n sums 67K elements: the CPU's foreach 1-norm is a running fp32 sum
-           # (1.7e-5 off here), single's and the kernels' are tree sums
-           "detector": 1e-4}
+           "detector": 1e-5}
     for name in ref:
         for a, b in zip(out[name], ref[name]):
             assert torch.isfinite(a).all()

@@ -93,7 +93,7 @@ def test_detector_fires_at_each_jump_and_respects_the_refractory_period():
 
 @pytest.mark.parametrize("scale", [1.0, 1024.0])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_v4s_ema_pass_sums_the_detectors_signal_per_element(impl, scale):
+def test_v4s_before_sums_the_detectors_signal_per_element(impl, scale):
     """``n = sum over elements of min((g / scale)^2, R_MAX)``: a capped element counts R_MAX
     and the rest of its tensor still counts (the cap is per element, not per tensor's sum).
     Asking for it leaves v4's own result as it was."""

@@ -76,7 +76,7 @@ class Context:
     check: Callable[[list[Tensor]], Tensor] | None = None
     #: an out-slot (v5 sets it for v4's ``before``): when a list, v4's ``before`` appends
     #: the group's sum of ``min((g / grad_scale)^2, R_MAX)`` over every element (a device
-    #: 0-d, shards summed), taken in its EMA pass: v5's detector reads it
+    #: 0-d, shards summed; on CUDA taken in its EMA pass): v5's detector reads it
     g2_sum: list[Tensor] | None = field(default=None, compare=False)
 
     def numel(self, i: int, t: Tensor) -> int:

@@ -7,7 +7,7 @@ For a param group, at each step (``t`` counts the group's steps)::
     v4's step (swgl.rules.importance): s, c, rho, w = w_before + rho * c * u
 
     n     = sum over elements of min(g^2, R_MAX)   # the group's, before the base step:
-                                                   # v4's capped g^2, summed in its EMA pass
+                                                   # v4's capped g^2, summed by v4's before
     f     = f + (1 - B_FAST) (n - f);  q = q + (1 - B_SLOW) (n - q)      # f, q start at 0
     shift = t > REFRACTORY  and  t - t_last > REFRACTORY
             and  f / (1 - B_FAST^t) > SHIFT_RATIO * q / (1 - B_SLOW^t)
@@ -40,16 +40,16 @@ not frozen: chosen against the tuned plain optimizer in the seventh session (it 
 +2-points goal with SGD, not with Adam; docs/results.md). The detector's and the decay's
 constants are the module's.
 
-Phases. ``before`` runs v4's ``before`` (any variant), which also sums ``n`` in its EMA pass
-(``Context.g2_sum``), then the detector (on CUDA's fused variant one Triton launch, the skip
-flag's masking included) and, on a shift, the consolidation; ``after`` runs v4's ``after``,
-then the pull. On the CPU the consolidation and the pull are skipped on the host when they
-would change nothing (a host read there costs no sync), and the fused variant compiles the pull
-per large tensor (one pass: read w, mu, F; write w). On CUDA, with no host sync: the fused
-variant runs both as Triton kernels gated by device flags
-(:mod:`swgl.kernels.triton_consolidation`: a kernel whose flag is 0 exits at once; the pull's
-flag is its strength, faded and gated), the foreach variant as masked passes. A non-finite step
-(``Context.found``) leaves the detector, ``F`` and ``mu`` as they were.
+Phases. ``before`` runs v4's ``before`` (any variant), which also sums ``n``
+(``Context.g2_sum``; the Triton EMA kernel in its read of the grads), then the detector (on
+CUDA's fused variant one Triton launch, the skip flag's masking included) and, on a shift, the
+consolidation; ``after`` runs v4's ``after``, then the pull. On the CPU the consolidation and
+the pull are skipped on the host when they would change nothing (a host read there costs no
+sync), and the fused variant compiles the pull per large tensor (one pass: read w, mu, F; write
+w). On CUDA, with no host sync: the fused variant runs both as Triton kernels gated by device
+flags (:mod:`swgl.kernels.triton_consolidation`: a kernel whose flag is 0 exits at once; the
+pull's flag is its strength, faded and gated), the foreach variant as masked passes. A non-
+finite step (``Context.found``) leaves the detector, ``F`` and ``mu`` as they were.
 """
 
 from __future__ import annotations

@@ -41,8 +41,9 @@ Phases. ``before`` updates the EMA and computes ``k = lambda_reg / (m + eps^2)``
 scalar (no host sync); in ``mode="update"`` it returns ``(k, g)`` per param and ``after``
 recomputes ``c`` from the stored EMA, so no factor tensor lives between the phases. A
 non-finite flag (``Context.found``) leaves the EMA and the grads as they were. For a caller
-that asks (``Context.g2_sum``: v5's detector), the EMA pass also sums the capped ``g^2`` over
-the group, from the same read of the grads.
+that asks (``Context.g2_sum``: v5's detector), ``before`` also sums the capped ``g^2`` over
+the group: the Triton kernels in the EMA pass's read of the grads, foreach from the EMA's
+``g^2``, the CPU's compiled functions in a pass of their own (:func:`_g2_sum_one`).
 """
 
 from __future__ import annotations
@@ -126,11 +127,21 @@ def _ema_one(g: Tensor, s: Tensor, ok: Tensor | None, grad_scale, one_minus_alph
     return _commit(s, s + one_minus_alpha * (_capped_g2(g, grad_scale) - s), ok).sum()
 
 
-def _ema_g2_one(g: Tensor, s: Tensor, ok: Tensor | None, grad_scale, one_minus_alpha) -> Tensor:
-    """:func:`_ema_one` for a caller that asked for ``Context.g2_sum``: returns
-    ``(sum(s), sum(min((g / scale)^2, R_MAX)))``, both from the one read of ``g``."""
-    r = _capped_g2(g, grad_scale)
-    return torch.stack([_commit(s, s + one_minus_alpha * (r - s), ok).sum(), r.sum()])
+def _g2_sum_one(g: Tensor, grad_scale) -> Tensor:
+    """``sum(min((g / scale)^2, R_MAX))``, for a caller that asked for ``Context.g2_sum``.
+
+    Its own function, not a second sum returned by :func:`_ema_one`: Inductor (torch 2.13,
+    CPU) makes one loop per sum, and the EMA's loop then also stores the new ``s`` to a
+    buffer for its sum (2.5x the time of ``_ema_one``, where this pass adds 0.6x). Summed in
+    fp64: Inductor's fp32 sum is a cascade of partial sums that takes 1.5x as long."""
+    return _capped_g2(g, grad_scale).sum(dtype=torch.float64).float()
+
+
+def _with_g2(sums: list[Tensor], grads, grad_scale, ctx: Context, g2_sum=_g2_sum_one) -> list:
+    """Per tensor ``sum(s)``, or ``(sum(s), sum of the capped g^2)`` when ``ctx.g2_sum`` asks."""
+    if ctx.g2_sum is None:
+        return sums
+    return [torch.stack([x, g2_sum(g, grad_scale)]) for x, g in zip(sums, grads)]
 
 
 def _grad_sums_one(g: Tensor, s: Tensor, k, min_c) -> Tensor:
@@ -161,9 +172,9 @@ def _apply_update_one(p: Tensor, b: Tensor, s: Tensor, k, rho, min_c) -> None:
 
 def _before_single(params, grads, state, steps, hp: Hyper, ctx: Context):
     stabilities = state["stability"]
-    ema = _ema_one if ctx.g2_sum is None else _ema_g2_one
-    sums = [ema(g, s, ctx.ok(s.device), ctx.grad_scale, 1.0 - hp.alpha)
+    sums = [_ema_one(g, s, ctx.ok(s.device), ctx.grad_scale, 1.0 - hp.alpha)
             for g, s in zip(grads, stabilities)]
+    sums = _with_g2(sums, grads, ctx.grad_scale, ctx)
     k = _strength(_hand_g2(torch.stack(sums, -1), ctx), _numel(params, ctx), hp, ctx)
     if hp.mode == "update":
         return [(k, g) for g in grads]
@@ -211,8 +222,11 @@ def _ema_foreach(grads, s: list[Tensor], hp: Hyper, ctx: Context) -> Tensor | No
     else:
         for out, new in zip(s, torch._foreach_lerp(s, r, 1.0 - hp.alpha)):
             _commit(out, new, ok)
-    # r >= 0: its 1-norm is its sum (one launch on CUDA)
-    return None if ctx.g2_sum is None else torch.stack(torch._foreach_norm(r, 1))
+    if ctx.g2_sum is None:
+        return None
+    # r >= 0: its sum is its 1-norm, one launch on CUDA; on the CPU a sum per tensor (the
+    # CPU's foreach 1-norm is a running sum, 10x as long on a 6M-param MLP)
+    return torch.stack(torch._foreach_norm(r, 1) if r[0].is_cuda else [x.sum() for x in r])
 
 
 def _sums(xs: list[Tensor], ys: list[Tensor], ctx: Context) -> tuple[Tensor, Tensor]:
@@ -430,8 +444,11 @@ def _before_compiled(params, grads, state, steps, hp: Hyper, ctx: Context):
         cc.set_found(ctx.found, grads, big, rest, ctx.check)
     ok = ctx.ok(torch.device("cpu"))
     scale, keep = cc.scalar(ctx.grad_scale), cc.scalar(1.0 - hp.alpha)
-    ema = cc.compiled(_ema_one if ctx.g2_sum is None else _ema_g2_one)
+    ema = cc.compiled(_ema_one)
     sums = [ema(cc.flat(grads[i]), cc.flat(s[i]), ok, scale, keep) for i in big]
+    if ctx.g2_sum is not None:
+        sums = _with_g2(sums, [cc.flat(grads[i]) for i in big], scale, ctx,
+                        cc.compiled(_g2_sum_one))
     if rest:
         sums += _rest_ema(grads, s, rest, hp, ctx).unbind(-1)
     k = _strength(_hand_g2(torch.stack(sums, -1), ctx), _numel(params, ctx), hp, ctx)
