@@ -429,7 +429,6 @@ class SWGLOptimizer(Optimizer):
                 v4_step = functools.partial(
                     V4.step, [lau for lau, _, _ in runs], [first for _, _, first in runs],
                     numel, hp, found, opt=self.kernel_opt, **args)
-                around = RULES[group["swgl"]["rule"]].around_fused_step
                 if around is None:
                     v4_step()
                 else:   # v5: its detector, consolidation and pull around v4's step

@@ -121,7 +121,7 @@ def _advance(n: Tensor, det: Tensor, found: Tensor | None, kernel: bool) -> tupl
         return det, shift
     new, shift = _detect(n, det)
     if found is not None:
-        ok = (found.reshape(()) == 0).to(det.device)
+        ok = Context(found=found).ok(det.device)
         shift = shift & ok
         new = torch.where(ok, new, det)
     return new, shift
