@@ -15,6 +15,13 @@ the registry of the forked workers (not the library; the foreach variant, on the
   ``Om += max(0, path / ((w - w0)^2 + XI))`` and anchor ``mu = w`` at v5's detected shifts:
   does SI's gain with Adam (si_detect_pilot.py) survive v4's damping?
 
+* ``si-pull`` (eleventh session): the default v5 with SI's importance in place of the
+  Fisher's in its pull: at each detected shift ``F = decay F + Om / mean(Om)`` (the group's
+  mean), ``Om = max(0, path / ((w - w0)^2 + XI))``, ``path -= g (w_after - w_before)`` as SI
+  sums it; the pull as v5's (``consolidation``, ``consolidation_horizon``: ``--lam``,
+  ``--h``). Normalised by its mean, the importance no longer scales with the optimizer's
+  step, which SI's penalty does (tenth session): one strength for SGD and Adam?
+
 ``fade = min(1, h / steps since the shift)`` (``h`` 0: no fade). Adam, lrs around plain's
 and the default's optimum, seeds 0 and 1:
 
@@ -25,6 +32,8 @@ and the default's optimum, seeds 0 and 1:
         --regimes long,short,rotated,splitdom --seeds 3
     python benchmarks/v5_adam_pilots.py si-penalty OUT JOBS --opt sgd --lam 1 --lambda-reg 0,3 \
         --regimes short,rotated,splitdom --seeds 3
+    python benchmarks/v5_adam_pilots.py si-pull OUT JOBS --lam 0.01,0.1 --h 0 --decay 1 \
+        --lambda-reg 0 --regimes short --seeds 3
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ LRS = {"short": {"adam": (1e-4, 2e-4, 4e-4), "sgd": (0.02, 0.04, 0.08)},
        "long": {"adam": (6e-5, 1.2e-4, 2.4e-4), "sgd": (0.01, 0.02, 0.04)},
        "splitdom": {"adam": (1.5e-5, 3e-5, 6e-5), "sgd": (0.005, 0.01, 0.02)},
        "rotated": {"adam": (1e-4, 2e-4, 4e-4), "sgd": (0.12, 0.24, 0.48)}}
-_CFG = {"lam": 0.0, "h": 0.0, "lr": 0.0}
+_CFG = {"lam": 0.0, "h": 0.0, "lr": 0.0, "decay": 1.0}
 #: SI's damping of its importance (the harness's SI default)
 XI = 0.1
 #: the si-penalty pilot's state in one run: SI's path integral, importance, start and anchor
@@ -125,15 +134,37 @@ def _si_penalty_after(params, snapshots, state, steps, aux, hp, ctx):
         path.sub_(g * (p.detach().float() - b))
 
 
+def _si_pull_before(params, grads, state, steps, hp, ctx):
+    if not _SI:
+        start = [p.detach().float().clone() for p in params]
+        _SI.update(path=[torch.zeros_like(w) for w in start], w0=start,
+                   F=[torch.zeros_like(w) for w in start])
+    last = float(state["detector"][0][3])
+    aux = _v5_before(params, grads, state, steps, hp, ctx)   # v5's F and anchor, then ours
+    if float(state["detector"][0][3]) != last:
+        om = [(path / ((p.detach().float() - w0).square() + XI)).clamp_(min=0)
+              for p, path, w0 in zip(params, _SI["path"], _SI["w0"])]
+        mean = sum(float(o.sum()) for o in om) / sum(o.numel() for o in om)
+        for o, f, p, path, w0 in zip(om, _SI["F"], params, _SI["path"], _SI["w0"]):
+            f.mul_(_CFG["decay"]).add_(o / max(mean, 1e-30))
+            path.zero_()
+            w0.copy_(p.detach().float())
+    torch._foreach_copy_(state["consolidated"], _SI["F"])
+    _SI["g"] = [g.detach().float().clone() for g in grads]
+    _SI["b"] = [p.detach().float().clone() for p in params]
+    return aux
+
+
 PILOTS = {"grad-pull": (_grad_pull_before, _grad_pull_after),
           "update-damping": (_v5_before, _damped_after),
-          "si-penalty": (_si_penalty_before, _si_penalty_after)}
+          "si-penalty": (_si_penalty_before, _si_penalty_after),
+          "si-pull": (_si_pull_before, _si_penalty_after)}
 _run_one = e.run_one
 
 
 def run_one(cfg: dict) -> dict:
     before, after = PILOTS[cfg["pilot"]]
-    _CFG.update(lam=cfg["lam"], h=cfg["h"], lr=cfg["lr"])
+    _CFG.update(lam=cfg["lam"], h=cfg["h"], lr=cfg["lr"], decay=cfg.get("decay", 1.0))
     _SI.clear()
     rules.RULES["v5"] = dataclasses.replace(cons.V5, before=Variants(before, before, before),
                                             after=Variants(after, after, after), cpu_fused=False)
@@ -150,20 +181,27 @@ def main() -> None:
     parser.add_argument("--regimes", default="short,long")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--opt", choices=("adam", "sgd"), default="adam")
+    parser.add_argument("--lrs", default=None, help="the lrs (default: LRS, per regime)")
+    parser.add_argument("--decay", default="1",
+                        help="si-pull: the decay of the importance at each shift")
     parser.add_argument("--lambda-reg", default=None,
                         help="v4's damping strength(s) (SWGL's lambda_reg; default: the rule's)")
     args = parser.parse_args()
     e.run_one = run_one   # the forked workers inherit it
     grid = []
     damping = [None] if args.lambda_reg is None else list(map(float, args.lambda_reg.split(",")))
-    for sc, lam, h, reg in itertools.product(args.regimes.split(","),
-                                             map(float, args.lam.split(",")),
-                                             map(float, args.h.split(",")), damping):
+    for sc, lam, h, reg, decay in itertools.product(
+            args.regimes.split(","), map(float, args.lam.split(",")),
+            map(float, args.h.split(",")), damping, map(float, args.decay.split(","))):
         name = f"{args.pilot}-l{lam:g}-h{h:g}" + ("" if reg is None else f"-r{reg:g}")
-        extra = {} if reg is None else {"swgl": {"lambda_reg": reg}}
-        grid += e.method_runs(sc, name, {args.opt: LRS[sc][args.opt]},
-                              seeds=tuple(range(args.seeds)), pilot=args.pilot, lam=lam, h=h,
-                              **extra)
+        swgl = {} if reg is None else {"lambda_reg": reg}
+        if args.pilot == "si-pull":    # the strength and fade are v5's own options
+            name += f"-d{decay:g}"
+            swgl.update(consolidation=lam, consolidation_horizon=h)
+        lrs = LRS[sc][args.opt] if args.lrs is None else tuple(map(float, args.lrs.split(",")))
+        grid += e.method_runs(sc, name, {args.opt: lrs}, seeds=tuple(range(args.seeds)),
+                              pilot=args.pilot, lam=lam, h=h, decay=decay,
+                              **({"swgl": swgl} if swgl else {}))
     print(len(grid), "runs", flush=True)
     e.run(grid, args.out, args.jobs)
 
