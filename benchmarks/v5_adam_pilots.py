@@ -181,7 +181,9 @@ def main() -> None:
     parser.add_argument("--regimes", default="short,long")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--opt", choices=("adam", "sgd"), default="adam")
-    parser.add_argument("--lrs", default=None, help="the lrs (default: LRS, per regime)")
+    parser.add_argument("--lrs", action="append", default=[],
+                        help="the lrs, 'a,b,c' for every regime or 'regime=a,b,c' for one "
+                             "(repeatable; default: LRS)")
     parser.add_argument("--decay", default="1",
                         help="si-pull: the decay of the importance at each shift")
     parser.add_argument("--lambda-reg", default=None,
@@ -189,6 +191,10 @@ def main() -> None:
     args = parser.parse_args()
     e.run_one = run_one   # the forked workers inherit it
     grid = []
+    given = {}
+    for spec in args.lrs:
+        regime, _, values = spec.rpartition("=")
+        given[regime or None] = tuple(map(float, values.split(",")))
     damping = [None] if args.lambda_reg is None else list(map(float, args.lambda_reg.split(",")))
     for sc, lam, h, reg, decay in itertools.product(
             args.regimes.split(","), map(float, args.lam.split(",")),
@@ -198,7 +204,7 @@ def main() -> None:
         if args.pilot == "si-pull":    # the strength and fade are v5's own options
             name += f"-d{decay:g}"
             swgl.update(consolidation=lam, consolidation_horizon=h)
-        lrs = LRS[sc][args.opt] if args.lrs is None else tuple(map(float, args.lrs.split(",")))
+        lrs = given.get(sc, given.get(None, LRS[sc][args.opt]))
         grid += e.method_runs(sc, name, {args.opt: lrs}, seeds=tuple(range(args.seeds)),
                               pilot=args.pilot, lam=lam, h=h, decay=decay,
                               **({"swgl": swgl} if swgl else {}))
