@@ -6,14 +6,16 @@
   default until the sixth session);
 * :mod:`swgl.rules.consolidation`: ``v5`` (the default: v4 plus a pull toward the weights
   at detected distribution shifts, chosen against the plain optimizer at its tuned learning
-  rate, docs/results.md).
+  rate, docs/results.md);
+* :mod:`swgl.rules.synaptic`: ``v6`` (v5's detector and pull with SI's path-integral
+  importance, no damping: opt-in, measured in docs/results.md).
 
 Each module holds its formula (docstring) and its ``single`` / ``foreach`` / ``fused``
 variants; :mod:`swgl.rules.base` describes the interface a new rule implements, and
 :func:`swgl.functional.swgl` / :func:`swgl.functional.swgl_after` dispatch to them.
 """
 
-from swgl.rules import consolidation, importance, normalised, seed
+from swgl.rules import consolidation, importance, normalised, seed, synaptic
 from swgl.rules.base import Context, Hyper, Rule, Variants
 
 __all__ = ["RULES", "DEFAULT_RULE", "Context", "Hyper", "Rule", "Variants"]
@@ -21,6 +23,6 @@ __all__ = ["RULES", "DEFAULT_RULE", "Context", "Hyper", "Rule", "Variants"]
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (seed.V1, seed.V1_PAPER, normalised.V2, normalised.V3, importance.V4,
-                 consolidation.V5)
+                 consolidation.V5, synaptic.V6)
 }
 DEFAULT_RULE = "v5"

@@ -1,0 +1,202 @@
+"""Rule ``v6`` (swgl.rules.synaptic): v5's detector and pull with SI's path-integral
+importance, normalised by its mean, and no damping by default. That it is the base optimizer
+until a shift, that a shift consolidates SI's importance by its formula, that the path follows
+``-g dw``, its variants against each other, its guard, and its checkpoints."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from swgl import DEFAULT_RULE, RULES, SWGL
+from swgl.kernels import compiled
+from swgl.rules import Context, Hyper
+from swgl.rules import synaptic as v6
+
+IMPLS = ["single", "foreach"] + (["fused"] if compiled.available() else [])
+IMPL_KW = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True, fused=False),
+           "fused": dict(foreach=True, fused=True)}
+HP = Hyper(alpha=0.999, lambda_reg=0.0, eps=1e-8, max_boost=10.0, mode="update",
+           consolidation=v6.STRENGTH)
+
+
+def _stream(n_steps, shift_at, seed=0):
+    """A regression stream whose target map changes at ``shift_at``."""
+    g = torch.Generator().manual_seed(seed)
+    w1, w2 = torch.randn(8, 4, generator=g), 3.0 * torch.randn(8, 4, generator=g)
+    for t in range(n_steps):
+        x = torch.randn(32, 8, generator=g)
+        yield x, x @ (w1 if t < shift_at else w2)
+
+
+def _train(rule, n_steps=240, shift_at=120, impl="foreach", opt=None, **options):
+    torch.manual_seed(0)
+    model = nn.Linear(8, 4)
+    base = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt = base if rule is None else SWGL.wrap(base, rule=rule, **IMPL_KW[impl], **options)
+    for x, y in _stream(n_steps, shift_at):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+    return model, opt
+
+
+def _cat(opt, model, name):
+    return torch.cat([opt.state[p][name].flatten() for p in model.parameters()])
+
+
+def test_v6_is_opt_in_with_its_measured_defaults():
+    from swgl.options import DEFAULTS, check_options, hyper
+
+    assert DEFAULT_RULE == "v5"
+    group = dict(DEFAULTS, rule="v6")
+    check_options(group, math_only=True)
+    hp = hyper(group)
+    assert (hp.lambda_reg, hp.consolidation, hp.consolidation_horizon) == (0.0, v6.STRENGTH, 0.0)
+
+
+def test_v6_is_the_base_optimizer_until_the_first_shift():
+    plain, _ = _train(None, n_steps=100, shift_at=10**9)
+    got, opt = _train("v6", n_steps=100, shift_at=10**9)
+    for a, b in zip(plain.parameters(), got.parameters()):
+        assert torch.equal(a, b)
+    assert float(opt.state[got.weight]["detector"][3]) == 0.0
+    assert float(_cat(opt, got, "path").abs().sum()) > 0.0       # the path is still summed
+
+
+def test_the_path_is_minus_g_times_the_step():
+    w = nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = SWGL.wrap(torch.optim.SGD([w], lr=0.1), rule="v6")
+    g = torch.tensor([0.3, -1.0, 2.0])
+    w.grad = g.clone()
+    opt.step()                                  # SGD: dw = -0.1 g, so path = 0.1 g^2
+    torch.testing.assert_close(opt.state[w]["path"], 0.1 * g * g)
+
+
+@pytest.mark.parametrize("variant", ["single", "foreach"])
+def test_a_shift_consolidates_sis_importance_by_its_formula(variant):
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(5, 3, generator=gen), torch.randn(7, generator=gen)]
+    path = [torch.randn(5, 3, generator=gen), torch.randn(7, generator=gen)]
+    mu = [p + 0.3 * torch.randn(p.shape, generator=gen) for p in params]
+    F0 = [torch.rand(p.shape, generator=gen) for p in params]
+    state = {"consolidated": [f.clone() for f in F0], "anchor": [m.clone() for m in mu],
+             "path": [q.clone() for q in path]}
+    v6._consolidate(params, state, torch.tensor(True), variant)
+    om = [(q / ((p - m) ** 2 + v6.XI)).clamp(min=0) for q, p, m in zip(path, params, mu)]
+    mean = torch.cat([o.flatten() for o in om]).mean()
+    for f0, o, f, p, m, q in zip(F0, om, state["consolidated"], params, state["anchor"],
+                                 state["path"]):
+        torch.testing.assert_close(f, f0 + o / mean)
+        assert torch.equal(m, p) and not q.any()
+    # no shift: nothing moves
+    kept = copy.deepcopy(state)
+    v6._consolidate(params, state, torch.tensor(False), variant)
+    for name in state:
+        for a, b in zip(state[name], kept[name]):
+            assert torch.equal(a, b)
+
+
+def test_a_shift_is_found_and_the_pull_holds_the_old_weights():
+    plain, _ = _train(None)
+    got, opt = _train("v6")
+    assert 120 < float(opt.state[got.weight]["detector"][3]) <= 130   # no boundary given
+    # one consolidation adds a term of mean 1 over the group (weight and bias)
+    assert float(_cat(opt, got, "consolidated").mean()) == pytest.approx(1.0, rel=1e-4)
+    anchor = opt.state[got.weight]["anchor"]
+    assert (got.weight - anchor).norm() < (plain.weight - anchor).norm()
+
+
+@pytest.mark.parametrize("lambda_reg", [None, 3.0])
+@pytest.mark.parametrize("impl", IMPLS[1:])
+def test_variants_agree(impl, lambda_reg):
+    ref, opt_ref = _train("v6", impl="single", lambda_reg=lambda_reg)
+    got, opt_got = _train("v6", impl=impl, lambda_reg=lambda_reg)
+    for a, b in zip(ref.parameters(), got.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for p_ref, p_got in zip(ref.parameters(), got.parameters()):
+        for name, _ in RULES["v6"].state:
+            torch.testing.assert_close(opt_ref.state[p_ref][name], opt_got.state[p_got][name],
+                                       rtol=1e-4, atol=1e-6)
+
+
+def test_damping_is_v4s_when_asked_for():
+    """``lambda_reg`` > 0 damps the steps (v4's), and the path still sees the whole step."""
+    off, _ = _train("v6", n_steps=60, shift_at=10**9)
+    on, opt = _train("v6", n_steps=60, shift_at=10**9, lambda_reg=3.0)
+    assert not torch.equal(off.weight, on.weight)
+    v4, _ = _train("v4", n_steps=60, shift_at=10**9, lambda_reg=3.0)
+    torch.testing.assert_close(on.weight, v4.weight)      # no shift yet: v4's steps
+
+
+def test_a_flagged_step_leaves_the_state_as_it_was():
+    p = [torch.zeros(4)]
+    state = {"stability": [torch.ones(4)], "consolidated": [torch.zeros(4)],
+             "anchor": [torch.zeros(4)], "path": [torch.ones(4)],
+             "detector": [torch.tensor([100.0, 1.0, 1.0, 0.0])]}
+    before = copy.deepcopy(state)
+    grads = [torch.full((4,), 100.0)]                 # would fire: a 10^4 jump
+    RULES["v6"].before.foreach(p, grads, state, [torch.ones(())], HP,
+                               Context(found=torch.ones(1)))
+    for name in state:
+        assert torch.equal(state[name][0], before[name][0]), name
+
+
+def test_a_checkpoint_resumes_bit_exactly_after_a_shift():
+    full, _ = _train("v6", n_steps=240)
+    part, opt = _train("v6", n_steps=160)
+    saved_model, saved_opt = copy.deepcopy(part.state_dict()), copy.deepcopy(opt.state_dict())
+    model = nn.Linear(8, 4)
+    model.load_state_dict(saved_model)
+    opt2 = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule="v6")
+    opt2.load_state_dict(saved_opt)
+    for t, (x, y) in enumerate(_stream(240, 120)):
+        if t < 160:
+            continue
+        opt2.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt2.step()
+    for a, b in zip(full.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("hostile", [1e30, 1e-30, 0.0])
+def test_huge_and_tiny_grads_keep_the_state_finite(hostile):
+    g = torch.Generator().manual_seed(1)
+    w = nn.Parameter(torch.randn(16, 8, generator=g))
+    opt = SWGL.wrap(torch.optim.SGD([w], lr=1e-3), rule="v6")
+    for t, scale in enumerate([1.0] * 80 + [50.0] * 40):   # a shift at step 80
+        grad = scale * torch.randn(16, 8, generator=g)
+        if t % 7 == 3:
+            grad[0, 0] = hostile
+        w.grad = grad
+        opt.step()
+        assert torch.isfinite(w).all()
+        assert all(torch.isfinite(v).all() for v in opt.state[w].values())
+    if hostile != 1e30:   # (outliers capped at R_MAX every 7 steps swamp the detector)
+        assert float(opt.state[w]["detector"][3]) > 80
+
+
+def test_grad_mode_is_rejected_for_v6():
+    with pytest.raises(ValueError, match="mode"):
+        SWGL([torch.zeros(3, requires_grad=True)], rule="v6", mode="grad")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: host syncs exist only "
+                    "between a host and a device")
+def test_v6_step_has_no_host_sync_on_cuda():
+    model = nn.Linear(64, 64).cuda()
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.01), rule="v6")
+    x = torch.randn(16, 64, device="cuda")
+    for scale in (1.0,) * 60 + (30.0,) * 5:           # warm up, then a shift
+        opt.zero_grad()
+        (scale * model(x).square().mean()).backward()
+        if scale > 1.0:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert float(opt.state[model.weight]["detector"][3]) > 0
