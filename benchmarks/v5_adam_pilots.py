@@ -21,6 +21,8 @@ the registry of the forked workers (not the library; the foreach variant, on the
   sums it; the pull as v5's (``consolidation``, ``consolidation_horizon``: ``--lam``,
   ``--h``). Normalised by its mean, the importance no longer scales with the optimizer's
   step, which SI's penalty does (tenth session): one strength for SGD and Adam?
+  ``--control tensor`` / ``global`` replace ``F`` by its tensor mean / the group's mean (the
+  pull made uniform): does the per-element importance matter?
 
 ``fade = min(1, h / steps since the shift)`` (``h`` 0: no fade). Adam, lrs around plain's
 and the default's optimum, seeds 0 and 1:
@@ -58,7 +60,7 @@ LRS = {"short": {"adam": (1e-4, 2e-4, 4e-4), "sgd": (0.02, 0.04, 0.08)},
        "long": {"adam": (6e-5, 1.2e-4, 2.4e-4), "sgd": (0.01, 0.02, 0.04)},
        "splitdom": {"adam": (1.5e-5, 3e-5, 6e-5), "sgd": (0.005, 0.01, 0.02)},
        "rotated": {"adam": (1e-4, 2e-4, 4e-4), "sgd": (0.12, 0.24, 0.48)}}
-_CFG = {"lam": 0.0, "h": 0.0, "lr": 0.0, "decay": 1.0}
+_CFG = {"lam": 0.0, "h": 0.0, "lr": 0.0, "decay": 1.0, "control": ""}
 #: SI's damping of its importance (the harness's SI default)
 XI = 0.1
 #: the si-penalty pilot's state in one run: SI's path integral, importance, start and anchor
@@ -149,7 +151,13 @@ def _si_pull_before(params, grads, state, steps, hp, ctx):
             f.mul_(_CFG["decay"]).add_(o / max(mean, 1e-30))
             path.zero_()
             w0.copy_(p.detach().float())
-    torch._foreach_copy_(state["consolidated"], _SI["F"])
+    if _CFG["control"] == "tensor":     # the controls: the per-element part taken away
+        torch._foreach_copy_(state["consolidated"], [f.mean().expand_as(f) for f in _SI["F"]])
+    elif _CFG["control"] == "global":
+        mean = sum(float(f.sum()) for f in _SI["F"]) / sum(f.numel() for f in _SI["F"])
+        torch._foreach_copy_(state["consolidated"], [torch.full_like(f, mean) for f in _SI["F"]])
+    else:
+        torch._foreach_copy_(state["consolidated"], _SI["F"])
     _SI["g"] = [g.detach().float().clone() for g in grads]
     _SI["b"] = [p.detach().float().clone() for p in params]
     return aux
@@ -164,7 +172,8 @@ _run_one = e.run_one
 
 def run_one(cfg: dict) -> dict:
     before, after = PILOTS[cfg["pilot"]]
-    _CFG.update(lam=cfg["lam"], h=cfg["h"], lr=cfg["lr"], decay=cfg.get("decay", 1.0))
+    _CFG.update(lam=cfg["lam"], h=cfg["h"], lr=cfg["lr"], decay=cfg.get("decay", 1.0),
+                control=cfg.get("control", ""))
     _SI.clear()
     rules.RULES["v5"] = dataclasses.replace(cons.V5, before=Variants(before, before, before),
                                             after=Variants(after, after, after), cpu_fused=False)
@@ -184,6 +193,9 @@ def main() -> None:
     parser.add_argument("--lrs", action="append", default=[],
                         help="the lrs, 'a,b,c' for every regime or 'regime=a,b,c' for one "
                              "(repeatable; default: LRS)")
+    parser.add_argument("--control", default="", choices=("", "tensor", "global"),
+                        help="si-pull: the importance replaced by its tensor mean or its "
+                             "group mean (the controls of issue 12)")
     parser.add_argument("--decay", default="1",
                         help="si-pull: the decay of the importance at each shift")
     parser.add_argument("--lambda-reg", default=None,
@@ -202,11 +214,11 @@ def main() -> None:
         name = f"{args.pilot}-l{lam:g}-h{h:g}" + ("" if reg is None else f"-r{reg:g}")
         swgl = {} if reg is None else {"lambda_reg": reg}
         if args.pilot == "si-pull":    # the strength and fade are v5's own options
-            name += f"-d{decay:g}"
+            name += f"-d{decay:g}" + (f"-{args.control}" if args.control else "")
             swgl.update(consolidation=lam, consolidation_horizon=h)
         lrs = given.get(sc, given.get(None, LRS[sc][args.opt]))
         grid += e.method_runs(sc, name, {args.opt: lrs}, seeds=tuple(range(args.seeds)),
-                              pilot=args.pilot, lam=lam, h=h, decay=decay,
+                              pilot=args.pilot, lam=lam, h=h, decay=decay, control=args.control,
                               **({"swgl": swgl} if swgl else {}))
     print(len(grid), "runs", flush=True)
     e.run(grid, args.out, args.jobs)
