@@ -3,7 +3,7 @@ against the plain optimizer at the same learning rate. Fashion-MNIST, 10k sample
 batch 64, MLP 784-256-256-10, 3 seeds (``earn_its_place.py``'s run with one task). Prints
 the table and writes JSON.
 
-    python benchmarks/single_task.py --json single_task.json [--jobs 2]
+    python benchmarks/single_task.py --json single_task.json [--jobs 2] [--rule v6]
 """
 
 from __future__ import annotations
@@ -32,17 +32,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the accuracies to this file")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rule", default=None, help="SWGL's rule (default: the library's)")
     args = parser.parse_args()
+    swgl = {} if args.rule is None else {"swgl": {"rule": args.rule}}
     e.data()   # loaded once, before the workers fork
     cfgs = [dict(seed=s, batch=64, hidden=256, opt=opt, scenario_name="single", tasks=1,
-                 n=10000, epochs=1, lr=lr, method=m)
+                 n=10000, epochs=1, lr=lr, method=m, **(swgl if m == "swgl" else {}))
             for opt, lrs in LRS.items() for lr in lrs for m in ("plain", "swgl")
             for s in range(args.seeds)]
     acc: dict[tuple, list[float]] = {}
     with mp.get_context("fork").Pool(args.jobs) as pool:
         for method, opt, lr, _, a in pool.imap_unordered(_acc, cfgs):
             acc.setdefault((opt, lr, method), []).append(a)
-    print("| optimizer | lr | plain | default SWGL | delta |\n|---|---|---|---|---|")
+    name = "default SWGL" if args.rule is None else f"SWGL {args.rule}"
+    print(f"| optimizer | lr | plain | {name} | delta |\n|---|---|---|---|---|")
     for opt, lrs in LRS.items():
         for lr in lrs:
             p, s = (np.array(acc[(opt, lr, m)]) for m in ("plain", "swgl"))
