@@ -164,7 +164,7 @@ BAD_OPTIONS = [
     (dict(max_boost=float("inf")), ValueError, r"max_boost must be finite"),
     (dict(max_boost=None), TypeError, r"max_boost must be a real number, got None"),
     (dict(lambda_reg=-0.01), ValueError, r"lambda_reg must be in \[0.0, inf\]"),
-    (dict(rule="v9"), ValueError, r"rule must be one of \[.*'v4', 'v5'\], got 'v9'"),
+    (dict(rule="v9"), ValueError, r"rule must be one of \[.*'v5', 'v6'\], got 'v9'"),
     (dict(storage="fp64"), ValueError, r"storage must be one of .*got 'fp64'"),
     (dict(foreach=1), TypeError, r"foreach must be a bool, got 1"),
 ]
