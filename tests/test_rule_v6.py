@@ -84,16 +84,25 @@ def test_a_shift_consolidates_sis_importance_by_its_formula(variant):
     F0 = [torch.rand(p.shape, generator=gen) for p in params]
     state = {"consolidated": [f.clone() for f in F0], "anchor": [m.clone() for m in mu],
              "path": [q.clone() for q in path]}
-    v6._consolidate(params, state, torch.tensor(True), variant)
+    kept0 = copy.deepcopy(state)
+    v6._consolidate(params, state, torch.tensor(True), variant, Context())
     om = [(q / ((p - m) ** 2 + v6.XI)).clamp(min=0) for q, p, m in zip(path, params, mu)]
     mean = torch.cat([o.flatten() for o in om]).mean()
     for f0, o, f, p, m, q in zip(F0, om, state["consolidated"], params, state["anchor"],
                                  state["path"]):
         torch.testing.assert_close(f, f0 + o / mean)
         assert torch.equal(m, p) and not q.any()
+    # as two shards of the same group: the mean is the whole group's
+    everyone = torch.stack([o.sum() for o in om]).sum().reshape(1)    # the all-reduce's sum
+    for i in (0, 1):
+        shard = {name: [copy.deepcopy(kept0[name][i])] for name in kept0}
+        v6._consolidate([params[i]], shard, torch.tensor(True), variant,
+                        Context(reduce_sum=lambda _: everyone, numels=(15 + 7,)))
+        for name in shard:
+            torch.testing.assert_close(shard[name][0], state[name][i])
     # no shift: nothing moves
     kept = copy.deepcopy(state)
-    v6._consolidate(params, state, torch.tensor(False), variant)
+    v6._consolidate(params, state, torch.tensor(False), variant, Context())
     for name in state:
         for a, b in zip(state[name], kept[name]):
             assert torch.equal(a, b)

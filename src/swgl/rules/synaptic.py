@@ -28,7 +28,9 @@ Why: against the plain optimizer at its tuned learning rate, v5 gains 2 points o
 three regimes with SGD but with Adam in one; SI run at v5's detected shifts gains with Adam
 but needs a strength per optimizer; v4's damping removes SI's gain with Adam. ``v6`` chose
 the strength (:data:`STRENGTH`) and ``lambda_reg`` 0 by that protocol (the eleventh session,
-docs/results.md, "Earn its place"). ``lambda_reg`` > 0 turns v4's damping back on.
+docs/results.md, "Earn its place"). ``lambda_reg`` > 0 turns v4's damping back on; ``alpha``,
+``eps`` and ``max_boost`` act through that damping only (and ``alpha`` on the EMA that
+``SWGL.stats`` reports).
 
 Phases: ``before`` is v5's with this consolidation; ``after`` runs v4's ``after`` (only when
 ``lambda_reg`` > 0, else the base step stands), the pull (v5's), then the path. On the CPU
@@ -57,10 +59,11 @@ STRENGTH = 3e-4
 XI = 0.1
 
 
-def _consolidate(params, state, shift: Tensor, variant: str) -> None:
+def _consolidate(params, state, shift: Tensor, variant: str, ctx: Context) -> None:
     """On a shift: ``F += Om / mean(Om)``, ``path = 0``, ``mu = w`` (masked by the 0-d
     ``shift`` on CUDA; skipped on the host on the CPU). ``variant`` ``single`` works per
-    tensor, the others as foreach passes."""
+    tensor, the others as foreach passes. The mean is the whole group's: shards complete it
+    with ``ctx.reduce_sum`` and ``ctx.numels``."""
     if shift.device.type == "cpu" and not bool(shift):
         return
     F, mu, path = state["consolidated"], state["anchor"], state["path"]
@@ -73,8 +76,8 @@ def _consolidate(params, state, shift: Tensor, variant: str) -> None:
         torch._foreach_add_(d, XI)
         om = torch._foreach_div(path, d)
         torch._foreach_clamp_min_(om, 0.0)
-    total = torch.stack([o.sum() for o in om]).sum()
-    numel = sum(o.numel() for o in om)
+    total = ctx.reduce_sum(torch.stack([o.sum() for o in om])).sum()
+    numel = sum(o.numel() for o in om) if ctx.numels is None else sum(ctx.numels)
     # where nothing was learned (every path <= 0) the mean is 0 and F gains nothing
     gain = shift.float() / (total / numel).clamp(min=1e-30)
     keep = 1.0 - shift.float()
@@ -114,7 +117,7 @@ def _before(v4_before, variant: str):
         g2: list[Tensor] = []
         aux = v4_before(params, grads, state, steps, hp, dataclasses.replace(ctx, g2_sum=g2))
         new, shift = v5._advance(g2[0], det[0], ctx.found, v5._on_kernels(params, variant))
-        _consolidate(params, state, shift, variant)
+        _consolidate(params, state, shift, variant, ctx)
         torch._foreach_copy_(det, [new] * len(det))
         return aux
     return before
