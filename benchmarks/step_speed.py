@@ -295,6 +295,7 @@ def cpu_suite(args) -> dict:
     torch.manual_seed(0)
     dims = (1024, 2048, 2048, 10)
     rows = []
+    rule = {} if args.rule is None else {"rule": args.rule}
     for base_name in ("AdamW (foreach)", "SGD"):
         steps = {}
         for variant in ("alone", "default", "foreach", "swgl.optim"):
@@ -304,13 +305,14 @@ def cpu_suite(args) -> dict:
                 p.grad = torch.randn_like(p) * 1e-3
             adamw = base_name.startswith("AdamW")
             if variant == "swgl.optim":  # SWGL fused into the optimizer (its own defaults)
-                base = (swgl.optim.AdamW(params, lr=1e-4) if adamw
-                        else swgl.optim.SGD(params, lr=1e-3))
+                base = (swgl.optim.AdamW(params, lr=1e-4, swgl=rule or None) if adamw
+                        else swgl.optim.SGD(params, lr=1e-3, swgl=rule or None))
             else:
                 base = (torch.optim.AdamW(params, lr=1e-4, foreach=True) if adamw
                         else torch.optim.SGD(params, lr=1e-3))
             pre = (None if variant in ("alone", "swgl.optim") else
-                   SWGL(params, **QUICK_START, fused=None if variant == "default" else False))
+                   SWGL(params, **(rule or QUICK_START),
+                        fused=None if variant == "default" else False))
 
             def step(pre=pre, base=base):
                 if pre is not None:
@@ -370,6 +372,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--cpu-reps", type=int, default=20)
     parser.add_argument("--cpu-rounds", type=int, default=3, help="CPU interleaved rounds")
+    parser.add_argument("--rule", default=None,
+                        help="CPU suite: the SWGL rule of its rows, with that rule's defaults "
+                             "(default: the library's rule with the seed's quick-start values)")
     parser.add_argument("--rounds", type=int, default=3, help="GPU interleaved rounds")
     parser.add_argument("--steps", type=int, default=20, help="GPU train steps per round")
     parser.add_argument("--v4", action="store_true",
