@@ -52,6 +52,39 @@ def test_eager_first_then_captured_then_replayed():
     assert len(calls) == 2 and cap.replayed == 3 and graph.replays == 2
 
 
+def test_a_graph_keeps_the_launch_tables_it_captured(monkeypatch):
+    """A captured kernel reads its launch tables by address at every replay; the kernels'
+    plan cache (an LRU) drops them after newer plans (another optimizer, or state replaced at
+    every step), and replays look nothing up. The graph keeps what its capture looked up, for
+    as long as it lives: on a GPU the freed tables' memory was reused under the replays (an
+    illegal memory access, found on the branch wip/wrapper-fused)."""
+    import gc
+    import weakref
+    from collections import OrderedDict
+
+    from swgl import kernels
+
+    monkeypatch.setattr(kernels, "_PLANS", OrderedDict())
+    graph = PhaseGraph("before", FakeCapture())
+    refs = []
+
+    def fn():   # the phase: looks its tables up in the cache, as the fused variants do
+        plan = kernels.cached_plan("phase", [], [], lambda: [torch.zeros(8)])
+        refs.append(weakref.ref(plan[0]))   # (returns nothing: the graph keeps its output)
+
+    graph.run("k", fn)
+    graph.run("k", fn)                                # captured: its lookup is held
+    assert graph.from_graph
+    for n in range(2 * kernels._MAX_PLANS):           # newer plans push it out of the cache
+        kernels.cached_plan(("another optimizer", n), [], [], lambda: [torch.zeros(8)])
+    assert "phase" not in {key[0] for key in kernels._PLANS}
+    gc.collect()
+    assert refs[-1]() is not None                     # alive while the graph may replay
+    graph.reset()
+    gc.collect()
+    assert refs[-1]() is None                         # and released with it
+
+
 def test_another_key_runs_eagerly_and_is_captured_once_it_repeats():
     cap = FakeCapture()
     graph = PhaseGraph("before", cap)

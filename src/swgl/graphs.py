@@ -117,10 +117,14 @@ class PhaseGraph:
         self._key: Hashable = None
         self._out: Any = None
         self._seen: Hashable = None
+        #: the kernels' launch tables the graph reads, kept as long as it (see
+        #: :func:`swgl.kernels.hold_plans`: their cache may drop them while it replays)
+        self._held: list[Any] = []
 
     def reset(self) -> None:
         """Drop the graph (its memory pool goes with it once nothing it returned is held)."""
         self._replay, self._key, self._out, self._seen = None, None, None, None
+        self._held = []
 
     def disable(self, why: str, quiet: bool = False) -> None:
         if self.enabled and not quiet:
@@ -149,14 +153,17 @@ class PhaseGraph:
                          f"{self._calls - recent[0]} calls")
             return fn()
         self.reset()
+        from swgl import kernels  # not at import: swgl.kernels imports the rules
+
         try:
-            replay, out = self._capture(fn)
+            with kernels.hold_plans() as held:
+                replay, out = self._capture(fn)
         except RuntimeError as err:
             warnings.warn(f"swgl: a CUDA graph of the {self.name} phase failed to capture "
                           f"({err}); the phase runs eagerly from now on", stacklevel=4)
             self.disable(f"capture failed: {err}")
             return fn()
-        self._replay, self._key, self._out = replay, key, out
+        self._replay, self._key, self._out, self._held = replay, key, out, held
         self.captures += 1
         recent.append(self._calls)
         self.generation += 1

@@ -15,6 +15,7 @@ Triton is imported on the first fused call, never at ``import swgl``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -22,7 +23,7 @@ import itertools
 import operator
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from torch import Tensor
 from swgl.rules.base import Context, Hyper
 
 __all__ = ["run_fused", "run_fused_after", "triton_available", "runs_on", "can_fuse",
-           "supports", "fusable_tensor", "cached_plan", "launches_for"]
+           "supports", "fusable_tensor", "cached_plan", "launches_for", "hold_plans"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
@@ -98,6 +99,29 @@ _DTYPE = operator.attrgetter("dtype")
 _PLANS: OrderedDict[tuple, Any] = OrderedDict()
 #: plans kept: two per param group (before and after phase) of a few optimizers
 _MAX_PLANS = 64
+#: the lists :func:`hold_plans` fills (one per capture in progress)
+_HELD: list[list[Any]] = []
+
+
+@contextlib.contextmanager
+def hold_plans() -> Iterator[list[Any]]:
+    """A list of every plan looked up inside (:func:`cached_plan`, :func:`launches_for`'s
+    tables and their device tensors), for whoever keeps a CUDA graph captured inside
+    (:class:`swgl.graphs.PhaseGraph`) to keep as long as the graph.
+
+    Why: a captured kernel reads its launch tables (``Launch.ptrs``, the block maps) by their
+    device addresses at every replay, but their only owner is the LRU above, which drops an
+    entry after :data:`_MAX_PLANS` newer ones (another optimizer, or one whose state is
+    replaced at every step, makes several a step; replays look nothing up). The freed tables'
+    memory is then reused and the replayed kernels load garbage pointers: an illegal memory
+    access on the GPU, which ends the process's CUDA context. Triton's interpreter (CPU) has
+    no graphs, so it never showed there."""
+    held: list[Any] = []
+    _HELD.append(held)
+    try:
+        yield held
+    finally:
+        _HELD.remove(held)
 
 
 def cached_plan(name: object, fixed: Sequence[Sequence[Tensor]],
@@ -115,7 +139,10 @@ def cached_plan(name: object, fixed: Sequence[Sequence[Tensor]],
     """
     every = list(itertools.chain(*fixed, *volatile))
     if not all(map(Tensor.is_contiguous, every)):
-        return build()
+        plan = build()
+        for held in _HELD:   # not cached: a graph captured now must keep it (hold_plans)
+            held.append(plan)
+        return plan
     key = (name, tuple(map(len, (*fixed, *volatile))), every[0].device if every else None,
            tuple(map(Tensor.data_ptr, itertools.chain(*fixed))), tuple(map(_DTYPE, every)))
     plan = _PLANS.get(key)
@@ -125,6 +152,8 @@ def cached_plan(name: object, fixed: Sequence[Sequence[Tensor]],
             _PLANS.popitem(last=False)
     else:
         _PLANS.move_to_end(key)
+    for held in _HELD:   # a graph captured now reads its tables (hold_plans)
+        held.append(plan)
     return plan
 
 
@@ -158,6 +187,9 @@ def launches_for(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...]
             for idx, lau in zip(groups, tables):
                 lau.readdress([_subset(xs, idx) for xs in lists])
             entry[3] = addresses
+    for held in _HELD:   # the tables as a graph captured now reads them (readdress swaps them)
+        held.append([(lau.ptrs, lau.blocks, lau.numels, lau.first, lau.gnumels, lau.steps)
+                     for lau in tables])
     return groups, rest, tables
 
 
