@@ -34,8 +34,10 @@ and the default's optimum, seeds 0 and 1:
         --regimes long,short,rotated,splitdom --seeds 3
     python benchmarks/v5_adam_pilots.py si-penalty OUT JOBS --opt sgd --lam 1 --lambda-reg 0,3 \
         --regimes short,rotated,splitdom --seeds 3
-    python benchmarks/v5_adam_pilots.py si-pull OUT JOBS --lam 0.01,0.1 --h 0 --decay 1 \
-        --lambda-reg 0 --regimes short --seeds 3
+    python benchmarks/v5_adam_pilots.py si-pull OUT JOBS --lam 3e-4,1e-3,3e-3 --h 0 \
+        --lambda-reg 0 --regimes long --lrs 1.2e-4,2.4e-4,4.8e-4 --seeds 3
+    python benchmarks/v5_adam_pilots.py si-pull OUT JOBS --lam 3e-4 --h 0 --lambda-reg 0,3 \
+        --regimes long,short --lrs long=1.2e-4,2.4e-4,4.8e-4 --lrs short=2e-4,4e-4,8e-4 --seeds 3
 """
 
 from __future__ import annotations
