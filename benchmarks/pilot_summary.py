@@ -5,9 +5,14 @@ with ``method == "plain"`` on the harness's MLP, 3 seeds per lr; same seeds and 
 lr, and plain's, is chosen by mean validation ACC; the table shows test ACC and the delta paired
 by seed::
 
-    python benchmarks/pilot_summary.py RESULTS.json [RESULTS.json ...]
+    python benchmarks/pilot_summary.py RESULTS.json [RESULTS.json ...] [--seeds 3,4,5]
+        [--plain-here]
+
+``--seeds``: the seeds a cell needs (default 0, 1, 2); ``--plain-here``: plain's runs from the
+given files instead of the stored ones.
 """
 
+import argparse
 import json
 import sys
 from collections import defaultdict
@@ -20,7 +25,8 @@ from earn_its_place import _metrics  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 REGIMES = ("long", "short", "rotated", "splitdom")
-SEEDS = (0, 1, 2)
+#: the seeds a cell needs (``--seeds``)
+SEEDS = [0, 1, 2]
 
 
 def _runs(paths):
@@ -83,5 +89,16 @@ def report(paths, plain=None) -> list[str]:
     return lines
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--plain-here", action="store_true")
+    args = parser.parse_args()
+    SEEDS[:] = [int(x) for x in args.seeds.split(",")]
+    plain = tuned_plain(args.results) if args.plain_here else None
+    print("\n".join(report(args.results, plain)))
+
+
 if __name__ == "__main__":
-    print("\n".join(report(sys.argv[1:])))
+    main()
