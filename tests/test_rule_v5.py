@@ -15,6 +15,7 @@ from swgl import DEFAULT_RULE, RULES, SWGL, kernels
 from swgl.kernels import compiled
 from swgl.rules import Context, Hyper
 from swgl.rules import consolidation as cons
+from toy import step_across_a_shift_without_host_sync
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IMPLS = ["single", "foreach"] + (["fused"] if compiled.available() else [])
@@ -407,17 +408,5 @@ def test_grad_mode_is_rejected_for_v5():
                     "between a host and a device")
 @pytest.mark.parametrize("horizon", [None, 20.0])
 def test_v5_step_has_no_host_sync_on_cuda(horizon):
-    model = nn.Linear(64, 64).cuda()
-    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.01), rule="v5",
-                    consolidation_horizon=horizon)
-    x = torch.randn(16, 64, device="cuda")
-    for scale in (1.0,) * 60 + (30.0,) * 5:           # warm up, then a shift
-        opt.zero_grad()
-        (scale * model(x).square().mean()).backward()
-        if scale > 1.0:
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            opt.step()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
+    opt = step_across_a_shift_without_host_sync("v5", consolidation_horizon=horizon)
     assert float(_detector(opt)[3]) > 0

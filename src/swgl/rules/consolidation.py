@@ -252,7 +252,16 @@ def _pull(params, state, det: Tensor, strength: float, variant: str,
     torch._foreach_copy_(params, w)
 
 
-def _before(v4_before, variant: str):
+def _consolidate_fisher(params, state, shift: Tensor, aux, hp: Hyper, ctx: Context,
+                        variant: str) -> None:
+    """v5's consolidation in its ``before`` phase, from v4's ``k`` (``aux``)."""
+    _consolidate(params, state, shift, _inv_mean(aux[0][0], params, state["stability"], hp, ctx),
+                 variant)
+
+
+def _before(v4_before, variant: str, consolidate=_consolidate_fisher):
+    """v5's ``before`` phase; ``consolidate(params, state, shift, aux, hp, ctx, variant)`` is
+    what a shift does (v6 passes its own)."""
     def before(params, grads, state, steps, hp: Hyper, ctx: Context):
         det = state["detector"]
         # v4 first: in mode="update" (v5's only mode) its before leaves the grads as they
@@ -262,8 +271,7 @@ def _before(v4_before, variant: str):
         g2: list[Tensor] = []
         aux = v4_before(params, grads, state, steps, hp, dataclasses.replace(ctx, g2_sum=g2))
         new, shift = _advance(g2[0], det[0], ctx.found, _on_kernels(params, variant))
-        _consolidate(params, state, shift, _inv_mean(aux[0][0], params, state["stability"],
-                                                     hp, ctx), variant)
+        consolidate(params, state, shift, aux, hp, ctx, variant)
         torch._foreach_copy_(det, [new] * len(det))
         return aux
     return before

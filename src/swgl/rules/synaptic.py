@@ -42,8 +42,6 @@ consolidation and the path as foreach passes.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 
@@ -111,16 +109,10 @@ def _add_path(params, snapshots, grads, path, variant: str, ctx: Context) -> Non
     torch._foreach_sub_(path, d)
 
 
-def _before(v4_before, variant: str):
-    def before(params, grads, state, steps, hp: Hyper, ctx: Context):
-        det = state["detector"]
-        g2: list[Tensor] = []
-        aux = v4_before(params, grads, state, steps, hp, dataclasses.replace(ctx, g2_sum=g2))
-        new, shift = v5._advance(g2[0], det[0], ctx.found, v5._on_kernels(params, variant))
-        _consolidate(params, state, shift, variant, ctx)
-        torch._foreach_copy_(det, [new] * len(det))
-        return aux
-    return before
+def _consolidate_si(params, state, shift: Tensor, aux, hp: Hyper, ctx: Context,
+                    variant: str) -> None:
+    """v6's consolidation in v5's ``before`` phase (:func:`swgl.rules.consolidation._before`)."""
+    _consolidate(params, state, shift, variant, ctx)
 
 
 def _after(v4_after, variant: str):
@@ -139,8 +131,9 @@ def _after(v4_after, variant: str):
 
 V6 = Rule(
     name="v6",
-    before=Variants(_before(V4.before.single, "single"), _before(V4.before.foreach, "foreach"),
-                    _before(V4.before.fused, "fused")),
+    before=Variants(*(v5._before(v4_before, variant, _consolidate_si) for v4_before, variant in
+                      ((V4.before.single, "single"), (V4.before.foreach, "foreach"),
+                       (V4.before.fused, "fused")))),
     after=Variants(_after(V4.after.single, "single"), _after(V4.after.foreach, "foreach"),
                    _after(V4.after.fused, "fused")),
     options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode", "consolidation",
