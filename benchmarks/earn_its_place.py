@@ -31,6 +31,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset v5-horizon   # the fading pull (300)
     python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC, SI given bounds (378)
     python benchmarks/earn_its_place.py grid --preset v5-strong    # a strong pull, no fade (252)
+    python benchmarks/earn_its_place.py grid --preset choice  # plain, v5, v6; peers on long (330)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -528,9 +529,41 @@ def v5_horizon_grid() -> list[dict]:
     return sorted(runs, key=lambda r: order.get(r["scenario_name"], 2))
 
 
+#: The default's choice (twelfth session): v6's lr grids (its pilot's, tuned lr in the middle;
+#: SGD's long one shifted up, where 0.16 was its edge) and v5's (V5_LRS; SGD's short one shifted
+#: up, where v5 was tuned at 0.04)
+V6_LRS = {
+    "long": {"sgd": (0.04, 0.08, 0.16), "adam": (1.2e-4, 2.4e-4, 4.8e-4)},
+    "short": {"sgd": (0.04, 0.08, 0.16), "adam": (2e-4, 4e-4, 8e-4)},
+    "rotated": {"sgd": (0.06, 0.12, 0.24), "adam": (1e-4, 2e-4, 4e-4)},
+    "splitdom": {"sgd": (0.005, 0.01, 0.02), "adam": (1.5e-5, 3e-5, 6e-5)},
+}
+CHOICE_V5_LRS = {**V5_LRS, "short": {**V5_LRS["short"], "sgd": (0.02, 0.04, 0.08)}}
+#: the peers' lrs on ``long``: plain's, moved down for SGD (the device preset's SGD optimum
+#: sat at its lowest lr, 0.01)
+CHOICE_PEER_LRS = {"sgd": (0.005, 0.01, 0.02), "adam": (3e-5, 6e-5, 1e-4)}
+
+
+def choice_grid() -> list[dict]:
+    """The default's choice in one run (issue 12): plain, v5 (the default until then) and v6,
+    each on its own lr grid, on the four regimes, 3 seeds (240 runs); then the boundary-free
+    peers on ``long`` (stream EWC, stream SI, UPGD), 3 lrs x 2 strengths x 3 seeds (90 runs).
+    ``long`` first (the slowest), the peers last: a run cut by a time limit keeps the
+    comparison whole."""
+    runs = []
+    for sc in ("long", "short", "rotated", "splitdom"):
+        runs += method_runs(sc, "plain", V5_LRS[sc])
+        runs += method_runs(sc, "swgl-v5", CHOICE_V5_LRS[sc], swgl={"rule": "v5"})
+        runs += method_runs(sc, "swgl-v6", V6_LRS[sc], swgl={"rule": "v6"})
+    for m in ("stream-ewc", "stream-si", "upgd"):
+        runs += method_runs("long", m, CHOICE_PEER_LRS)
+    return runs
+
+
 PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, "v5": v5_grid,
            "v5-strength": v5_strength_grid, "v5-horizon": v5_horizon_grid,
-           "ewc-boundaries": boundary_grid, "v5-strong": v5_strong_grid}
+           "ewc-boundaries": boundary_grid, "v5-strong": v5_strong_grid,
+           "choice": choice_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:
