@@ -2,7 +2,7 @@
 
 BERT-base grads from one backward; then 20 optimizer steps timed on the host (the GPU runs
 behind), and a cProfile of 20 more, sorted by own time: where the per-step Python goes. The
-default rule v5 runs in its state after a shift (``step_speed._as_after_shift``); ``--v4``
+default rule runs in its state after a shift (``step_speed._as_after_shift``); ``--v4``
 adds the previous default's rows.
 
     PYTHONPATH=src python benchmarks/host_time_gpu.py [--v4]
@@ -32,7 +32,7 @@ def main() -> None:
             model(input_ids=ids, labels=labels).loss.backward()
         for _ in range(5):
             opt_step()
-        if owner is not None and (S._rule_of(name) or S.swgl.DEFAULT_RULE) == "v5":
+        if owner is not None:
             S._as_after_shift(owner, params)
             opt_step()
         torch.cuda.synchronize()

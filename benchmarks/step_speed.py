@@ -3,11 +3,12 @@
 GPU (one CUDA device): BERT-base MLM built from ``transformers.BertConfig()`` (109.5M params),
 bf16 autocast, batch 32 x 128, AdamW lr 1e-4. Rows: torch AdamW ``fused=True`` alone; the
 seed's quick start ``SWGL(model.parameters(), alpha=0.99, lambda_reg=0.01, max_boost=10.0)``
-before fused AdamW (the default rule); ``SWGL.wrap(fused AdamW)``; ``swgl.optim.AdamW``;
-``SWGL(..., rule="v1")`` before fused AdamW; the three patterns with ``cuda_graphs=False``
-(the phases launched eagerly, not replayed as CUDA graphs)
-(``--v4``: the previous default, v4, in the three patterns). The default rule v5 runs in its
-state after a detected shift, where its pull runs at every step. Columns: train step ms
+before fused AdamW (the default rule; under v6 its ``lambda_reg`` turns v4's damping on);
+``SWGL.wrap(fused AdamW)``; ``swgl.optim.AdamW``; ``SWGL(..., rule="v1")`` before fused AdamW;
+``SWGL(model.parameters())`` with every default; the three patterns with
+``cuda_graphs=False`` (the phases launched eagerly, not replayed as CUDA graphs) (``--v4``:
+v4, in the three patterns). The default rule runs in its state after a detected shift, where
+its pull runs at every step. Columns: train step ms
 (median of interleaved rounds), optimizer step ms (``swgl.step()`` + ``base.step()`` between
 CUDA events), host syncs per step (``torch.cuda.set_sync_debug_mode("warn")`` warnings over 5
 steps), the optimizer step's transient memory (peak allocated during the step minus before
@@ -84,7 +85,7 @@ def _setup(name: str, params):
     if name.startswith("SWGL.wrap"):
         opt = SWGL.wrap(base, **opts)
         return opt.step, opt, opt
-    pre = SWGL(params, **QUICK_START, **opts)
+    pre = SWGL(params, **(QUICK_START if "quick start" in name else {}), **opts)
 
     def step():
         pre.step()
@@ -93,7 +94,8 @@ def _setup(name: str, params):
 
 
 GPU_ROWS = ("torch AdamW fused=True", "SWGL(params) + fused AdamW (quick start)",
-            "SWGL.wrap(fused AdamW)", "swgl.optim.AdamW", "SWGL(params, rule='v1') + fused AdamW")
+            "SWGL.wrap(fused AdamW)", "swgl.optim.AdamW", "SWGL(params, rule='v1') + fused AdamW",
+            "SWGL(params) + fused AdamW (defaults)")
 #: the default without its CUDA graphs (swgl.graphs): the phases launched eagerly
 NO_GRAPH_ROWS = ("SWGL(params, cuda_graphs=False) + fused AdamW",
                  "SWGL.wrap(fused AdamW, cuda_graphs=False)",
@@ -104,11 +106,14 @@ V4_ROWS = ("SWGL(params, rule='v4') + fused AdamW", "SWGL.wrap(fused AdamW, rule
 
 
 def _as_after_shift(owner, params) -> None:
-    """The default rule v5's state as after a detected shift (its steady state once the
-    stream has shifted once), so that its pull runs at every step."""
+    """A rule with a shift detector (v5, v6: the default) in its state as after a detected
+    shift (its steady state once the stream has shifted once), so that its pull runs at every
+    step; a rule without one is left as it is."""
     prefix = "swgl_" if isinstance(owner, swgl.optim.AdamW) else ""
     for p in params:
         state = owner.state[p]
+        if prefix + "detector" not in state:
+            return
         state[prefix + "detector"][3] = 1.0
         state[prefix + "consolidated"].uniform_(0.0, 2.0)
 
@@ -158,7 +163,7 @@ def gpu_suite(args) -> dict:
 
         for _ in range(5):  # warm up: kernels compiled, state built, the base found
             train()
-        if owner is not None and (_rule_of(name) or swgl.DEFAULT_RULE) == "v5":
+        if owner is not None:
             _as_after_shift(owner, params)
         torch.cuda.synchronize()
         # transient memory of the optimizer step
@@ -215,28 +220,38 @@ def gpu_suite(args) -> dict:
     return dict(rows=rows, nparams=nparams, standalone=_standalone(device))
 
 
+#: the default rule's after pass, per rule: (lambda_reg, its label, bytes per fp32 param)
+AFTER_PASS = {
+    "v5": (3.0, "after (w, copy, s, g -> sums; w, copy, s -> w; w, F, mu -> w)", 48),
+    "v6": (0.0, "after (w, copy, g, F, mu, path -> w, path)", 32),
+}
+
+
 def _standalone(device) -> dict:
     """The default rule's passes over BERT-base-sized fp32 tensors, in device time (profiler),
-    against a copy, in v5's steady state after a shift: before (the non-finite check reads g;
+    against a copy, in its steady state after a shift: before (the non-finite check reads g;
     the EMA reads g, s and writes s, and sums the detector's g^2 from that read: 16 B per fp32
-    param; its consolidation runs only at a shift), snapshot (reads w, writes a copy), after (v4's
-    progress sums read w, snapshot, s, g; its rescale reads w, snapshot, s, writes w; v5's
-    pull reads w, F, mu, writes w: 48 B)."""
+    param; the consolidation runs only at a shift), snapshot (reads w, writes a copy), after
+    (:data:`AFTER_PASS`: v5's progress sums, rescale and pull, 48 B; v6's pull and path, 32 B)."""
     from torch.profiler import ProfilerActivity, profile
 
+    rule = swgl.DEFAULT_RULE
+    lambda_reg, after_name, after_bytes = AFTER_PASS[rule]
     model, _, _ = _bert(device)
     params = [p.detach() for p in model.parameters()]
     del model
     grads = [torch.randn_like(p) * 1e-3 for p in params]
     stabs = [torch.rand_like(p) for p in params]
     steps = [torch.ones((), device=device) for _ in params]
-    opts = dict(rule=swgl.DEFAULT_RULE, alpha=0.999, lambda_reg=3.0, eps=1e-8, max_boost=10.0,
+    opts = dict(rule=rule, alpha=0.999, lambda_reg=lambda_reg, eps=1e-8, max_boost=10.0,
                 mode="update")
     hp = swgl.rules.Hyper(**{k: v for k, v in opts.items() if k != "rule"}, consolidation=0.01)
     # as after a shift (detector [t, f, q, t_last] with t_last > 0): the pull runs
     extra = {"consolidated": [torch.rand_like(p) for p in params],
              "anchor": [p.clone() for p in params],
              "detector": [torch.tensor([100.0, 1.0, 1.0, 1.0], device=device) for _ in params]}
+    if rule == "v6":
+        extra["path"] = [torch.zeros_like(p) for p in params]
     n = sum(p.numel() for p in params)
     flat = torch.empty(n, device=device)
     out = torch.empty_like(flat)
@@ -249,10 +264,9 @@ def _standalone(device) -> dict:
     passes = {
         "before (check g; g, s -> s, sum g^2)": (before, 16),
         "snapshot (w -> copy)": (lambda: torch._foreach_mul(params, 1.0), 8),
-        "after (w, copy, s, g -> sums; w, copy, s -> w; w, F, mu -> w)": (
-            lambda: swgl.functional.swgl_after(params, snaps, stabs, steps, aux,
-                                               rule=swgl.DEFAULT_RULE, hp=hp,
-                                               extra_state=extra), 48),
+        after_name: (
+            lambda: swgl.functional.swgl_after(params, snaps, stabs, steps, aux, rule=rule,
+                                               hp=hp, extra_state=extra), after_bytes),
         "copy (reference)": (lambda: out.copy_(flat), 8),
     }
     result = {}

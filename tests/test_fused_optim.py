@@ -118,9 +118,9 @@ def test_shares_the_defaults_of_swgl():
     theirs = {k[len("swgl_"):]: v for k, v in wrapped.param_groups[0].items()
               if k.startswith("swgl_")}
     assert mine == {k: theirs[k] for k in mine}
-    assert mine["rule"] == "v5" and mine["mode"] == "update"
-    assert mine["alpha"] == 0.999 and mine["lambda_reg"] == 3.0   # v4's measured defaults
-    assert mine["consolidation"] == 0.03 and mine["consolidation_horizon"] == 20.0
+    assert mine["rule"] == "v6" and mine["mode"] == "update"
+    assert mine["alpha"] == 0.999 and mine["lambda_reg"] == 0.0   # v6's measured defaults
+    assert mine["consolidation"] == 3e-4 and mine["consolidation_horizon"] == 0.0
 
 
 @pytest.fixture(params=["host", "device", "triton"])

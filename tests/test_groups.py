@@ -154,7 +154,7 @@ def test_default_rule_categories_can_switch_damping_and_pull_off():
     named = _names(classify(model))
     params = dict(model.named_parameters())
     worst = {"off": 0.0, "weights": 0.0}
-    for step in range(70):              # inputs change at step 55: v5's detector fires
+    for step in range(70):              # inputs change at step 55: the default's detector fires
         opt.zero_grad()
         low, scale = (0, 1.0) if step < 55 else (5, 10.0)
         x = torch.randint(low, low + 5, (6, 4), generator=torch.Generator().manual_seed(step))
@@ -165,7 +165,7 @@ def test_default_rule_categories_can_switch_damping_and_pull_off():
             kind = "weights" if n in named["weights"] else "off"
             worst[kind] = max(worst[kind], float((params[n].detach() - target).abs().max()))
     assert any(float(opt.state[p]["detector"][3]) > 0 for p in model.parameters())
-    assert worst["off"] < 1e-6 < 1e-3 < worst["weights"], worst
+    assert worst["off"] < 1e-6 < 1e-4 < worst["weights"], worst
 
 
 def test_the_wrapper_refuses_groups_built_without_its_prefix():
@@ -181,7 +181,7 @@ def test_the_wrapper_refuses_groups_built_without_its_prefix():
 
 
 def test_category_options_are_checked_against_a_rule_that_reads_them():
-    with pytest.raises(ValueError, match="biases: signal='fisher' means nothing to rule 'v5'"):
+    with pytest.raises(ValueError, match="biases: signal='fisher' means nothing to rule 'v6'"):
         param_groups(Tiny(), biases=dict(signal="fisher", consolidation=0.0))
     with pytest.raises(ValueError, match="norms: consolidation must be"):
         param_groups(Tiny(), norms=dict(consolidation=-1.0))

@@ -94,7 +94,7 @@ def test_update_mode_needs_rule_v2():
 
 
 def test_grad_mode_under_the_default_names_the_rules_that_have_it():
-    with pytest.raises(ValueError, match=r"mode='grad' is not a mode of rule 'v5' \(it runs in "
+    with pytest.raises(ValueError, match=r"mode='grad' is not a mode of rule 'v6' \(it runs in "
                                          r"\['update'\]\); rules with mode 'grad': \[.*'v4'\]"):
         SWGL(_model().parameters(), mode="grad")
 
@@ -155,15 +155,29 @@ def _trained(**options):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("option, value", [("alpha", 0.5), ("max_boost", 2.0)])
-def test_a_seed_option_changes_the_default_rules_training(option, value):
-    assert not torch.equal(_trained(), _trained(**{option: value}))
+# under v3 lambda_reg and eps changed nothing (issue 13). Under the default v6, lambda_reg > 0
+# turns v4's damping on (the seed's quick start passes 0.01), and alpha, eps and max_boost
+# shape that damping
+def test_lambda_reg_turns_the_default_rules_damping_on():
+    assert not torch.equal(_trained(), _trained(lambda_reg=0.5))
 
 
-# under v3 they changed nothing (issue 13); the default rule v4 gives both a meaning
-@pytest.mark.parametrize("option, value", [("lambda_reg", 0.5), ("eps", 0.1)])
-def test_lambda_reg_and_eps_change_the_default_rules_training(option, value):
-    assert not torch.equal(_trained(), _trained(**{option: value}))
+@pytest.mark.parametrize("option, value", [("alpha", 0.5), ("max_boost", 2.0), ("eps", 0.1)])
+def test_a_seed_option_changes_the_default_rules_damped_training(option, value):
+    assert not torch.equal(_trained(lambda_reg=0.5), _trained(lambda_reg=0.5, **{option: value}))
+
+
+def test_alpha_sets_the_ema_the_default_rule_reports_without_damping():
+    def ema(**options):
+        model = _model()
+        swgl = SWGL(model.parameters(), **options)
+        for batch in _batches(4):
+            model.zero_grad()
+            _loss(model, batch).backward()
+            swgl.step()
+        return torch.cat([swgl.state[p]["stability"].flatten() for p in model.parameters()])
+
+    assert not torch.equal(ema(), ema(alpha=0.5))
 
 
 def test_the_seed_quick_start_runs_without_warnings():

@@ -178,7 +178,7 @@ def _train(options, steps=30):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    opt = opt if options is None else SWGL.wrap(opt, **options)
+    opt = opt if options is None else SWGL.wrap(opt, **{"rule": "v4", **options})
     gen = torch.Generator().manual_seed(1)
     x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 3, (64,), generator=gen)
     for _ in range(steps):

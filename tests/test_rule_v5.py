@@ -60,9 +60,8 @@ def _run_detector(norms):
     return fired, det
 
 
-def test_v5_is_the_default():
-    assert DEFAULT_RULE == "v5"
-    opt = SWGL([torch.zeros(3, requires_grad=True)])
+def test_v5_keeps_its_measured_defaults():
+    opt = SWGL([torch.zeros(3, requires_grad=True)], rule="v5")
     group = opt.param_groups[0]
     assert (group["rule"], group["alpha"], group["lambda_reg"], group["mode"],
             group["consolidation"], group["consolidation_horizon"]) == (
@@ -410,3 +409,24 @@ def test_grad_mode_is_rejected_for_v5():
 def test_v5_step_has_no_host_sync_on_cuda(horizon):
     opt = step_across_a_shift_without_host_sync("v5", consolidation_horizon=horizon)
     assert float(_detector(opt)[3]) > 0
+
+
+def test_a_v5_checkpoint_loads_into_the_default_and_runs_as_v5():
+    """v5 was the default until the twelfth session: its checkpoints name their rule, so a
+    default-built SWGL resumes them as v5 (the same state as v5's after the next step)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    x = torch.randn(8, 6)
+    saved = SWGL(model.parameters(), rule="v5")
+    model(x).square().sum().backward()
+    saved.step()
+    resumed = SWGL(model.parameters())
+    resumed.load_state_dict(saved.state_dict())
+    assert resumed.param_groups[0]["rule"] == "v5"
+    model(x).square().sum().backward()
+    resumed.step()
+    saved.step()
+    got, want = resumed.state_dict()["state"][0], saved.state_dict()["state"][0]
+    assert got.keys() == want.keys()          # v6 would hold a path
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=0)

@@ -48,10 +48,15 @@ def _cat(opt, model, name):
     return torch.cat([opt.state[p][name].flatten() for p in model.parameters()])
 
 
-def test_v6_is_opt_in_with_its_measured_defaults():
+def test_v6_is_the_default_with_its_measured_defaults():
     from swgl.options import DEFAULTS, check_options, hyper
 
-    assert DEFAULT_RULE == "v5"
+    assert DEFAULT_RULE == "v6"
+    opt = SWGL([torch.zeros(3, requires_grad=True)])
+    group = opt.param_groups[0]
+    assert (group["rule"], group["alpha"], group["lambda_reg"], group["mode"],
+            group["consolidation"], group["consolidation_horizon"]) == (
+        "v6", 0.999, 0.0, "update", v6.STRENGTH, 0.0)
     group = dict(DEFAULTS, rule="v6")
     check_options(group, math_only=True)
     hp = hyper(group)

@@ -18,7 +18,7 @@ shared by several modules (tied embeddings) belongs to the first owner in
 category for what types cannot tell (a ViT's ``pos_embed``, say).
 
 Example, biases and norms left unmodulated (``lambda_reg=0, consolidation=0`` under the
-default rule ``v5``: no damping and no pull; ``lambda_reg=0`` under ``v4``;
+default rule ``v6`` and under ``v5``: no damping and no pull; ``lambda_reg=0`` under ``v4``;
 ``max_boost=1, max_damping=1`` under ``v2``/``v3``)::
 
     off = dict(lambda_reg=0.0, consolidation=0.0)

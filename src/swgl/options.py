@@ -7,22 +7,26 @@ Options left unset (None) take the rule's default: ``mode`` its first mode, ``si
 ``"utility"`` (chosen by measurement, docs/results.md). ``shock`` is deprecated (measured
 useless, CHANGELOG.md).
 
-What each of the seed's options does under the default rule (v5, :mod:`swgl.rules.consolidation`:
-v4's damping, :mod:`swgl.rules.importance`, plus its own pull):
+What each of the seed's options does under the default rule (v6, :mod:`swgl.rules.synaptic`:
+v5's detector and pull, :mod:`swgl.rules.consolidation`, with SI's importance; v4's damping,
+:mod:`swgl.rules.importance`, off unless ``lambda_reg`` > 0):
 
-* ``alpha``: the decay of the squared-gradient EMA (memory of about ``1 / (1 - alpha)``
-  steps); unset: the rule's default (v4, v5: 0.999; the seed's rules: 0.99);
 * ``lambda_reg``: the stability penalty's strength, how strongly an element's importance
-  bends its step away (0: SWGL changes nothing); unset: the rule's default (v4, v5: 3.0;
-  the seed's rules: 0.01);
-* ``eps``: a floor under the gradient's RMS in the group mean (``eps^2`` under ``m``);
+  (v4's squared-gradient EMA) bends its step away; unset: the rule's default (v6: 0, no
+  damping, the base optimizer's step until a shift; v4, v5: 3.0; the seed's rules: 0.01);
+  the seed's quick start passes 0.01, which turns v6's damping on, weakly;
+* ``alpha``: the decay of the squared-gradient EMA (memory of about ``1 / (1 - alpha)``
+  steps): v6's damping and ``SWGL.stats`` read it; unset: the rule's default (v4, v5, v6:
+  0.999; the seed's rules: 0.99);
+* ``eps``: a floor under the gradient's RMS in the group mean (``eps^2`` under ``m``), for
+  the damping;
 * ``max_boost``: the strongest damping is ``1/max_boost``, and the progress rescale is at
   most ``max_boost``.
 
-``consolidation`` is v5's own: the strength of its pull toward the weights at the last
-detected shift (0.03 unset; 0: no pull, v4's trajectory exactly). So is
-``consolidation_horizon``: from that many steps after a shift on, the pull fades as
-``horizon / steps since the shift`` (20 unset; 0: it keeps its strength).
+``consolidation`` is v5's and v6's own: the strength of the pull toward the weights at the
+last detected shift (unset: v6 3e-4 per unit of its normalised importance, v5 0.03; 0: no
+pull). So is ``consolidation_horizon``: from that many steps after a shift on, the pull fades
+as ``horizon / steps since the shift`` (unset: v6 0, it keeps its strength; v5 20).
 """
 
 from __future__ import annotations

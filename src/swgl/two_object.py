@@ -33,42 +33,45 @@ class SWGL(SWGLBase):
     r"""Stability-Weighted Gradient Learning, the seed's two-object API.
 
     Call ``swgl.step()`` after ``loss.backward()`` and before ``base_optimizer.step()``. Under
-    the default rule ``v5`` (:mod:`swgl.rules.consolidation`) an EMA of the squared gradient,
-    normalised by its mean over the group, damps the steps of the elements that matter, and
-    the step is rescaled to make the base optimizer's first-order progress (``v4``,
-    :mod:`swgl.rules.importance`); where the gradient statistics jump (a distribution shift,
-    found without task boundaries) the importance is frozen and the weights are pulled toward
-    their values then. In ``mode="update"`` the base optimizer's step is rescaled by a
+    the default rule ``v6`` (:mod:`swgl.rules.synaptic`) the base optimizer's step stands
+    until the gradient statistics jump (a distribution shift, found without task
+    boundaries); each element's contribution to the loss's decrease since the last shift
+    (synaptic intelligence's path integral) is then added to its importance, and after each
+    step the weights are pulled toward their values at the last shift, each by its
+    importance (v5's implicit pull, :mod:`swgl.rules.consolidation`). ``lambda_reg`` > 0
+    adds v4's damping (:mod:`swgl.rules.importance`). In ``mode="update"`` the base optimizer's step is rescaled by a
     post-hook on it. See
     :mod:`swgl.rules` for the exact math of each rule and ``docs/algorithm.md`` for why.
 
     Args:
         params: iterable of tensors or of param-group dicts; options may differ per group.
-        alpha: EMA decay in [0, 1); None: the rule's default (v4, v5: 0.999, the seed's
+        alpha: EMA decay in [0, 1); None: the rule's default (v4, v5, v6: 0.999, the seed's
             rules: 0.99).
         lambda_reg: the stability penalty's strength, >= 0 (v4/v5: how strongly importance
             bends a step; the seed's rules: their decay term); None: the rule's default (v4,
-            v5: 3.0, the seed's rules: 0.01).
+            v5: 3.0, v6: 0 (no damping), the seed's rules: 0.01).
         eps: numerical floor, > 0 (v4/v5: a floor under the gradient's RMS).
         max_boost: >= 1; v4/v5: the strongest damping is ``1/max_boost`` and the progress
             rescale at most ``max_boost``; the seed's rules: the largest gradient boost.
-        rule: ``"v5"`` (default: v4 plus consolidation at detected shifts), ``"v4"``
+        rule: ``"v6"`` (default: SI's importance, consolidated at detected shifts, in
+            v5's pull), ``"v5"`` (v4 plus consolidation at detected shifts), ``"v4"``
             (importance damping alone: a third of v5's state, and mode ``"grad"``),
             ``"v3"``/``"v2"`` (the normalised EMA of issue 4),
             ``"v1"`` or ``"v1-paper"`` (the seed's formulas, bit-exact); see :mod:`swgl.rules`.
         signal: v2/v3 only: what their EMA tracks, ``"utility"`` :math:`|g w|` (their
             default), ``"relative"`` :math:`|g|/(|w|+\delta)` (the seed's) or ``"fisher"``.
-        mode: ``"update"`` (the default of v5, its only mode, and of v4/v3/v2) scales the
+        mode: ``"update"`` (the only mode of v6 and v5, the default of v4/v3/v2) scales the
             change the base optimizer makes, which Adam's normalisation would otherwise
             cancel; ``"grad"`` scales the gradient (the seed's rules). In the two-object
             pattern the update mode holds a copy of the params from ``swgl.step()`` until
             ``base_optimizer.step()`` (transiently).
         max_damping: v2/v3 only: the strongest damping is ``1/max_damping``.
         shock: v2/v3 only, deprecated (measured useless, CHANGELOG.md).
-        consolidation: v5 only: the strength of its pull toward the weights at the last
-            detected distribution shift, >= 0; None: 0.03 (0: no pull).
-        consolidation_horizon: v5 only: from this many steps after a shift on, the pull
-            fades as ``horizon / steps since the shift``, >= 0; None: 20 (0: it never fades).
+        consolidation: v5 and v6 only: the strength of the pull toward the weights at the
+            last detected distribution shift, >= 0; None: v6 3e-4, v5 0.03 (0: no pull).
+        consolidation_horizon: v5 and v6 only: from this many steps after a shift on, the
+            pull fades as ``horizon / steps since the shift``, >= 0; None: v6 0 (it never
+            fades), v5 20.
         storage: how the stability state is stored (see :mod:`swgl.state`); ``"fp32"``.
         foreach: use the multi-tensor implementation (default) or the per-tensor reference.
         fused: the Triton kernels (:mod:`swgl.kernels`): None picks them on CUDA when Triton

@@ -100,7 +100,7 @@ def test_state_bytes_count_extra_state(tiny):
     bpp = {m: c["metrics"]["state_bytes_per_param"] for m, c in cells.items()}
     assert bpp["naive-sgd"] == 0
     assert bpp["naive-adamw"] == pytest.approx(8, abs=0.1)   # exp_avg + exp_avg_sq, fp32
-    # the default, v5: fp32 stability, consolidated importance and anchor per param (and a
-    # 4-float detector per tensor)
-    assert bpp["swgl-sgd"] == pytest.approx(12, abs=0.2)
+    # the default, v6: fp32 stability, consolidated importance, anchor and path per param (and
+    # a 4-float detector per tensor)
+    assert bpp["swgl-sgd"] == pytest.approx(16, abs=0.2)
     assert bpp["ewc"] > bpp["naive-adamw"]                    # Adam + Fisher + anchors per task

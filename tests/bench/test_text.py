@@ -24,6 +24,7 @@ from swgl.bench.text.corpora import (
 from swgl.bench.text.methods import build_method, text_spec
 from swgl.bench.text.model import ByteTransformer, ModelSize
 from swgl.bench.text.stream import domain_weights, eval_windows, sample_windows
+from swgl.rules.synaptic import STRENGTH
 from swgl.bench.text.train import lr_lambda
 
 FORTUNES = Path("usr/share/games/fortunes")
@@ -195,11 +196,12 @@ def test_methods_run_on_adamw_and_groups_leave_non_weights_unmodulated(root):
     model = ByteTransformer(cfg.model_size())
     method = build_method(text_spec("swgl-adamw-groups", cfg), model, Context(256, 4), 1e-3)
     assert isinstance(method.optimizer, SWGLWrapper)
-    strength = {id(p): g.get("swgl_lambda_reg") for g in method.optimizer.param_groups
-                for p in g["params"]}   # v4: lambda_reg 0 leaves a step as AdamW makes it
-    assert strength[id(model.tok.weight)] == 0.0 and strength[id(model.ln_f.weight)] == 0.0
-    assert strength[id(model.blocks[0].qkv.bias)] == 0.0
-    assert strength[id(model.blocks[0].qkv.weight)] == 3.0  # v4's default
+    # the default v6: no damping and no pull leave a step as AdamW makes it
+    strength = {id(p): (g.get("swgl_lambda_reg"), g.get("swgl_consolidation"))
+                for g in method.optimizer.param_groups for p in g["params"]}
+    assert strength[id(model.tok.weight)] == strength[id(model.ln_f.weight)] == (0.0, 0.0)
+    assert strength[id(model.blocks[0].qkv.bias)] == (0.0, 0.0)
+    assert strength[id(model.blocks[0].qkv.weight)] == (0.0, STRENGTH)  # v6's defaults
     l2 = build_method(text_spec("l2-init", cfg), model, Context(256, 4), 1e-3)
     assert float(l2.penalty().detach()) == 0.0
     with torch.no_grad():

@@ -4,11 +4,11 @@
 * :mod:`swgl.rules.normalised`: ``v2``, ``v3`` (the default until issue 12);
 * :mod:`swgl.rules.importance`: ``v4`` (importance damping with the progress rescale; the
   default until the sixth session);
-* :mod:`swgl.rules.consolidation`: ``v5`` (the default: v4 plus a pull toward the weights
-  at detected distribution shifts, chosen against the plain optimizer at its tuned learning
-  rate, docs/results.md);
-* :mod:`swgl.rules.synaptic`: ``v6`` (v5's detector and pull with SI's path-integral
-  importance, no damping: opt-in, measured in docs/results.md).
+* :mod:`swgl.rules.consolidation`: ``v5`` (v4 plus a pull toward the weights at detected
+  distribution shifts; the default until the twelfth session);
+* :mod:`swgl.rules.synaptic`: ``v6`` (the default: v5's detector and pull with SI's
+  path-integral importance, no damping; chosen against the plain optimizer at its tuned
+  learning rate, with v5 beside it in the same run, docs/results.md).
 
 Each module holds its formula (docstring) and its ``single`` / ``foreach`` / ``fused``
 variants; :mod:`swgl.rules.base` describes the interface a new rule implements, and
@@ -25,4 +25,4 @@ RULES: dict[str, Rule] = {
     for rule in (seed.V1, seed.V1_PAPER, normalised.V2, normalised.V3, importance.V4,
                  consolidation.V5, synaptic.V6)
 }
-DEFAULT_RULE = "v5"
+DEFAULT_RULE = "v6"

@@ -21,9 +21,10 @@ from swgl.bench.methods.optim import build_optimizer
 
 __all__ = ["GROUPED", "UNMODULATED", "build_method", "text_spec", "tuned_grid"]
 
-# no damping (lambda_reg=0): v4 leaves these steps as they are; the default, v5, still pulls
-# them toward their values at a detected shift (as measured in docs/results.md)
-UNMODULATED = {"lambda_reg": 0.0}
+# no damping (lambda_reg=0) and no pull (consolidation=0): the default, v6, leaves these steps
+# as the base makes them. (Until the twelfth session, under v5, they were still pulled toward
+# their values at a detected shift, as docs/results.md measured.)
+UNMODULATED = {"lambda_reg": 0.0, "consolidation": 0.0}
 #: text-only method names -> the registered method they extend with layer-aware groups
 GROUPED = {"swgl-adamw-groups": "swgl-adamw"}
 #: strategy options the size preset supplies (when the strategy has them)
