@@ -8,11 +8,13 @@ handling of a skipped step and of a loss scale is tested here too (no Triton nee
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 from swgl import SWGL, kernels
+from swgl.kernels import compiled
 from swgl.rules import RULES, Context, Hyper
 from swgl.rules import synaptic as v6
 
@@ -244,3 +246,36 @@ def test_the_kernels_follow_their_flags(dtype):
     assert all(torch.equal(p, k) for p, k in zip(params, kept))
     for a, b in zip(state["path"], ref):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not (compiled.available() or kernels.runs_on(torch.device("cpu"))),
+                    reason="needs torch.compile and a C++ compiler (or Triton's interpreter)")
+@pytest.mark.parametrize("flagged", [False, True])
+@pytest.mark.parametrize("active", [False, True])
+def test_the_fused_after_matches_the_reference_on_large_tensors(active, flagged):
+    """On the CPU the pull and the path are one compiled function per large tensor (under
+    TRITON_INTERPRET=1, the Triton kernel), foreach for the small ones: against the single
+    variant, before the first shift (no pull) and after it, with a loss scale, and on a
+    flagged step (nothing moves)."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(300, 300), (7,)]
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    snapshots = [p + 0.01 * torch.randn(p.shape, generator=gen) for p in params]
+    grads = [8.0 * torch.randn(p.shape, generator=gen) for p in params]
+    last = 60.0 if active else 0.0
+    state = {"consolidated": [torch.rand(s, generator=gen) * 5 for s in shapes],
+             "anchor": [torch.randn(s, generator=gen) for s in shapes],
+             "path": [torch.randn(s, generator=gen) for s in shapes],
+             "detector": [torch.tensor([64.0, 1.0, 1.0, last])] * 2}
+    hp = dataclasses.replace(HP, consolidation_horizon=2.0)      # faded: 2 / 5
+    ctx = Context(grad_scale=8.0, found=torch.tensor([1.0 if flagged else 0.0]))
+    out = {}
+    for variant in ("single", "fused"):
+        ps, st = copy.deepcopy((params, state))
+        v6._pull_and_path(ps, snapshots, grads, st, hp, variant, ctx)
+        out[variant] = ps, st["path"]
+    for a, b in zip(out["single"][0] + out["single"][1], out["fused"][0] + out["fused"][1]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    moved = [not torch.equal(a, b) for a, b in zip(out["fused"][0] + out["fused"][1],
+                                                   params + state["path"])]
+    assert moved == [active and not flagged] * 2 + [not flagged] * 2

@@ -42,8 +42,10 @@ host sync: the ``fused`` variant runs v6's Triton kernels (:mod:`swgl.kernels.tr
 the consolidation, two launches that exit at once but at a shift, and the pull and the path in
 one pass), with v4's fused EMA pass and v5's detector kernel; the ``foreach`` variant masks
 the consolidation by the shift flag. On the CPU the ``fused`` variant compiles v4's passes and
-v5's pull (:mod:`swgl.kernels.compiled`). swgl.optim's fused AdamW / SGD run v6 around v4's
-fused optimizer step (:func:`around_fused_step`).
+the pull with the path, one function per large tensor (:mod:`swgl.kernels.compiled`: the
+after phase about 4x as fast as with the path in foreach passes, on a 6.3M-param MLP).
+swgl.optim's fused AdamW / SGD run v6 around v4's fused optimizer step
+(:func:`around_fused_step`).
 """
 
 from __future__ import annotations
@@ -161,6 +163,24 @@ def _consolidate(params, state, shift: Tensor, variant: str, ctx: Context, plan=
     torch._foreach_add_(mu, step)
 
 
+def _path_term(p: Tensor, b: Tensor, g: Tensor, scale) -> Tensor:
+    """One tensor's step of the path: ``clamp(g (w - w_before) scale, -R_MAX, R_MAX)`` in fp32
+    (``scale``: 1 / the loss scale)."""
+    return (g.float() * (p.float() - b.float()) * scale).clamp(-R_MAX, R_MAX)
+
+
+def _path_one(path: Tensor, p: Tensor, b: Tensor, g: Tensor, scale) -> None:
+    """``path -= _path_term(...)`` in place, for one tensor."""
+    path.sub_(_path_term(p, b, g, scale))
+
+
+def _pull_and_path_one(p: Tensor, f: Tensor, mu: Tensor, path: Tensor, b: Tensor, g: Tensor,
+                       strength, scale) -> None:
+    """v5's pull, then the path from the pulled weights as ``p`` stores them, for one tensor."""
+    v5._pull_one(p, f, mu, strength)
+    _path_one(path, p, b, g, scale)
+
+
 def _add_path(params, snapshots, grads, path, variant: str, ctx: Context) -> None:
     """``path -= g (w - w_before)``, ``g`` without the loss scale (``ctx.grad_scale``); each
     step's term capped at ``R_MAX`` in size, so that a huge but finite grad cannot overflow the
@@ -174,8 +194,7 @@ def _add_path(params, snapshots, grads, path, variant: str, ctx: Context) -> Non
     scale = 1.0 / ctx.grad_scale
     if variant == "single":
         for pa, p, b, g in zip(path, params, snapshots, grads):
-            d = (g.float() * (p.float() - b.float())).mul_(scale)
-            _commit(pa, pa - d.clamp_(-R_MAX, R_MAX), ok)
+            _commit(pa, pa - _path_term(p, b, g, scale), ok)
         return
     d = torch._foreach_sub([p.float() for p in params], [b.float() for b in snapshots])
     torch._foreach_mul_(d, [g.float() for g in grads])
@@ -200,25 +219,62 @@ def _pull_strength(det: Tensor, hp: Hyper, ok: Tensor | None) -> Tensor:
     return strength
 
 
+def _pull_and_path_kernels(params, snapshots, grads, state, hp: Hyper,
+                           ctx: Context) -> list[int]:
+    """The pull and the path as one Triton pass per launch group
+    (:func:`swgl.kernels.triton_synaptic.pull_and_path`); returns the indices left to
+    foreach."""
+    from swgl.kernels import triton_synaptic as ts  # imports Triton
+
+    det = state["detector"][0]
+    tables, rest = _after_tables(params, grads, snapshots, state)
+    strength = _pull_strength(det, hp, ctx.ok(det.device))
+    for lau in tables:
+        ts.pull_and_path(lau, strength, ctx.found, ctx.grad_scale)
+    return rest
+
+
+def _pull_and_path_compiled(params, snapshots, grads, state, hp: Hyper,
+                            ctx: Context) -> list[int]:
+    """The CPU: the pull and the path as one compiled function per large tensor
+    (:func:`_pull_and_path_one`; :func:`_path_one` while nothing pulls; the flags read on the
+    host, which costs no sync there); returns the indices left to foreach."""
+    from swgl.kernels import compiled as cc
+
+    if ctx.found is not None and bool(ctx.found.reshape(()) != 0):
+        return []
+    det, F, mu, path = state["detector"][0], state["consolidated"], state["anchor"], state["path"]
+    big, rest = cc.split(params, snapshots, grads, F, mu, path)
+    strength = _pull_strength(det, hp, None)
+    scale = cc.scalar(1.0 / ctx.grad_scale)
+    if float(strength) != 0.0:
+        step = cc.compiled(_pull_and_path_one)
+        for i in big:
+            step(*(cc.flat(xs[i]) for xs in (params, F, mu, path, snapshots, grads)),
+                 cc.scalar(strength), scale)
+    else:
+        step = cc.compiled(_path_one)
+        for i in big:
+            step(*(cc.flat(xs[i]) for xs in (path, params, snapshots, grads)), scale)
+    return rest
+
+
 def _pull_and_path(params, snapshots, grads, state, hp: Hyper, variant: str,
                    ctx: Context) -> None:
     """After the base step: v5's pull, then the path (:func:`_add_path`), both left out where
-    ``ctx.found`` is set. ``fused``: one Triton pass for both where it can (CUDA, or Triton's
-    interpreter: :func:`swgl.kernels.triton_synaptic.pull_and_path`), foreach for the rest;
-    on the CPU v5's compiled pull."""
-    det = state["detector"][0]
-    if v5._on_kernels(params, variant):
-        from swgl.kernels import triton_synaptic as ts  # imports Triton
-
-        tables, rest = _after_tables(params, grads, snapshots, state)
-        strength = _pull_strength(det, hp, ctx.ok(det.device))
-        for lau in tables:
-            ts.pull_and_path(lau, strength, ctx.found, ctx.grad_scale)
+    ``ctx.found`` is set. ``fused``: one pass for both where it can (a Triton kernel on CUDA
+    or under Triton's interpreter, a compiled function per large tensor on the CPU), foreach
+    for the rest."""
+    if variant == "fused":
+        fused = (_pull_and_path_kernels if v5._on_kernels(params, variant)
+                 else _pull_and_path_compiled)
+        rest = fused(params, snapshots, grads, state, hp, ctx)
         if not rest:
             return
         params, state = v5._subset(state, params, rest)
         snapshots, grads = [snapshots[i] for i in rest], [grads[i] for i in rest]
         variant = "foreach"
+    det = state["detector"][0]
     v5._pull(params, state, det, hp.consolidation, variant, ok=ctx.ok(det.device),
              horizon=hp.consolidation_horizon)
     _add_path(params, snapshots, grads, state["path"], variant, ctx)
