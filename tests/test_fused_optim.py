@@ -21,7 +21,7 @@ from swgl.rules import RULES
 RULE_NAMES = tuple(RULES)
 GRAD_RULES = tuple(name for name in RULE_NAMES if "grad" in RULES[name].modes)
 MODES = [(rule, mode) for rule in RULE_NAMES for mode in RULES[rule].modes]
-#: the rules swgl.optim's Triton step takes (v6 has no kernels of its own: foreach only)
+#: the rules swgl.optim's Triton step takes
 KERNEL_MODES = [(rule, mode) for rule, mode in MODES if RULES[rule].kernel is not None]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 needs_kernels = pytest.mark.skipif(
@@ -420,7 +420,11 @@ def test_a_checkpoint_with_a_bad_swgl_option_raises_and_loads_nothing(key, value
     assert other.state_dict() == before
 
 
-# -- v5: its detector, consolidation and pull around the fused optimizer step ----------------
+# -- v5 and v6: their detector, consolidation and pull (v6: and path) around the fused
+# -- optimizer step ---------------------------------------------------------------------------
+
+#: the rules that consolidate at detected shifts
+CONSOLIDATING = ("v5", "v6")
 
 #: the targets grow 30-fold at SHIFT_AT: v5's detector fires (after its refractory 50 steps)
 SHIFT_AT, V5_STEPS = 60, 72
@@ -434,21 +438,24 @@ def _assert_consolidated(state, prefix):
     det = state[prefix + "detector"]
     assert float(det[3]) >= SHIFT_AT, "the detector did not fire at the shift"
     assert float(state[prefix + "consolidated"].abs().sum()) > 0
+    if prefix + "path" in state:   # v6: summed again since the shift
+        assert float(state[prefix + "path"].abs().sum()) > 0
 
 
+@pytest.mark.parametrize("rule", CONSOLIDATING)
 @pytest.mark.parametrize("horizon", [None, 5.0])
 @pytest.mark.parametrize("kind", ["adamw", "sgd1"])
-def test_v5_equals_the_wrapper_across_a_detected_shift(kind, horizon):
+def test_v5_equals_the_wrapper_across_a_detected_shift(kind, horizon, rule):
     fused_net, ref_net = _model(), _model()
     fade = {"consolidation_horizon": horizon}
     if kind == "adamw":
-        opt = _make("adamw", fused_net.parameters(), "v5", "update", **ADAMW)
+        opt = _make("adamw", fused_net.parameters(), rule, "update", **ADAMW)
         base = torch.optim.AdamW(ref_net.parameters(), **ADAMW, foreach=True)
     else:
-        opt = _make("sgd", fused_net.parameters(), "v5", "update", **SGD_KW[1])
+        opt = _make("sgd", fused_net.parameters(), rule, "update", **SGD_KW[1])
         base = torch.optim.SGD(ref_net.parameters(), **SGD_KW[1])
     opt.param_groups[0]["swgl"] = optim_base.check_swgl(fade, opt.param_groups[0]["swgl"])
-    ref = SWGL.wrap(base, rule="v5", **SW, **fade)
+    ref = SWGL.wrap(base, rule=rule, **SW, **fade)
     for i in range(V5_STEPS):
         for net, o in ((fused_net, opt), (ref_net, ref)):
             _v5_stream(net, i)
@@ -456,14 +463,15 @@ def test_v5_equals_the_wrapper_across_a_detected_shift(kind, horizon):
     assert _max_diff(fused_net, ref_net) < 1e-5
     for p, q in zip(fused_net.parameters(), ref_net.parameters()):
         _assert_consolidated(opt.state[p], "swgl_")
-        for name in ("consolidated", "anchor", "detector"):
+        for name, _ in RULES[rule].state:
             torch.testing.assert_close(opt.state[p]["swgl_" + name], ref.state[q][name],
                                        rtol=1e-5, atol=1e-6)
 
 
-def test_v5_nonfinite_grad_skips_the_pull_and_the_consolidation(path):
+@pytest.mark.parametrize("rule", CONSOLIDATING)
+def test_v5_nonfinite_grad_skips_the_pull_and_the_consolidation(path, rule):
     net = _model(device=DEV if path else "cpu")
-    opt = _make("adamw", net.parameters(), "v5", "update", fused=path, **ADAMW)
+    opt = _make("adamw", net.parameters(), rule, "update", fused=path, **ADAMW)
     for i in range(V5_STEPS):
         _v5_stream(net, i)
         opt.step()
@@ -481,10 +489,11 @@ def test_v5_nonfinite_grad_skips_the_pull_and_the_consolidation(path):
 
 
 @needs_kernels
+@pytest.mark.parametrize("rule", CONSOLIDATING)
 @pytest.mark.parametrize("kind", ["adamw", "sgd1"])
-def test_triton_v5_matches_foreach_across_a_detected_shift(kind):
+def test_triton_v5_matches_foreach_across_a_detected_shift(kind, rule):
     kw = ADAMW if kind == "adamw" else SGD_KW[1]
-    nets, opts = _pair(kind[:-1] if kind != "adamw" else kind, "v5", "update", torch.float32, kw)
+    nets, opts = _pair(kind[:-1] if kind != "adamw" else kind, rule, "update", torch.float32, kw)
     for i in range(V5_STEPS):
         for net, opt in zip(nets, opts):
             _v5_stream(net, i)
@@ -499,9 +508,10 @@ def test_triton_v5_matches_foreach_across_a_detected_shift(kind):
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and kernels.triton_available()),
                     reason="needs CUDA and Triton")
-def test_triton_v5_step_never_syncs_after_a_shift():
+@pytest.mark.parametrize("rule", CONSOLIDATING)
+def test_triton_v5_step_never_syncs_after_a_shift(rule):
     net = _model(device="cuda")
-    opt = _make("adamw", net.parameters(), "v5", "update", fused=True, **ADAMW)
+    opt = _make("adamw", net.parameters(), rule, "update", fused=True, **ADAMW)
     for i in range(V5_STEPS):
         _v5_stream(net, i)
         opt.step()

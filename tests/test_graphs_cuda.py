@@ -67,14 +67,14 @@ def _same(a: torch.nn.Module, b: torch.nn.Module, opt_a, opt_b) -> None:
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
         sa, sb = opt_a.state[p], opt_b.state[q]
-        for name in ("stability", "consolidated", "anchor", "detector", "step"):
+        for name in ("stability", "consolidated", "anchor", "path", "detector", "step"):
             key = name if name in sa else "swgl_" + name
             if key in sa:
                 assert torch.equal(sa[key], sb[key]), name
 
 
 @pytest.mark.parametrize("api", ["two-object", "wrapper"])
-@pytest.mark.parametrize("rule", ["v5", "v4"])
+@pytest.mark.parametrize("rule", ["v6", "v5", "v4"])
 def test_replays_equal_the_eager_steps_across_a_shift(api, rule):
     batches = _batches(80, shift_at=60)
     eager_model, graph_model = _model(), _model()
@@ -83,7 +83,7 @@ def test_replays_equal_the_eager_steps_across_a_shift(api, rule):
     assert eager._graphs is None or eager._graphs.before.replays == 0
     assert graphed._graphs.before.replays >= 70 and graphed._graphs.after.replays >= 70
     _same(eager_model, graph_model, eager, graphed)
-    if rule == "v5":   # the shift was found, under graphs as eagerly
+    if rule != "v4":   # the shift was found, under graphs as eagerly
         detector = graphed.state[next(graph_model.parameters())]["detector"]
         assert detector[3] > 60
 
@@ -153,8 +153,9 @@ def test_grad_mode_is_never_captured_and_rescales_the_grads_the_base_reads():
     _same(*models, eager, auto)
 
 
+@pytest.mark.parametrize("rule", ["v5", "v6"])
 @pytest.mark.parametrize("name", ["AdamW", "SGD"])
-def test_swgl_optim_replays_equal_its_eager_steps_under_a_scheduler(name):
+def test_swgl_optim_replays_equal_its_eager_steps_under_a_scheduler(name, rule):
     """The lr the scheduler sets at each step reaches the replayed kernels (a device
     scalar), across a detected shift."""
     import swgl.optim
@@ -164,7 +165,8 @@ def test_swgl_optim_replays_equal_its_eager_steps_under_a_scheduler(name):
     opts = []
     for model, graphs in zip(models, (False, None)):
         kw = dict(lr=3e-3) if name == "AdamW" else dict(lr=0.05, momentum=0.9)
-        opt = getattr(swgl.optim, name)(model.parameters(), cuda_graphs=graphs, **kw)
+        opt = getattr(swgl.optim, name)(model.parameters(), cuda_graphs=graphs,
+                                        swgl={"rule": rule}, **kw)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=80)
         for x, y, weight in batches:
             opt.zero_grad(set_to_none=True)

@@ -274,8 +274,8 @@ def _after_foreach(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context
     del gu
     torch._foreach_mul_(c, progress_ratio(full, damped, hp))
     torch._foreach_mul_(u, c)
-    torch._foreach_add_(before, u)
-    torch._foreach_copy_(params, before)
+    torch._foreach_add_(u, before)   # into u: the snapshots are only read (v6 reads them next)
+    torch._foreach_copy_(params, u)
 
 
 # -- fused: Triton (swgl.kernels.triton_importance) on CUDA, compiled on the CPU; the tensors
@@ -427,8 +427,8 @@ def _rest_apply_update(params, snapshots, s, rest: list[int], k: Tensor, rho: Te
     before = [b.float() for b in _sub(snapshots, rest)]
     u = torch._foreach_sub([p.float() for p in _sub(params, rest)], before)
     torch._foreach_mul_(u, c)
-    torch._foreach_add_(before, u)
-    torch._foreach_copy_(_sub(params, rest), before)
+    torch._foreach_add_(u, before)   # into u: the snapshots are only read
+    torch._foreach_copy_(_sub(params, rest), u)
 
 
 # -- compiled: the CPU's fused variant, the per-tensor formulas through torch.compile

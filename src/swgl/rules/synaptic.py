@@ -33,23 +33,33 @@ docs/results.md, "Earn its place"). ``lambda_reg`` > 0 turns v4's damping back o
 ``SWGL.stats`` reports).
 
 Phases: ``before`` is v5's with this consolidation; ``after`` runs v4's ``after`` (only when
-``lambda_reg`` > 0, else the base step stands), the pull (v5's), then the path. On the CPU
-the consolidation is skipped on the host when no shift was found; on CUDA it is masked by the
-shift flag, with no host sync. The rule has no kernels of its own yet: ``fused`` takes v4's
-fused EMA pass and v5's detector and pull (Triton on CUDA, compiled on the CPU), and runs the
-consolidation and the path as foreach passes.
+``lambda_reg`` > 0, else the base step stands), the pull (v5's), then the path. ``before``
+hands ``after`` its loss scale and skip flag (in ``aux``: ``(k, g, Context)`` per param): a
+step skipped for non-finite grads (``Context.found``) leaves the path and the weights to the
+after phase as they were, and the path's ``g`` is divided by the loss scale the grads carried.
+On the CPU the consolidation is skipped on the host when no shift was found. On CUDA, with no
+host sync: the ``fused`` variant runs v6's Triton kernels (:mod:`swgl.kernels.triton_synaptic`:
+the consolidation, two launches that exit at once but at a shift, and the pull and the path in
+one pass), with v4's fused EMA pass and v5's detector kernel; the ``foreach`` variant masks
+the consolidation by the shift flag. On the CPU the ``fused`` variant compiles v4's passes and
+the pull with the path, one function per large tensor (:mod:`swgl.kernels.compiled`: the
+after phase about 4x as fast as with the path in foreach passes, on a 6.3M-param MLP).
+swgl.optim's fused AdamW / SGD run v6 around v4's fused optimizer step
+(:func:`around_fused_step`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from swgl.rules import consolidation as v5
 from swgl.rules.base import Context, Hyper, Rule, Variants
-from swgl.rules.importance import R_MAX, V4
+from swgl.rules.importance import R_MAX, V4, _commit
 
-__all__ = ["V6", "STRENGTH", "XI"]
+__all__ = ["V6", "around_fused_step", "STRENGTH", "XI"]
 
 #: the default of ``consolidation`` under v6: the pull per unit of normalised importance
 STRENGTH = 3e-4
@@ -57,27 +67,88 @@ STRENGTH = 3e-4
 XI = 0.1
 
 
-def _consolidate(params, state, shift: Tensor, variant: str, ctx: Context) -> None:
-    """On a shift: ``F += Om / mean(Om)``, ``path = 0``, ``mu = w`` (masked by the 0-d
-    ``shift`` on CUDA; skipped on the host on the CPU). ``variant`` ``single`` works per
-    tensor, the others as foreach passes. The mean is the whole group's: shards complete it
-    with ``ctx.reduce_sum`` and ``ctx.numels``."""
+def _state_tables(params, state) -> tuple[list, list[int]]:
+    """The Triton launch tables of (params, consolidated, anchor, path) and the indices the
+    kernels cannot take (reused while the tensors are alike)."""
+    from swgl import kernels
+
+    lists = [params, state["consolidated"], state["anchor"], state["path"]]
+
+    def split() -> tuple[list[list[int]], list[int]]:
+        groups, rest = kernels.split(*lists[:3], extra=lists[3:])
+        return list(groups.values()), rest
+
+    _, rest, tables = kernels.launches_for("v6", lists, (), split)
+    return tables, rest
+
+
+def _after_tables(params, grads, snapshots, state) -> tuple[list, list[int]]:
+    """The Triton launch tables of (params, grads, consolidated, anchor, path, snapshots) and
+    the indices the kernels cannot take; the grads and the snapshots may move between steps."""
+    from swgl import kernels
+
+    lists = [params, grads, state["consolidated"], state["anchor"], state["path"], snapshots]
+
+    def split() -> tuple[list[list[int]], list[int]]:
+        groups, rest = kernels.split(*lists[:3], extra=lists[3:5])
+        # the kernel reads a snapshot in its param's dtype
+        alike = {i for i, (p, b) in enumerate(zip(params, snapshots)) if b.dtype == p.dtype
+                 and b.is_contiguous() and b.device == p.device}
+        kept = [idx for idx in ([i for i in idx if i in alike] for idx in groups.values())
+                if idx]
+        taken = {i for idx in kept for i in idx}
+        return kept, [i for i in range(len(params)) if i not in taken]
+
+    _, rest, tables = kernels.launches_for("v6.after", lists, (1, 5), split)
+    return tables, rest
+
+
+def _importance(w, mu, path, variant: str) -> list[Tensor]:
+    """``Om = max(0, path / ((w - mu)^2 + XI))`` per tensor (``w`` in fp32): per tensor
+    (``single``) or as foreach passes."""
+    if variant == "single":
+        return [(pa / ((wi - m).square() + XI)).clamp_(min=0.0) for pa, wi, m in zip(path, w, mu)]
+    d = torch._foreach_sub(w, mu)
+    torch._foreach_mul_(d, d)
+    torch._foreach_add_(d, XI)
+    om = torch._foreach_div(path, d)
+    torch._foreach_clamp_min_(om, 0.0)
+    return om
+
+
+def _consolidate(params, state, shift: Tensor, variant: str, ctx: Context, plan=None) -> None:
+    """On a shift: ``F += Om / mean(Om)``, ``path = 0``, ``mu = w`` (skipped on the host on
+    the CPU; on CUDA masked by the 0-d ``shift``, or, in the ``fused`` variant, kernels that
+    exit at once without it). ``variant`` ``single`` works per tensor, ``foreach`` as foreach
+    passes, ``fused`` as Triton kernels where it can (CUDA, or Triton's interpreter:
+    :mod:`swgl.kernels.triton_synaptic`; foreach for the tensors they cannot take). The mean
+    is the whole group's: shards complete it with ``ctx.reduce_sum`` and ``ctx.numels``.
+    ``plan``: :func:`_state_tables`' result when the caller has it."""
     if shift.device.type == "cpu" and not bool(shift):
         return
+    numel = sum(p.numel() for p in params) if ctx.numels is None else sum(ctx.numels)
+    sums: list[Tensor] = []
+    tables: list = []
+    if v5._on_kernels(params, variant):
+        from swgl.kernels import triton_synaptic as ts  # imports Triton
+
+        tables, rest = plan or _state_tables(params, state)
+        sums = [ts.importance_sum(lau, shift) for lau in tables]
+        params, state = v5._subset(state, params, rest)
+        variant = "foreach"
     F, mu, path = state["consolidated"], state["anchor"], state["path"]
     w = [p.detach().float() for p in params]
-    if variant == "single":
-        om = [(pa / ((wi - m).square() + XI)).clamp_(min=0.0) for pa, wi, m in zip(path, w, mu)]
-    else:
-        d = torch._foreach_sub(w, mu)
-        torch._foreach_mul_(d, d)
-        torch._foreach_add_(d, XI)
-        om = torch._foreach_div(path, d)
-        torch._foreach_clamp_min_(om, 0.0)
-    total = ctx.reduce_sum(torch.stack([o.sum() for o in om])).sum()
-    numel = sum(o.numel() for o in om) if ctx.numels is None else sum(ctx.numels)
+    om = _importance(w, mu, path, variant) if params else []
+    sums += [o.sum() for o in om]
+    # one local total, then summed over the shards (its shape is the same on every rank)
+    local = torch.stack([x.to(sums[0].device) for x in sums]).sum()
+    total = ctx.reduce_sum(local.reshape(1)).sum()
     # where nothing was learned (every path <= 0) the mean is 0 and F gains nothing
     gain = shift.float() / (total / numel).clamp(min=1e-30)
+    for lau in tables:
+        ts.consolidate(lau, shift, gain)
+    if not params:
+        return
     keep = 1.0 - shift.float()
     if variant == "single":
         for f, o, pa, m, wi in zip(F, om, path, mu, w):
@@ -85,28 +156,128 @@ def _consolidate(params, state, shift: Tensor, variant: str, ctx: Context) -> No
             pa.mul_(keep)
             m.lerp_(wi, shift.float())
         return
-    torch._foreach_add_(F, torch._foreach_mul(om, gain))
+    torch._foreach_add_(F, torch._foreach_mul(om, gain.to(F[0].device)))
     torch._foreach_mul_(path, keep)
     step = torch._foreach_sub(w, mu)      # mu += shift (w - mu)
     torch._foreach_mul_(step, shift.float())
     torch._foreach_add_(mu, step)
 
 
+def _path_term(p: Tensor, b: Tensor, g: Tensor, scale) -> Tensor:
+    """One tensor's step of the path: ``clamp(g (w - w_before) scale, -R_MAX, R_MAX)`` in fp32
+    (``scale``: 1 / the loss scale)."""
+    return (g.float() * (p.float() - b.float()) * scale).clamp(-R_MAX, R_MAX)
+
+
+def _path_one(path: Tensor, p: Tensor, b: Tensor, g: Tensor, scale) -> None:
+    """``path -= _path_term(...)`` in place, for one tensor."""
+    path.sub_(_path_term(p, b, g, scale))
+
+
+def _pull_and_path_one(p: Tensor, f: Tensor, mu: Tensor, path: Tensor, b: Tensor, g: Tensor,
+                       strength, scale) -> None:
+    """v5's pull, then the path from the pulled weights as ``p`` stores them, for one tensor."""
+    v5._pull_one(p, f, mu, strength)
+    _path_one(path, p, b, g, scale)
+
+
 def _add_path(params, snapshots, grads, path, variant: str, ctx: Context) -> None:
-    """``path -= g (w - w_before)``, ``g`` without the loss scale; each step's term capped at
-    ``R_MAX`` in size, so that a huge but finite grad cannot overflow the sums."""
+    """``path -= g (w - w_before)``, ``g`` without the loss scale (``ctx.grad_scale``); each
+    step's term capped at ``R_MAX`` in size, so that a huge but finite grad cannot overflow the
+    sums. Where the skip flag ``ctx.found`` is set the path is left as it was (its grads are
+    not finite): skipped on the host on the CPU, masked on CUDA."""
+    ok = ctx.ok(path[0].device)
+    if ok is not None and ok.device.type == "cpu":
+        if not bool(ok):
+            return
+        ok = None
     scale = 1.0 / ctx.grad_scale
     if variant == "single":
         for pa, p, b, g in zip(path, params, snapshots, grads):
-            d = (g.float() * (p.float() - b.float())).mul_(scale)
-            pa.sub_(d.clamp_(-R_MAX, R_MAX))
+            _commit(pa, pa - _path_term(p, b, g, scale), ok)
         return
     d = torch._foreach_sub([p.float() for p in params], [b.float() for b in snapshots])
     torch._foreach_mul_(d, [g.float() for g in grads])
     torch._foreach_mul_(d, scale)
     torch._foreach_clamp_min_(d, -R_MAX)
     torch._foreach_clamp_max_(d, R_MAX)
-    torch._foreach_sub_(path, d)
+    if ok is None:
+        torch._foreach_sub_(path, d)
+        return
+    for out, new in zip(path, torch._foreach_sub(path, d)):
+        _commit(out, new, ok)
+
+
+def _pull_strength(det: Tensor, hp: Hyper, ok: Tensor | None) -> Tensor:
+    """v5's pull strength as a device scalar (:func:`swgl.rules.consolidation._pull` on
+    CUDA): ``consolidation``, gated by the group having consolidated (``t_last > 0``) and by
+    ``ok``, faded after ``consolidation_horizon``; 0 for no pull."""
+    active = det[3] > 0 if ok is None else (det[3] > 0) & ok
+    strength = hp.consolidation * active.float()
+    if hp.consolidation_horizon > 0.0:
+        strength = strength * (hp.consolidation_horizon / (det[0] - det[3] + 1.0)).clamp(max=1.0)
+    return strength
+
+
+def _pull_and_path_kernels(params, snapshots, grads, state, hp: Hyper,
+                           ctx: Context) -> list[int]:
+    """The pull and the path as one Triton pass per launch group
+    (:func:`swgl.kernels.triton_synaptic.pull_and_path`); returns the indices left to
+    foreach."""
+    from swgl.kernels import triton_synaptic as ts  # imports Triton
+
+    det = state["detector"][0]
+    tables, rest = _after_tables(params, grads, snapshots, state)
+    strength = _pull_strength(det, hp, ctx.ok(det.device))
+    for lau in tables:
+        ts.pull_and_path(lau, strength, ctx.found, ctx.grad_scale)
+    return rest
+
+
+def _pull_and_path_compiled(params, snapshots, grads, state, hp: Hyper,
+                            ctx: Context) -> list[int]:
+    """The CPU: the pull and the path as one compiled function per large tensor
+    (:func:`_pull_and_path_one`; :func:`_path_one` while nothing pulls; the flags read on the
+    host, which costs no sync there); returns the indices left to foreach."""
+    from swgl.kernels import compiled as cc
+
+    if ctx.found is not None and bool(ctx.found.reshape(()) != 0):
+        return []
+    det, F, mu, path = state["detector"][0], state["consolidated"], state["anchor"], state["path"]
+    big, rest = cc.split(params, snapshots, grads, F, mu, path)
+    strength = _pull_strength(det, hp, None)
+    scale = cc.scalar(1.0 / ctx.grad_scale)
+    if float(strength) != 0.0:
+        step = cc.compiled(_pull_and_path_one)
+        for i in big:
+            step(*(cc.flat(xs[i]) for xs in (params, F, mu, path, snapshots, grads)),
+                 cc.scalar(strength), scale)
+    else:
+        step = cc.compiled(_path_one)
+        for i in big:
+            step(*(cc.flat(xs[i]) for xs in (path, params, snapshots, grads)), scale)
+    return rest
+
+
+def _pull_and_path(params, snapshots, grads, state, hp: Hyper, variant: str,
+                   ctx: Context) -> None:
+    """After the base step: v5's pull, then the path (:func:`_add_path`), both left out where
+    ``ctx.found`` is set. ``fused``: one pass for both where it can (a Triton kernel on CUDA
+    or under Triton's interpreter, a compiled function per large tensor on the CPU), foreach
+    for the rest."""
+    if variant == "fused":
+        fused = (_pull_and_path_kernels if v5._on_kernels(params, variant)
+                 else _pull_and_path_compiled)
+        rest = fused(params, snapshots, grads, state, hp, ctx)
+        if not rest:
+            return
+        params, state = v5._subset(state, params, rest)
+        snapshots, grads = [snapshots[i] for i in rest], [grads[i] for i in rest]
+        variant = "foreach"
+    det = state["detector"][0]
+    v5._pull(params, state, det, hp.consolidation, variant, ok=ctx.ok(det.device),
+             horizon=hp.consolidation_horizon)
+    _add_path(params, snapshots, grads, state["path"], variant, ctx)
 
 
 def _consolidate_si(params, state, shift: Tensor, aux, hp: Hyper, ctx: Context,
@@ -115,25 +286,64 @@ def _consolidate_si(params, state, shift: Tensor, aux, hp: Hyper, ctx: Context,
     _consolidate(params, state, shift, variant, ctx)
 
 
+def _before(v4_before, variant: str):
+    """v5's ``before`` with v6's consolidation; ``aux`` also carries the step's loss scale and
+    skip flag, which the after phase's path needs (the caller's ``after`` context has
+    neither)."""
+    before_v5 = v5._before(v4_before, variant, _consolidate_si)
+
+    def before(params, grads, state, steps, hp: Hyper, ctx: Context):
+        aux = before_v5(params, grads, state, steps, hp, ctx)
+        step = Context(grad_scale=ctx.grad_scale, found=ctx.found)
+        return [(k, g, step) for k, g in aux]
+    return before
+
+
 def _after(v4_after, variant: str):
     def after(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
-        grads = [g for _, g in aux]
-        if hp.lambda_reg > 0.0:
-            # v4's after writes the new weights into fp32 snapshots: keep the step's start
-            start = [b.float().clone() for b in snapshots]
-            v4_after(params, snapshots, state, steps, aux, hp, ctx)
-            snapshots = start
-        v5._pull(params, state, state["detector"][0], hp.consolidation, variant,
-                 horizon=hp.consolidation_horizon)
-        _add_path(params, snapshots, grads, state["path"], variant, ctx)
+        if hp.lambda_reg > 0.0:   # v4 only reads the snapshots: they still hold the start
+            v4_after(params, snapshots, state, steps, [(k, g) for k, g, _ in aux], hp, ctx)
+        _pull_and_path(params, snapshots, [g for _, g, _ in aux], state, hp, variant, aux[0][2])
     return after
+
+
+def _snapshots(params) -> list[Tensor]:
+    """Copies of ``params`` (their dtype) in buffers held with the launch tables
+    (:func:`swgl.kernels.cached_plan`): at fixed addresses, as a CUDA graph replays them."""
+    from swgl import kernels
+
+    kept = kernels.cached_plan("v6.snapshots", [params], [], lambda: [
+        torch.empty_like(p, memory_format=torch.contiguous_format) for p in params])
+    torch._foreach_copy_(kept, params)
+    return kept
+
+
+def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
+                      v4_step: Callable[[], Tensor], n: Tensor) -> None:
+    """v6 around a fused v4 step that also steps the optimizer (swgl.optim's Triton path),
+    with no host sync: ``v4_step()`` runs it; ``found`` is the step's skip flag, already set;
+    ``n`` is the detector's signal, summed by v4's first pass. The same math as the phases,
+    in this order: the detector (its kernel); on a shift the consolidation (before the step,
+    as the ``before`` phase takes it: it reads the weights, the anchor and the path); a copy
+    of the params; the step; the pull and the path (one kernel: :func:`_pull_and_path`).
+
+    Memory: the copy of the params the path needs (``w_before``) is one buffer in the params'
+    dtype (4 bytes per element for fp32 params, 2 for bf16), allocated once and held with the
+    launch tables (:func:`_snapshots`). Folding the path into v4's apply pass, which holds
+    ``w_before`` and ``g`` in registers, would save the copy and the path's pass."""
+    det = state["detector"]
+    new, shift = v5._advance(n, det[0], found, kernel=True)
+    _consolidate(params, state, shift, "fused", Context())
+    torch._foreach_copy_(det, [new] * len(det))
+    start = _snapshots(params)
+    v4_step()
+    _pull_and_path(params, start, grads, state, hp, "fused", Context(found=found))
 
 
 V6 = Rule(
     name="v6",
-    before=Variants(*(v5._before(v4_before, variant, _consolidate_si) for v4_before, variant in
-                      ((V4.before.single, "single"), (V4.before.foreach, "foreach"),
-                       (V4.before.fused, "fused")))),
+    before=Variants(_before(V4.before.single, "single"), _before(V4.before.foreach, "foreach"),
+                    _before(V4.before.fused, "fused")),
     after=Variants(_after(V4.after.single, "single"), _after(V4.after.foreach, "foreach"),
                    _after(V4.after.fused, "fused")),
     options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode", "consolidation",
@@ -144,7 +354,11 @@ V6 = Rule(
     modes=("update",),
     device_guard=True,
     factor=V4.factor,
+    kernel="v4",
     cpu_fused=True,
+    fused_checks=True,
     defaults=(("alpha", 0.999), ("lambda_reg", 0.0), ("consolidation", STRENGTH),
               ("consolidation_horizon", 0.0)),
+    around_fused_step=around_fused_step,
+    graphable=True,
 )
