@@ -1,4 +1,4 @@
-r"""``v6``: ``v5``'s detector and pull, with the importance of synaptic intelligence (SI,
+r"""``v6``, the default rule: ``v5``'s detector and pull, with the importance of synaptic intelligence (SI,
 Zenke et al. 2017) in place of the Fisher's, normalised by its mean over the group, and no
 damping by default.
 
@@ -28,7 +28,9 @@ Why: against the plain optimizer at its tuned learning rate, v5 gains 2 points o
 three regimes with SGD but with Adam in one; SI run at v5's detected shifts gains with Adam
 but needs a strength per optimizer; v4's damping removes SI's gain with Adam. ``v6`` chose
 the strength (:data:`STRENGTH`) and ``lambda_reg`` 0 by that protocol (the eleventh session,
-docs/results.md, "Earn its place"). ``lambda_reg`` > 0 turns v4's damping back on; ``alpha``,
+docs/results.md, "Earn its place"); the twelfth session made it the default, after a run of
+plain, v5 and v6 side by side (v6: +2 in three regimes with SGD and in two with Adam, v5 in
+three and one; ahead of v5 on the label-permuted stream). ``lambda_reg`` > 0 turns v4's damping back on; ``alpha``,
 ``eps`` and ``max_boost`` act through that damping only (and ``alpha`` on the EMA that
 ``SWGL.stats`` reports).
 
