@@ -201,21 +201,28 @@ def _subset(xs: Sequence, idx: list[int]) -> list:
     return [xs[i] for i in idx]
 
 
-def split(params, grads, stabilities, extra: Sequence[Sequence[Tensor]] = ()):
-    """Indices of the fusable tensors grouped by (device, param dtype, grad dtype), and the rest.
+def split(params, grads, stabilities, extra: Sequence[Sequence[Tensor]] = (),
+          buffers: Sequence[Sequence[Tensor]] = ()):
+    """Indices of the fusable tensors grouped by (device, param dtype, grad dtype, buffer
+    dtype), and the rest.
 
-    ``extra`` lists further per-param tensors (optimizer buffers) that must also be contiguous
-    fp32 on the same device.
+    ``extra`` lists further per-param tensors (v5's anchors) that must also be contiguous fp32
+    on the same device; ``buffers`` the optimizer's buffers, contiguous on the same device and
+    of one dtype per param, fp32 or the param's (torch's optimizers keep theirs so).
     """
     groups: dict[tuple, list[int]] = {}
     rest: list[int] = []
     for i, (p, g, s) in enumerate(zip(params, grads, stabilities)):
+        dtypes = {b[i].dtype for b in buffers}
         ok = fusable_tensor(p, g, s) and all(
             b[i].dtype == torch.float32 and b[i].is_contiguous() and b[i].device == p.device
             for b in extra
+        ) and dtypes <= {torch.float32, p.dtype} and len(dtypes) <= 1 and all(
+            b[i].is_contiguous() and b[i].device == p.device and b[i].shape == p.shape
+            for b in buffers
         )
         if ok:
-            groups.setdefault((p.device, p.dtype, g.dtype), []).append(i)
+            groups.setdefault((p.device, p.dtype, g.dtype, *dtypes), []).append(i)
         else:
             rest.append(i)
     return groups, rest
