@@ -1,0 +1,415 @@
+"""The wrapper's fused path: ``SWGL.wrap(torch.optim.AdamW / SGD)`` stepped by swgl.optim's
+fused SWGL + optimizer kernels on the base's own state (src/swgl/wrapper.py's docstring).
+
+* parity (Triton: CUDA, or TRITON_INTERPRET=1 on the CPU): the fused path equals the phases
+  around the base's own step, and swgl.optim, over 20 steps with a non-finite one (which the
+  fused path skips whole), fp32 and bf16 params of odd sizes, two groups with their own lr
+  under a scheduler; the base's state stays torch's (a plain torch optimizer loads it, and the
+  wrapper loads a plain one's); the two paths may follow each other;
+* fallback (everywhere): each condition the fused path needs sends the step through the
+  phases, with the reason, and the step stays right.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import swgl.optim
+from swgl import SWGL, kernels
+from swgl.graphs import GraphedPhases
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+needs_kernels = pytest.mark.skipif(
+    not kernels.runs_on(torch.device(DEV)),
+    reason="the fused path runs Triton's kernels: needs CUDA and Triton, or TRITON_INTERPRET=1 "
+           "with Triton installed (the CPU through Triton's interpreter)",
+)
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and kernels.triton_available()),
+    reason="host syncs and CUDA graphs are CUDA's: needs a CUDA device and Triton")
+
+#: the bases the fused path takes: (torch class, its options)
+BASES = {
+    "adamw-fused": (torch.optim.AdamW, dict(betas=(0.8, 0.99), weight_decay=0.1, fused=True)),
+    "adamw-capturable": (torch.optim.AdamW, dict(weight_decay=0.1, capturable=True)),
+    "sgd-momentum": (torch.optim.SGD, dict(momentum=0.9, weight_decay=0.1)),
+    "sgd-nesterov": (torch.optim.SGD, dict(momentum=0.9, nesterov=True)),
+    "sgd": (torch.optim.SGD, dict()),
+}
+#: the bases, as test parameters: torch's capturable AdamW steps CUDA params only
+KINDS = [pytest.param(kind, marks=pytest.mark.skipif(
+    "capturable" in kind and DEV == "cpu", reason="torch's capturable AdamW needs CUDA"))
+    for kind in BASES]
+LRS = {torch.optim.AdamW: (1e-2, 3e-3), torch.optim.SGD: (5e-2, 1e-2)}
+SIZES = (1, 33, 4095, 2 * 4096 + 3, 4096)
+STEPS, NONFINITE_AT = 20, 7
+FP32_TOL = dict(rtol=1e-5, atol=1e-5) if DEV == "cpu" else dict(rtol=1e-6, atol=1e-6)
+# bf16: a step's rounding, a few ulps (the phases round the param twice a step). Triton's
+# interpreter rounds towards 0, so a step under an ulp stores no change there: at a first step,
+# whose steps are the smallest, that moves v4's rho (from the sums over the stored steps)
+BF16_TOL = dict(rtol=2**-5, atol=1e-3) if DEV == "cuda" else dict(rtol=2**-5, atol=0.1)
+
+
+def _params(dtype):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(n, generator=gen).to(device=DEV, dtype=dtype))
+            for n in SIZES]
+
+
+def _grads(step, dtype):
+    gen = torch.Generator().manual_seed(100 + step)
+    # a shift at step 12 (grads ten times larger): v5 consolidates and pulls
+    scale = 10.0 if step >= 12 else 1.0
+    out = [scale * torch.randn(n, generator=gen).to(device=DEV, dtype=dtype) for n in SIZES]
+    if step == NONFINITE_AT:
+        out[3][-1] = float("nan")
+    return out
+
+
+def _groups(params, lrs):
+    return [{"params": params[:2], "lr": lrs[0]}, {"params": params[2:], "lr": lrs[1]}]
+
+
+def _wrapper(kind, params, fused, **swgl_options):
+    cls, kw = BASES[kind]
+    base = cls(_groups(params, LRS[cls]), lr=LRS[cls][0], **kw)
+    return SWGL.wrap(base, fused=fused, **swgl_options)
+
+
+def _train(opt, params, dtype, skip_nonfinite=False, steps=STEPS):
+    """``steps`` steps under a scheduler; ``skip_nonfinite``: the non-finite step is not taken
+    (what the fused path does with it, and GradScaler with the phases)."""
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.9**t)
+    for i in range(steps):
+        for p, g in zip(params, _grads(i, dtype)):
+            p.grad = g
+        if not (skip_nonfinite and i == NONFINITE_AT):
+            opt.step()
+        sched.step()
+
+
+def _assert_same_state(a, b, tol=FP32_TOL):
+    """Two wrappers' params, the base's state and SWGL's, alike."""
+    pa = [p for g in a.param_groups for p in g["params"]]
+    pb = [p for g in b.param_groups for p in g["params"]]
+    for p, q in zip(pa, pb):
+        torch.testing.assert_close(p, q, **tol)
+        for owner_a, owner_b in ((a.base, b.base), (a, b)):
+            sa, sb = owner_a.state.get(p, {}), owner_b.state.get(q, {})
+            assert set(sa) == set(sb)
+            for key in sa:
+                assert sa[key].dtype == sb[key].dtype and sa[key].device == sb[key].device, key
+                torch.testing.assert_close(sa[key].float(), sb[key].float(), **tol, msg=key)
+
+
+# -- parity ------------------------------------------------------------------------------------
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_path_equals_the_phases_around_the_base(kind):
+    runs = []
+    for fused in (None, False):
+        params = _params(torch.float32)
+        opt = _wrapper(kind, params, fused)
+        _train(opt, params, torch.float32, skip_nonfinite=fused is False)
+        runs.append(opt)
+    fused, phases = runs
+    assert fused._stepping is not None and phases._stepping is None
+    assert "fused=False" in phases._fused_why
+    _assert_same_state(fused, phases)
+    first = fused.param_groups[0]["params"][0]
+    assert float(fused.state[first]["step"]) == STEPS - 1   # the non-finite step not counted
+    if kind.startswith("adamw"):
+        assert float(fused.base.state[first]["step"]) == STEPS - 1
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["adamw-fused", "sgd-momentum"])
+def test_each_fused_step_equals_a_step_of_the_phases(kind, dtype):
+    """From the same params and state, each of the steps, one at a time. For bf16 params
+    the phases round the param twice a step (after the base's step, after the rescale), the
+    fused step once, so whole runs drift apart by an ulp or two a step (and under Triton's
+    interpreter, which rounds towards 0, one way); one step at a time they agree."""
+    params, ref_params = _params(dtype), _params(dtype)
+    fused, phases = _wrapper(kind, params, None), _wrapper(kind, ref_params, False)
+    tol = FP32_TOL if dtype == torch.float32 else BF16_TOL
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda t: 0.9**t) for o in (fused, phases)]
+    for i in range(STEPS):
+        with torch.no_grad():
+            for p, q in zip(params, ref_params):
+                q.copy_(p)
+        if i:
+            phases.load_state_dict(copy.deepcopy(fused.state_dict()))
+        for ps in (params, ref_params):
+            for p, g in zip(ps, _grads(i, dtype)):
+                p.grad = g
+        fused.step()
+        if i != NONFINITE_AT:
+            phases.step()
+        assert fused._stepping is not None
+        _assert_same_state(fused, phases, tol=tol)
+        for sched in scheds:
+            sched.step()
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["adamw-fused", "sgd-momentum", "sgd-nesterov"])
+def test_fused_path_equals_swgl_optim(kind):
+    """The same kernels on swgl.optim's state: the same numbers (fp32 params, whose buffers
+    are fp32 in both)."""
+    cls, kw = BASES[kind]
+    params = _params(torch.float32)
+    opt = _wrapper(kind, params, None)
+    _train(opt, params, torch.float32)
+    ref_params = _params(torch.float32)
+    ref_kw = {k: v for k, v in kw.items() if k not in ("fused", "capturable")}
+    ref_cls = swgl.optim.AdamW if cls is torch.optim.AdamW else swgl.optim.SGD
+    ref = ref_cls(_groups(ref_params, LRS[cls]), lr=LRS[cls][0], **ref_kw)
+    _train(ref, ref_params, torch.float32)
+    for p, q in zip(params, ref_params):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+        mine = {**opt.base.state.get(p, {}),
+                **{"swgl_" + k: v for k, v in opt.state[p].items() if k != "step"}}
+        theirs = dict(ref.state[q])
+        if cls is torch.optim.SGD:   # torch's SGD keeps no step counter
+            del theirs["step"]
+        assert set(mine) == set(theirs)
+        for key, value in theirs.items():
+            torch.testing.assert_close(mine[key], value, rtol=1e-6, atol=1e-6, msg=key)
+
+
+@needs_kernels
+def test_paths_may_follow_each_other():
+    """The fused path and the phases taking turns (a group option switched every other step)
+    step as the phases alone: either reads what the other left in the base's state."""
+    runs = []
+    for alternate in (True, False):
+        params = _params(torch.float32)
+        opt = _wrapper("adamw-fused", params, None if alternate else False)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.9**t)
+        for i in range(10):
+            for p, g in zip(params, _grads(i, torch.float32)):
+                p.grad = g
+            if alternate:
+                for group in opt.param_groups:
+                    group["swgl_fused"] = None if i % 2 else False
+            if i != NONFINITE_AT:
+                opt.step()
+                assert (opt._stepping is not None) == (alternate and i % 2 == 1)
+            sched.step()
+        runs.append(opt)
+    _assert_same_state(*runs)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.values[0] != "sgd-nesterov"])
+def test_base_state_is_torchs_both_ways(kind):
+    """The base's state_dict after fused steps loads into a plain torch optimizer and matches
+    the one torch's own steps make (keys, dtypes, devices, values); and a plain torch
+    optimizer's state loads into the wrapper, whose fused steps continue as the phases do."""
+    cls, kw = BASES[kind]
+    params = _params(torch.float32)
+    opt = _wrapper(kind, params, None)
+    _train(opt, params, torch.float32, steps=4)
+    phase_params = _params(torch.float32)
+    phases = _wrapper(kind, phase_params, False)
+    _train(phases, phase_params, torch.float32, steps=4)
+    plain = cls(_groups(_params(torch.float32), LRS[cls]), lr=1.0, **kw)
+    plain.load_state_dict(copy.deepcopy(opt.base.state_dict()))
+    torch_made = phases.base.state_dict()["state"]
+    for index, entry in plain.state_dict()["state"].items():
+        assert set(entry) == set(torch_made[index])
+        for key, value in entry.items():
+            ref = torch_made[index][key]
+            assert (value.dtype, value.device, value.shape) == (ref.dtype, ref.device, ref.shape)
+            torch.testing.assert_close(value, ref, **FP32_TOL)
+
+    # the other way: a plain torch optimizer's checkpoint (no SWGL state nor options) under
+    # both paths
+    plain_params = _params(torch.float32)
+    plain = cls(_groups(plain_params, LRS[cls]), lr=LRS[cls][0], **kw)
+    _train(plain, plain_params, torch.float32, steps=4)
+    runs = []
+    for fused in (None, False):
+        ps = _params(torch.float32)
+        wrapper = _wrapper(kind, ps, fused)
+        wrapper.load_state_dict(copy.deepcopy(plain.state_dict()))
+        assert wrapper.param_groups[0]["swgl_fused"] is fused   # the wrapper's options kept
+        for i in range(4, NONFINITE_AT):
+            for p, g in zip(ps, _grads(i, torch.float32)):
+                p.grad = g
+            wrapper.step()
+        runs.append(wrapper)
+    assert runs[0]._stepping is not None
+    _assert_same_state(*runs)
+
+
+@needs_kernels
+def test_state_is_made_as_torch_makes_it():
+    """A param's first fused step makes the base's state as torch's first step would: the
+    counter on the param's device for fused/capturable AdamW, buffers in the param's dtype, and
+    none at all for SGD without momentum."""
+    for kind in ("adamw-fused", "sgd-momentum", "sgd"):
+        made = []
+        for fused in (None, False):
+            params = _params(torch.bfloat16)
+            opt = _wrapper(kind, params, fused)
+            for p, g in zip(params, _grads(0, torch.bfloat16)):
+                p.grad = g
+            opt.step()
+            made.append({i: {k: (v.dtype, v.device, v.shape) for k, v in entry.items()}
+                         for i, entry in opt.base.state_dict()["state"].items()})
+        assert made[0] == made[1], kind
+
+
+@needs_kernels
+def test_add_param_group_joins_the_fused_path():
+    params = _params(torch.float32)
+    opt = _wrapper("adamw-fused", params[:3], None)
+    opt.add_param_group({"params": params[3:], "lr": 1e-3})
+    for p, g in zip(params, _grads(0, torch.float32)):
+        p.grad = g
+    opt.step()
+    assert opt._stepping is not None
+    assert float(opt.base.state[params[4]]["step"]) == 1.0
+
+
+@needs_kernels
+def test_cuda_graphs_replay_the_fused_step_with_the_schedulers_lr(monkeypatch):
+    """The fused path goes through the wrapper's graphs (a fake capture here, which runs the
+    step once: the replays only count; CUDA's equality is tests/test_graphs_cuda.py's); the lr
+    reaches it as a device scalar set at each step."""
+    from test_graphs_policy import FakeCapture
+
+    params = _params(torch.float32)
+    opt = _wrapper("adamw-fused", params, None)
+    cap = FakeCapture()
+    monkeypatch.setattr(type(opt), "_graphs_possible", lambda self: True)
+    monkeypatch.setattr(type(opt), "_graph_blocker", lambda self: None)
+    opt._graphs = GraphedPhases(capture=cap)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    for i in range(6):
+        for p, g in zip(params, _grads(i, torch.float32)):
+            p.grad = g.clone()
+        opt.step()
+        sched.step()
+    assert opt._stepping is not None
+    assert cap.captured == 1 and opt._graphs.before.replays >= 2
+    assert opt._graphs.after.replays == 0      # no after phase: one fused step
+    lr = opt._lr[id(opt.param_groups[0])]
+    assert lr.item() == pytest.approx(LRS[torch.optim.AdamW][0] * 0.5**5)
+    key = opt._graph_key()
+    opt.param_groups[0]["lr"] = 1e-5           # read on the device: the same graph
+    assert opt._graph_key() == key
+    opt.param_groups[0]["betas"] = (0.5, 0.9)  # baked into the kernels' arguments
+    assert opt._graph_key() != key
+
+
+@needs_cuda
+def test_fused_path_never_syncs_and_skips_a_nonfinite_step():
+    params = _params(torch.float32)
+    opt = _wrapper("adamw-fused", params, None)
+    for i in range(NONFINITE_AT + 1):
+        for p, g in zip(params, _grads(i, torch.float32)):
+            p.grad = g
+        before = [p.detach().clone() for p in params]
+        if i >= 3:   # the first steps check the params, make the state, build the kernels
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert opt._stepping is not None
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    assert float(opt.base.state[params[0]]["step"]) == NONFINITE_AT
+
+
+# -- fallback ----------------------------------------------------------------------------------
+
+
+def _fallback_case(base_cls, base_kw, swgl_kw, params=None):
+    torch.manual_seed(0)
+    params = params or [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    return params, SWGL.wrap(base_cls(params, lr=1e-2, **base_kw), **swgl_kw)
+
+
+class _MyAdamW(torch.optim.AdamW):
+    pass
+
+
+FALLBACKS = {
+    "amsgrad": (torch.optim.AdamW, dict(amsgrad=True, fused=True), {}, "amsgrad=True"),
+    "maximize": (torch.optim.AdamW, dict(maximize=True, fused=True), {}, "maximize=True"),
+    "host counters": (torch.optim.AdamW, dict(foreach=True), {}, "on the host"),
+    "subclass": (_MyAdamW, dict(fused=True), {}, None),
+    "adam": (torch.optim.Adam, dict(fused=True), {}, None),
+    "tensor lr": (torch.optim.AdamW, dict(fused=True), {"lr_tensor": True}, "lr is a Tensor"),
+    "sgd dampening": (torch.optim.SGD, dict(momentum=0.9, dampening=0.1), {}, "dampening"),
+    "swgl fused=False": (torch.optim.AdamW, dict(fused=True), dict(fused=False), "fused=False"),
+    "grad mode": (torch.optim.AdamW, dict(fused=True), dict(rule="v4", mode="grad"),
+                  "mode 'grad'"),
+    "storage": (torch.optim.AdamW, dict(fused=True), dict(storage="bf16"), "storage"),
+    "shock": (torch.optim.AdamW, dict(fused=True), dict(rule="v2", shock=2.0), "do not implement"),
+}
+
+
+@pytest.mark.parametrize("case", list(FALLBACKS))
+def test_each_condition_falls_back_to_the_phases(case, monkeypatch):
+    """With Triton taken as available (the conditions are checked before any kernel), each
+    failing condition sends the step through the phases, naming why."""
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    cls, base_kw, swgl_kw, why = FALLBACKS[case]
+    swgl_kw = dict(swgl_kw)
+    tensor_lr = swgl_kw.pop("lr_tensor", False)
+    params, opt = _fallback_case(cls, base_kw, swgl_kw)
+    if tensor_lr:
+        opt.param_groups[0]["lr"] = torch.tensor(1e-2)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    assert opt._stepping is None
+    if why is not None:
+        assert why in opt._fused_why
+    assert not all(torch.equal(p, q) for p, q in zip(params, before))   # it stepped
+
+
+def test_cpu_params_fall_back_where_the_kernels_take_cuda_only(monkeypatch):
+    """Triton present (but no interpreter): CPU params take the phases."""
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    monkeypatch.setattr(kernels, "_INTERPRET", False)
+    params, opt = _fallback_case(torch.optim.AdamW, dict(fused=True), {})
+    ref_params, ref = _fallback_case(torch.optim.AdamW, dict(fused=True), dict(fused=False))
+    for i in range(3):
+        for p, q in zip(params, ref_params):
+            p.grad = torch.full_like(p, 0.1 * (i + 1))
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    assert opt._stepping is None and "the kernels do not take" in opt._fused_why
+    for p, q in zip(params, ref_params):
+        assert torch.equal(p, q)
+
+
+def test_hooks_on_the_base_keep_its_step(monkeypatch):
+    """Whatever hooked or replaced the base's own step expects it to run."""
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    params, opt = _fallback_case(torch.optim.AdamW, dict(fused=True), {})
+    fired = []
+    opt.base.register_step_post_hook(lambda *a: fired.append(1))
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert fired == [1] and "step hooks" in opt._fused_why
+    params, opt = _fallback_case(torch.optim.AdamW, dict(fused=True), {})
+    torch.optim.lr_scheduler.StepLR(opt.base, step_size=1)   # wraps the base's step
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert opt._stepping is None and "replaced" in opt._fused_why
