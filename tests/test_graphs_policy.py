@@ -85,6 +85,58 @@ def test_a_graph_keeps_the_launch_tables_it_captured(monkeypatch):
     assert refs[-1]() is None                         # and released with it
 
 
+def test_a_graph_keeps_what_its_capture_holds(monkeypatch):
+    """What a step reads outside any launch table (step counters, device scalars, state:
+    :func:`swgl.kernels.hold`) is kept as long as the graph captured around it, and nothing
+    is kept outside a capture."""
+    import gc
+    import weakref
+
+    from swgl import kernels
+
+    graph = PhaseGraph("before", FakeCapture())
+    refs = []
+
+    def fn():
+        counter = torch.zeros(())
+        refs.append(weakref.ref(counter))
+        kernels.hold([counter])
+
+    graph.run("k", fn)                                # eager: nothing held
+    gc.collect()
+    assert refs[-1]() is None
+    graph.run("k", fn)                                # captured: held with the graph
+    gc.collect()
+    assert refs[-1]() is not None
+    graph.reset()
+    gc.collect()
+    assert refs[-1]() is None
+
+
+def test_a_plan_is_not_reused_for_tensors_of_another_size_at_the_same_address(monkeypatch):
+    """A freed param leaves its address to the caching allocator, which may hand it to a
+    param of another size (another model, another test of the process): its plan must not
+    be reused, or the kernels read and write past the new tensor's end (a device fault on a
+    GPU, which ends the process's CUDA context)."""
+    from collections import OrderedDict
+
+    from swgl import kernels
+
+    monkeypatch.setattr(kernels, "_PLANS", OrderedDict())
+    storage = torch.zeros(64)
+    small, large = storage[:8], storage[:32]      # one address, one dtype, two sizes
+    assert small.data_ptr() == large.data_ptr()
+    builds = []
+
+    def plan_of(t):
+        return kernels.cached_plan("sizes", [[t]], [], lambda: builds.append(t.numel()) or t)
+
+    plan_of(small)
+    plan_of(large)
+    plan_of(small)
+    assert builds == [8, 32]
+
+
 def test_another_key_runs_eagerly_and_is_captured_once_it_repeats():
     cap = FakeCapture()
     graph = PhaseGraph("before", cap)
