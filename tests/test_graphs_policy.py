@@ -386,3 +386,33 @@ def test_swgl_optim_replays_its_triton_step_with_the_schedulers_lr(monkeypatch):
     assert cap.captured == 1 and opt._graphs.before.replays >= 2
     lr = opt._lr[id(opt.param_groups[0])]
     assert lr.item() == pytest.approx(1e-2 * 0.5 ** 4)   # the last step's lr, set on device
+
+
+@pytest.mark.skipif(not (os.environ.get("TRITON_INTERPRET") == "1"
+                         and importlib.util.find_spec("triton")),
+                    reason="swgl.optim's Triton step on the CPU needs TRITON_INTERPRET=1")
+def test_swgl_optim_reads_the_groups_lr_where_graphs_cannot_run_this_step(monkeypatch):
+    """The kernels read the lr's device scalar only where this step set it; a step that may
+    not run as a graph (the option turned off, graphs still on) reads the group's lr, not a
+    scalar left from an earlier step."""
+    import swgl.optim
+    from swgl.optim import _base
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64))
+    opt = swgl.optim.AdamW([w], lr=1e-2)
+    possible = [True]
+    monkeypatch.setattr(type(opt), "_graph_key",
+                        lambda self: ("fixed", self._state_version) if possible[0] else None)
+    monkeypatch.setattr(type(opt), "_graph_blocker", lambda self: None)
+    opt._graphs = GraphedPhases(capture=FakeCapture())
+    seen = []
+    step = _base.triton_step
+    monkeypatch.setattr(_base, "triton_step",
+                        lambda groups, *a: seen.append([g.lr for g in groups]) or step(groups, *a))
+    for i in range(2):
+        possible[0] = i == 0
+        w.grad = torch.randn(64)
+        opt.step()
+    assert opt._graphs.enabled
+    assert isinstance(seen[0][0], torch.Tensor) and seen[1] == [None]

@@ -268,6 +268,8 @@ class SWGLOptimizer(Optimizer):
         self._state_version = 0
         #: per param group (by id), its lr as a device scalar, which the graphed kernels read
         self._lr: dict[int, Tensor] = {}
+        #: whether this step's kernels read the lr from ``_lr`` (set this step: graphs may run)
+        self._lr_live = False
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "swgl" in param_group:
@@ -328,6 +330,8 @@ class SWGLOptimizer(Optimizer):
         an LR scheduler does not force a new capture)."""
         loss = run_closure(closure)
         key = self._graph_key()
+        self._lr_live = key is not None   # (while graphs are on, a step that may not run as
+        # one reads the group's lr, not a device scalar it did not set)
         if self._graphs is None:
             if key is None and not self.cuda_graphs:
                 self._step()
@@ -348,6 +352,7 @@ class SWGLOptimizer(Optimizer):
         plan = self._triton_plan(work)
         if plan is not None:
             groups = self._fused_groups(work)
+            kernels.hold(groups)   # under a capture: kept as long as its graph
             triton_step(groups, plan, self.kernel_opt, [t for g in groups for t in g.steps])
         else:
             self._foreach_step(work)
@@ -385,10 +390,10 @@ class SWGLOptimizer(Optimizer):
         return why
 
     def _fused_groups(self, work) -> list[FusedGroup]:
-        """``work`` as :func:`triton_step` takes it; the lr a device scalar while graphs run."""
-        graphed = self._graphs is not None and self._graphs.enabled
+        """``work`` as :func:`triton_step` takes it; the lr a device scalar where this step
+        set them (graphs may run)."""
         return [FusedGroup(group["swgl"]["rule"], hyper(group["swgl"]), self.kernel_args(group),
-                           self._lr.get(id(group)) if graphed else None, params, grads,
+                           self._lr[id(group)] if self._lr_live else None, params, grads,
                            stabilities, steps, buffers, extras)
                 for group, (params, grads, stabilities, steps, buffers, extras) in work]
 

@@ -47,7 +47,7 @@ def _torch_blocker(group: dict[str, Any]) -> str | None:
     for name in ("amsgrad", "maximize", "differentiable"):
         if group[name]:
             return f"{name}=True"
-    if not group["decoupled_weight_decay"]:
+    if not group.get("decoupled_weight_decay", True):   # (torch < 2.7's AdamW has no such key)
         return "decoupled_weight_decay=False"
     if not (group["fused"] or group["capturable"]):
         return "its step counters live on the host (fused=True or capturable=True)"
