@@ -19,8 +19,11 @@ import pytest
 import torch
 
 import swgl.optim
+import swgl.wrapper
 from swgl import SWGL, kernels
 from swgl.graphs import GraphedPhases
+from swgl.optim import TORCH_BASES
+from swgl.rules import RULES
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 needs_kernels = pytest.mark.skipif(
@@ -45,6 +48,10 @@ KINDS = [pytest.param(kind, marks=pytest.mark.skipif(
     "capturable" in kind and DEV == "cpu", reason="torch's capturable AdamW needs CUDA"))
     for kind in BASES]
 LRS = {torch.optim.AdamW: (1e-2, 3e-3), torch.optim.SGD: (5e-2, 1e-2)}
+#: the rules the fused path takes: with Triton kernels (``Rule.kernel``), in mode "update" (a
+#: rule given kernels later joins here, as it does swgl.optim's Triton tests)
+FUSED_RULES = [name for name, rule in RULES.items()
+               if rule.kernel is not None and "update" in rule.modes]
 SIZES = (1, 33, 4095, 2 * 4096 + 3, 4096)
 STEPS, NONFINITE_AT = 20, 7
 #: whole runs of fp32 params (20 steps): the same math in another order
@@ -151,6 +158,21 @@ def test_fused_path_equals_the_phases_around_the_base(kind):
     assert float(fused.state[first]["step"]) == STEPS - 1   # the non-finite step not counted
     if kind.startswith("adamw"):
         assert float(fused.base.state[first]["step"]) == STEPS - 1
+
+
+@needs_kernels
+@pytest.mark.parametrize("rule", FUSED_RULES)
+def test_every_rule_with_kernels_takes_the_fused_path(rule):
+    """The wrapper names no rule: any rule with kernels in mode "update" takes the fused path
+    (through its ``around_fused_step`` where it has one) and steps as the phases do."""
+    runs = []
+    for fused in (None, False):
+        params = _params(torch.float32)
+        opt = _wrapper("adamw-fused", params, fused, rule=rule, mode="update")
+        _train(opt, params, torch.float32, skip_nonfinite=fused is False, steps=10)
+        runs.append(opt)
+    assert runs[0]._stepping is not None and runs[1]._stepping is None
+    _assert_same_state(*runs)
 
 
 def _values(opt, params):
@@ -381,6 +403,163 @@ def test_cuda_graphs_replay_the_fused_step_with_the_schedulers_lr(monkeypatch):
     assert opt._graph_key() == key
     opt.param_groups[0]["betas"] = (0.5, 0.9)  # baked into the kernels' arguments
     assert opt._graph_key() != key
+
+
+def _fake_graphs(opt, monkeypatch):
+    """The wrapper's graphs with a fake capture (tests/test_graphs_policy.py's: it runs the
+    step once, and a replay runs nothing)."""
+    from test_graphs_policy import FakeCapture
+
+    monkeypatch.setattr(type(opt), "_graphs_possible", lambda self: True)
+    monkeypatch.setattr(type(opt), "_graph_blocker", lambda self: None)
+    opt._graphs = GraphedPhases(capture=FakeCapture())
+
+
+def _tensors(obj):
+    """The tensors in ``obj``: nested lists, tuples (FusedGroup) and dicts."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+@needs_kernels
+def test_the_graph_keeps_every_tensor_the_fused_step_reads(monkeypatch):
+    """A replay reads and writes by address what its capture read: the base's state and step
+    counters, SWGL's, the params, the lr scalars. The graph keeps them (and the launch
+    tables) as long as it lives, so that no replay reaches memory reused for something else,
+    whatever replaced them behind its back."""
+    params = _params(torch.float32)
+    opt = _wrapper("adamw-fused", params, None)
+    _fake_graphs(opt, monkeypatch)
+    for i in range(3):
+        for p, g in zip(params, _grads(i, torch.float32)):
+            p.grad = g.clone()
+        opt.step()
+    assert opt._graphs.before.from_graph
+    held = {id(t) for t in _tensors(opt._graphs.before._held)}
+    for p in params:
+        for t in (p, *opt.base.state[p].values(), *opt.state[p].values()):
+            assert id(t) in held
+    assert all(id(lr) in held for lr in opt._lr.values())
+
+
+@needs_kernels
+def test_a_base_state_loaded_behind_the_wrappers_back_is_captured_anew(monkeypatch):
+    """``wrapper.base.load_state_dict`` replaces the base's state tensors: the graph captured
+    on the old ones is not replayed (it would write into them), the next step runs on the
+    new ones."""
+    params = _params(torch.float32)
+    opt = _wrapper("adamw-fused", params, None)
+    _fake_graphs(opt, monkeypatch)
+    for i in range(4):
+        for p, g in zip(params, _grads(i, torch.float32)):
+            p.grad = g.clone()
+        opt.step()
+    assert opt._graphs.before.from_graph
+    opt.base.load_state_dict(copy.deepcopy(opt.base.state_dict()))
+    loaded = opt.base.state[params[2]]["exp_avg"].clone()
+    for p, g in zip(params, _grads(4, torch.float32)):
+        p.grad = g.clone()
+    opt.step()
+    assert opt._stepping is not None and not opt._graphs.before.from_graph
+    assert not torch.equal(opt.base.state[params[2]]["exp_avg"], loaded)   # stepped on them
+
+
+@needs_kernels
+def test_the_lr_is_the_groups_where_graphs_cannot_run_this_step(monkeypatch):
+    """The kernels read each group's lr from a device scalar only where this step set it
+    (graphs may run); a step that may not run as a graph, with graphs still on (the option
+    turned off), reads the group's lr, not a scalar left from an earlier step."""
+    params = _params(torch.float32)
+    opt = _wrapper("adamw-fused", params, None)
+    possible = [True]
+    monkeypatch.setattr(type(opt), "_graphs_possible", lambda self: possible[0])
+    monkeypatch.setattr(type(opt), "_graph_blocker", lambda self: None)
+    from test_graphs_policy import FakeCapture
+
+    opt._graphs = GraphedPhases(capture=FakeCapture())
+    seen = []
+    step = swgl.wrapper.triton_step
+    monkeypatch.setattr(swgl.wrapper, "triton_step",
+                        lambda groups, *a: seen.append([g.lr for g in groups]) or step(groups, *a))
+    for i in range(2):
+        possible[0] = i == 0
+        for p, g in zip(params, _grads(i, torch.float32)):
+            p.grad = g.clone()
+        opt.step()
+    assert opt._graphs.enabled
+    assert all(isinstance(lr, torch.Tensor) for lr in seen[0]) and seen[1] == [None, None]
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["adamw-fused", "sgd-momentum"])
+def test_a_checkpoint_resumes_the_fused_path_bit_exactly(kind):
+    """state_dict, then load_state_dict into a new wrapper on the same values: the state
+    loaded is the state saved, bit for bit, and the steps after it are those of a run that
+    never stopped."""
+    def run(stop_at=None):
+        params = _params(torch.float32)
+        opt = _wrapper(kind, params, None)
+        for i in range(10):
+            if i == stop_at:
+                saved = copy.deepcopy(opt.state_dict())
+                params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+                opt = _wrapper(kind, params, None)
+                opt.load_state_dict(saved)
+                again = opt.state_dict()
+                assert again["param_groups"] == saved["param_groups"]
+                assert saved["state"].keys() == again["state"].keys()
+                for index, entry in saved["state"].items():
+                    assert entry.keys() == again["state"][index].keys()
+                    for key, value in entry.items():
+                        mine = again["state"][index][key]
+                        assert (mine.dtype, mine.device) == (value.dtype, value.device), key
+                        assert torch.equal(mine, value), key
+            for p, g in zip(params, _grads(i, torch.float32)):
+                p.grad = g
+            opt.step()
+            assert opt._stepping is not None
+        return opt
+
+    whole, resumed = run(), run(stop_at=5)
+    _assert_same_state(whole, resumed, tol=dict(rtol=0, atol=0))
+
+
+@needs_kernels
+def test_a_state_tensor_replaced_by_hand_sends_the_step_through_the_phases():
+    """A state tensor the kernels do not take, put in by hand under the key the per-param
+    check ran under: the step goes through the phases, silently, and the next is checked
+    anew."""
+    params = _params(torch.float32)
+    opt = _wrapper("sgd-momentum", params, None)
+    for i in range(2):
+        for p, g in zip(params, _grads(i, torch.float32)):
+            p.grad = g
+        opt.step()
+    assert opt._stepping is not None
+    buf = opt.base.state[params[1]]["momentum_buffer"]
+    strided = torch.zeros(2 * buf.numel(), device=buf.device)[::2]
+    opt.base.state[params[1]]["momentum_buffer"] = strided.copy_(buf)
+    for i in range(2, 4):
+        for p, g in zip(params, _grads(i, torch.float32)):
+            p.grad = g
+        opt.step()
+        assert opt._stepping is None
+    assert "do not take" in opt._fused_why
+
+
+def test_adamw_of_an_older_torch_without_decoupled_weight_decay_takes_the_fused_path():
+    """torch before 2.7 keeps no ``decoupled_weight_decay`` in AdamW's groups (AdamW's decay
+    is decoupled there): not a condition that fails, nor a KeyError."""
+    group = dict(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))],
+                                   fused=True).param_groups[0])
+    group.pop("decoupled_weight_decay", None)
+    assert TORCH_BASES[torch.optim.AdamW].blocker(group) is None
 
 
 @needs_cuda

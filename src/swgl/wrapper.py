@@ -9,28 +9,32 @@ swgl.optim's fused SWGL + optimizer step (:func:`swgl.optim._base.triton_step`):
 in one set of Triton passes, reading and writing the base's own state tensors (``step``,
 ``exp_avg``, ``exp_avg_sq``; ``momentum_buffer``), made as torch makes them where a param has
 none yet, so the base's ``state_dict`` stays torch's and either path can follow the other.
-Why: on an H200, BERT-base's step took 1.75x torch's fused AdamW through the phases, 1.47x
-through swgl.optim's fused step (issue 13). It is taken when every condition holds, else the
-phases run around the base's step:
+Why: on an H200, BERT-base's step took 1.75x torch's fused AdamW through the phases, 1.64x
+through this path (issue 13). It is taken when every condition holds; otherwise the phases run
+around the base's step, silently (the reason is logged once at DEBUG on ``swgl.wrapper``):
 
 * the base is exactly ``torch.optim.AdamW`` or ``torch.optim.SGD`` (a subclass may change its
   step), its step neither hooked nor replaced on the instance (whatever did so expects it to
   run), Triton can run (CUDA, or its interpreter);
-* per group: ``fused`` not False, a rule with a kernel in ``mode="update"`` (in ``"grad"`` the
-  phases leave the modulated grads in ``.grad``, where the fused step only reads them), fp32
-  storage, options the kernels implement; the base's options those the kernels implement
+* per group, read at each step (schedulers and users change them): ``fused`` not False; a
+  rule with Triton kernels (``Rule.kernel``; a rule whose kernel is another's and that adds
+  work of its own runs it through ``Rule.around_fused_step``, as in swgl.optim: no rule is
+  named here); ``mode="update"`` (in ``"grad"`` the phases leave the modulated grads in
+  ``.grad``, where the fused step only reads them); fp32 storage; SWGL options the kernels
+  implement; the base's options those the kernels implement
   (:data:`swgl.optim.TORCH_BASES`: AdamW's step counters on the device, ``fused=True`` or
   ``capturable=True``, so that a skipped step is not counted with a host sync; SGD without
-  dampening; no amsgrad, maximize or differentiable; plain-number hyperparameters), read at
-  each step (schedulers change them);
-* per param (checked again whenever the params, their grads' layout or the state change):
-  what the kernels take (contiguous fp32/bf16/fp16 tensors on one device, the base's buffers
-  in the param's dtype or fp32).
+  dampening; no amsgrad, maximize or differentiable; plain-number hyperparameters);
+* per param (checked again whenever the params, their grads' dtypes and layout, or the state
+  change): what the kernels take (plain contiguous fp32/bf16/fp16 tensors on one device, the
+  base's buffers in the param's dtype or fp32, the base's step counters on that device).
 
 As swgl.optim's, that step waits for the host nowhere and skips itself whole on a non-finite
 gradient (params, SWGL's state, the base's state and both step counters), where the phases
 hand the base its step as usual; the gradients are read, never modified. With ``cuda_graphs``
-it is replayed as one CUDA graph, the lr read from a device scalar set at each step.
+it is replayed as one CUDA graph, the lr read from a device scalar set at each step; the graph
+keeps every tensor and launch table it reads (:func:`swgl.kernels.hold_plans`), and a base
+whose state was replaced (its own ``load_state_dict``) is captured anew.
 """
 
 from __future__ import annotations
@@ -142,6 +146,10 @@ class SWGLWrapper(SWGLBase):
         self._lr: dict[int, Tensor] = {}
         #: per device, the count SGD's kernels read (see :meth:`_fused_groups`)
         self._not_first: dict[torch.device, Tensor] = {}
+        #: whether this step's kernels read the lr from ``_lr`` (set this step: graphs may run)
+        self._lr_live = False
+        #: the base's state as last seen: its own load_state_dict replaces it (new tensors)
+        self._base_state_seen = base_opt.state
         # With the base's defaults: OneCycleLR and CyclicLR look for momentum/betas there.
         super().__init__(base_opt.param_groups, {**base_opt.defaults, **defaults})
         self._sharing_groups = True
@@ -189,12 +197,17 @@ class SWGLWrapper(SWGLBase):
         """Run ``closure`` (forward and backward), modulate the grads, then step the base; or,
         where every condition holds, the fused step on the base's state (module docstring)."""
         loss = run_closure(closure)
+        if self.base.state is not self._base_state_seen:   # replaced: no graph may replay
+            self._base_state_seen = self.base.state         # onto the old state's tensors
+            self._state_version += 1
         self._stepping = self._fused_base()
         if self._stepping is not None:
-            if self._graphs_possible():
+            self._lr_live = self._graphs_possible()
+            if self._lr_live:
                 set_lrs(self._lr, self.param_groups)
-            self._run_before(self._fused_step)
-            return loss
+            if self._run_before(self._fused_step):
+                return loss
+            self._stepping = None   # it found a tensor the kernels do not take: the phases
         pending = self._run_before(self._before_phase)
         self.base.step()
         if pending:
@@ -270,7 +283,7 @@ class SWGLWrapper(SWGLBase):
         """Why a param or a state tensor keeps the fused step off, or None. Makes the state a
         param has not yet (SWGL's, and the base's as torch makes it at its first step), which
         either path then steps."""
-        groups, counters = self._fused_groups(torch_base)
+        groups, counters = self._fused_groups(torch_base, lrs=False)
         if not groups:
             return None
         if triton_plan(groups) is None:
@@ -282,10 +295,12 @@ class SWGLWrapper(SWGLBase):
             return "a step counter of the base lives on another device"
         return None
 
-    def _fused_groups(self, torch_base: TorchBase) -> tuple[list[FusedGroup], list[Tensor]]:
+    def _fused_groups(self, torch_base: TorchBase, lrs: bool
+                      ) -> tuple[list[FusedGroup], list[Tensor]]:
         """The groups with grads as the fused step takes them, on SWGL's state and the base's
-        (made where missing), and the step counters it counts: SWGL's and the base's."""
-        graphed = self._graphs is not None and self._graphs.enabled
+        (made where missing), and the step counters it counts: SWGL's and the base's.
+        ``lrs``: the kernels read each group's lr from its device scalar (``_lr``, set this
+        step), else the group's number."""
         out: list[FusedGroup] = []
         counters: list[Tensor] = []
         for group in self.param_groups:
@@ -308,7 +323,7 @@ class SWGLWrapper(SWGLBase):
             rule = group[PREFIX + "rule"]
             out.append(FusedGroup(
                 rule, RULES[rule].hyper(hyper(group, PREFIX)), torch_base.kernel_args(group),
-                self._lr.get(id(group)) if graphed else None, params, grads, stabilities, reads,
+                self._lr[id(group)] if lrs else None, params, grads, stabilities, reads,
                 [[state[key] for state in states] for key in keys], extra))
         return out, counters
 
@@ -328,16 +343,22 @@ class SWGLWrapper(SWGLBase):
             self._state_version += 1
         return state
 
-    def _fused_step(self) -> None:
-        """The fused step over every group (:func:`swgl.optim._base.triton_step`)."""
-        groups, counters = self._fused_groups(self._stepping)
+    def _fused_step(self) -> bool:
+        """The fused step over every group (:func:`swgl.optim._base.triton_step`); False, with
+        nothing done, where the kernels do not take a tensor after all (the per-param check
+        ran under this step's key: a state tensor replaced by hand), which the next step
+        checks anew. Under a CUDA graph's capture, what the kernels read outside their launch
+        tables is kept as long as the graph (:func:`swgl.kernels.hold`)."""
+        groups, counters = self._fused_groups(self._stepping, self._lr_live)
         if not groups:
-            return
+            return True
         plan = triton_plan(groups)
-        if plan is None:   # checked under this step's key: a state tensor swapped by hand
-            raise RuntimeError("a state tensor changed since the fused step checked it; "
-                               "change state through the optimizer's methods")
+        if plan is None:
+            self._fused_checked = (None, "not checked")
+            return False
+        kernels.hold(groups, counters)
         triton_step(groups, plan, self._stepping.opt, counters)
+        return True
 
     def _graph_key(self) -> tuple | None:
         """The phases' key; for the fused step also the base's state size and its options
