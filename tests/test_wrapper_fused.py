@@ -553,6 +553,23 @@ def test_a_state_tensor_replaced_by_hand_sends_the_step_through_the_phases():
     assert "do not take" in opt._fused_why
 
 
+@needs_kernels
+def test_a_momentum_buffer_of_none_is_made_as_torch_makes_it():
+    """A checkpoint of an older torch's SGD (momentum 0 then) keeps ``momentum_buffer: None``;
+    with momentum now, the fused step makes the buffer as torch's first step would and steps
+    as the phases do."""
+    runs = []
+    for fused in (None, False):
+        params = _params(torch.float32)
+        opt = _wrapper("sgd-momentum", params, fused)
+        for p in params:
+            opt.base.state[p]["momentum_buffer"] = None
+        _train(opt, params, torch.float32, skip_nonfinite=fused is False, steps=3)
+        runs.append(opt)
+    assert runs[0]._stepping is not None
+    _assert_same_state(*runs)
+
+
 def test_adamw_of_an_older_torch_without_decoupled_weight_decay_takes_the_fused_path():
     """torch before 2.7 keeps no ``decoupled_weight_decay`` in AdamW's groups (AdamW's decay
     is decoupled there): not a condition that fails, nor a KeyError."""

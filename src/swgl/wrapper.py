@@ -330,16 +330,18 @@ class SWGLWrapper(SWGLBase):
     def _base_state(self, p: Tensor, group: dict[str, Any], torch_base: TorchBase,
                     keys: tuple[str, ...]) -> dict[str, Tensor]:
         """The base's state of ``p``, with what torch would make at its first step where
-        missing (none at all for SGD without momentum, as torch)."""
+        missing or None (an old torch's SGD kept ``momentum_buffer: None`` without momentum;
+        none at all for SGD without momentum, as torch)."""
         state = self.base.state.get(p)
         needed = (*keys, torch_base.counter) if torch_base.counter else keys
-        if state is None or any(key not in state for key in needed):
+        if state is None or any(state.get(key) is None for key in needed):
             fresh = torch_base.init_state(p, group)
             if not fresh:
                 return {}
             state = self.base.state[p]
             for key, value in fresh.items():
-                state.setdefault(key, value)
+                if state.get(key) is None:
+                    state[key] = value
             self._state_version += 1
         return state
 
