@@ -184,7 +184,19 @@ def triton_step(groups: list[FusedGroup], plan: list[list[list[int]]], opt: int,
     """One step of the rules fused with the optimizer ``opt`` over every group, on the device
     with no host sync (the module docstring): swgl.optim's Triton path, and the wrapper's
     around torch's AdamW / SGD. ``counters`` (device step counters) are counted
-    ``1 - found`` before the kernels read the groups' ``steps``."""
+    ``1 - found`` before the kernels read the groups' ``steps``. Triton launches on the
+    current CUDA device: the params' device is made current for the step (a launch on another
+    device than its tensors' would fault)."""
+    device = groups[0].params[0].device
+    if device.type != "cuda":
+        _triton_step(groups, plan, opt, counters)
+        return
+    with torch.cuda.device(device):
+        _triton_step(groups, plan, opt, counters)
+
+
+def _triton_step(groups: list[FusedGroup], plan: list[list[list[int]]], opt: int,
+                 counters: list[Tensor]) -> None:
     from swgl.kernels import triton_importance_optim as V4
     from swgl.kernels import triton_swgl as K
 
