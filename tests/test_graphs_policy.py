@@ -85,6 +85,58 @@ def test_a_graph_keeps_the_launch_tables_it_captured(monkeypatch):
     assert refs[-1]() is None                         # and released with it
 
 
+def test_a_graph_keeps_what_its_capture_holds(monkeypatch):
+    """What a step reads outside any launch table (step counters, device scalars, state:
+    :func:`swgl.kernels.hold`) is kept as long as the graph captured around it, and nothing
+    is kept outside a capture."""
+    import gc
+    import weakref
+
+    from swgl import kernels
+
+    graph = PhaseGraph("before", FakeCapture())
+    refs = []
+
+    def fn():
+        counter = torch.zeros(())
+        refs.append(weakref.ref(counter))
+        kernels.hold([counter])
+
+    graph.run("k", fn)                                # eager: nothing held
+    gc.collect()
+    assert refs[-1]() is None
+    graph.run("k", fn)                                # captured: held with the graph
+    gc.collect()
+    assert refs[-1]() is not None
+    graph.reset()
+    gc.collect()
+    assert refs[-1]() is None
+
+
+def test_a_plan_is_not_reused_for_tensors_of_another_size_at_the_same_address(monkeypatch):
+    """A freed param leaves its address to the caching allocator, which may hand it to a
+    param of another size (another model, another test of the process): its plan must not
+    be reused, or the kernels read and write past the new tensor's end (a device fault on a
+    GPU, which ends the process's CUDA context)."""
+    from collections import OrderedDict
+
+    from swgl import kernels
+
+    monkeypatch.setattr(kernels, "_PLANS", OrderedDict())
+    storage = torch.zeros(64)
+    small, large = storage[:8], storage[:32]      # one address, one dtype, two sizes
+    assert small.data_ptr() == large.data_ptr()
+    builds = []
+
+    def plan_of(t):
+        return kernels.cached_plan("sizes", [[t]], [], lambda: builds.append(t.numel()) or t)
+
+    plan_of(small)
+    plan_of(large)
+    plan_of(small)
+    assert builds == [8, 32]
+
+
 def test_another_key_runs_eagerly_and_is_captured_once_it_repeats():
     cap = FakeCapture()
     graph = PhaseGraph("before", cap)
@@ -335,3 +387,33 @@ def test_swgl_optim_replays_its_triton_step_with_the_schedulers_lr(monkeypatch, 
     assert cap.captured == 1 and opt._graphs.before.replays >= 2
     lr = opt._lr[id(opt.param_groups[0])]
     assert lr.item() == pytest.approx(1e-2 * 0.5 ** 4)   # the last step's lr, set on device
+
+
+@pytest.mark.skipif(not (os.environ.get("TRITON_INTERPRET") == "1"
+                         and importlib.util.find_spec("triton")),
+                    reason="swgl.optim's Triton step on the CPU needs TRITON_INTERPRET=1")
+def test_swgl_optim_reads_the_groups_lr_where_graphs_cannot_run_this_step(monkeypatch):
+    """The kernels read the lr's device scalar only where this step set it; a step that may
+    not run as a graph (the option turned off, graphs still on) reads the group's lr, not a
+    scalar left from an earlier step."""
+    import swgl.optim
+    from swgl.optim import _base
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64))
+    opt = swgl.optim.AdamW([w], lr=1e-2)
+    possible = [True]
+    monkeypatch.setattr(type(opt), "_graph_key",
+                        lambda self: ("fixed", self._state_version) if possible[0] else None)
+    monkeypatch.setattr(type(opt), "_graph_blocker", lambda self: None)
+    opt._graphs = GraphedPhases(capture=FakeCapture())
+    seen = []
+    step = _base.triton_step
+    monkeypatch.setattr(_base, "triton_step",
+                        lambda groups, *a: seen.append([g.lr for g in groups]) or step(groups, *a))
+    for i in range(2):
+        possible[0] = i == 0
+        w.grad = torch.randn(64)
+        opt.step()
+    assert opt._graphs.enabled
+    assert isinstance(seen[0][0], torch.Tensor) and seen[1] == [None]

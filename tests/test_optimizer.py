@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from swgl import DEFAULT_RULE, SWGL, SWGLWrapper
+from swgl import DEFAULT_RULE, SWGL, SWGLWrapper, kernels
 from swgl.rules import RULES
 from toy import step_both
 from toy import toy_batches as _batches
@@ -249,7 +249,10 @@ def test_wrapper_equals_the_two_object_pattern(base_cls, kwargs):
     opt = SWGL.wrap(base_cls(m2.parameters(), **kwargs), alpha=0.9)
     _train_wrapper(m2, opt, batches)
     for a, b in zip(m1.parameters(), m2.parameters()):
-        assert torch.equal(a, b)
+        if opt._stepping is None:
+            assert torch.equal(a, b)
+        else:   # Triton's interpreter: the fused path, the same math in another order
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_wrapper_from_class_and_kwargs_equals_wrap():
@@ -757,6 +760,9 @@ CPU_READS = {"v4": 0, "v5": 2, "v6": 2}
 
 @pytest.mark.parametrize("api", ["two-object", "wrapper"])
 def test_the_default_cpu_step_reads_only_its_rules_flags_on_the_host(api, host_reads):
+    if api == "wrapper" and kernels._INTERPRET:
+        pytest.skip("under Triton's interpreter the wrapper takes its fused path, whose "
+                    "kernels run on the host")
     model = _model()
     base = torch.optim.SGD(model.parameters(), lr=0.1)  # torch's SGD reads nothing either
     swgl = SWGL(model.parameters()) if api == "two-object" else SWGL.wrap(base)

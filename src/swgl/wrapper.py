@@ -3,18 +3,53 @@
 second phase. It shares ``param_groups`` with the base, so LR schedulers,
 ``add_param_group`` and ``zero_grad`` act on both, and its ``state_dict()`` is the base's with
 SWGL's tensors under ``swgl_*`` keys.
+
+The fused path. Around ``torch.optim.AdamW`` or ``torch.optim.SGD`` the step may instead be
+swgl.optim's fused SWGL + optimizer step (:func:`swgl.optim._base.triton_step`): the same math
+in one set of Triton passes, reading and writing the base's own state tensors (``step``,
+``exp_avg``, ``exp_avg_sq``; ``momentum_buffer``), made as torch makes them where a param has
+none yet, so the base's ``state_dict`` stays torch's and either path can follow the other.
+Why: on an H200, BERT-base's step took 1.75x torch's fused AdamW through the phases, 1.64x
+through this path (issue 13). It is taken when every condition holds; otherwise the phases run
+around the base's step, silently (the reason is logged once at DEBUG on ``swgl.wrapper``):
+
+* the base is exactly ``torch.optim.AdamW`` or ``torch.optim.SGD`` (a subclass may change its
+  step), its step neither hooked nor replaced on the instance (whatever did so expects it to
+  run), Triton can run (CUDA, or its interpreter);
+* per group, read at each step (schedulers and users change them): ``fused`` not False; a
+  rule with Triton kernels (``Rule.kernel``; a rule whose kernel is another's and that adds
+  work of its own runs it through ``Rule.around_fused_step``, as in swgl.optim: no rule is
+  named here); ``mode="update"`` (in ``"grad"`` the phases leave the modulated grads in
+  ``.grad``, where the fused step only reads them); fp32 storage; SWGL options the kernels
+  implement; the base's options those the kernels implement
+  (:data:`swgl.optim.TORCH_BASES`: AdamW's step counters on the device, ``fused=True`` or
+  ``capturable=True``, so that a skipped step is not counted with a host sync; SGD without
+  dampening; no amsgrad, maximize or differentiable; plain-number hyperparameters);
+* per param (checked again whenever the params, their grads' dtypes and layout, or the state
+  change): what the kernels take (plain contiguous fp32/bf16/fp16 tensors on one device, the
+  base's buffers in the param's dtype or fp32, the base's step counters on that device).
+
+As swgl.optim's, that step waits for the host nowhere and skips itself whole on a non-finite
+gradient (params, SWGL's state, the base's state and both step counters), where the phases
+hand the base its step as usual; the gradients are read, never modified. With ``cuda_graphs``
+it is replayed as one CUDA graph, the lr read from a device scalar set at each step; the graph
+keeps every tensor and launch table it reads (:func:`swgl.kernels.hold_plans`), and a base
+whose state was replaced (its own ``load_state_dict``) is captured anew.
 """
 
 from __future__ import annotations
 
+import logging
+import operator
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from swgl import graphs, kernels
 from swgl.base import (
     PREFIX,
     Pending,
@@ -25,10 +60,16 @@ from swgl.base import (
     snapshot,
 )
 from swgl.checkpoint import by_position, check_state_dict_layout
-from swgl.options import MATH_OPTIONS, check_options
-from swgl.rules import DEFAULT_RULE
+from swgl.optim import TORCH_BASES
+from swgl.optim._base import FusedGroup, TorchBase, set_lrs, triton_plan, triton_step
+from swgl.options import MATH_OPTIONS, check_options, hyper
+from swgl.rules import DEFAULT_RULE, RULES
 
 __all__ = ["SWGLWrapper", "wrap"]
+
+log = logging.getLogger(__name__)
+
+_DTYPE = operator.attrgetter("dtype")
 
 
 class SWGLWrapper(SWGLBase):
@@ -96,6 +137,19 @@ class SWGLWrapper(SWGLBase):
         self._warned_fresh = False
         self._sharing_groups = False
         self._kept_snapshots: dict[Any, tuple] = {}  # CPU: see base.snapshot
+        #: the fused path (module docstring): what this step takes (None: the phases), the key
+        #: its per-param check ran under with its outcome, the reason last logged
+        self._stepping: TorchBase | None = None
+        self._fused_checked: tuple[Hashable, str | None] = (None, "not checked")
+        self._fused_why: str | None = None
+        #: per param group (by id), its lr as a device scalar the graphed kernels read
+        self._lr: dict[int, Tensor] = {}
+        #: per device, the count SGD's kernels read (see :meth:`_fused_groups`)
+        self._not_first: dict[torch.device, Tensor] = {}
+        #: whether this step's kernels read the lr from ``_lr`` (set this step: graphs may run)
+        self._lr_live = False
+        #: the base's state as last seen: its own load_state_dict replaces it (new tensors)
+        self._base_state_seen = base_opt.state
         # With the base's defaults: OneCycleLR and CyclicLR look for momentum/betas there.
         super().__init__(base_opt.param_groups, {**base_opt.defaults, **defaults})
         self._sharing_groups = True
@@ -140,8 +194,20 @@ class SWGLWrapper(SWGLBase):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Run ``closure`` (forward and backward), modulate the grads, then step the base."""
+        """Run ``closure`` (forward and backward), modulate the grads, then step the base; or,
+        where every condition holds, the fused step on the base's state (module docstring)."""
         loss = run_closure(closure)
+        if self.base.state is not self._base_state_seen:   # replaced: no graph may replay
+            self._base_state_seen = self.base.state         # onto the old state's tensors
+            self._state_version += 1
+        self._stepping = self._fused_base()
+        if self._stepping is not None:
+            self._lr_live = self._graphs_possible()
+            if self._lr_live:
+                set_lrs(self._lr, self.param_groups)
+            if self._run_before(self._fused_step):
+                return loss
+            self._stepping = None   # it found a tensor the kernels do not take: the phases
         pending = self._run_before(self._before_phase)
         self.base.step()
         if pending:
@@ -152,6 +218,160 @@ class SWGLWrapper(SWGLBase):
         _, pending = self._modulate()
         keep = self._keeps_snapshots()
         return [(entry, snapshot(entry, self._kept_snapshots, keep)) for entry in pending]
+
+    # -- the fused path (module docstring) ----------------------------------------------------
+
+    def _fused_base(self) -> TorchBase | None:
+        """What the fused step needs of the base this step, or None where a condition fails:
+        the options are checked at each step, the params and state once per key
+        (:meth:`_fused_key`)."""
+        torch_base = TORCH_BASES.get(type(self.base))
+        if torch_base is None or not kernels.triton_available():
+            return None
+        why = self._fused_options_blocker(torch_base)
+        if why is None:
+            key = self._fused_key(torch_base)
+            if key != self._fused_checked[0]:
+                self._fused_checked = (key, self._fused_params_blocker(torch_base))
+            why = self._fused_checked[1]
+        if why != self._fused_why:
+            self._fused_why = why
+            if why is not None:
+                log.debug("swgl: the wrapper steps %s through the phases: %s",
+                          type(self.base).__name__, why)
+        return torch_base if why is None else None
+
+    def _fused_options_blocker(self, torch_base: TorchBase) -> str | None:
+        """Why an option keeps the fused step off this step, or None."""
+        base = self.base
+        if base._optimizer_step_pre_hooks or base._optimizer_step_post_hooks:
+            return "the base optimizer has step hooks"
+        if "step" in vars(base):
+            return "the base optimizer's step was replaced on the instance"
+        for index, group in enumerate(self.param_groups):
+            name = group[PREFIX + "rule"]
+            rule = RULES[name]
+            if group[PREFIX + "fused"] is False:
+                why = "fused=False"
+            elif rule.kernel is None:
+                why = f"rule {name!r} has no kernel"
+            elif group[PREFIX + "mode"] != "update":
+                why = "mode 'grad' hands the base the modulated grads in .grad"
+            elif group[PREFIX + "storage"] != "fp32":
+                why = f"storage {group[PREFIX + 'storage']!r}"
+            elif not kernels.supports(rule.hyper(hyper(group, PREFIX))):
+                why = "an SWGL option the kernels do not implement"
+            else:
+                why = torch_base.blocker(group)
+            if why is not None:
+                return f"param group {index}: {why}"
+        return None
+
+    def _fused_key(self, torch_base: TorchBase) -> tuple:
+        """What :meth:`_fused_params_blocker` reads that can change between steps: which params
+        have grads, the params' addresses, the grads' dtypes and layouts, the state's version
+        and size, the buffers a group has and where fresh counters would live."""
+        parts: list[Any] = [self._state_version, len(self.state), len(self.base.state)]
+        for group in self.param_groups:
+            grads = [p.grad for p in group["params"] if p.grad is not None]
+            parts += graphs.params_key(group["params"])
+            parts += (tuple(map(_DTYPE, grads)), tuple(map(Tensor.is_contiguous, grads)),
+                      torch_base.buffer_keys(group), group.get("fused"), group.get("capturable"))
+        return tuple(parts)
+
+    def _fused_params_blocker(self, torch_base: TorchBase) -> str | None:
+        """Why a param or a state tensor keeps the fused step off, or None. Makes the state a
+        param has not yet (SWGL's, and the base's as torch makes it at its first step), which
+        either path then steps."""
+        groups, counters = self._fused_groups(torch_base, lrs=False)
+        if not groups:
+            return None
+        if triton_plan(groups) is None:
+            return ("a param, grad or state tensor the kernels do not take (contiguous "
+                    "fp32/bf16/fp16 on one device of theirs; the buffers fp32 or the param's "
+                    "dtype)")
+        device = groups[0].params[0].device
+        if any(t.device != device for t in counters):
+            return "a step counter of the base lives on another device"
+        return None
+
+    def _fused_groups(self, torch_base: TorchBase, lrs: bool
+                      ) -> tuple[list[FusedGroup], list[Tensor]]:
+        """The groups with grads as the fused step takes them, on SWGL's state and the base's
+        (made where missing), and the step counters it counts: SWGL's and the base's.
+        ``lrs``: the kernels read each group's lr from its device scalar (``_lr``, set this
+        step), else the group's number."""
+        out: list[FusedGroup] = []
+        counters: list[Tensor] = []
+        for group in self.param_groups:
+            params, grads, stabilities, steps, extra = self._gather(group)
+            if not params:
+                continue
+            keys = torch_base.buffer_keys(group)
+            states = [self._base_state(p, group, torch_base, keys) for p in params]
+            if torch_base.counter is None:
+                # torch's SGD keeps no counter; the kernels take its first step (b = d) at a
+                # count of 1, which a zero buffer without dampening steps alike: never 1 here
+                device = params[0].device
+                if device not in self._not_first:
+                    self._not_first[device] = torch.full((), 2.0, device=device)
+                reads = [self._not_first[device]] * len(params)
+            else:
+                reads = [state[torch_base.counter] for state in states]
+                counters += reads
+            counters += steps
+            rule = group[PREFIX + "rule"]
+            out.append(FusedGroup(
+                rule, RULES[rule].hyper(hyper(group, PREFIX)), torch_base.kernel_args(group),
+                self._lr[id(group)] if lrs else None, params, grads, stabilities, reads,
+                [[state[key] for state in states] for key in keys], extra))
+        return out, counters
+
+    def _base_state(self, p: Tensor, group: dict[str, Any], torch_base: TorchBase,
+                    keys: tuple[str, ...]) -> dict[str, Tensor]:
+        """The base's state of ``p``, with what torch would make at its first step where
+        missing or None (an old torch's SGD kept ``momentum_buffer: None`` without momentum;
+        none at all for SGD without momentum, as torch)."""
+        state = self.base.state.get(p)
+        needed = (*keys, torch_base.counter) if torch_base.counter else keys
+        if state is None or any(state.get(key) is None for key in needed):
+            fresh = torch_base.init_state(p, group)
+            if not fresh:
+                return {}
+            state = self.base.state[p]
+            for key, value in fresh.items():
+                if state.get(key) is None:
+                    state[key] = value
+            self._state_version += 1
+        return state
+
+    def _fused_step(self) -> bool:
+        """The fused step over every group (:func:`swgl.optim._base.triton_step`); False, with
+        nothing done, where the kernels do not take a tensor after all (the per-param check
+        ran under this step's key: a state tensor replaced by hand), which the next step
+        checks anew. Under a CUDA graph's capture, what the kernels read outside their launch
+        tables is kept as long as the graph (:func:`swgl.kernels.hold`)."""
+        groups, counters = self._fused_groups(self._stepping, self._lr_live)
+        if not groups:
+            return True
+        plan = triton_plan(groups)
+        if plan is None:
+            self._fused_checked = (None, "not checked")
+            return False
+        kernels.hold(groups, counters)
+        triton_step(groups, plan, self._stepping.opt, counters)
+        return True
+
+    def _graph_key(self) -> tuple | None:
+        """The phases' key; for the fused step also the base's state size and its options
+        (but the lr, a device scalar: :func:`swgl.optim._base.set_lrs`)."""
+        key = super()._graph_key()
+        if key is None or self._stepping is None:
+            return key
+        kernel_args = self._stepping.kernel_args
+        return (*key, "fused", len(self.base.state),
+                *(tuple((k, v) for k, v in kernel_args(group).items() if k != "lr")
+                  for group in self.param_groups))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)

@@ -32,7 +32,7 @@ from torch import Tensor
 from swgl.rules.base import Context, Hyper
 
 __all__ = ["run_fused", "run_fused_after", "triton_available", "runs_on", "can_fuse",
-           "supports", "fusable_tensor", "cached_plan", "launches_for", "hold_plans"]
+           "supports", "fusable_tensor", "cached_plan", "launches_for", "hold_plans", "hold"]
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _KNOWN_HYPER = frozenset({"alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
@@ -124,6 +124,16 @@ def hold_plans() -> Iterator[list[Any]]:
         _HELD.remove(held)
 
 
+def hold(*objs: Any) -> None:
+    """Keep ``objs`` (the tensors a step reads and writes outside any launch table: step
+    counters, device scalars, state) for as long as the CUDA graphs captured now
+    (:func:`hold_plans`; nothing outside a capture). A replay reads them by address: should
+    their owner drop them (a state replaced behind the graph's back), the replay then writes
+    into memory that is still theirs, not into memory reused for something else."""
+    for held in _HELD:
+        held.extend(objs)
+
+
 def cached_plan(name: object, fixed: Sequence[Sequence[Tensor]],
                 volatile: Sequence[Sequence[Tensor]], build: Callable[[], Any]) -> Any:
     """``build()``, reused while the tensors are alike: the same addresses for the ``fixed``
@@ -133,9 +143,12 @@ def cached_plan(name: object, fixed: Sequence[Sequence[Tensor]],
     addresses are not part of the key: the caller re-addresses the plan when they moved.
     A fused call splits its lists into launch groups and builds their tables; doing that
     per tensor at every step cost milliseconds of host time on a BERT-sized model. The key
-    reads each tensor's address and dtype through C-level maps. Sizes are not compared:
-    grads, state and snapshots are shaped like their params, and a param with the same
-    address and dtype keeps its size. Lists with a non-contiguous tensor are never cached.
+    reads each tensor's address and dtype, and the first list's sizes (the params': the
+    other lists are shaped like them), through C-level maps. The sizes matter: a param
+    freed (another model, another test in the same process) leaves its address to the
+    caching allocator, which may hand it to a param of another size, whose kernels would
+    then read and write past its end with the old tables (a device fault, which ends the
+    process's CUDA context). Lists with a non-contiguous tensor are never cached.
     """
     every = list(itertools.chain(*fixed, *volatile))
     if not all(map(Tensor.is_contiguous, every)):
@@ -143,8 +156,10 @@ def cached_plan(name: object, fixed: Sequence[Sequence[Tensor]],
         for held in _HELD:   # not cached: a graph captured now must keep it (hold_plans)
             held.append(plan)
         return plan
+    first = fixed[0] if fixed else volatile[0] if volatile else ()
     key = (name, tuple(map(len, (*fixed, *volatile))), every[0].device if every else None,
-           tuple(map(Tensor.data_ptr, itertools.chain(*fixed))), tuple(map(_DTYPE, every)))
+           tuple(map(Tensor.data_ptr, itertools.chain(*fixed))), tuple(map(_DTYPE, every)),
+           tuple(map(Tensor.numel, first)))
     plan = _PLANS.get(key)
     if plan is None:
         plan = _PLANS[key] = build()
@@ -187,9 +202,11 @@ def launches_for(name: str, lists: list[list[Tensor]], volatile: tuple[int, ...]
             for idx, lau in zip(groups, tables):
                 lau.readdress([_subset(xs, idx) for xs in lists])
             entry[3] = addresses
-    for held in _HELD:   # the tables as a graph captured now reads them (readdress swaps them)
-        held.append([(lau.ptrs, lau.blocks, lau.numels, lau.first, lau.gnumels, lau.steps)
-                     for lau in tables])
+    for held in _HELD:   # the tables as a graph captured now reads them (readdress swaps
+        # them), and the tensors they point to: should their owner drop one, the replays must
+        # not write into its memory once reused
+        held.append((lists, [(lau.ptrs, lau.blocks, lau.numels, lau.first, lau.gnumels,
+                              lau.steps) for lau in tables]))
     return groups, rest, tables
 
 
@@ -201,21 +218,28 @@ def _subset(xs: Sequence, idx: list[int]) -> list:
     return [xs[i] for i in idx]
 
 
-def split(params, grads, stabilities, extra: Sequence[Sequence[Tensor]] = ()):
-    """Indices of the fusable tensors grouped by (device, param dtype, grad dtype), and the rest.
+def split(params, grads, stabilities, extra: Sequence[Sequence[Tensor]] = (),
+          buffers: Sequence[Sequence[Tensor]] = ()):
+    """Indices of the fusable tensors grouped by (device, param dtype, grad dtype, buffer
+    dtype), and the rest.
 
-    ``extra`` lists further per-param tensors (optimizer buffers) that must also be contiguous
-    fp32 on the same device.
+    ``extra`` lists further per-param tensors (v5's anchors) that must also be contiguous fp32
+    on the same device; ``buffers`` the optimizer's buffers, contiguous on the same device and
+    of one dtype per param, fp32 or the param's (torch's optimizers keep theirs so).
     """
     groups: dict[tuple, list[int]] = {}
     rest: list[int] = []
     for i, (p, g, s) in enumerate(zip(params, grads, stabilities)):
+        dtypes = {b[i].dtype for b in buffers}
         ok = fusable_tensor(p, g, s) and all(
             b[i].dtype == torch.float32 and b[i].is_contiguous() and b[i].device == p.device
             for b in extra
+        ) and dtypes <= {torch.float32, p.dtype} and len(dtypes) <= 1 and all(
+            b[i].is_contiguous() and b[i].device == p.device and b[i].shape == p.shape
+            for b in buffers
         )
         if ok:
-            groups.setdefault((p.device, p.dtype, g.dtype), []).append(i)
+            groups.setdefault((p.device, p.dtype, g.dtype, *dtypes), []).append(i)
         else:
             rest.append(i)
     return groups, rest

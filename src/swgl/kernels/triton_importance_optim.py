@@ -1,7 +1,7 @@
 # ruff: noqa: SIM108  (constexpr branches of the kernels read better as blocks)
 r"""Triton kernels of ``v4`` (:mod:`swgl.rules.importance`) fused into swgl.optim's AdamW / SGD
 step, over a param group's launch groups (the tables of :class:`swgl.kernels.triton_swgl.Launch`:
-kinds 0 param, 1 grad, 2 stability, 3 and 4 the optimizer's buffers).
+kinds 0 param, 1 grad, 2 stability, 3 and 4 the optimizer's buffers, fp32 or the param's dtype).
 
 Three passes, whatever the number of params; ``k``, ``rho``, the step counters and the skip
 flag are read from device memory, so nothing waits for the host:
@@ -140,13 +140,15 @@ def _apply_body(pp, gp, sp, mp, vp, offs, n, t, k, rho, one_minus_alpha, min_sca
 def _pass_kernel(ptrs, T, blocks, nblocks, numels, steps, found, kp, rhop, partials,
                  one_minus_alpha, min_scale,
                  lrp, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
-                 P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, MODE: tl.constexpr,
-                 OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
-                 APPLY: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
+                 P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, B_DTYPE: tl.constexpr,
+                 MODE: tl.constexpr, OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
+                 NESTEROV: tl.constexpr, APPLY: tl.constexpr, ALIGNED: tl.constexpr,
+                 BLOCK_: tl.constexpr):
     """Pass 2: per-program partial sums of (g u, c g u) (update) or (-g^2, -c g^2) (grad).
     Pass 3 (APPLY): w = w + rho c u (update), or the optimizer's step with rho c g (grad)."""
     pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, True, BLOCK_)
-    pp, gp, sp, mp, vp = _step_ptrs(ptrs, T, i, P_DTYPE, G_DTYPE, OPT, HAS_MOMENTUM, ALIGNED)
+    pp, gp, sp, mp, vp = _step_ptrs(ptrs, T, i, P_DTYPE, G_DTYPE, B_DTYPE, OPT, HAS_MOMENTUM,
+                                    ALIGNED)
     t = tl.load(steps + i).to(tl.float32)
     k = tl.load(kp)
     lr = tl.load(lrp)   # a device scalar: a CUDA graph replays with the scheduler's lr
@@ -213,8 +215,8 @@ def step(launches: list[Launch], partials: list[Tensor], numel: int, hp: Hyper,
         _pass_kernel[lau.grid()](
             lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, lau.steps, found, k, rho, out,
             1.0 - hp.alpha, 1.0 / hp.max_boost, *scalars, P_DTYPE=lau.p_dtype,
-            G_DTYPE=lau.g_dtype, MODE=MODES[hp.mode], APPLY=apply, ALIGNED=lau.aligned,
-            BLOCK_=BLOCK, num_warps=NUM_WARPS, **flags,
+            G_DTYPE=lau.g_dtype, B_DTYPE=lau.b_dtype, MODE=MODES[hp.mode], APPLY=apply,
+            ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS, **flags,
         )
 
     sums = []

@@ -7,7 +7,8 @@ call takes the fused path.
 Layout. One launch covers a whole list of tensors of one dtype pair:
 
 * ``ptrs[k * T + i]`` is the address of tensor ``i`` of kind ``k`` (0 param, 1 grad,
-  2 stability, 3 first optimizer buffer, 4 second one);
+  2 stability, 3 first optimizer buffer, 4 second one; the buffers fp32, or the param's dtype
+  as torch's optimizers keep theirs: :class:`swgl.SWGLWrapper` steps torch's state);
 * ``blocks[b]`` / ``blocks[B + b]`` map program ``b`` to tensor ``i`` and the int64 offset of
   its tile of ``BLOCK`` elements (tensors over 2^31 bytes are fine); full tiles take the
   unmasked, 16-byte vectorised path when every address is 16-byte aligned;
@@ -355,19 +356,19 @@ def _step_body(pp, gp, sp, mp, vp, offs, n, t, m_ref,
 
 
 @triton.jit
-def _step_ptrs(ptrs, T, i, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, OPT: tl.constexpr,
-               HAS_MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr):
-    """Tensor ``i``'s param, grad, stability and optimizer buffers (the stability stands in
-    for the buffers the optimizer has not)."""
+def _step_ptrs(ptrs, T, i, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, B_DTYPE: tl.constexpr,
+               OPT: tl.constexpr, HAS_MOMENTUM: tl.constexpr, ALIGNED: tl.constexpr):
+    """Tensor ``i``'s param, grad, stability and optimizer buffers (of dtype ``B_DTYPE``; the
+    stability stands in for the buffers the optimizer has not)."""
     pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
     gp = _ptr(ptrs, 1, T, i, G_DTYPE, ALIGNED)
     sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
     mp = sp
     vp = sp
     if OPT == 1 or HAS_MOMENTUM:
-        mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
+        mp = _ptr(ptrs, 3, T, i, B_DTYPE, ALIGNED)
     if OPT == 1:
-        vp = _ptr(ptrs, 4, T, i, tl.float32, ALIGNED)
+        vp = _ptr(ptrs, 4, T, i, B_DTYPE, ALIGNED)
     return pp, gp, sp, mp, vp
 
 
@@ -375,16 +376,17 @@ def _step_ptrs(ptrs, T, i, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, OPT: tl
 def _step_kernel(ptrs, T, blocks, nblocks, numels, gnumels, steps, sums, counts, found,
                  alpha, ln_alpha, eps, min_scale, max_boost, lam, grad_scale, inv_scale,
                  lr, beta1, beta2, ln_beta1, ln_beta2, opt_eps, wd, momentum, dampening,
-                 P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, RULE: tl.constexpr,
-                 OPT: tl.constexpr, MODE: tl.constexpr, HAS_LAMBDA: tl.constexpr,
+                 P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, B_DTYPE: tl.constexpr,
+                 RULE: tl.constexpr, OPT: tl.constexpr, MODE: tl.constexpr,
+                 HAS_LAMBDA: tl.constexpr,
                  HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, HAS_FOUND: tl.constexpr,
                  ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
     """The elementwise pass: v1's whole rule, or v2's factor from the updated EMA; then write
     the modulated grad (OPT 0) or step the param with AdamW (OPT 1) or SGD (OPT 2)."""
     pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, found, HAS_FOUND, BLOCK_)
     if not skip:
-        pp, gp, sp, mp, vp = _step_ptrs(ptrs, T, i, P_DTYPE, G_DTYPE, OPT, HAS_MOMENTUM,
-                                        ALIGNED)
+        pp, gp, sp, mp, vp = _step_ptrs(ptrs, T, i, P_DTYPE, G_DTYPE, B_DTYPE, OPT,
+                                        HAS_MOMENTUM, ALIGNED)
         t = tl.load(steps + i).to(tl.float32)
         m_ref = 0.0
         if RULE == 2:
@@ -461,7 +463,8 @@ def _layout(numels: tuple[int, ...], device: torch.device, block: int):
 class Launch:
     """The tables of one launch group: tensors of one device and one (param, grad) dtype pair.
 
-    ``tensors`` are the lists [params, grads, stabilities, *optimizer buffers]. ``steps`` are
+    ``tensors`` are the lists [params, grads, stabilities, *optimizer buffers] (the buffers of
+    one dtype, :attr:`b_dtype`). ``steps`` are
     host step counters (copied in the same transfer as the pointers) or None, in which case
     the caller sets :attr:`steps` to a device tensor before the first kernel that reads it.
     """
@@ -473,6 +476,7 @@ class Launch:
         self.T = len(params)
         self.p_dtype = _TL_DTYPES[params[0].dtype]
         self.g_dtype = _TL_DTYPES[tensors[1][0].dtype]
+        self.b_dtype = _TL_DTYPES[tensors[3][0].dtype] if len(tensors) > 3 else tl.float32
         addrs = [t.data_ptr() for kind in tensors for t in kind]
         self.aligned = all(a % 16 == 0 for a in addrs)
         local = tuple(p.numel() for p in params)
@@ -579,7 +583,7 @@ def step(lau: Launch, rule: str, hp: Hyper, ctx: Context, *,
         *(sums if sums is not None else (dummy, dummy)), found if found is not None else dummy,
         hp.alpha, _ln(hp.alpha), hp.eps, _min_scale(hp), hp.max_boost, hp.lambda_reg,
         ctx.grad_scale, 1.0 / ctx.grad_scale, *scalars,
-        P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype, RULE=RULE_IDS[rule],
+        P_DTYPE=lau.p_dtype, G_DTYPE=lau.g_dtype, B_DTYPE=lau.b_dtype, RULE=RULE_IDS[rule],
         MODE=MODES[mode], HAS_LAMBDA=hp.lambda_reg > 0.0,
         HAS_FOUND=found is not None, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
         **flags,

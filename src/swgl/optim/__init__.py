@@ -6,9 +6,15 @@ lr=1e-3))`` does, with the same SWGL options, defaults (the default rule, ``v5``
 ``mode="update"``) and checks, passed as ``swgl=dict(...)``.
 """
 
-from swgl.optim._base import SWGL_DEFAULTS
-from swgl.optim.adamw import AdamW
-from swgl.optim.sgd import SGD
+import torch
+
+from swgl.optim._base import SWGL_DEFAULTS, TorchBase
+from swgl.optim.adamw import TORCH_ADAMW, AdamW
+from swgl.optim.sgd import SGD, TORCH_SGD
 from swgl.options import MODES
 
-__all__ = ["AdamW", "SGD", "MODES", "SWGL_DEFAULTS"]
+__all__ = ["AdamW", "SGD", "MODES", "SWGL_DEFAULTS", "TORCH_BASES"]
+
+#: the torch optimizers (these classes exactly, not subclasses) whose step the fused kernels
+#: implement on their own state: :class:`swgl.SWGLWrapper` steps them so
+TORCH_BASES: dict[type, TorchBase] = {torch.optim.AdamW: TORCH_ADAMW, torch.optim.SGD: TORCH_SGD}

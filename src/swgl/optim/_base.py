@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -113,6 +113,153 @@ def _restore(found: Tensor, outs: list[list[Tensor]], saved: list[list[Tensor]])
             torch.where(ok.to(x.device), x, old, out=x)
 
 
+class FusedGroup(NamedTuple):
+    """A param group as the fused step takes it (:func:`triton_plan`, :func:`triton_step`)."""
+
+    rule: str
+    hp: Hyper
+    #: the optimizer's hyperparameters as the kernels take them (``kernel_args``)
+    args: dict[str, Any]
+    #: the lr as a device scalar the kernels read (CUDA graphs: set at each step), or None
+    lr: Tensor | None
+    params: list[Tensor]
+    grads: list[Tensor]
+    stabilities: list[Tensor]
+    #: per param, the step count the kernels read (counted for this step when they run)
+    steps: list[Tensor]
+    buffers: list[list[Tensor]]
+    #: the rule's other state tensors by name (v5's)
+    extras: dict[str, list[Tensor]]
+
+
+class TorchBase(NamedTuple):
+    """How the fused step stands in for a torch optimizer's (:class:`swgl.SWGLWrapper`
+    around ``torch.optim.AdamW`` or ``SGD``), on the torch optimizer's own state."""
+
+    #: the kernels' optimizer id
+    opt: int
+    #: a param group's buffer keys in the optimizer's state, in kernel order
+    buffer_keys: Callable[[dict[str, Any]], tuple[str, ...]]
+    #: a param group's hyperparameters as the kernels take them
+    kernel_args: Callable[[dict[str, Any]], dict[str, Any]]
+    #: why the kernels cannot stand in for the optimizer's step on a param group, or None
+    blocker: Callable[[dict[str, Any]], str | None]
+    #: the state torch makes at a param's first step (the buffers, and ``counter``)
+    init_state: Callable[[Tensor, dict[str, Any]], dict[str, Tensor]]
+    #: the state key of the optimizer's step counter, or None where it keeps none
+    counter: str | None
+
+
+def plain_numbers(**values: Any) -> str | None:
+    """Which of ``values`` (a torch param group's hyperparameters) is not a plain number, or
+    None: the kernels take Python floats (a Tensor lr is torch's, for its own graphs)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} is a {type(value).__name__}, not a float"
+    return None
+
+
+def triton_plan(groups: list[FusedGroup]) -> list[list[list[int]]] | None:
+    """Per group, the index lists of its launch groups; None when the kernels cannot take
+    every tensor (one device of theirs, contiguous, fp32/bf16/fp16, the buffers fp32 or the
+    param's dtype), every rule, or its options. Reused while the tensors are alike."""
+    device = groups[0].params[0].device
+    if not kernels.runs_on(device):
+        return None
+    plan = []
+    for g in groups:
+        launch_groups, rest = kernels.cached_plan(
+            "optim.split", [g.params, g.stabilities, *g.buffers], [g.grads],
+            functools.partial(kernels.split, g.params, g.grads, g.stabilities,
+                              buffers=g.buffers))
+        if (rest or RULES[g.rule].kernel is None or not kernels.supports(g.hp)
+                or any(key[0] != device for key in launch_groups)):
+            return None
+        plan.append(list(launch_groups.values()))
+    return plan
+
+
+def triton_step(groups: list[FusedGroup], plan: list[list[list[int]]], opt: int,
+                counters: list[Tensor]) -> None:
+    """One step of the rules fused with the optimizer ``opt`` over every group, on the device
+    with no host sync (the module docstring): swgl.optim's Triton path, and the wrapper's
+    around torch's AdamW / SGD. ``counters`` (device step counters) are counted
+    ``1 - found`` before the kernels read the groups' ``steps``. Triton launches on the
+    current CUDA device: the params' device is made current for the step (a launch on another
+    device than its tensors' would fault)."""
+    device = groups[0].params[0].device
+    if device.type != "cuda":
+        _triton_step(groups, plan, opt, counters)
+        return
+    with torch.cuda.device(device):
+        _triton_step(groups, plan, opt, counters)
+
+
+def _triton_step(groups: list[FusedGroup], plan: list[list[list[int]]], opt: int,
+                 counters: list[Tensor]) -> None:
+    from swgl.kernels import triton_importance_optim as V4
+    from swgl.kernels import triton_swgl as K
+
+    ctx = Context()
+    found = torch.zeros(1, dtype=torch.float32, device=groups[0].params[0].device)
+    plans = []
+    # the first pass of every launch group sets the flag, before any later pass reads it
+    for g, launches in zip(groups, plan):
+        rule = RULES[g.rule].kernel
+        runs = []
+        for idx in launches:
+            _, _, (lau,) = kernels.launches_for(
+                "optim", [[xs[i] for i in idx]
+                          for xs in (g.params, g.grads, g.stabilities, *g.buffers)], (1,))
+            if rule == "v2":
+                first = K.v2_weight_sums(lau, ctx, found)
+            elif rule == "v4":
+                # partial sums of the new EMA (and for v5 of its detector's capped g^2)
+                first = V4.check(lau, g.hp, found,
+                                 g2=RULES[g.rule].around_fused_step is not None)
+            else:
+                first = None
+                K.nonfinite(lau, found)
+            runs.append((lau, [g.steps[i] for i in idx], first))
+        plans.append((g, rule, runs))
+    torch._foreach_add_(counters, 1.0)
+    # a list of 0-d device tensors: the Tensor-scalar overload would sync to read it
+    torch._foreach_sub_(counters, [found.reshape(())] * len(counters))
+    for g, rule, runs in plans:
+        for lau, steps, _ in runs:
+            lau.steps = torch.stack(steps)
+        if rule == "v4":  # one k and one rho over the whole param group (v4, v5)
+            args = g.args if g.lr is None else {**g.args, "lr": g.lr}
+            around = RULES[g.rule].around_fused_step
+            v4_step = functools.partial(
+                V4.step, [lau for lau, _, _ in runs], [first for _, _, first in runs],
+                sum(p.numel() for p in g.params), g.hp, found, opt=opt, **args)
+            if around is None:
+                v4_step()
+            else:   # v5: its detector, consolidation and pull around v4's step
+                around(g.params, g.grads, {"stability": g.stabilities, **g.extras}, g.hp, found,
+                       v4_step, V4.g2_sum([first for _, _, first in runs]))
+            continue
+        for lau, _, sumsq in runs:
+            sums = K.v2_ema(lau, g.hp, ctx, sumsq, found) if sumsq is not None else None
+            K.step(lau, rule, g.hp, ctx, sums=sums, found=found, opt=opt, mode=g.hp.mode,
+                   **g.args)
+
+
+def set_lrs(lrs: dict[int, Tensor], param_groups) -> None:
+    """Each group's lr into its device scalar in ``lrs`` (by the group's id; made on the
+    group's first param's device): outside any graph, so that a replay reads the scheduler's
+    value of this step."""
+    for group in param_groups:
+        lr = lrs.get(id(group))
+        if lr is None:
+            device = next(p.device for p in group["params"]) if group["params"] else None
+            if device is None:
+                continue
+            lr = lrs[id(group)] = torch.zeros(1, device=device)
+        lr.fill_(group["lr"])
+
+
 class SWGLOptimizer(Optimizer):
     """Base class: subclasses name their buffers and implement the two update paths."""
 
@@ -133,6 +280,8 @@ class SWGLOptimizer(Optimizer):
         self._state_version = 0
         #: per param group (by id), its lr as a device scalar, which the graphed kernels read
         self._lr: dict[int, Tensor] = {}
+        #: whether this step's kernels read the lr from ``_lr`` (set this step: graphs may run)
+        self._lr_live = False
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "swgl" in param_group:
@@ -193,6 +342,8 @@ class SWGLOptimizer(Optimizer):
         an LR scheduler does not force a new capture)."""
         loss = run_closure(closure)
         key = self._graph_key()
+        self._lr_live = key is not None   # (while graphs are on, a step that may not run as
+        # one reads the group's lr, not a device scalar it did not set)
         if self._graphs is None:
             if key is None and not self.cuda_graphs:
                 self._step()
@@ -201,7 +352,7 @@ class SWGLOptimizer(Optimizer):
         owners = []
         if key is not None:
             owners = graphs.grad_owners(self.param_groups)
-            self._set_lrs()
+            set_lrs(self._lr, self.param_groups)
         self._graphs.run_before(key, owners, self._step, self._graph_blocker)
         return loss
 
@@ -212,7 +363,9 @@ class SWGLOptimizer(Optimizer):
             return
         plan = self._triton_plan(work)
         if plan is not None:
-            self._triton_step(work, plan)
+            groups = self._fused_groups(work)
+            kernels.hold(groups)   # under a capture: kept as long as its graph
+            triton_step(groups, plan, self.kernel_opt, [t for g in groups for t in g.steps])
         else:
             self._foreach_step(work)
 
@@ -220,7 +373,7 @@ class SWGLOptimizer(Optimizer):
 
     def _graph_key(self) -> tuple | None:
         """What the step's Python reads that can change between steps, but the lr (a device
-        scalar, :meth:`_set_lrs`), or None when graphs are off."""
+        scalar, :func:`set_lrs`), or None when graphs are off."""
         if not graphs.possible(self.cuda_graphs, self._graphs, self.param_groups):
             return None
         parts: list[Any] = [self._state_version, len(self.state)]
@@ -248,48 +401,28 @@ class SWGLOptimizer(Optimizer):
             return "the step takes the foreach path (fused=False or tensors the kernels skip)"
         return why
 
-    def _set_lrs(self) -> None:
-        """Each group's lr into its device scalar: outside any graph, so that a replay reads
-        the scheduler's value of this step."""
-        for group in self.param_groups:
-            lr = self._lr.get(id(group))
-            if lr is None:
-                device = next(p.device for p in group["params"]) if group["params"] else None
-                if device is None:
-                    continue
-                lr = self._lr[id(group)] = torch.zeros(1, device=device)
-            lr.fill_(group["lr"])
+    def _fused_groups(self, work) -> list[FusedGroup]:
+        """``work`` as :func:`triton_step` takes it; the lr a device scalar where this step
+        set them (graphs may run)."""
+        return [FusedGroup(group["swgl"]["rule"], hyper(group["swgl"]), self.kernel_args(group),
+                           self._lr[id(group)] if self._lr_live else None, params, grads,
+                           stabilities, steps, buffers, extras)
+                for group, (params, grads, stabilities, steps, buffers, extras) in work]
 
     def _triton_plan(self, work) -> list[list[list[int]]] | None:
-        """Per group, the index lists of its launch groups; None for the foreach path.
-
-        Optimizer buffers and stabilities are created (and reloaded) as contiguous fp32 on the
-        param's device, so only params and grads are checked here.
-        """
+        """Per group, the index lists of its launch groups (:func:`triton_plan`); None for the
+        foreach path."""
         wants = {group["fused"] for group, _ in work}
         if wants == {False}:
             return None
-        plan = []
-        device = work[0][1][0][0].device
-        ok = kernels.runs_on(device)
-        for group, (params, grads, stabilities, *_) in work:
-            if not ok:
-                break
-            # reused while the tensors are alike: no per-param checks on a repeated step
-            groups, rest = kernels.cached_plan(
-                "optim.split", [params, stabilities], [grads],
-                functools.partial(kernels.split, params, grads, stabilities))
-            ok = (not rest and RULES[group["swgl"]["rule"]].kernel is not None
-                  and kernels.supports(hyper(group["swgl"]))
-                  and all(key[0] == device for key in groups))
-            plan.append(list(groups.values()))
-        if True in wants and not ok and not _compiles_on_cpu(work):
+        plan = triton_plan(self._fused_groups(work))
+        if True in wants and plan is None and not _compiles_on_cpu(work):
             raise RuntimeError(
                 "fused=True needs every param on one CUDA device (or, for v4 and v5, the CPU with "
                 "torch.compile), contiguous, of dtype "
                 "fp32/bf16/fp16, and a rule with a kernel; pass fused=None to fall back"
             )
-        return plan if ok and False not in wants else None
+        return plan if False not in wants else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a ``state_dict()``; buffers and SWGL state stay fp32 (torch casts them to the
@@ -383,59 +516,3 @@ class SWGLOptimizer(Optimizer):
     def kernel_args(self, group: dict[str, Any]) -> dict[str, Any]:
         """The optimizer's hyperparameters as :func:`swgl.kernels.triton_swgl.step` takes them."""
         raise NotImplementedError
-
-    def _triton_step(self, work, plan) -> None:
-        from swgl.kernels import triton_importance_optim as V4
-        from swgl.kernels import triton_swgl as K
-
-        ctx = Context()
-        device = work[0][1][0][0].device
-        found = torch.zeros(1, dtype=torch.float32, device=device)
-        plans = []
-        # the first pass of every launch group sets the flag, before any later pass reads it
-        for (group, (params, grads, stabilities, steps, buffers, extras)), launches in zip(
-                work, plan):
-            rule = RULES[group["swgl"]["rule"]].kernel
-            around = RULES[group["swgl"]["rule"]].around_fused_step
-            hp = hyper(group["swgl"])
-            runs = []
-            for idx in launches:
-                _, _, (lau,) = kernels.launches_for(
-                    "optim", [[xs[i] for i in idx]
-                              for xs in (params, grads, stabilities, *buffers)], (1,))
-                if rule == "v2":
-                    first = K.v2_weight_sums(lau, ctx, found)
-                elif rule == "v4":
-                    # partial sums of the new EMA (and for v5 of its detector's capped g^2)
-                    first = V4.check(lau, hp, found, g2=around is not None)
-                else:
-                    first = None
-                    K.nonfinite(lau, found)
-                runs.append((lau, [steps[i] for i in idx], first))
-            state = {"stability": stabilities, **extras}
-            plans.append((group, hp, rule, sum(p.numel() for p in params), runs,
-                          (params, grads, state)))
-        all_steps = [t for *_, runs, _ in plans for _, steps, _ in runs for t in steps]
-        torch._foreach_add_(all_steps, 1.0)
-        # a list of 0-d device tensors: the Tensor-scalar overload would sync to read it
-        torch._foreach_sub_(all_steps, [found.reshape(())] * len(all_steps))
-        for group, hp, rule, numel, runs, (params, grads, state) in plans:
-            for lau, steps, _ in runs:
-                lau.steps = torch.stack(steps)
-            if rule == "v4":  # one k and one rho over the whole param group (v4, v5)
-                args = self.kernel_args(group)
-                if self._graphs is not None and self._graphs.enabled and id(group) in self._lr:
-                    args["lr"] = self._lr[id(group)]   # set this step (_set_lrs)
-                v4_step = functools.partial(
-                    V4.step, [lau for lau, _, _ in runs], [first for _, _, first in runs],
-                    numel, hp, found, opt=self.kernel_opt, **args)
-                if around is None:
-                    v4_step()
-                else:   # v5: its detector, consolidation and pull around v4's step
-                    around(params, grads, state, hp, found, v4_step,
-                           V4.g2_sum([first for _, _, first in runs]))
-                continue
-            for lau, _, sumsq in runs:
-                sums = K.v2_ema(lau, hp, ctx, sumsq, found) if sumsq is not None else None
-                K.step(lau, rule, hp, ctx, sums=sums, found=found, opt=self.kernel_opt,
-                       mode=hp.mode, **self.kernel_args(group))

@@ -23,11 +23,48 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.optim.optimizer import _get_scalar_dtype
 
 from swgl._validate import check_range
-from swgl.optim._base import SWGLOptimizer, bias_correction
+from swgl.optim._base import SWGLOptimizer, TorchBase, bias_correction, plain_numbers
 
-__all__ = ["AdamW"]
+__all__ = ["AdamW", "TORCH_ADAMW"]
+
+
+def kernel_args(group: dict[str, Any]) -> dict[str, Any]:
+    """An AdamW param group's hyperparameters as the kernels take them (swgl.optim's groups
+    and ``torch.optim.AdamW``'s use the same keys)."""
+    beta1, beta2 = group["betas"]
+    return dict(lr=group["lr"], beta1=beta1, beta2=beta2, opt_eps=group["eps"],
+                weight_decay=group["weight_decay"])
+
+
+def _torch_blocker(group: dict[str, Any]) -> str | None:
+    """Why the kernels cannot stand in for ``torch.optim.AdamW``'s step on ``group``: an
+    option they do not implement, or step counters on the host (torch keeps them there unless
+    ``fused`` or ``capturable``; counting a skipped step there would wait for the device)."""
+    for name in ("amsgrad", "maximize", "differentiable"):
+        if group[name]:
+            return f"{name}=True"
+    if not group.get("decoupled_weight_decay", True):   # (torch < 2.7's AdamW has no such key)
+        return "decoupled_weight_decay=False"
+    if not (group["fused"] or group["capturable"]):
+        return "its step counters live on the host (fused=True or capturable=True)"
+    beta1, beta2 = group["betas"]
+    return plain_numbers(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                         weight_decay=group["weight_decay"])
+
+
+def _torch_state(p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+    """What ``torch.optim.AdamW`` makes at a param's first step (``Adam._init_group``), for the
+    groups :func:`_torch_blocker` lets through: the counter on the param's device."""
+    return {
+        "step": torch.zeros((), dtype=_get_scalar_dtype(is_fused=group["fused"]),
+                            device=p.device),
+        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+    }
 
 
 class AdamW(SWGLOptimizer):
@@ -69,9 +106,7 @@ class AdamW(SWGLOptimizer):
         super().__init__(params, defaults, swgl, fused, cuda_graphs)
 
     def kernel_args(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return dict(lr=group["lr"], beta1=beta1, beta2=beta2, opt_eps=group["eps"],
-                    weight_decay=group["weight_decay"])
+        return kernel_args(group)
 
     def _foreach_update(self, group, w, d, buffers, steps) -> None:
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
@@ -87,3 +122,9 @@ class AdamW(SWGLOptimizer):
         torch._foreach_div_(u, list(bias_correction(steps, beta1).float().unbind()))
         torch._foreach_mul_(w, 1.0 - lr * wd)
         torch._foreach_add_(w, u, alpha=-lr)
+
+
+#: the fused step on ``torch.optim.AdamW``'s own state (:class:`swgl.SWGLWrapper`)
+TORCH_ADAMW = TorchBase(opt=AdamW.kernel_opt, buffer_keys=lambda group: AdamW.buffer_keys,
+                        kernel_args=kernel_args, blocker=_torch_blocker, init_state=_torch_state,
+                        counter="step")

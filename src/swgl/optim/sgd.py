@@ -16,11 +16,46 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from swgl._validate import check_range
-from swgl.optim._base import SWGLOptimizer
+from swgl.optim._base import SWGLOptimizer, TorchBase, plain_numbers
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "TORCH_SGD"]
+
+
+def buffer_keys(group: dict[str, Any]) -> tuple[str, ...]:
+    return ("momentum_buffer",) if group["momentum"] != 0.0 else ()
+
+
+def kernel_args(group: dict[str, Any]) -> dict[str, Any]:
+    """An SGD param group's hyperparameters as the kernels take them (swgl.optim's groups and
+    ``torch.optim.SGD``'s use the same keys)."""
+    return dict(lr=group["lr"], weight_decay=group["weight_decay"],
+                momentum=group["momentum"], dampening=group["dampening"],
+                nesterov=group["nesterov"])
+
+
+def _torch_blocker(group: dict[str, Any]) -> str | None:
+    """Why the kernels cannot stand in for ``torch.optim.SGD``'s step on ``group``. With
+    momentum, torch's first step sets the buffer to the gradient, undamped: torch keeps no
+    counter to tell that step by, so the kernels take a zero buffer for it, which is the same
+    step only without dampening."""
+    for name in ("maximize", "differentiable"):
+        if group[name]:
+            return f"{name}=True"
+    if group["momentum"] != 0.0 and group["dampening"] != 0.0:
+        return "dampening with momentum (torch's first step is undamped)"
+    return plain_numbers(lr=group["lr"], momentum=group["momentum"],
+                         dampening=group["dampening"], weight_decay=group["weight_decay"])
+
+
+def _torch_state(p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+    """The momentum buffer ``torch.optim.SGD`` makes at a param's first step (a copy of the
+    gradient there; zeros here, which the kernels' step turns into it: :func:`_torch_blocker`)."""
+    if group["momentum"] == 0.0:
+        return {}
+    return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
 
 class SGD(SWGLOptimizer):
@@ -52,12 +87,10 @@ class SGD(SWGLOptimizer):
         super().__init__(params, defaults, swgl, fused, cuda_graphs)
 
     def group_buffer_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("momentum_buffer",) if group["momentum"] != 0.0 else ()
+        return buffer_keys(group)
 
     def kernel_args(self, group: dict[str, Any]) -> dict[str, Any]:
-        return dict(lr=group["lr"], weight_decay=group["weight_decay"],
-                    momentum=group["momentum"], dampening=group["dampening"],
-                    nesterov=group["nesterov"])
+        return kernel_args(group)
 
     def _foreach_update(self, group, w, d, buffers, steps) -> None:
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
@@ -77,3 +110,9 @@ class SGD(SWGLOptimizer):
             else:
                 u = bufs
         torch._foreach_add_(w, u, alpha=-lr)
+
+
+#: the fused step on ``torch.optim.SGD``'s own state (:class:`swgl.SWGLWrapper`); it keeps no
+#: step counter
+TORCH_SGD = TorchBase(opt=SGD.kernel_opt, buffer_keys=buffer_keys, kernel_args=kernel_args,
+                      blocker=_torch_blocker, init_state=_torch_state, counter=None)
