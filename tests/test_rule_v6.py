@@ -177,6 +177,23 @@ def test_a_checkpoint_resumes_bit_exactly_after_a_shift():
         assert torch.equal(a, b)
 
 
+def test_a_checkpoint_with_a_negative_path_loads():
+    """SI's path integral ``-sum g dw`` has no sign: an element whose moves raised the loss
+    (weight decay, momentum, a pull against its gradient) holds a negative one, as the
+    wrapper's fused-path test met with random grads. A checkpoint holding one must load (it
+    was refused as a negative importance)."""
+    model, opt = _train("v6", n_steps=20)
+    saved = copy.deepcopy(opt.state_dict())
+    for entry in saved["state"].values():
+        entry["swgl_path"][0] = -1.5
+    resumed = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule="v6")
+    resumed.load_state_dict(saved)
+    assert float(resumed.state[model.weight]["path"].flatten()[0]) == -1.5
+    with pytest.raises(ValueError, match="consolidated for param 0 holds negative values"):
+        saved["state"][0]["swgl_consolidated"][0] = -1.0     # an importance still may not
+        resumed.load_state_dict(saved)
+
+
 @pytest.mark.parametrize("hostile", [1e30, 1e-30, 0.0])
 def test_huge_and_tiny_grads_keep_the_state_finite(hostile):
     g = torch.Generator().manual_seed(1)

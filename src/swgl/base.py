@@ -292,8 +292,10 @@ class SWGLBase(Optimizer):
                 )
             check_step(entry["step"], index)
             storage.check(entry, p, index)
-            for name, init in RULES[saved_group[self.option_prefix + "rule"]].state[1:]:
-                _check_extra(entry[name], f"{name} for param {index}", init, p)
+            rule = RULES[saved_group[self.option_prefix + "rule"]]
+            for name, init in rule.state[1:]:
+                _check_extra(entry[name], f"{name} for param {index}", init, p,
+                             signed=name in rule.signed_state)
 
     def _install_swgl_state(self, saved: dict[int, dict[str, Any]]) -> None:
         """Replace SWGL's state with checked ``saved`` state, keeping the saved dtypes."""
@@ -378,13 +380,15 @@ def fresh_extra(p: Tensor, init: float | str | tuple[float, ...]) -> Tensor:
     return torch.full_like(p, init, dtype=torch.float32, **layout)
 
 
-def _check_extra(t: object, what: str, init: float | str | tuple[float, ...], p: Tensor) -> None:
+def _check_extra(t: object, what: str, init: float | str | tuple[float, ...], p: Tensor,
+                 signed: bool = False) -> None:
     """A loaded extra state tensor (see :func:`fresh_extra`): fp32 and finite, shaped like ``p``
     (a number's fill or a copy of ``p``) or like ``init`` (a vector of per-group scalars);
-    nonnegative but for a copy of ``p`` (the rules' fills are importances, their vectors
-    counters and EMAs of norms)."""
+    nonnegative but for a copy of ``p`` and a ``signed`` state (:attr:`Rule.signed_state`,
+    v6's path integral): the rules' other fills are importances, their vectors counters and
+    EMAs of norms."""
     shape = (len(init),) if isinstance(init, tuple) else tuple(p.shape)
-    check_tensor(t, what, torch.float32, shape, nonnegative=init != "param")
+    check_tensor(t, what, torch.float32, shape, nonnegative=init != "param" and not signed)
 
 
 def snapshot(entry: Pending, kept: dict[Any, tuple] | None = None,

@@ -112,6 +112,9 @@ class Rule:
     #: a copy of the param (an anchor), or a tuple for a small vector of per-group scalars
     #: (every param of the group holds a copy); the storage format applies to the first one
     state: tuple[tuple[str, float | str | tuple[float, ...]], ...] = (("stability", 1.0),)
+    #: the state tensors that may hold negative values (a loaded checkpoint's other fills
+    #: must not: they are importances, counters and EMAs of norms)
+    signed_state: frozenset[str] = frozenset()
     after: Variants | None = None
     #: ``after`` needs the params as they were before the base step
     snapshot: bool = False

@@ -352,6 +352,7 @@ V6 = Rule(
                        "consolidation_horizon"}),
     state=(("stability", 0.0), ("consolidated", 0.0), ("anchor", "param"), ("path", 0.0),
            ("detector", v5.DETECTOR)),
+    signed_state=frozenset({"path"}),   # SI's path integral: negative where moves cost loss
     snapshot=True,
     modes=("update",),
     device_guard=True,
