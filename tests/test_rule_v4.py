@@ -142,8 +142,12 @@ def test_fused_steps_reuse_their_plan_and_rebuild_when_a_tensor_changes(monkeypa
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)).to(DEVICE)
     ref_model = copy.deepcopy(model)
-    # v4's plans on the eager path (v5 builds one more; CUDA graphs replay without lookups)
-    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1), rule="v4", cuda_graphs=False)
+    # v4's plans on the eager path (v5 builds one more; CUDA graphs replay without lookups),
+    # its phases: a subclass of SGD keeps the wrapper off its fused SGD step
+    class PhasesSGD(torch.optim.SGD):
+        pass
+
+    opt = SWGL.wrap(PhasesSGD(model.parameters(), lr=0.1), rule="v4", cuda_graphs=False)
     ref_opt = SWGL.wrap(torch.optim.SGD(ref_model.parameters(), lr=0.1), rule="v4", fused=False)
     x = torch.randn(32, 8, device=DEVICE)
 

@@ -363,13 +363,18 @@ class SWGLWrapper(SWGLBase):
         return True
 
     def _graph_key(self) -> tuple | None:
-        """The phases' key; for the fused step also the base's state size and its options
-        (but the lr, a device scalar: :func:`swgl.optim._base.set_lrs`)."""
+        """The phases' key; for the fused step also the base's state size, the addresses of its
+        state tensors (the graph reads them: one put in by hand must not be skipped by a
+        replay that still steps the old one) and its options (but the lr, a device scalar:
+        :func:`swgl.optim._base.set_lrs`)."""
         key = super()._graph_key()
         if key is None or self._stepping is None:
             return key
         kernel_args = self._stepping.kernel_args
-        return (*key, "fused", len(self.base.state),
+        state = self.base.state
+        buffers = tuple(v.data_ptr() for group in self.param_groups for p in group["params"]
+                        for v in state.get(p, {}).values() if isinstance(v, Tensor))
+        return (*key, "fused", len(state), buffers,
                 *(tuple((k, v) for k, v in kernel_args(group).items() if k != "lr")
                   for group in self.param_groups))
 
