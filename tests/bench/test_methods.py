@@ -104,3 +104,13 @@ def test_state_bytes_count_extra_state(tiny):
     # a 4-float detector per tensor)
     assert bpp["swgl-sgd"] == pytest.approx(16, abs=0.2)
     assert bpp["ewc"] > bpp["naive-adamw"]                    # Adam + Fisher + anchors per task
+
+
+def test_swgl_tunes_the_strength_of_its_rule():
+    """``--tune``'s SWGL strength follows the rule: the pull's under v6 (the default) and v5,
+    around each one's default; the damping's under v4."""
+    from swgl.bench.methods.swgl import DAMPING, STRENGTH
+
+    assert STRENGTH({}) == {"swgl.consolidation": (1e-4, 3e-4, 9e-4)}
+    assert STRENGTH({"rule": "v5"}) == {"swgl.consolidation": (0.01, 0.03, 0.09)}
+    assert STRENGTH({"rule": "v4"}) == DAMPING

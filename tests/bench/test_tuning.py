@@ -135,14 +135,15 @@ def test_a_tuned_option_cannot_also_be_fixed(tiny, tmp_path):
     cfg = dataclasses.replace(tiny, method_opts={"naive-sgd": {"lr": 0.5}})
     with pytest.raises(ValueError, match=r"method_opts\['naive-sgd'\] sets \['lr'\]"):
         tuning.tune(cfg, TuneOptions(lr_points=1), out_dir=tmp_path)
-    cfg = dataclasses.replace(tiny, methods=("swgl-sgd",), swgl_opts={"lambda_reg": 5.0})
-    with pytest.raises(ValueError, match=r"swgl_opts sets \['lambda_reg'\]"):
+    # the default rule's tuned strength is its pull's (swgl.methods.swgl.STRENGTH)
+    cfg = dataclasses.replace(tiny, methods=("swgl-sgd",), swgl_opts={"consolidation": 5e-4})
+    with pytest.raises(ValueError, match=r"swgl_opts sets \['consolidation'\]"):
         tuning.tune(cfg, TuneOptions(lr_points=1), out_dir=tmp_path)
     # Tuning another option instead is fine (and never touches the plain baseline).
     grid = {"swgl-sgd": {"swgl.alpha": (0.9, 0.99)}}
     res = tuning.tune(cfg, TuneOptions(lr_points=1, final_seeds=(0,), strength=grid),
                       out_dir=tmp_path, plots=False)
-    assert res.final["split-class"].config.method_spec("swgl-sgd").swgl["lambda_reg"] == 5.0
+    assert res.final["split-class"].config.method_spec("swgl-sgd").swgl["consolidation"] == 5e-4
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -110,7 +110,8 @@ class MethodSpec:
     ``tune`` maps the method's strength option(s) to the values ``swgl bench --tune`` tries
     (the learning rate is tuned for every method; see :mod:`swgl.bench.tuning`). Empty: the
     strategy's ``tune_grid`` class attribute, else the optimizer's ``OptimizerInfo.tune_grid``,
-    else only the learning rate.
+    else only the learning rate. A callable ``tune`` is given the spec's SWGL options and
+    returns that mapping (SWGL's strength depends on its rule).
     """
 
     name: str
@@ -119,11 +120,14 @@ class MethodSpec:
     swgl: Mapping[str, Any] | None = None   # None: no SWGL; a dict: SWGL.wrap(base, **swgl)
     options: Mapping[str, Any] = field(default_factory=dict)  # lr, hparams, optimizer kwargs
     description: str = ""
-    tune: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    tune: (Mapping[str, tuple[Any, ...]]
+           | Callable[[Mapping[str, Any]], Mapping[str, tuple[Any, ...]]]) = field(
+        default_factory=dict)
 
     def strength_grid(self, info: OptimizerInfo) -> dict[str, tuple[Any, ...]]:
         """Option -> values tuned besides the learning rate (their product is the grid)."""
-        return dict(self.tune or getattr(self.strategy, "tune_grid", None) or info.tune_grid)
+        tune = self.tune(self.swgl or {}) if callable(self.tune) else self.tune
+        return dict(tune or getattr(self.strategy, "tune_grid", None) or info.tune_grid)
 
     def valid_options(self, info: OptimizerInfo) -> list[str]:
         """Options this spec accepts, given its optimizer's ``info``."""

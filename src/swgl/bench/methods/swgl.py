@@ -8,15 +8,28 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from swgl import SWGLWrapper
+from swgl import DEFAULT_RULE, RULES, SWGLWrapper
 from swgl.bench.methods.base import Method, MethodSpec
 from swgl.bench.methods.replay import Replay
 
 __all__ = ["SPECS", "STRENGTH", "stability_tensors"]
 
-#: SWGL's strength for ``--tune``: the default rule's (v4) ``lambda_reg``, how strongly
-#: importance bends a step (3 is the measured default).
-STRENGTH = {"swgl.lambda_reg": (1.0, 3.0, 10.0)}
+#: SWGL's strength for ``--tune`` under a rule without a pull (v2 to v4): ``lambda_reg``, how
+#: strongly importance bends a step (3 is v4's measured default)
+DAMPING = {"swgl.lambda_reg": (1.0, 3.0, 10.0)}
+
+
+def STRENGTH(options) -> dict[str, tuple[float, ...]]:  # noqa: N802 (a spec's ``tune``)
+    """SWGL's strength for ``--tune`` under the spec's rule (``options``: its SWGL options):
+    where the rule pulls toward the weights at a shift (v5, v6, the default), the pull's
+    ``consolidation``, a third, once and three times its default (v6: 1e-4, 3e-4, 9e-4; its
+    damping is off by default, and turning it on costs the gain with Adam, docs/results.md);
+    else :data:`DAMPING`."""
+    rule = RULES[options.get("rule", DEFAULT_RULE)]
+    if "consolidation" not in rule.options:
+        return DAMPING
+    default = dict(rule.defaults)["consolidation"]
+    return {"swgl.consolidation": tuple(float(f"{default * k:.3g}") for k in (1 / 3, 1, 3))}
 
 SPECS = (
     *(MethodSpec(f"swgl-{opt}", Method, opt, swgl={}, description=f"SWGL wrapping {opt}",
