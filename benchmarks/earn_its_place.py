@@ -707,7 +707,8 @@ def _frontier(table, out: Path, plt) -> None:
     scenarios = sorted({k[0] for k in table})
     fig, axes = plt.subplots(2, len(scenarios), figsize=(5 * len(scenarios), 8), squeeze=False)
     styles = {"plain": ("k", "o-"), "swgl": ("tab:red", "o-")}
-    colors = {"swgl-v3": "tab:pink", "swgl-v5": "tab:blue", "swgl-v6": "tab:red", "ctrl-tensor": "tab:gray", "ctrl-global": "tab:olive",
+    colors = {"swgl-v3": "tab:pink", "swgl-v5": "tab:blue", "swgl-v6": "tab:red",
+              "ctrl-tensor": "tab:gray", "ctrl-global": "tab:olive",
               "stream-ewc": "tab:orange", "upgd": "tab:purple", "stream-si": "tab:green",
               "stream-mas": "tab:cyan", "l2-init": "navy", "mesu": "tab:brown",
               "bgd": "gold"}

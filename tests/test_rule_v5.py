@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from swgl import DEFAULT_RULE, RULES, SWGL, kernels
+from swgl import RULES, SWGL, kernels
 from swgl.kernels import compiled
 from swgl.rules import Context, Hyper
 from swgl.rules import consolidation as cons

@@ -39,9 +39,9 @@ class SWGL(SWGLBase):
     (synaptic intelligence's path integral) is then added to its importance, and after each
     step the weights are pulled toward their values at the last shift, each by its
     importance (v5's implicit pull, :mod:`swgl.rules.consolidation`). ``lambda_reg`` > 0
-    adds v4's damping (:mod:`swgl.rules.importance`). In ``mode="update"`` the base optimizer's step is rescaled by a
-    post-hook on it. See
-    :mod:`swgl.rules` for the exact math of each rule and ``docs/algorithm.md`` for why.
+    adds v4's damping (:mod:`swgl.rules.importance`). In ``mode="update"`` the base
+    optimizer's step is rescaled by a post-hook on it. See :mod:`swgl.rules` for the exact
+    math of each rule and ``docs/algorithm.md`` for why.
 
     Args:
         params: iterable of tensors or of param-group dicts; options may differ per group.

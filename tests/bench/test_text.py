@@ -24,8 +24,8 @@ from swgl.bench.text.corpora import (
 from swgl.bench.text.methods import build_method, text_spec
 from swgl.bench.text.model import ByteTransformer, ModelSize
 from swgl.bench.text.stream import domain_weights, eval_windows, sample_windows
-from swgl.rules.synaptic import STRENGTH
 from swgl.bench.text.train import lr_lambda
+from swgl.rules.synaptic import STRENGTH
 
 FORTUNES = Path("usr/share/games/fortunes")
 WORDS = {

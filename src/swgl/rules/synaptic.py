@@ -1,6 +1,6 @@
-r"""``v6``, the default rule: ``v5``'s detector and pull, with the importance of synaptic intelligence (SI,
-Zenke et al. 2017) in place of the Fisher's, normalised by its mean over the group, and no
-damping by default.
+r"""``v6``, the default rule: ``v5``'s detector and pull, with the importance of synaptic
+intelligence (SI, Zenke et al. 2017) in place of the Fisher's, normalised by its mean over the
+group, and no damping by default.
 
 For a param group, at each step (``g``: the grads, without the loss scale)::
 
@@ -30,9 +30,9 @@ but needs a strength per optimizer; v4's damping removes SI's gain with Adam. ``
 the strength (:data:`STRENGTH`) and ``lambda_reg`` 0 by that protocol (the eleventh session,
 docs/results.md, "Earn its place"); the twelfth session made it the default, after a run of
 plain, v5 and v6 side by side (v6: +2 in three regimes with SGD and in two with Adam, v5 in
-three and one; ahead of v5 on the label-permuted stream). ``lambda_reg`` > 0 turns v4's damping back on; ``alpha``,
-``eps`` and ``max_boost`` act through that damping only (and ``alpha`` on the EMA that
-``SWGL.stats`` reports).
+three and one; ahead of v5 on the label-permuted stream). ``lambda_reg`` > 0 turns v4's
+damping back on; ``alpha``, ``eps`` and ``max_boost`` act through that damping only (and
+``alpha`` on the EMA that ``SWGL.stats`` reports).
 
 Phases: ``before`` is v5's with this consolidation; ``after`` runs v4's ``after`` (only when
 ``lambda_reg`` > 0, else the base step stands), the pull (v5's), then the path. ``before``
