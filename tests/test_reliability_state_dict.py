@@ -174,12 +174,13 @@ def corruptions(prefix: str):
         "negative": lambda t, d: (t.clone().fill_(-1) if t.is_floating_point()
                                   else t.to(torch.int8).fill_(-1)),
     }
-    # NaN cast to uint8 is some code, blockwise8's log2 offsets may be negative, and filling
-    # an empty tensor (factored's column state of a 1-D param) changes nothing
+    # NaN cast to uint8 is some code, blockwise8's log2 offsets, an anchor and v6's path
+    # integral may be negative, and filling an empty tensor (factored's column state of a
+    # 1-D param) changes nothing
     valid = {
         "nan": lambda key, t: t.dtype == torch.uint8 or t.numel() == 0,
         "negative": lambda key, t: (key.endswith("log2_lo") or key.endswith("anchor")
-                                    or t.numel() == 0),
+                                    or key.endswith("path") or t.numel() == 0),
     }
     return {
         **{f"tensor {name}": on_swgl_tensor(fn, *[valid[name]] if name in valid else [])
