@@ -127,18 +127,20 @@ def _advance(n: Tensor, det: Tensor, found: Tensor | None, kernel: bool) -> tupl
     return new, shift
 
 
-def _kernel_tables(params, state) -> tuple[list, list[int]]:
-    """The Triton launch tables of (params, consolidated, stability, anchor) and the indices
-    the kernels cannot take (reused while the tensors are alike)."""
+def _kernel_tables(params, state, names=("consolidated", "stability", "anchor"),
+                   key: str = "v5") -> tuple[list, list[int]]:
+    """The Triton launch tables of (params, *the state lists ``names``) and the indices the
+    kernels cannot take (reused while the tensors are alike; ``key`` names the plan: v6 asks
+    for its own state's)."""
     from swgl import kernels
 
-    lists = [params, state["consolidated"], state["stability"], state["anchor"]]
+    lists = [params, *(state[name] for name in names)]
 
     def split() -> tuple[list[list[int]], list[int]]:
         groups, rest = kernels.split(*lists[:3], extra=lists[3:])
         return list(groups.values()), rest
 
-    _, rest, tables = kernels.launches_for("v5", lists, (), split)
+    _, rest, tables = kernels.launches_for(key, lists, (), split)
     return tables, rest
 
 

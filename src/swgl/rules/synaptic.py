@@ -71,17 +71,8 @@ XI = 0.1
 
 def _state_tables(params, state) -> tuple[list, list[int]]:
     """The Triton launch tables of (params, consolidated, anchor, path) and the indices the
-    kernels cannot take (reused while the tensors are alike)."""
-    from swgl import kernels
-
-    lists = [params, state["consolidated"], state["anchor"], state["path"]]
-
-    def split() -> tuple[list[list[int]], list[int]]:
-        groups, rest = kernels.split(*lists[:3], extra=lists[3:])
-        return list(groups.values()), rest
-
-    _, rest, tables = kernels.launches_for("v6", lists, (), split)
-    return tables, rest
+    kernels cannot take (v5's lookup, :func:`swgl.rules.consolidation._kernel_tables`)."""
+    return v5._kernel_tables(params, state, ("consolidated", "anchor", "path"), key="v6")
 
 
 def _after_tables(params, grads, snapshots, state) -> tuple[list, list[int]]:
