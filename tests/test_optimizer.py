@@ -752,15 +752,17 @@ def host_reads(monkeypatch):
     return calls
 
 
-#: host reads per CPU step of each rule's foreach path: v5 and v6 read their group's two
-#: detector flags (shift, consolidated), and v6 its skip flag before the path, which on the
-#: CPU costs no sync and spares a masked pass over the weights at every step (on CUDA they
-#: stay device flags: the CUDA tests)
-CPU_READS = {"v4": 0, "v5": 2, "v6": 3}
+#: host reads of each rule's own per CPU step that applies: v5 and v6 read their group's
+#: detector (its state and signal: the step is computed on the host) and its two flags (shift,
+#: consolidated). Every step first reads its non-finite guard: on the CPU that costs no sync
+#: and spares masked commits over the state (on CUDA they all stay device flags: the CUDA
+#: tests). A skipped step reads the guard alone.
+DETECTOR_READS = ["tolist", "__float__", "__bool__", "__bool__"]
+FLAG_READS = {"v4": [], "v5": DETECTOR_READS, "v6": DETECTOR_READS}
 
 
 @pytest.mark.parametrize("api", ["two-object", "wrapper"])
-def test_the_default_cpu_step_reads_only_its_rules_flags_on_the_host(api, host_reads):
+def test_the_default_cpu_step_reads_only_its_guard_and_flags_on_the_host(api, host_reads):
     if api == "wrapper" and kernels._INTERPRET:
         pytest.skip("under Triton's interpreter the wrapper takes its fused path, whose "
                     "kernels run on the host")
@@ -774,11 +776,11 @@ def test_the_default_cpu_step_reads_only_its_rules_flags_on_the_host(api, host_r
         (base if api == "two-object" else swgl).zero_grad()
         _loss(model, batch).backward()
         if i == 3:
-            next(model.parameters()).grad[0] = float("nan")  # a skipped step reads nothing too
+            next(model.parameters()).grad[0] = float("nan")  # a skipped step: the guard alone
         swgl.step()
         if api == "two-object":
             base.step()
-    assert host_reads == ["__bool__"] * 2 * CPU_READS[DEFAULT_RULE]
+    assert host_reads == ["__bool__", *FLAG_READS[DEFAULT_RULE], "__bool__"]
 
 
 @pytest.mark.parametrize("rule, mode", [("v5", "update"), ("v4", "update"), ("v4", "grad")])
@@ -801,7 +803,7 @@ def test_swgl_optim_cpu_step_reads_only_its_guard_on_the_host(kind, rule, mode, 
         if i == 3:
             next(model.parameters()).grad[0] = float("nan")
         opt.step()
-    assert host_reads == ["__bool__"] * (2 + CPU_READS[rule])
+    assert host_reads == ["__bool__", *FLAG_READS[rule], "__bool__"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

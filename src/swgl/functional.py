@@ -3,9 +3,10 @@ foreach, fused) for its two phases (:mod:`swgl.rules.base`) and guard the state.
 
 The guard is the same for every rule: if any gradient in the call is non-finite, nothing is
 touched (neither state nor gradients), so a ``GradScaler`` that sees the same infs still skips
-its step, and no inf or NaN can ever enter the state. Rules that declare ``device_guard``
-(v2 to v5, the default) are handed a device flag and mask on the device, with no host sync; the
-seed's rules are checked on the host first (one sync).
+its step, and no inf or NaN can ever enter the state. On CUDA, rules that declare
+``device_guard`` (v2 to v6, the default) are handed a device flag and mask on the device, with
+no host sync; the seed's rules are checked on the host first (one sync). On the CPU every rule
+is checked on the host, where the read costs no sync, and a step that applies runs unmasked.
 """
 
 from __future__ import annotations
@@ -45,12 +46,16 @@ def found_nonfinite(tensors: list[Tensor]) -> Tensor:
 
 def _probes(tensors: list[Tensor]) -> Tensor:
     """Per-tensor values that are finite exactly when the tensor is, stacked on the first
-    one's device (fp32): max-abs values (one foreach launch), or on the CPU each tensor's
-    min and max (``torch.aminmax``: one pass, no copy; the CPU's foreach norm took 0.94 ms
-    where this takes 0.08 on a 670K-param MLP's grads)."""
+    one's device: max-abs values in fp32 (one foreach launch), or on the CPU each tensor's
+    min and max in their dtype (``torch.aminmax``: one pass, no copy; the CPU's foreach norm
+    took 0.94 ms where this takes 0.08 on a 670K-param MLP's grads)."""
     if all(t.device.type == "cpu" for t in tensors):
-        probes = [torch.stack(torch.aminmax(t)).float() for t in tensors if t.numel()]
-        return torch.cat(probes) if probes else torch.zeros(1)
+        probes = [m for t in tensors if t.numel() for m in torch.aminmax(t)]
+        if not probes:
+            return torch.zeros(1)
+        if len({m.dtype for m in probes}) > 1:
+            probes = [m.float() for m in probes]
+        return torch.stack(probes)   # one stack: each op costs some microseconds
     # an empty tensor is finite, and CUDA's foreach inf-norm raises on one (torch 2.11)
     device = tensors[0].device
     tensors = [t for t in tensors if t.numel()]
@@ -127,7 +132,7 @@ def swgl(
     dtensor = _dtensor_type()
     if dtensor is not None and any(isinstance(p, dtensor) for p in params):
         return _swgl_dtensor(params, grads, state, steps, hp, impl, grad_scale)
-    if rule_.device_guard:
+    if rule_.device_guard and not compiled.runs_on(grads[0].device):
         if impl is rule_.before.fused and rule_.fused_checks:
             # the variant sets the flag in its own kernels before it reads it (and reads no
             # step counter): no separate pass over the grads
@@ -140,11 +145,22 @@ def swgl(
             _count_steps(steps, found)
             aux = impl(params, grads, state, steps, hp, Context(grad_scale, found=found))
         return Outcome(found.reshape(()) == 0, aux)
-    if not all_finite(grads):
+    # the seed's rules, and every rule on the CPU, where a host read costs no sync and spares
+    # the masked commits of a device flag
+    if not _finite_on_host(grads, compiled_=impl is rule_.before.fused):
         return Outcome(False)
-    for step in steps:
-        step.add_(1)
+    torch._foreach_add_(steps, 1.0)
     return Outcome(True, impl(params, grads, state, steps, hp, Context(grad_scale)))
+
+
+def _finite_on_host(grads: list[Tensor], compiled_: bool) -> bool:
+    """True when every grad is finite (one host read): on the CPU's compiled path one compiled
+    pass per large grad (:func:`swgl.kernels.compiled.set_found`), else :func:`all_finite`."""
+    if not (compiled_ and compiled.runs_on(grads[0].device)):
+        return all_finite(grads)
+    bad = torch.zeros(1)
+    compiled.set_found(bad, grads, *compiled.split(grads), found_nonfinite)
+    return not bad.item()
 
 
 def _count_steps(steps: list[Tensor], found: Tensor) -> None:

@@ -94,31 +94,48 @@ def _inv_mean(k: Tensor, params, s: list[Tensor], hp: Hyper, ctx: Context) -> Te
     return 1.0 / (total / numel + hp.eps * hp.eps)
 
 
+def _step(n, t, f, q, t_last):
+    """The detector's step on its four values and the signal ``n``, as 0-d tensors or as
+    Python floats: ``(t, f, q, shift)``."""
+    t = t + 1.0
+    f = f + (1.0 - B_FAST) * (n - f)
+    q = q + (1.0 - B_SLOW) * (n - q)
+    f_hat = f / (1.0 - B_FAST ** t)
+    q_hat = q / (1.0 - B_SLOW ** t)
+    return t, f, q, (t > REFRACTORY) & (t - t_last > REFRACTORY) & (f_hat > SHIFT_RATIO * q_hat)
+
+
 def _detect(n: Tensor, det: Tensor) -> tuple[Tensor, Tensor]:
     """The group's detector ``det = [t, f, q, t_last]`` advanced by a step of signal ``n``
     (the group's capped g^2 sum, a 0-d); returns ``(new detector, shift)``. It reads no skip
     flag (:func:`_advance` masks both). The reference of the kernel
     :func:`swgl.kernels.triton_consolidation.detect`."""
-    n = n.to(det.device)
-    t = det[0] + 1.0
-    f = det[1] + (1.0 - B_FAST) * (n - det[1])
-    q = det[2] + (1.0 - B_SLOW) * (n - det[2])
-    f_hat = f / (1.0 - B_FAST ** t)
-    q_hat = q / (1.0 - B_SLOW ** t)
-    shift = (t > REFRACTORY) & (t - det[3] > REFRACTORY) & (f_hat > SHIFT_RATIO * q_hat)
+    t, f, q, shift = _step(n.to(det.device), *det)
     return torch.stack([t, f, q, torch.where(shift, t, det[3])]), shift
+
+
+def _detect_on_host(n: Tensor, det: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_detect` on the host, for the CPU (two reads, no sync there; its fifteen 0-d
+    ops took 0.24 ms a step, a tenth of a small model's): the same step in float64, the new
+    values then stored in ``det``'s fp32."""
+    t, f, q, t_last = det.tolist()
+    t, f, q, shift = _step(float(n), t, f, q, t_last)
+    return torch.tensor([t, f, q, t if shift else t_last]), torch.tensor(shift)
 
 
 def _advance(n: Tensor, det: Tensor, found: Tensor | None, kernel: bool) -> tuple[Tensor, Tensor]:
     """``(new detector, shift)`` for this step, both left as they were (``det``, no shift)
     where the skip flag ``found`` is set: one Triton launch (``kernel``: it advances ``det``
-    in place and returns it; the shift is a 0-d fp32 flag) or :func:`_detect`'s torch ops."""
+    in place and returns it; the shift is a 0-d fp32 flag), :func:`_detect`'s torch ops, or
+    on the CPU, unmasked, :func:`_detect_on_host`."""
     if kernel:
         from swgl.kernels import triton_consolidation as tc  # imports Triton
 
         shift = tc.detect(n, det, found, b_fast=B_FAST, b_slow=B_SLOW, ratio=SHIFT_RATIO,
                           refractory=REFRACTORY)
         return det, shift
+    if found is None and det.device.type == "cpu":   # the CPU's unmasked step
+        return _detect_on_host(n, det)
     new, shift = _detect(n, det)
     if found is not None:
         ok = Context(found=found).ok(det.device)

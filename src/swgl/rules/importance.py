@@ -255,7 +255,9 @@ def _rescale_grads_foreach(grads, s: list[Tensor], k: Tensor, hp: Hyper, ctx: Co
 def _before_foreach(params, grads, state, steps, hp: Hyper, ctx: Context):
     s = state["stability"]
     g2 = _ema_foreach(grads, s, hp, ctx)
-    k = _strength(torch.stack(torch._foreach_norm(s, 1)), _numel(params, ctx), hp, ctx)
+    # lambda_reg 0 (v6's default): k is 0, and the sums of s would cost a pass over them
+    k = (_strength(torch.stack(torch._foreach_norm(s, 1)), _numel(params, ctx), hp, ctx)
+         if hp.lambda_reg > 0.0 else torch.zeros((), device=s[0].device))
     if g2 is not None:
         ctx.g2_sum.append(_total(g2, ctx))
     if hp.mode == "update":
@@ -440,8 +442,6 @@ def _before_compiled(params, grads, state, steps, hp: Hyper, ctx: Context):
 
     s = state["stability"]
     big, rest = cc.split(params, grads, s)
-    if ctx.check is not None:
-        cc.set_found(ctx.found, grads, big, rest, ctx.check)
     ok = ctx.ok(torch.device("cpu"))
     scale, keep = cc.scalar(ctx.grad_scale), cc.scalar(1.0 - hp.alpha)
     ema = cc.compiled(_ema_one)
