@@ -91,18 +91,20 @@ def test_detector_fires_at_each_jump_and_respects_the_refractory_period():
     assert fired == []
 
 
+@pytest.mark.parametrize("capped", [0, 1])
 @pytest.mark.parametrize("scale", [1.0, 1024.0])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_v4s_before_sums_the_detectors_signal_per_element(impl, scale):
+def test_v4s_before_sums_the_detectors_signal_per_element(impl, scale, capped):
     """``n = sum over elements of min((g / scale)^2, R_MAX)``: a capped element counts R_MAX
-    and the rest of its tensor still counts (the cap is per element, not per tensor's sum).
-    Asking for it leaves v4's own result as it was."""
+    and the rest of its tensor still counts (the cap is per element, not per tensor's sum),
+    in a large tensor (the CPU's compiled path sums it with BLAS unless it holds a capped
+    element) or a small one. Asking for it leaves v4's own result as it was."""
     from swgl.rules.importance import R_MAX
 
     g = torch.Generator().manual_seed(0)
     shapes = [(257, 259), (7,), (3, 5)]     # the first large enough to compile on the CPU
     grads = [torch.randn(s, generator=g) for s in shapes]
-    grads[1][2] = 1e12                      # g^2 = 1e24: capped
+    grads[capped].view(-1)[2] = 1e12        # g^2 = 1e24: capped
     want = sum(x.double().square().clamp(max=R_MAX).sum() for x in grads)
     grads = [(x * scale).to(DEVICE) for x in grads]
     hp = Hyper(alpha=0.9, lambda_reg=3.0, eps=1e-8, max_boost=10.0, mode="update")

@@ -147,20 +147,10 @@ def swgl(
         return Outcome(found.reshape(()) == 0, aux)
     # the seed's rules, and every rule on the CPU, where a host read costs no sync and spares
     # the masked commits of a device flag
-    if not _finite_on_host(grads, compiled_=impl is rule_.before.fused):
+    if not all_finite(grads):
         return Outcome(False)
     torch._foreach_add_(steps, 1.0)
     return Outcome(True, impl(params, grads, state, steps, hp, Context(grad_scale)))
-
-
-def _finite_on_host(grads: list[Tensor], compiled_: bool) -> bool:
-    """True when every grad is finite (one host read): on the CPU's compiled path one compiled
-    pass per large grad (:func:`swgl.kernels.compiled.set_found`), else :func:`all_finite`."""
-    if not (compiled_ and compiled.runs_on(grads[0].device)):
-        return all_finite(grads)
-    bad = torch.zeros(1)
-    compiled.set_found(bad, grads, *compiled.split(grads), found_nonfinite)
-    return not bad.item()
 
 
 def _count_steps(steps: list[Tensor], found: Tensor) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["MIN_NUMEL", "AUTO_NUMEL", "available", "runs_on", "worth_it", "split", "compiled",
-           "scalar", "flat", "set_found", "failed"]
+           "scalar", "flat", "failed"]
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +120,3 @@ def scalar(value: float | Tensor) -> Tensor:
 def flat(t: Tensor) -> Tensor:
     """``t`` as a 1-D view: one compiled graph serves tensors of every rank."""
     return t.view(-1)
-
-
-def _any_nonfinite(g: Tensor) -> Tensor:
-    return (~torch.isfinite(g)).any()
-
-
-def set_found(found: Tensor, grads: list[Tensor], big: list[int], rest: list[int],
-              check: Callable[[list[Tensor]], Tensor]) -> None:
-    """``found[0] = 1`` if any grad is inf or NaN: one compiled pass per grad of ``big`` (the
-    CPU's ``torch._foreach_norm(inf)`` cost 8 ms on a 6M-param MLP, this 1 ms), ``check``
-    (a flag like ``found``) over the ``rest``."""
-    any_bad = compiled(_any_nonfinite)
-    flags = [any_bad(flat(grads[i])) for i in big]
-    if rest:
-        flags.append(check([grads[i] for i in rest]).reshape(()) > 0)
-    found.copy_(torch.stack(flags).any().reshape(1))
