@@ -32,6 +32,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset ewc-boundaries  # EWC, SI given bounds (378)
     python benchmarks/earn_its_place.py grid --preset v5-strong    # a strong pull, no fade (252)
     python benchmarks/earn_its_place.py grid --preset choice  # plain, v5, v6; peers on long (330)
+    python benchmarks/earn_its_place.py grid --preset detector  # v6's detector constants (300)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -66,7 +67,7 @@ from swgl import RULES, SWGL
 from swgl.bench.methods import METHODS, OPTIMIZERS, make_method
 from swgl.bench.methods import Context as MethodContext
 from swgl.bench.metrics import acc, forgetting, learning_accuracy
-from swgl.rules import Context, Hyper
+from swgl.rules import Context, Hyper, consolidation
 from swgl.rules.importance import factor, progress_ratio
 
 DATA_DIR = os.environ.get("FMNIST_DIR", "/usr/share/datasets/fashion-mnist")
@@ -221,6 +222,10 @@ def _tasks(cfg, xtr, ytr, g):
     return (lambda t, x, y: (fns[t](x), y)), xtr, ytr, 10
 
 
+#: the detector's own constants, as imported (a config may set others for its run)
+DETECTOR = (consolidation.SHIFT_RATIO, consolidation.REFRACTORY)
+
+
 def run_one(cfg: dict) -> dict:
     t0 = time.time()
     torch.set_num_threads(1)
@@ -232,6 +237,8 @@ def run_one(cfg: dict) -> dict:
              "test": (xte[:n_eval], yte[:n_eval])}
     task, xtr, ytr, n_out = _tasks(cfg, xtr_all[:50000], ytr_all[:50000], g)
     sets = {k: [task(t, *xy) for t in range(T)] for k, xy in evals.items()}
+    # the shift detector's constants (the detector preset); a worker runs many configs
+    consolidation.SHIFT_RATIO, consolidation.REFRACTORY = cfg.get("detector", DETECTOR)
     torch.manual_seed(cfg["seed"])
     model = nn.Sequential(nn.Linear(784, H), nn.ReLU(), nn.Linear(H, H), nn.ReLU(),
                           nn.Linear(H, n_out))
@@ -560,10 +567,30 @@ def choice_grid() -> list[dict]:
     return runs
 
 
+#: v6's detector constants, ``(SHIFT_RATIO, REFRACTORY)``, tried against its own (2.0, 50)
+#: (thirteenth session): a lower ratio, or a shorter refractory period, for more shifts found
+#: in short tasks
+DETECTOR_VARIANTS = {"swgl-v6-ratio1.5": (1.5, 50), "swgl-v6-refr25": (2.0, 25)}
+
+
+def detector_grid() -> list[dict]:
+    """v6 with its detector's constants changed (:data:`DETECTOR_VARIANTS`), beside v6 and
+    plain, each on its own lr grid (the choice preset's), on the four regimes, 3 seeds: 300
+    runs, ``long`` first."""
+    runs = []
+    for sc in ("long", "short", "rotated", "splitdom"):
+        runs += method_runs(sc, "plain", V5_LRS[sc])
+        runs += method_runs(sc, "swgl-v6", V6_LRS[sc], swgl={"rule": "v6"})
+        for name, constants in DETECTOR_VARIANTS.items():
+            runs += method_runs(sc, name, V6_LRS[sc], swgl={"rule": "v6"},
+                                detector=list(constants))
+    return runs
+
+
 PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, "v5": v5_grid,
            "v5-strength": v5_strength_grid, "v5-horizon": v5_horizon_grid,
            "ewc-boundaries": boundary_grid, "v5-strong": v5_strong_grid,
-           "choice": choice_grid}
+           "choice": choice_grid, "detector": detector_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:
