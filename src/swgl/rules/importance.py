@@ -122,9 +122,22 @@ def _capped_g2(g: Tensor, grad_scale) -> Tensor:
     return (g32 * g32).clamp(max=R_MAX)
 
 
+def _ema_in_place(g: Tensor, s: Tensor, ok: Tensor | None, grad_scale,
+                  one_minus_alpha) -> Tensor:
+    """``s = s + (1 - alpha) (min((g / scale)^2, R_MAX) - s)`` in place; returns what ``s``
+    now holds."""
+    return _commit(s, s + one_minus_alpha * (_capped_g2(g, grad_scale) - s), ok)
+
+
 def _ema_one(g: Tensor, s: Tensor, ok: Tensor | None, grad_scale, one_minus_alpha) -> Tensor:
-    """``s = s + (1 - alpha) (min((g / scale)^2, R_MAX) - s)`` in place; returns ``sum(s)``."""
-    return _commit(s, s + one_minus_alpha * (_capped_g2(g, grad_scale) - s), ok).sum()
+    """:func:`_ema_in_place`; returns ``sum(s)``."""
+    return _ema_in_place(g, s, ok, grad_scale, one_minus_alpha).sum()
+
+
+def _ema_no_sum(g: Tensor, s: Tensor, ok: Tensor | None, grad_scale, one_minus_alpha) -> None:
+    """:func:`_ema_in_place`, for a caller that needs no sum: compiled for the CPU, a third
+    faster than :func:`_ema_one` (its loop stores ``s`` and nothing else)."""
+    _ema_in_place(g, s, ok, grad_scale, one_minus_alpha)
 
 
 def _g2_sum_one(g: Tensor, grad_scale) -> Tensor:
@@ -458,8 +471,14 @@ def _before_compiled(params, grads, state, steps, hp: Hyper, ctx: Context):
     big, rest = cc.split(params, grads, s)
     ok = ctx.ok(torch.device("cpu"))
     scale, keep = cc.scalar(ctx.grad_scale), cc.scalar(1.0 - hp.alpha)
-    ema = cc.compiled(_ema_one)
-    sums = [ema(cc.flat(grads[i]), cc.flat(s[i]), ok, scale, keep) for i in big]
+    if hp.lambda_reg > 0.0:
+        ema = cc.compiled(_ema_one)
+        sums = [ema(cc.flat(grads[i]), cc.flat(s[i]), ok, scale, keep) for i in big]
+    else:   # k is 0 whatever the sums of s (v6's default): the EMA alone
+        ema = cc.compiled(_ema_no_sum)
+        for i in big:
+            ema(cc.flat(grads[i]), cc.flat(s[i]), ok, scale, keep)
+        sums = [torch.zeros(()) for _ in big]
     if ctx.g2_sum is not None:
         sums = _with_g2(sums, [cc.flat(grads[i]) for i in big], scale, ctx, _g2_sum_cpu)
     if rest:
