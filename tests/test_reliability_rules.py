@@ -280,12 +280,13 @@ def test_foreach_and_single_agree_on_hostile_inputs(rule, data):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=SUBNORMAL_ATOL, equal_nan=True)
     # grads: v2/v3's decay term lambda_reg * clamp(s_hat / m - 1, 0) * w. Foreach takes the
     # reference m from fp32 log-sums (by design, issue 13), single from fp64 ones, so s_hat / m
-    # may differ by a few fp32 ulps (1e-6 bounds them). Times a weight of 1e20, that rounding
-    # is far above a subnormal gradient: the allowance scales with lambda_reg * |w|
+    # may differ by some fp32 ulps (a CI run found 9, 1.07e-6, at a weight of 6.9e19 with
+    # subnormal grads; 4e-6 bounds 33). Times a weight of 1e20, that rounding is far above a
+    # subnormal gradient: the allowance scales with lambda_reg * |w|
     lam = opts.get("lambda_reg") or 0.0
     for a, b, w in zip(g1, g2, weights):
         assert (a.shape, a.dtype) == (b.shape, b.dtype)
-        bound = SUBNORMAL_ATOL + 1e-4 * b.abs() + lam * 1e-6 * w.abs().nan_to_num(posinf=0.0)
+        bound = SUBNORMAL_ATOL + 1e-4 * b.abs() + lam * 4e-6 * w.abs().nan_to_num(posinf=0.0)
         close = (a == b) | (a.isnan() & b.isnan()) | ((a - b).abs() <= bound)
         assert bool(close.all()), (a, b)
 

@@ -189,7 +189,7 @@ def swgl_after(
     snapshots: list[Tensor] | None,
     stabilities: list[Tensor],
     steps: list[Tensor],
-    aux: list[Tensor],
+    aux: list[Tensor] | None,
     *,
     rule: str,
     hp: Hyper,
@@ -200,10 +200,11 @@ def swgl_after(
     """A rule's phase after the base optimizer's step (``mode="update"``: rescale the update),
     with the ``aux`` that :func:`swgl` returned and, for rules that need them, ``snapshots``
     of the params taken before the base step; ``hp`` holds the options :func:`swgl` took
-    (:func:`swgl.options.hyper` builds it from a param group)."""
+    (:func:`swgl.options.hyper` builds it from a param group). ``aux`` None (the step was
+    skipped on the host for non-finite grads: :attr:`Outcome.applied` False) does nothing."""
     check_choice("rule", rule, RULES)
     variants = RULES[rule].after
-    if variants is None or not params:
+    if variants is None or not params or aux is None:
         return
     hp = RULES[rule].hyper(hp)
     state = {"stability": stabilities, **(extra_state or {})}
