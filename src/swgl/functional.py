@@ -29,10 +29,11 @@ __all__ = ["swgl", "swgl_after", "all_finite", "found_nonfinite", "Outcome", "MO
 
 
 class Outcome(NamedTuple):
-    """What one call did. ``applied``: False when non-finite grads made it skip, or, for a
-    rule with a device guard, a 0-d bool tensor (reading it syncs). ``aux``: what the rule's
-    ``after`` phase needs in ``mode="update"`` (v2/v3: per-param ``m``; v4: ``(k, grad)``),
-    else None."""
+    """What one call did. ``applied``: False when non-finite grads made it skip (on the CPU,
+    or under the seed's rules), or, for a rule with a device guard on CUDA, a 0-d bool tensor
+    (reading it syncs). ``aux``: what the rule's ``after`` phase needs in ``mode="update"``
+    (v2/v3: per-param ``m``; v4: ``(k, grad)``; v5: ``(k, grad, skip flag)``; v6: ``(k, grad,
+    Context)``), else None (and None for a step skipped on the host)."""
 
     applied: bool | Tensor
     aux: list[Tensor] | None = None

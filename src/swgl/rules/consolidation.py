@@ -49,7 +49,8 @@ sync), and the fused variant compiles the pull per large tensor (one pass: read 
 w). On CUDA, with no host sync: the fused variant runs both as Triton kernels gated by device
 flags (:mod:`swgl.kernels.triton_consolidation`: a kernel whose flag is 0 exits at once; the
 pull's flag is its strength, faded and gated), the foreach variant as masked passes. A non-
-finite step (``Context.found``) leaves the detector, ``F`` and ``mu`` as they were.
+finite step (``Context.found``) leaves the detector, ``F`` and ``mu`` as they were and pulls
+nothing (``before`` hands the flag to ``after`` in ``aux``: ``(k, g, found)`` per param).
 """
 
 from __future__ import annotations
@@ -296,11 +297,21 @@ def _before(v4_before, variant: str, consolidate=_consolidate_fisher):
     return before
 
 
+def _with_flag(before):
+    """v5's ``before``; its ``aux`` also carries the step's skip flag, which the pull reads
+    (the caller's ``after`` context has none): ``(k, g, found)`` per param."""
+    def call(params, grads, state, steps, hp: Hyper, ctx: Context):
+        return [(k, g, ctx.found) for k, g in before(params, grads, state, steps, hp, ctx)]
+    return call
+
+
 def _after(v4_after, variant: str):
     def after(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) -> None:
-        v4_after(params, snapshots, state, steps, aux, hp, ctx)
-        _pull(params, state, state["detector"][0], hp.consolidation, variant,
-              horizon=hp.consolidation_horizon)
+        v4_after(params, snapshots, state, steps, [(k, g) for k, g, _ in aux], hp, ctx)
+        det = state["detector"][0]
+        # a skipped step (its grads not finite) is not pulled either
+        _pull(params, state, det, hp.consolidation, variant,
+              ok=Context(found=aux[0][2]).ok(det.device), horizon=hp.consolidation_horizon)
     return after
 
 
@@ -329,8 +340,8 @@ def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
 
 V5 = Rule(
     name="v5",
-    before=Variants(_before(V4.before.single, "single"), _before(V4.before.foreach, "foreach"),
-                    _before(V4.before.fused, "fused")),
+    before=Variants(*(_with_flag(_before(getattr(V4.before, v), v))
+                      for v in ("single", "foreach", "fused"))),
     after=Variants(_after(V4.after.single, "single"), _after(V4.after.foreach, "foreach"),
                    _after(V4.after.fused, "fused")),
     options=frozenset({"alpha", "lambda_reg", "eps", "max_boost", "mode", "consolidation",
