@@ -267,6 +267,28 @@ def test_a_flagged_step_leaves_the_detector_and_the_consolidation_as_they_were()
         assert torch.equal(state[name][0], before[name][0]), name
 
 
+@pytest.mark.parametrize("impl", ["single", "foreach"])
+def test_a_flagged_step_pulls_nothing(impl):
+    """The skip flag reaches the after phase through ``aux``: a consolidated group whose step
+    is skipped keeps its weights, where the same step unflagged pulls them to the anchor."""
+    hp = Hyper(alpha=0.9, lambda_reg=3.0, eps=1e-8, max_boost=10.0, mode="update",
+               consolidation=0.5)
+    moved = {}
+    for flag in (1.0, 0.0):
+        p = [torch.ones(4)]
+        state = {"stability": [torch.ones(4)], "consolidated": [torch.ones(4)],
+                 "anchor": [torch.zeros(4)],
+                 "detector": [torch.tensor([100.0, 1.0, 1.0, 60.0])]}   # consolidated at 60
+        grads = [torch.full((4,), 1e-3)]
+        aux = getattr(RULES["v5"].before, impl)(p, grads, state, [torch.ones(())], hp,
+                                                 Context(found=torch.full((1,), flag)))
+        snapshots = [x.clone() for x in p]                 # no base step: only the pull moves
+        getattr(RULES["v5"].after, impl)(p, snapshots, state, [torch.ones(())], aux, hp,
+                                         Context())
+        moved[flag] = not torch.equal(p[0], torch.ones(4))
+    assert moved == {1.0: False, 0.0: True}
+
+
 def test_a_checkpoint_resumes_bit_exactly_after_a_shift():
     full, _ = _train("v5", n_steps=240)
     part, opt = _train("v5", n_steps=160)             # past the shift at 120
