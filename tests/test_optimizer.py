@@ -752,7 +752,7 @@ def host_reads(monkeypatch):
     return calls
 
 
-#: host reads of each rule's own per CPU step that applies: v5 and v6 read their group's
+#: each rule's own host reads per CPU step that applies: v5 and v6 read their group's
 #: detector (its state and signal: the step is computed on the host) and its two flags (shift,
 #: consolidated). Every step first reads its non-finite guard: on the CPU that costs no sync
 #: and spares masked commits over the state (on CUDA they all stay device flags: the CUDA
