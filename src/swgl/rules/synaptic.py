@@ -230,12 +230,12 @@ def _pull_and_path_kernels(params, snapshots, grads, state, hp: Hyper,
 def _pull_and_path_compiled(params, snapshots, grads, state, hp: Hyper,
                             ctx: Context) -> list[int]:
     """The CPU: the pull and the path as one compiled function per large tensor
-    (:func:`_pull_and_path_one`; :func:`_path_one` while nothing pulls; the pull's flag read
-    on the host, which costs no sync there); returns the indices left to foreach. It never
-    sees a skipped step: on the CPU the guard returns before the phases
-    (:func:`swgl.functional.swgl`)."""
+    (:func:`_pull_and_path_one`; :func:`_path_one` while nothing pulls; the flags read on the
+    host, which costs no sync there); returns the indices left to foreach."""
     from swgl.kernels import compiled as cc
 
+    if ctx.found is not None and bool(ctx.found.reshape(()) != 0):
+        return []
     det, F, mu, path = state["detector"][0], state["consolidated"], state["anchor"], state["path"]
     big, rest = cc.split(params, snapshots, grads, F, mu, path)
     strength = _pull_strength(det, hp, None)
