@@ -33,6 +33,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset v5-strong    # a strong pull, no fade (252)
     python benchmarks/earn_its_place.py grid --preset choice  # plain, v5, v6; peers on long (330)
     python benchmarks/earn_its_place.py grid --preset detector  # v6's detector constants (300)
+    python benchmarks/earn_its_place.py grid --preset oracle  # v6 given the true shifts (438)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -78,6 +79,9 @@ SCENARIOS = {
     "splitdom": dict(tasks=5, n=10000, epochs=1, scenario="splitdom"),
     # the device preset's reduced `short` (3x fewer samples per task), for the peers' grid
     "short10k": dict(tasks=10, n=10000, epochs=1),
+    # small cases (the must-show test's size: 62 and 186 steps a task), for the oracle preset
+    "small": dict(tasks=5, n=4000, epochs=1),
+    "small3": dict(tasks=5, n=4000, epochs=3),
 }
 
 #: The boundary-free peers (``swgl.bench.methods``; none is given task boundaries), by the
@@ -224,6 +228,18 @@ def _tasks(cfg, xtr, ytr, g):
 
 #: the detector's own constants, as imported (a config may set others for its run)
 DETECTOR = (consolidation.SHIFT_RATIO, consolidation.REFRACTORY)
+#: the detector's step as imported; a config with ``oracle`` replaces it for its run
+ADVANCE = consolidation._advance
+#: the oracle's switch, set by the training loop before each step
+ORACLE = {"fire": False}
+
+
+def _oracle_advance(n, det, found, kernel):
+    """The detector's step with its shift replaced by the true boundary (``ORACLE``): the
+    detector's own EMAs advance, but it fires exactly when the loop says (CPU only)."""
+    new, _ = ADVANCE(n, det, found, kernel)
+    fire = ORACLE["fire"]
+    return torch.stack([new[0], new[1], new[2], new[0] if fire else det[3]]), torch.tensor(fire)
 
 
 def run_one(cfg: dict) -> dict:
@@ -239,6 +255,9 @@ def run_one(cfg: dict) -> dict:
     sets = {k: [task(t, *xy) for t in range(T)] for k, xy in evals.items()}
     # the shift detector's constants (the detector preset); a worker runs many configs
     consolidation.SHIFT_RATIO, consolidation.REFRACTORY = cfg.get("detector", DETECTOR)
+    # the oracle preset: the shift forced cfg["oracle"] steps into each task after the first
+    oracle = cfg.get("oracle")
+    consolidation._advance = ADVANCE if oracle is None else _oracle_advance
     torch.manual_seed(cfg["seed"])
     model = nn.Sequential(nn.Linear(784, H), nn.ReLU(), nn.Linear(H, H), nn.ReLU(),
                           nn.Linear(H, n_out))
@@ -268,10 +287,13 @@ def run_one(cfg: dict) -> dict:
         else:
             pool = torch.randperm(len(xtr), generator=g)[:N]
             x_t, y_t = task(t, xtr[pool], ytr[pool])
+        step_in_task = 0
         for _ in range(E):
             order = torch.randperm(len(y_t), generator=g)
             for i in range(0, len(y_t) - B + 1, B):
                 idx = order[i:i + B]
+                ORACLE["fire"] = oracle is not None and t > 0 and step_in_task == oracle
+                step_in_task += 1
                 if peer is not None:     # the harness's step: loss (+ penalty), hooks, step
                     peer.observe(x_t[idx], y_t[idx], tids)
                     continue
@@ -587,10 +609,33 @@ def detector_grid() -> list[dict]:
     return runs
 
 
+#: the small cases' lr grids (around the must-show test's optima: plain SGD 0.08, v6 0.16)
+SMALL_LRS = {"sgd": (0.04, 0.08, 0.16, 0.32), "adam": (1e-4, 2e-4, 4e-4, 8e-4)}
+
+
+def oracle_grid() -> list[dict]:
+    """Is detector recall v6's limit? v6 with its shift forced 3 steps into each new task
+    (``swgl-v6-oracle``: the true boundaries, not given to the rule but to its detector),
+    beside v6 and plain, each on its own lr grid, on the four regimes (3 seeds) and on the
+    small cases where v6's detector finds few shifts (5 seeds): 468 runs, ``long`` first."""
+    runs = []
+    for sc in ("long", "short", "rotated", "splitdom"):
+        runs += method_runs(sc, "plain", V5_LRS[sc])
+        runs += method_runs(sc, "swgl-v6", V6_LRS[sc], swgl={"rule": "v6"})
+        runs += method_runs(sc, "swgl-v6-oracle", V6_LRS[sc], swgl={"rule": "v6"}, oracle=3)
+    for sc in ("small3", "small"):
+        runs += method_runs(sc, "plain", SMALL_LRS, seeds=range(5))
+        runs += method_runs(sc, "swgl-v6", SMALL_LRS, seeds=range(5), swgl={"rule": "v6"})
+        runs += method_runs(sc, "swgl-v6-oracle", SMALL_LRS, seeds=range(5),
+                            swgl={"rule": "v6"}, oracle=3)
+    return runs
+
+
 PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, "v5": v5_grid,
            "v5-strength": v5_strength_grid, "v5-horizon": v5_horizon_grid,
            "ewc-boundaries": boundary_grid, "v5-strong": v5_strong_grid,
-           "choice": choice_grid, "detector": detector_grid}
+           "choice": choice_grid, "detector": detector_grid,
+           "oracle": oracle_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:
