@@ -234,6 +234,17 @@ def test_wrap_rejects_non_optimizers_and_nesting():
         SWGLWrapper(model.parameters(), base="adamw")
 
 
+def test_wrap_rejects_a_base_whose_step_needs_a_closure():
+    """LBFGS re-evaluates its closure in a line search: the wrapper says so at once rather
+    than failing inside the step (where it called ``LBFGS.step()`` without one)."""
+    model = _model()
+    with pytest.raises(TypeError, match="cannot wrap LBFGS: its step needs a closure"):
+        SWGL.wrap(torch.optim.LBFGS(model.parameters()))
+    with pytest.raises(TypeError, match="cannot wrap LBFGS"):
+        SWGLWrapper(model.parameters(), base=torch.optim.LBFGS, base_kwargs={"lr": 0.1})
+    SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1))   # closure optional: accepted
+
+
 # -- wrapper mode ------------------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ whose state was replaced (its own ``load_state_dict``) is captured anew.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import operator
 import warnings
@@ -70,6 +71,15 @@ __all__ = ["SWGLWrapper", "wrap"]
 log = logging.getLogger(__name__)
 
 _DTYPE = operator.attrgetter("dtype")
+
+
+def _needs_closure(opt: Optimizer) -> bool:
+    """Whether ``opt.step`` takes no call without a closure (``torch.optim.LBFGS``)."""
+    try:
+        closure = inspect.signature(opt.step).parameters.get("closure")
+    except (TypeError, ValueError):   # a builtin or otherwise opaque step: assume not
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
 
 
 class SWGLWrapper(SWGLBase):
@@ -122,6 +132,12 @@ class SWGLWrapper(SWGLBase):
             base_opt = base(params, **(base_kwargs or {}))
         if isinstance(base_opt, SWGLBase):
             raise TypeError("cannot wrap an SWGL optimizer in another SWGL")
+        if _needs_closure(base_opt):
+            raise TypeError(
+                f"cannot wrap {type(base_opt).__name__}: its step needs a closure, which it "
+                "re-evaluates (a line search), while SWGL modulates the one gradient of a step; "
+                "use the two-object pattern (SWGL(params) beside the optimizer) instead"
+            )
         defaults = {
             PREFIX + k: v
             for k, v in dict(
