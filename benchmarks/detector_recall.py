@@ -1,19 +1,21 @@
-"""Which task boundaries v5's shift detector finds (issue 12, ninth session).
+"""Which task boundaries the shift detector (v5's and v6's) finds (issue 12, ninth session).
 
-Runs the default SWGL through ``earn_its_place.py``'s harness (one scenario, optimizer, lr and
-seed) and records, at every step, the detector's ratio ``f_hat / q_hat`` for the whole group
-(what v5 thresholds at ``SHIFT_RATIO``) and for each tensor alone, and the steps it fired at.
-Prints, per true boundary, whether a shift was detected within 40 steps and the largest
-ratios there; and the ratios' spread inside tasks (steps 45 and more past a boundary, after
-the first task). ``--oracle`` instead forces the shift 3 steps after each true boundary and
-reports the final validation ACC beside the detector's own, so the two can be compared.
+Runs SWGL (``--rule``, the library's default unless given) through ``earn_its_place.py``'s
+harness (one scenario, optimizer, lr and seed) and records, at every step, the detector's
+ratio ``f_hat / q_hat`` for the whole group (what it thresholds at ``SHIFT_RATIO``) and for
+each tensor alone, and the steps it fired at. Prints, per true boundary, whether a shift was
+detected within 40 steps and the largest ratios there; and the ratios' spread inside tasks
+(steps 45 and more past a boundary, after the first task). ``--oracle`` also runs the harness's
+oracle (the shift forced ``--oracle-step`` steps into each task, 0 its first) and reports its
+final validation ACC beside the detector's own.
 
     FMNIST_DIR=... python benchmarks/detector_recall.py rotated adam 1e-4 --json out.json
     FMNIST_DIR=... python benchmarks/detector_recall.py rotated adam 1e-4 --oracle --seeds 0 1
 
-Read-only instrumentation: for the run it wraps ``swgl.rules.consolidation._detect`` (the
-detector's torch-ops step, which the CPU runs) and rule v5's ``before`` phase, to see the
-step's grads.
+Read-only instrumentation: for the run it wraps the detector's step (the harness's
+``earn_its_place.ADVANCE``, :func:`swgl.rules.consolidation._advance`, which every CPU path
+calls) and the rule's ``before`` phase, to see the step's grads. (The ninth session's figures
+are v5's, the default then, with its oracle at the third step of a task.)
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import earn_its_place as eip  # noqa: E402
 
-from swgl.rules import RULES, Variants, consolidation  # noqa: E402
+from swgl.rules import DEFAULT_RULE, RULES, Variants, consolidation  # noqa: E402
 
 WINDOW = 40      # steps after a boundary in which a detection counts
 SETTLED = 45     # steps after a boundary from which a step counts as inside the task
@@ -41,14 +43,16 @@ def _ratio(f: torch.Tensor, q: torch.Tensor, t: int) -> torch.Tensor:
     return (f / (1.0 - consolidation.B_FAST ** t)) / (q / (1.0 - consolidation.B_SLOW ** t))
 
 
-def run(scenario: str, opt: str, lr: float, seed: int, oracle: bool) -> dict:
-    """One run; returns its per-step trace, detections and final validation ACC."""
+def run(scenario: str, opt: str, lr: float, seed: int, rule_name: str,
+        oracle_step: int | None = None) -> dict:
+    """One run; returns its per-step trace, the detector's own shifts and the final
+    validation ACC (with ``oracle_step``, the harness's oracle overrides the shifts)."""
     cfg = eip.SCENARIOS[scenario]
     per_task = (cfg["n"] // 64) * cfg["epochs"]
     trace: list[tuple[int, float, list[float]]] = []
     fired: list[int] = []
     per_tensor = {"f": None, "q": None}
-    original, rule = consolidation._detect, RULES["v5"]
+    original, rule = eip.ADVANCE, RULES[rule_name]
     seen = {}
 
     def stash(before):
@@ -57,31 +61,32 @@ def run(scenario: str, opt: str, lr: float, seed: int, oracle: bool) -> dict:
             return before(params, grads, *rest)
         return call
 
-    def probed(n, det):
-        new, shift = original(n, det)
+    def probed(n, det, found, kernel):
+        new, shift = original(n, det, found, kernel)
         t = int(new[0])
         norms = torch.stack([g.detach().float().square().sum() for g in seen["grads"]])
         f = per_tensor["f"] if per_tensor["f"] is not None else torch.zeros_like(norms)
         q = per_tensor["q"] if per_tensor["q"] is not None else torch.zeros_like(norms)
         per_tensor["f"] = f + (1.0 - consolidation.B_FAST) * (norms - f)
         per_tensor["q"] = q + (1.0 - consolidation.B_SLOW) * (norms - q)
-        group = float(_ratio(new[1], new[2], t))
-        if oracle:   # the shift 3 steps into each new task, whatever the ratio says
-            shift = torch.tensor(t > per_task and t % per_task == 3)
-            new = torch.stack([new[0], new[1], new[2], torch.where(shift, new[0], det[3])])
-        trace.append((t, group, _ratio(per_tensor["f"], per_tensor["q"], t).tolist()))
+        trace.append((t, float(_ratio(new[1], new[2], t)),
+                      _ratio(per_tensor["f"], per_tensor["q"], t).tolist()))
         if bool(shift):
             fired.append(t)
         return new, shift
 
-    consolidation._detect = probed
-    RULES["v5"] = dataclasses.replace(rule, before=Variants(
+    # run_one installs eip.ADVANCE (or the oracle, which calls it) as the detector's step
+    eip.ADVANCE = probed
+    RULES[rule_name] = dataclasses.replace(rule, before=Variants(
         *(stash(f) for f in (rule.before.single, rule.before.foreach, rule.before.fused))))
+    extra = {} if oracle_step is None else {"oracle": oracle_step}
     try:
         result = eip.run_one(dict(seed=seed, batch=64, hidden=256, opt=opt,
-                                  scenario_name=scenario, **cfg, lr=lr, method="swgl"))
+                                  scenario_name=scenario, **cfg, lr=lr, method="swgl",
+                                  swgl={"rule": rule_name}, **extra))
     finally:
-        consolidation._detect, RULES["v5"] = original, rule
+        eip.ADVANCE, RULES[rule_name] = original, rule
+        consolidation._advance = original
     return {"per_task": per_task, "tasks": cfg["tasks"], "trace": trace, "fired": fired,
             "val_acc": 100.0 * float(np.asarray(result["val"])[-1].mean())}
 
@@ -127,17 +132,22 @@ def main(argv=None) -> None:
     p.add_argument("opt", choices=("sgd", "adam"))
     p.add_argument("lr", type=_positive)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--rule", default=DEFAULT_RULE, choices=("v5", "v6"),
+                   help="the rule whose detector runs (default: the library's default)")
     p.add_argument("--oracle", action="store_true",
-                   help="force the shift at each true boundary; compare the final val ACC")
+                   help="also run with the shift forced at each true boundary; compare the "
+                        "final val ACC")
+    p.add_argument("--oracle-step", type=int, default=0,
+                   help="the step of each new task at which the oracle fires (0: its first)")
     p.add_argument("--json", help="write the summaries to this file")
     args = p.parse_args(argv)
     rows = []
     for seed in args.seeds:
-        own = summary(run(args.scenario, args.opt, args.lr, seed, oracle=False))
+        own = summary(run(args.scenario, args.opt, args.lr, seed, args.rule))
         row = {"seed": seed, **own}
         if args.oracle:
-            row["oracle_val_acc"] = run(args.scenario, args.opt, args.lr, seed,
-                                        oracle=True)["val_acc"]
+            row["oracle_val_acc"] = run(args.scenario, args.opt, args.lr, seed, args.rule,
+                                        args.oracle_step)["val_acc"]
         rows.append(row)
         lines = [f"{args.scenario} {args.opt} lr {args.lr:g} seed {seed}: detector fired at "
                  f"{own['fired']}; val ACC {own['val_acc']:.1f}"

@@ -33,7 +33,8 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset v5-strong    # a strong pull, no fade (252)
     python benchmarks/earn_its_place.py grid --preset choice  # plain, v5, v6; peers on long (330)
     python benchmarks/earn_its_place.py grid --preset detector  # v6's detector constants (300)
-    python benchmarks/earn_its_place.py grid --preset oracle  # v6 given the true shifts (438)
+    python benchmarks/earn_its_place.py grid --preset oracle  # v6 given the true shifts (620)
+    python benchmarks/earn_its_place.py grid --preset warmup  # v6's detector's warm-up (620)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -227,7 +228,7 @@ def _tasks(cfg, xtr, ytr, g):
 
 
 #: the detector's own constants, as imported (a config may set others for its run)
-DETECTOR = (consolidation.SHIFT_RATIO, consolidation.REFRACTORY)
+DETECTOR = (consolidation.SHIFT_RATIO, consolidation.REFRACTORY, consolidation.WARMUP)
 #: the detector's step as imported; a config with ``oracle`` replaces it for its run
 ADVANCE = consolidation._advance
 #: the oracle's switch, set by the training loop before each step
@@ -254,7 +255,11 @@ def run_one(cfg: dict) -> dict:
     task, xtr, ytr, n_out = _tasks(cfg, xtr_all[:50000], ytr_all[:50000], g)
     sets = {k: [task(t, *xy) for t in range(T)] for k, xy in evals.items()}
     # the shift detector's constants (the detector preset); a worker runs many configs
-    consolidation.SHIFT_RATIO, consolidation.REFRACTORY = cfg.get("detector", DETECTOR)
+    # (a config of two constants, the thirteenth session's, had its warm-up equal to its
+    # refractory period: the detector's first condition was t > REFRACTORY then)
+    ratio, refractory, *warmup = cfg.get("detector", DETECTOR)
+    consolidation.SHIFT_RATIO, consolidation.REFRACTORY = ratio, refractory
+    consolidation.WARMUP = warmup[0] if warmup else refractory
     # the oracle preset: the shift forced cfg["oracle"] steps into each task after the first
     oracle = cfg.get("oracle")
     consolidation._advance = ADVANCE if oracle is None else _oracle_advance
@@ -589,10 +594,12 @@ def choice_grid() -> list[dict]:
     return runs
 
 
-#: v6's detector constants, ``(SHIFT_RATIO, REFRACTORY)``, tried against its own (2.0, 50)
-#: (thirteenth session): a lower ratio, or a shorter refractory period, for more shifts found
-#: in short tasks
+#: v6's detector constants, ``(SHIFT_RATIO, REFRACTORY[, WARMUP])``, tried against its own
+#: (2.0, 50, 50): a lower ratio, or a shorter refractory period (and warm-up), for more shifts
+#: found in short tasks (thirteenth session); a longer warm-up, against the false shifts early
+#: in the first task (fourteenth session: the warmup preset)
 DETECTOR_VARIANTS = {"swgl-v6-ratio1.5": (1.5, 50), "swgl-v6-refr25": (2.0, 25)}
+WARMUP_VARIANTS = {"swgl-v6-warmup100": (2.0, 50, 100), "swgl-v6-warmup200": (2.0, 50, 200)}
 
 
 def detector_grid() -> list[dict]:
@@ -609,25 +616,48 @@ def detector_grid() -> list[dict]:
     return runs
 
 
+def warmup_grid() -> list[dict]:
+    """v6 with a longer warm-up before its detector's first shift (:data:`WARMUP_VARIANTS`),
+    beside v6 and plain, each on its own lr grid, on the four regimes (3 seeds) and the small
+    cases (5 seeds): 620 runs, ``long`` first."""
+    runs = []
+    for sc in ("long", "short", "rotated", "splitdom", "small3", "small"):
+        small = sc.startswith("small")
+        lrs, seeds = (SMALL_LRS, range(5)) if small else (V6_LRS[sc], (0, 1, 2))
+        runs += method_runs(sc, "plain", SMALL_LRS if small else V5_LRS[sc], seeds=seeds)
+        runs += method_runs(sc, "swgl-v6", lrs, seeds=seeds, swgl={"rule": "v6"})
+        for name, constants in WARMUP_VARIANTS.items():
+            runs += method_runs(sc, name, lrs, seeds=seeds, swgl={"rule": "v6"},
+                                detector=list(constants))
+    return runs
+
+
+#: the oracle preset's steps into each new task at which the shift is forced (fourteenth session:
+#: 3 first, then 0, after v6's own detector was found firing at step 0 or 1 of a task)
+ORACLE_STEPS = (3, 0)
 #: the small cases' lr grids (around the must-show test's optima: plain SGD 0.08, v6 0.16)
 SMALL_LRS = {"sgd": (0.04, 0.08, 0.16, 0.32), "adam": (1e-4, 2e-4, 4e-4, 8e-4)}
 
 
 def oracle_grid() -> list[dict]:
-    """Is detector recall v6's limit? v6 with its shift forced 3 steps into each new task
-    (``swgl-v6-oracle``: the true boundaries, not given to the rule but to its detector),
-    beside v6 and plain, each on its own lr grid, on the four regimes (3 seeds) and on the
-    small cases where v6's detector finds few shifts (5 seeds): 468 runs, ``long`` first."""
+    """Is detector recall v6's limit? v6 with its shift forced at the true boundaries
+    (``swgl-v6-oracle<k>``: the detector fires at step ``k`` of each new task, 0 its first,
+    whose grads the detector reads before the task's first update; its EMAs advance as
+    usual), beside v6 and plain, each on its own lr grid, on the four regimes (3 seeds) and on
+    the small cases where v6's detector finds few shifts (5 seeds): 620 runs, ``long`` first."""
     runs = []
     for sc in ("long", "short", "rotated", "splitdom"):
         runs += method_runs(sc, "plain", V5_LRS[sc])
         runs += method_runs(sc, "swgl-v6", V6_LRS[sc], swgl={"rule": "v6"})
-        runs += method_runs(sc, "swgl-v6-oracle", V6_LRS[sc], swgl={"rule": "v6"}, oracle=3)
+        for k in ORACLE_STEPS:
+            runs += method_runs(sc, f"swgl-v6-oracle{k}", V6_LRS[sc], swgl={"rule": "v6"},
+                                oracle=k)
     for sc in ("small3", "small"):
         runs += method_runs(sc, "plain", SMALL_LRS, seeds=range(5))
         runs += method_runs(sc, "swgl-v6", SMALL_LRS, seeds=range(5), swgl={"rule": "v6"})
-        runs += method_runs(sc, "swgl-v6-oracle", SMALL_LRS, seeds=range(5),
-                            swgl={"rule": "v6"}, oracle=3)
+        for k in ORACLE_STEPS:
+            runs += method_runs(sc, f"swgl-v6-oracle{k}", SMALL_LRS, seeds=range(5),
+                                swgl={"rule": "v6"}, oracle=k)
     return runs
 
 
@@ -635,7 +665,7 @@ PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, 
            "v5-strength": v5_strength_grid, "v5-horizon": v5_horizon_grid,
            "ewc-boundaries": boundary_grid, "v5-strong": v5_strong_grid,
            "choice": choice_grid, "detector": detector_grid,
-           "oracle": oracle_grid}
+           "oracle": oracle_grid, "warmup": warmup_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:

@@ -119,7 +119,7 @@ def pull(lau: Launch, strength: Tensor) -> None:
 
 @triton.jit
 def _detect_kernel(np_, detp, foundp, shiftp, keep_fast, keep_slow, ln_fast, ln_slow, ratio,
-                   refractory, HAS_FOUND: tl.constexpr):
+                   refractory, warmup, HAS_FOUND: tl.constexpr):
     """``det = [t, f, q, t_last]`` advanced by one step of signal ``n`` (in place), and the
     shift flag (1.0 / 0.0); where ``found`` is set, ``det`` is kept and the flag is 0."""
     n = tl.load(np_).to(tl.float32)
@@ -132,7 +132,7 @@ def _detect_kernel(np_, detp, foundp, shiftp, keep_fast, keep_slow, ln_fast, ln_
     q = q0 + keep_slow * (n - q0)
     f_hat = f / _bias_correction(t, ln_fast)
     q_hat = q / _bias_correction(t, ln_slow)
-    shift = (t > refractory) & (t - last > refractory) & (f_hat > ratio * q_hat)
+    shift = (t > warmup) & (t - last > refractory) & (f_hat > ratio * q_hat)
     if HAS_FOUND:
         ok = tl.load(foundp) == 0.0
         shift = shift & ok
@@ -147,7 +147,7 @@ def _detect_kernel(np_, detp, foundp, shiftp, keep_fast, keep_slow, ln_fast, ln_
 
 
 def detect(n: Tensor, det: Tensor, found: Tensor | None, *, b_fast: float, b_slow: float,
-           ratio: float, refractory: float) -> Tensor:
+           ratio: float, refractory: float, warmup: float) -> Tensor:
     """The detector's step, one launch: advances ``det`` (fp32 ``[t, f, q, t_last]``) in place
     with the signal ``n`` (a device scalar) and returns the shift flag (a 0-d fp32 on
     ``det``'s device); where the skip flag ``found`` is set (non-zero), ``det`` is kept and
@@ -157,6 +157,6 @@ def detect(n: Tensor, det: Tensor, found: Tensor | None, *, b_fast: float, b_slo
     _detect_kernel[(1,)](
         n.to(det.device), det, det if found is None else found, shift, 1.0 - b_fast,
         1.0 - b_slow, math.log(b_fast), math.log(b_slow), ratio, float(refractory),
-        HAS_FOUND=found is not None, num_warps=1,
+        float(warmup), HAS_FOUND=found is not None, num_warps=1,
     )
     return shift

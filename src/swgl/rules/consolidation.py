@@ -9,7 +9,7 @@ For a param group, at each step (``t`` counts the group's steps)::
     n     = sum over elements of min(g^2, R_MAX)   # the group's, before the base step:
                                                    # v4's capped g^2, summed by v4's before
     f     = f + (1 - B_FAST) (n - f);  q = q + (1 - B_SLOW) (n - q)      # f, q start at 0
-    shift = t > REFRACTORY  and  t - t_last > REFRACTORY
+    shift = t > WARMUP  and  t - t_last > REFRACTORY
             and  f / (1 - B_FAST^t) > SHIFT_RATIO * q / (1 - B_SLOW^t)
     on a shift, before the base step (t_last = t):
         F  = DECAY * F + s / (m + eps^2)               # m: the group's mean of s (v4's)
@@ -65,7 +65,7 @@ from swgl.rules.base import Context, Hyper, Rule, Variants
 from swgl.rules.importance import V4
 
 __all__ = ["V5", "around_fused_step", "STRENGTH", "HORIZON", "DECAY", "SHIFT_RATIO",
-           "REFRACTORY", "B_FAST", "B_SLOW"]
+           "REFRACTORY", "WARMUP", "B_FAST", "B_SLOW"]
 
 #: the default of ``consolidation``: the pull's strength per unit of consolidated importance
 STRENGTH = 0.03
@@ -77,6 +77,8 @@ DECAY = 0.8
 SHIFT_RATIO = 2.0
 #: steps after the start and after a shift during which no shift is detected
 REFRACTORY = 50
+#: steps from the start during which no shift is detected
+WARMUP = 50
 #: the detector's EMA decays (horizons ~10 and ~100 steps)
 B_FAST, B_SLOW = 0.9, 0.99
 
@@ -103,7 +105,7 @@ def _step(n, t, f, q, t_last):
     q = q + (1.0 - B_SLOW) * (n - q)
     f_hat = f / (1.0 - B_FAST ** t)
     q_hat = q / (1.0 - B_SLOW ** t)
-    return t, f, q, (t > REFRACTORY) & (t - t_last > REFRACTORY) & (f_hat > SHIFT_RATIO * q_hat)
+    return t, f, q, (t > WARMUP) & (t - t_last > REFRACTORY) & (f_hat > SHIFT_RATIO * q_hat)
 
 
 def _detect(n: Tensor, det: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,7 +135,7 @@ def _advance(n: Tensor, det: Tensor, found: Tensor | None, kernel: bool) -> tupl
         from swgl.kernels import triton_consolidation as tc  # imports Triton
 
         shift = tc.detect(n, det, found, b_fast=B_FAST, b_slow=B_SLOW, ratio=SHIFT_RATIO,
-                          refractory=REFRACTORY)
+                          refractory=REFRACTORY, warmup=WARMUP)
         return det, shift
     if found is None and det.device.type == "cpu":   # the CPU's unmasked step
         return _detect_on_host(n, det)
