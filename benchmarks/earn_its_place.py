@@ -35,6 +35,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset detector  # v6's detector constants (300)
     python benchmarks/earn_its_place.py grid --preset oracle  # v6 given the true shifts (620)
     python benchmarks/earn_its_place.py grid --preset warmup  # v6's detector's warm-up (620)
+    python benchmarks/earn_its_place.py grid --preset anchor  # v6's anchor, weighted (468)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -69,7 +70,7 @@ from swgl import RULES, SWGL
 from swgl.bench.methods import METHODS, OPTIMIZERS, make_method
 from swgl.bench.methods import Context as MethodContext
 from swgl.bench.metrics import acc, forgetting, learning_accuracy
-from swgl.rules import Context, Hyper, consolidation
+from swgl.rules import Context, Hyper, consolidation, synaptic
 from swgl.rules.importance import factor, progress_ratio
 
 DATA_DIR = os.environ.get("FMNIST_DIR", "/usr/share/datasets/fashion-mnist")
@@ -243,6 +244,24 @@ def _oracle_advance(n, det, found, kernel):
     return torch.stack([new[0], new[1], new[2], new[0] if fire else det[3]]), torch.tensor(fire)
 
 
+#: v6's consolidation as imported; a config with ``anchor: "weighted"`` replaces it for its run
+CONSOLIDATE = synaptic._consolidate
+
+
+def _consolidate_weighted(params, state, shift, variant, ctx, plan=None) -> None:
+    """v6's consolidation with its anchor at the importance-weighted mean of the weights at
+    every shift so far, ``mu = (F_old mu_old + Om_n w) / (F_old + Om_n)``: the one quadratic
+    equal (up to a constant) to the sum of the per-shift penalties ``Om_n,i (w - w_i)^2``,
+    where v6 keeps the last shift's weights alone (CPU only)."""
+    if not bool(shift):
+        return
+    F, mu = state["consolidated"], state["anchor"]
+    old_F, old_mu = [f.clone() for f in F], [m.clone() for m in mu]
+    CONSOLIDATE(params, state, shift, variant, ctx, plan)   # F += Om_n, path = 0, mu = w
+    for f0, f, m0, m in zip(old_F, F, old_mu, mu):
+        m.copy_(torch.where(f > 0, (f0 * m0 + (f - f0) * m) / f.clamp(min=1e-30), m))
+
+
 def run_one(cfg: dict) -> dict:
     t0 = time.time()
     torch.set_num_threads(1)
@@ -263,6 +282,8 @@ def run_one(cfg: dict) -> dict:
     # the oracle preset: the shift forced cfg["oracle"] steps into each task after the first
     oracle = cfg.get("oracle")
     consolidation._advance = ADVANCE if oracle is None else _oracle_advance
+    synaptic._consolidate = {None: CONSOLIDATE, "weighted": _consolidate_weighted}[
+        cfg.get("anchor")]
     torch.manual_seed(cfg["seed"])
     model = nn.Sequential(nn.Linear(784, H), nn.ReLU(), nn.Linear(H, H), nn.ReLU(),
                           nn.Linear(H, n_out))
@@ -632,6 +653,21 @@ def warmup_grid() -> list[dict]:
     return runs
 
 
+def anchor_grid() -> list[dict]:
+    """v6 with its anchor at the importance-weighted mean of the weights at its shifts
+    (``swgl-v6-wanchor``, :func:`_consolidate_weighted`), beside v6 and plain, each on its own
+    lr grid, on the four regimes (3 seeds) and the small cases (5 seeds), ``long`` first."""
+    runs = []
+    for sc in ("long", "short", "rotated", "splitdom", "small3", "small"):
+        small = sc.startswith("small")
+        lrs, seeds = (SMALL_LRS, range(5)) if small else (V6_LRS[sc], (0, 1, 2))
+        runs += method_runs(sc, "plain", SMALL_LRS if small else V5_LRS[sc], seeds=seeds)
+        runs += method_runs(sc, "swgl-v6", lrs, seeds=seeds, swgl={"rule": "v6"})
+        runs += method_runs(sc, "swgl-v6-wanchor", lrs, seeds=seeds, swgl={"rule": "v6"},
+                            anchor="weighted")
+    return runs
+
+
 #: the oracle preset's steps into each new task at which the shift is forced (fourteenth session:
 #: 3 first, then 0, after v6's own detector was found firing at step 0 or 1 of a task)
 ORACLE_STEPS = (3, 0)
@@ -665,7 +701,7 @@ PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, 
            "v5-strength": v5_strength_grid, "v5-horizon": v5_horizon_grid,
            "ewc-boundaries": boundary_grid, "v5-strong": v5_strong_grid,
            "choice": choice_grid, "detector": detector_grid,
-           "oracle": oracle_grid, "warmup": warmup_grid}
+           "oracle": oracle_grid, "warmup": warmup_grid, "anchor": anchor_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:
@@ -854,6 +890,15 @@ def _frontier(table, out: Path, plt) -> None:
     plt.close(fig)
 
 
+def read_results(path: Path) -> list:
+    """A results (or grid) file: JSON, or gzipped JSON where its name ends in ``.gz`` (the
+    stored results of the later runs, kept small)."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt") as f:
+            return json.load(f)
+    return json.loads(path.read_text())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -867,7 +912,8 @@ def main(argv=None) -> None:
     r.add_argument("out", type=Path)
     r.add_argument("--jobs", type=int, default=os.cpu_count())
     rep = sub.add_parser("report", help="tables and frontier plots from results.json files "
-                                        "(a grid.json beside one marks unfinished methods)")
+                                        "(or .json.gz; a grid.json beside one marks "
+                                        "unfinished methods)")
     rep.add_argument("results", type=Path, nargs="+")
     rep.add_argument("--out", type=Path, default=Path("."))
     args = ap.parse_args(argv)
@@ -878,7 +924,7 @@ def main(argv=None) -> None:
         run(json.loads(args.grid.read_text()), args.out, args.jobs)
         print(f"done in {time.time() - t0:.0f} s")
     else:
-        results = [r for p in args.results for r in json.loads(p.read_text())]
+        results = [r for p in args.results for r in read_results(p)]
         grids = list(dict.fromkeys(p.parent / "grid.json" for p in args.results))  # once each
         grid = ([c for p in grids for c in json.loads(p.read_text())]
                 if all(p.exists() for p in grids) else None)

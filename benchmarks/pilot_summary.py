@@ -13,7 +13,6 @@ given files instead of the stored ones.
 """
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from earn_its_place import _metrics  # noqa: E402
+from earn_its_place import _metrics, read_results  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 REGIMES = ("long", "short", "rotated", "splitdom")
@@ -32,7 +31,7 @@ SEEDS = [0, 1, 2]
 def _runs(paths):
     for path in paths:
         try:
-            runs = json.loads(Path(path).read_text())
+            runs = read_results(Path(path))
         except (OSError, ValueError):
             continue
         if isinstance(runs, list):
