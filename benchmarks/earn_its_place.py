@@ -36,6 +36,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset oracle  # v6 given the true shifts (620)
     python benchmarks/earn_its_place.py grid --preset warmup  # v6's detector's warm-up (620)
     python benchmarks/earn_its_place.py grid --preset anchor  # v6's anchor, weighted (468)
+    python benchmarks/earn_its_place.py grid --preset adam-long  # Adam long, 10 seeds (60)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -668,6 +669,15 @@ def anchor_grid() -> list[dict]:
     return runs
 
 
+def adam_long_grid() -> list[dict]:
+    """The cell on the goal's line, Adam on permuted long tasks, at 10 seeds: plain and v6,
+    each on its own lr grid (the choice preset's; its seeds 0 to 2 are that run's): 60 runs."""
+    lrs = {"adam": V5_LRS["long"]["adam"]}
+    return (method_runs("long", "plain", lrs, seeds=range(10))
+            + method_runs("long", "swgl-v6", {"adam": V6_LRS["long"]["adam"]}, seeds=range(10),
+                          swgl={"rule": "v6"}))
+
+
 #: the oracle preset's steps into each new task at which the shift is forced (fourteenth session:
 #: 3 first, then 0, after v6's own detector was found firing at step 0 or 1 of a task)
 ORACLE_STEPS = (3, 0)
@@ -701,7 +711,8 @@ PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, 
            "v5-strength": v5_strength_grid, "v5-horizon": v5_horizon_grid,
            "ewc-boundaries": boundary_grid, "v5-strong": v5_strong_grid,
            "choice": choice_grid, "detector": detector_grid,
-           "oracle": oracle_grid, "warmup": warmup_grid, "anchor": anchor_grid}
+           "oracle": oracle_grid, "warmup": warmup_grid, "anchor": anchor_grid,
+           "adam-long": adam_long_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:
