@@ -12,6 +12,7 @@ whole stream (the online protocol's own metric; both get the same lrs and seeds)
 
     FMNIST_DIR=.research/data python benchmarks/long_stream.py --jobs 16 --json out.json
     python benchmarks/long_stream.py --segments 20 --steps 50 --seeds 0 --jobs 2   # a smoke run
+    python benchmarks/long_stream.py --report benchmarks/results/long_stream/results_*.json.gz
 
 Prints, per optimizer and method, the online accuracy by fifth of the stream at the chosen lr
 (mean over seeds), the delta against plain paired by seed, and v6's mean ``F`` at the end.
@@ -125,7 +126,12 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=os.cpu_count())
     p.add_argument("--json", type=Path, help="write every run's record here")
+    p.add_argument("--report", type=Path, nargs="+",
+                   help="print the table of stored records (.json or .json.gz) and exit")
     args = p.parse_args(argv)
+    if args.report:
+        print(summarise([r for path in args.report for r in eip.read_results(path)]))  # noqa: T201
+        return
     for name in ("segments", "steps", "jobs"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
