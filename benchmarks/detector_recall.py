@@ -86,7 +86,6 @@ def run(scenario: str, opt: str, lr: float, seed: int, rule_name: str,
                                   swgl={"rule": rule_name}, **extra))
     finally:
         eip.ADVANCE, RULES[rule_name] = original, rule
-        consolidation._advance = original
     return {"per_task": per_task, "tasks": cfg["tasks"], "trace": trace, "fired": fired,
             "val_acc": 100.0 * float(np.asarray(result["val"])[-1].mean())}
 

@@ -50,6 +50,7 @@ scenario. The metrics are those of :mod:`swgl.bench.metrics`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gzip
 import itertools
@@ -263,7 +264,35 @@ def _consolidate_weighted(params, state, shift, variant, ctx, plan=None) -> None
         m.copy_(torch.where(f > 0, (f0 * m0 + (f - f0) * m) / f.clamp(min=1e-30), m))
 
 
+@contextlib.contextmanager
+def _variant(cfg: dict):
+    """The rule's module constants and functions as ``cfg`` asks for them during its run, the
+    ones before it restored after (a worker or a test runs many configs in one process):
+    the detector's constants (``detector``; a config of two, the thirteenth session's, had its
+    warm-up equal to its refractory period: the detector's first condition was
+    ``t > REFRACTORY`` then), the oracle (``oracle``) and the anchor (``anchor``)."""
+    names = ((consolidation, "SHIFT_RATIO"), (consolidation, "REFRACTORY"),
+             (consolidation, "WARMUP"), (consolidation, "_advance"), (synaptic, "_consolidate"))
+    before = [getattr(module, name) for module, name in names]
+    ratio, refractory, *warmup = cfg.get("detector", DETECTOR)
+    values = (ratio, refractory, warmup[0] if warmup else refractory,
+              ADVANCE if cfg.get("oracle") is None else _oracle_advance,
+              {None: CONSOLIDATE, "weighted": _consolidate_weighted}[cfg.get("anchor")])
+    try:
+        for (module, name), value in zip(names, values):
+            setattr(module, name, value)
+        yield
+    finally:
+        for (module, name), value in zip(names, before):
+            setattr(module, name, value)
+
+
 def run_one(cfg: dict) -> dict:
+    with _variant(cfg):
+        return _run_one(cfg)
+
+
+def _run_one(cfg: dict) -> dict:
     t0 = time.time()
     torch.set_num_threads(1)
     xtr_all, ytr_all, xte, yte = data()
@@ -274,17 +303,8 @@ def run_one(cfg: dict) -> dict:
              "test": (xte[:n_eval], yte[:n_eval])}
     task, xtr, ytr, n_out = _tasks(cfg, xtr_all[:50000], ytr_all[:50000], g)
     sets = {k: [task(t, *xy) for t in range(T)] for k, xy in evals.items()}
-    # the shift detector's constants (the detector preset); a worker runs many configs
-    # (a config of two constants, the thirteenth session's, had its warm-up equal to its
-    # refractory period: the detector's first condition was t > REFRACTORY then)
-    ratio, refractory, *warmup = cfg.get("detector", DETECTOR)
-    consolidation.SHIFT_RATIO, consolidation.REFRACTORY = ratio, refractory
-    consolidation.WARMUP = warmup[0] if warmup else refractory
     # the oracle preset: the shift forced cfg["oracle"] steps into each task after the first
     oracle = cfg.get("oracle")
-    consolidation._advance = ADVANCE if oracle is None else _oracle_advance
-    synaptic._consolidate = {None: CONSOLIDATE, "weighted": _consolidate_weighted}[
-        cfg.get("anchor")]
     torch.manual_seed(cfg["seed"])
     model = nn.Sequential(nn.Linear(784, H), nn.ReLU(), nn.Linear(H, H), nn.ReLU(),
                           nn.Linear(H, n_out))

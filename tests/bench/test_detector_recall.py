@@ -1,6 +1,7 @@
 """benchmarks/detector_recall.py: the per-boundary summary of a detector trace (issue 12)."""
 
 import pytest
+import torch
 
 from benchmark_scripts import load
 
@@ -33,3 +34,28 @@ def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         D.main(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    """Synthetic images for the harness the script runs (no Fashion-MNIST needed)."""
+    g = torch.Generator().manual_seed(0)
+    xtr, xte = torch.rand(50200, 784, generator=g), torch.rand(200, 784, generator=g)
+    monkeypatch.setitem(D.eip._DATA, D.eip.DATA_DIR,
+                        (xtr, xtr[:, :10].argmax(1), xte, xte[:, :10].argmax(1)))
+
+
+@pytest.mark.parametrize("rule", ["v5", "v6"])
+def test_a_run_traces_the_detector_at_every_step_and_restores_it(fake_data, rule, monkeypatch):
+    """The probe sees every step of the CPU's detector (the fourteenth session found it
+    probing a function the CPU no longer called), per group and per tensor, and the oracle
+    run reports its own accuracy; the harness's detector is restored afterwards."""
+    monkeypatch.setitem(D.eip.SCENARIOS, "tiny", dict(tasks=2, n=640, epochs=1))
+    real = D.eip.ADVANCE
+    out = D.run("tiny", "sgd", 0.1, 0, rule)
+    assert [t for t, _, _ in out["trace"]] == list(range(1, 21))     # 2 tasks x 10 steps
+    assert all(len(per_tensor) == 6 for _, _, per_tensor in out["trace"])   # the MLP's 6
+    assert out["fired"] == []                   # 20 steps: within the detector's warm-up
+    oracle = D.run("tiny", "sgd", 0.1, 0, rule, oracle_step=0)
+    assert 0.0 <= oracle["val_acc"] <= 100.0 and len(oracle["trace"]) == 20
+    assert D.eip.ADVANCE is real and D.eip.consolidation._advance is real

@@ -161,3 +161,92 @@ def test_smoke_grid_runs_and_reports_peers(fake_data, tmp_path):
     tuned = json.loads((tmp_path / "rep" / "earn_its_place_tuned.json").read_text())
     assert {r["method"] for r in tuned} == {"plain", "swgl", "stream-ewc", "mesu"}
     assert (tmp_path / "rep" / "earn_its_place_frontier.png").stat().st_size > 10_000
+
+
+def test_the_oracle_fires_at_each_new_tasks_step_and_only_there(fake_data):
+    """``oracle=k``: the shift at step k of every task after the first (task j starts at
+    step 10 j + 1 here; ``t_last`` records each shift's step), whatever the detector says;
+    a run without it gets the detector back."""
+    cfg = dict(E.method_runs("small", "swgl-v6", {"sgd": (0.1,)}, seeds=(0,),
+                             swgl={"rule": "v6"})[0], tasks=3, n=640)
+    seen = []
+    real = E._oracle_advance
+
+    def record(n, det, found, kernel):
+        new, shift = real(n, det, found, kernel)
+        if bool(shift):
+            seen.append(int(new[3]))
+        return new, shift
+    try:
+        E._oracle_advance = record
+        E.run_one(dict(cfg, oracle=0))
+        assert seen == [11, 21]
+        seen.clear()
+        E.run_one(dict(cfg, oracle=3))
+        assert seen == [14, 24]
+    finally:
+        E._oracle_advance = real
+    assert E.consolidation._advance is E.ADVANCE     # restored after each run
+
+
+def test_a_run_restores_the_rules_module_state_even_when_it_fails(fake_data):
+    """A config's detector constants, oracle and anchor hold during its run only."""
+    own = (E.consolidation.SHIFT_RATIO, E.consolidation.REFRACTORY, E.consolidation.WARMUP,
+           E.consolidation._advance, E.synaptic._consolidate)
+    cfg = dict(E.method_runs("small", "swgl-v6", {"sgd": (0.1,)}, seeds=(0,),
+                             swgl={"rule": "v6"})[0], tasks=1, n=64)
+    with pytest.raises(KeyError):
+        E.run_one(dict(cfg, detector=[1.5, 25, 100], oracle=0, anchor="weighted",
+                       method="no-such-method", opt="no-such-optimizer"))
+    E.run_one(dict(cfg, detector=[1.5, 25, 100], oracle=0, anchor="weighted"))
+    assert (E.consolidation.SHIFT_RATIO, E.consolidation.REFRACTORY, E.consolidation.WARMUP,
+            E.consolidation._advance, E.synaptic._consolidate) == own
+
+
+def test_a_detector_of_two_constants_warms_up_for_its_refractory_period():
+    """The thirteenth session's configs (ratio, refractory) ran with the warm-up equal to the
+    refractory period; three constants set it apart."""
+    c = E.consolidation
+    with E._variant({"detector": [2.0, 25]}):
+        assert (c.SHIFT_RATIO, c.REFRACTORY, c.WARMUP) == (2.0, 25, 25)
+    with E._variant({"detector": [1.5, 50, 200]}):
+        assert (c.SHIFT_RATIO, c.REFRACTORY, c.WARMUP) == (1.5, 50, 200)
+    assert (c.SHIFT_RATIO, c.REFRACTORY, c.WARMUP) == E.DETECTOR
+
+
+def test_the_weighted_anchor_is_the_importance_weighted_mean_of_the_shifts_weights():
+    """Two shifts: v6's consolidation keeps the last weights as the anchor; the weighted
+    variant keeps ``(Om_1 w_1 + Om_2 w_2) / (Om_1 + Om_2)`` (each ``Om_i`` normalised to mean
+    1, as ``F`` sums them)."""
+    from swgl.rules import Context
+
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    state = {"consolidated": [torch.zeros(4)], "anchor": [torch.zeros(4)],
+             "path": [torch.tensor([1.0, 0.0, 2.0, 1.0])]}
+    shift = torch.tensor(True)
+    E._consolidate_weighted([w], state, shift, "foreach", Context())
+    om1 = state["consolidated"][0].clone()
+    assert torch.equal(state["anchor"][0], w.detach())       # the first: the weights then
+    w1 = w.detach().clone()
+    with torch.no_grad():
+        w.add_(torch.tensor([1.0, 1.0, -1.0, 0.5]))
+    state["path"][0].copy_(torch.tensor([0.5, 1.0, 1.0, 0.0]))
+    E._consolidate_weighted([w], state, shift, "foreach", Context())
+    om2 = state["consolidated"][0] - om1
+    expected = (om1 * w1 + om2 * w.detach()) / (om1 + om2)
+    torch.testing.assert_close(state["anchor"][0], expected)
+    assert not torch.equal(state["anchor"][0], w.detach())    # not v6's last weights
+    assert float(state["path"][0].abs().sum()) == 0.0        # the path restarts, as in v6
+    no_shift = {k: [t.clone() for t in v] for k, v in state.items()}
+    E._consolidate_weighted([w], no_shift, torch.tensor(False), "foreach", Context())
+    assert all(torch.equal(a, b) for k in state for a, b in zip(state[k], no_shift[k]))
+
+
+def test_stored_results_read_gzipped(tmp_path):
+    import gzip
+
+    runs = [{"cfg": {"method": "plain"}, "val": [[0.5]]}]
+    with gzip.open(tmp_path / "r.json.gz", "wt") as f:
+        json.dump(runs, f)
+    (tmp_path / "r.json").write_text(json.dumps(runs))
+    assert E.read_results(tmp_path / "r.json.gz") == E.read_results(tmp_path / "r.json") == runs
