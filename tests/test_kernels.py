@@ -399,6 +399,27 @@ def test_v5_variants_agree_through_a_shift_and_a_skipped_step(impl, dtype):
             assert _rel(a, b) < tol.get(name, tol["params"]), name
 
 
+@needs_kernels
+@pytest.mark.parametrize("t, last, fires", [(60.0, 0.0, False), (150.0, 120.0, False),
+                                           (150.0, 90.0, True)])
+def test_the_detector_kernel_holds_its_warm_up_apart_from_its_refractory_period(
+        t, last, fires, monkeypatch):
+    """The Triton detector against its reference with a warm-up (100) other than the
+    refractory period (50), at a jump of the signal: inside the warm-up, inside the
+    refractory period after a shift, and past both."""
+    from swgl.kernels import triton_consolidation as tc
+    from swgl.rules import consolidation as cons
+
+    monkeypatch.setattr(cons, "WARMUP", 100)
+    det = torch.tensor([t, 1.0, 1.0, last], device=KDEV)
+    n = torch.tensor(50.0, device=KDEV)
+    ref, ref_shift = cons._detect(n.cpu(), det.cpu())
+    shift = tc.detect(n, det, None, b_fast=cons.B_FAST, b_slow=cons.B_SLOW,
+                      ratio=cons.SHIFT_RATIO, refractory=cons.REFRACTORY, warmup=cons.WARMUP)
+    assert bool(ref_shift) is fires and bool(shift) is fires
+    torch.testing.assert_close(det.cpu(), ref)
+
+
 class _CountOps(TorchDispatchMode):
     """Counts the aten ops called outside the Triton interpreter (whose own tensor handling
     stands in for a kernel launch)."""

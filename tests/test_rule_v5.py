@@ -86,9 +86,22 @@ def test_detector_fires_at_each_jump_and_respects_the_refractory_period():
     fired, _ = _run_detector([1.0] * 300 + [10.0] * 300)
     assert 300 < fired[0] <= 305 and len(fired) == 2
     assert fired[1] - fired[0] > cons.REFRACTORY
-    # a jump inside the first REFRACTORY steps is not a shift
-    fired, _ = _run_detector([1.0] * 20 + [100.0] * (cons.REFRACTORY - 20))
+    # a jump inside the first WARMUP steps is not a shift
+    fired, _ = _run_detector([1.0] * 20 + [100.0] * (cons.WARMUP - 20))
     assert fired == []
+
+
+def test_the_warm_up_and_the_refractory_period_are_apart(monkeypatch):
+    """``WARMUP`` holds the first shift back from the start, ``REFRACTORY`` the next from
+    the last: a warm-up of 100 hides a jump at step 60 that the default's 50 finds, and
+    leaves the refractory period after a shift as it was."""
+    jump_at_60 = [1.0] * 60 + [10.0] * 30
+    assert _run_detector(jump_at_60)[0] != []
+    monkeypatch.setattr(cons, "WARMUP", 100)
+    assert _run_detector(jump_at_60)[0] == []
+    fired, _ = _run_detector([1.0] * 300 + [10.0] * 300)
+    assert 300 < fired[0] <= 305 and len(fired) == 2
+    assert cons.REFRACTORY < fired[1] - fired[0] < 100
 
 
 @pytest.mark.parametrize("capped", [0, 1])

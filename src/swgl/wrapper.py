@@ -74,7 +74,7 @@ _DTYPE = operator.attrgetter("dtype")
 
 
 def _needs_closure(opt: Optimizer) -> bool:
-    """Whether ``opt.step`` takes no call without a closure (``torch.optim.LBFGS``)."""
+    """Whether ``opt.step`` requires a closure (``torch.optim.LBFGS`` does)."""
     try:
         closure = inspect.signature(opt.step).parameters.get("closure")
     except (TypeError, ValueError):   # a builtin or otherwise opaque step: assume not

@@ -75,9 +75,10 @@ HORIZON = 20.0
 DECAY = 0.8
 #: a shift: the fast EMA of the squared grad norm above this many times the slow one
 SHIFT_RATIO = 2.0
-#: steps after the start and after a shift during which no shift is detected
+#: steps after a shift during which no other shift is detected
 REFRACTORY = 50
-#: steps from the start during which no shift is detected
+#: steps from the start during which no shift is detected (a longer one, 100 or 200, was
+#: measured and lost elsewhere what it gained on short tasks: docs/results.md)
 WARMUP = 50
 #: the detector's EMA decays (horizons ~10 and ~100 steps)
 B_FAST, B_SLOW = 0.9, 0.99
