@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Callable
+from itertools import compress, repeat
 from typing import Any
 
 from torch.optim import Optimizer
@@ -33,9 +34,13 @@ def find_owners(param_ids: set[int], skip: Callable[[Optimizer], bool]) -> list[
     ``skip`` excludes optimizers (SWGL's own classes).
     """
     held: list[tuple[Optimizer, set[int]]] = []
-    for obj in gc.get_objects():
+    objects = gc.get_objects()
+    # the heap filtered in C (maps of the builtins type and issubclass): a Python loop over
+    # every object took 2.5x as long, 0.17 s a scan in a test process of 325k objects; by type,
+    # not isinstance, which reads __class__ and so wakes deprecated lazy attributes
+    for obj in compress(objects, map(issubclass, map(type, objects), repeat(Optimizer))):
         # one whose __init__ raised has no param_groups (a traceback may still hold it)
-        if issubclass(type(obj), Optimizer) and hasattr(obj, "param_groups") and not skip(obj):
+        if hasattr(obj, "param_groups") and not skip(obj):
             ids = {id(p) for g in obj.param_groups for p in g["params"]} & param_ids
             if ids:
                 held.append((obj, ids))
