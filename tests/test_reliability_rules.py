@@ -203,8 +203,10 @@ def _run(rule, storage, foreach, opts, steps, big=False):
     return _snapshot(opt), outs
 
 
-#: Examples per (rule, storage, path): 36 combinations keep the file near 30 s on CI.
-EXAMPLES = 6
+#: Examples per (rule, storage, path): with 65 combinations, 6 took the file to 3 min 20 s on
+#: the 2-core VM (a fifth of CI's tests, fourteenth session); 4 give 260 examples in all
+#: (derandomized: the same ones on every run).
+EXAMPLES = 4
 #: these tests check the rescaled grads (mode="grad"): the rules that run in it (not v5,
 #: whose pull needs the update mode; tests/test_rule_v5.py)
 GRAD_RULES = sorted(r for r in RULES if "grad" in RULES[r].modes)
