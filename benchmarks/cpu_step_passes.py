@@ -17,25 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from swgl import SWGL
 
+sys.path.insert(0, str(Path(__file__).parent))
+from step_speed import _cpu_ms  # noqa: E402  (its median of timed calls, after 3 warm-ups)
+
 DIMS = (1024, 2048, 2048, 10)
 #: elements of the tensor the passes are timed on (the MLP's largest weight, 2048 x 2048)
 NUMEL = 2048 * 2048
-
-
-def _median_ms(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def step_ratio(rounds: int, reps: int) -> dict:
@@ -55,8 +50,8 @@ def step_ratio(rounds: int, reps: int) -> dict:
         default()
     swgl_ms, sgd_ms = [], []
     for _ in range(rounds):
-        swgl_ms.append(_median_ms(default, reps))
-        sgd_ms.append(_median_ms(alone.step, reps))
+        swgl_ms.append(_cpu_ms(default, reps))
+        sgd_ms.append(_cpu_ms(alone.step, reps))
     return dict(default_ms=round(min(swgl_ms), 2), sgd_ms=round(min(sgd_ms), 2),
                 ratio=round(min(swgl_ms) / min(sgd_ms), 2))
 
@@ -85,7 +80,7 @@ def passes(reps: int) -> dict:
     for name, fn in rows.items():
         for _ in range(3):
             fn()
-        out[name] = round(_median_ms(fn, reps), 3)
+        out[name] = round(_cpu_ms(fn, reps), 3)
     return out
 
 

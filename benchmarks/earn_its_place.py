@@ -658,35 +658,31 @@ def detector_grid() -> list[dict]:
     return runs
 
 
-def warmup_grid() -> list[dict]:
-    """v6 with a longer warm-up before its detector's first shift (:data:`WARMUP_VARIANTS`),
-    beside v6 and plain, each on its own lr grid, on the four regimes (3 seeds) and the small
-    cases (5 seeds): 620 runs, ``long`` first."""
+def _beside_v6(variants: dict[str, dict]) -> list[dict]:
+    """Plain, v6 and each of ``variants`` (method name: its extra config), each on its own lr
+    grid, on the four regimes (3 seeds) and the small cases (5 seeds), ``long`` first."""
     runs = []
     for sc in ("long", "short", "rotated", "splitdom", "small3", "small"):
         small = sc.startswith("small")
         lrs, seeds = (SMALL_LRS, range(5)) if small else (V6_LRS[sc], (0, 1, 2))
         runs += method_runs(sc, "plain", SMALL_LRS if small else V5_LRS[sc], seeds=seeds)
         runs += method_runs(sc, "swgl-v6", lrs, seeds=seeds, swgl={"rule": "v6"})
-        for name, constants in WARMUP_VARIANTS.items():
-            runs += method_runs(sc, name, lrs, seeds=seeds, swgl={"rule": "v6"},
-                                detector=list(constants))
+        for name, extra in variants.items():
+            runs += method_runs(sc, name, lrs, seeds=seeds, swgl={"rule": "v6"}, **extra)
     return runs
+
+
+def warmup_grid() -> list[dict]:
+    """v6 with a longer warm-up before its detector's first shift (:data:`WARMUP_VARIANTS`),
+    beside v6 and plain: 620 runs."""
+    return _beside_v6({name: {"detector": list(constants)}
+                       for name, constants in WARMUP_VARIANTS.items()})
 
 
 def anchor_grid() -> list[dict]:
     """v6 with its anchor at the importance-weighted mean of the weights at its shifts
-    (``swgl-v6-wanchor``, :func:`_consolidate_weighted`), beside v6 and plain, each on its own
-    lr grid, on the four regimes (3 seeds) and the small cases (5 seeds), ``long`` first."""
-    runs = []
-    for sc in ("long", "short", "rotated", "splitdom", "small3", "small"):
-        small = sc.startswith("small")
-        lrs, seeds = (SMALL_LRS, range(5)) if small else (V6_LRS[sc], (0, 1, 2))
-        runs += method_runs(sc, "plain", SMALL_LRS if small else V5_LRS[sc], seeds=seeds)
-        runs += method_runs(sc, "swgl-v6", lrs, seeds=seeds, swgl={"rule": "v6"})
-        runs += method_runs(sc, "swgl-v6-wanchor", lrs, seeds=seeds, swgl={"rule": "v6"},
-                            anchor="weighted")
-    return runs
+    (``swgl-v6-wanchor``, :func:`_consolidate_weighted`), beside v6 and plain: 468 runs."""
+    return _beside_v6({"swgl-v6-wanchor": {"anchor": "weighted"}})
 
 
 def adam_long_grid() -> list[dict]:
