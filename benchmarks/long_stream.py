@@ -16,11 +16,22 @@ whole stream (the online protocol's own metric; both get the same lrs and seeds)
 
 Prints, per optimizer and method, the online accuracy by fifth of the stream at the chosen lr
 (mean over seeds), the delta against plain paired by seed, and v6's mean ``F`` at the end.
+
+``--methods`` adds two controls of v6 (the default runs plain and v6), to tell why the pull
+helps on this stream:
+
+* ``uniform``: each shift adds 1 to every element's ``F`` (SI's importance replaced by its
+  mean): the same mean pull, growing as v6's does, without the per-element part;
+* ``fixed``: the same, but ``F`` held at 1 after the first shift: a pull of constant strength
+  toward the last shift's weights, neither per-element nor growing.
+
+    python benchmarks/long_stream.py --methods uniform fixed --jobs 16 --json controls.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -37,13 +48,36 @@ sys.path.insert(0, str(Path(__file__).parent))
 import earn_its_place as eip  # noqa: E402
 
 from swgl import SWGL  # noqa: E402
+from swgl.rules import synaptic  # noqa: E402
 
+#: v6 and its controls (see the module's docstring); plain is the base optimizer alone
+METHODS = ("v6", "uniform", "fixed")
 LRS = {"sgd": (0.035, 0.069, 0.14), "adamw": (4e-4, 8e-4, 1.6e-3)}
+#: the default batch (``--batch``)
 BATCH = 16
 
 
+@contextlib.contextmanager
+def _control(method: str):
+    """v6's importance replaced by ones during a control's run (``Om / mean(Om)`` is then 1
+    everywhere), restored after it."""
+    before = synaptic._importance
+    if method in ("uniform", "fixed"):
+        synaptic._importance = lambda w, mu, path, variant: [torch.ones_like(p) for p in path]
+    try:
+        yield
+    finally:
+        synaptic._importance = before
+
+
 def run_one(cfg: dict) -> dict:
-    """One stream: online accuracy per segment (and, for v6, the mean ``F`` per segment)."""
+    with _control(cfg["method"]):
+        return _run_one(cfg)
+
+
+def _run_one(cfg: dict) -> dict:
+    """One stream: online accuracy per segment (and, for v6 and its controls, the mean ``F``
+    per segment)."""
     torch.set_num_threads(1)
     xtr, ytr, _, _ = eip.data()
     xtr, ytr = xtr[:50000], ytr[:50000]
@@ -60,14 +94,17 @@ def run_one(cfg: dict) -> dict:
         perm = torch.randperm(10, generator=g)
         correct = 0
         for _ in range(cfg["steps"]):
-            idx = torch.randint(0, len(ytr), (BATCH,), generator=g)
+            idx = torch.randint(0, len(ytr), (cfg.get("batch", BATCH),), generator=g)
             x, y = xtr[idx], perm[ytr[idx]]
             opt.zero_grad(set_to_none=True)
             logits = model(x)
             F.cross_entropy(logits, y).backward()
             opt.step()
+            if cfg["method"] == "fixed":   # F held at 1 once a shift has set it
+                for p in model.parameters():
+                    opt.state[p]["consolidated"].clamp_(max=1.0)
             correct += int((logits.argmax(1) == y).sum())
-        acc.append(correct / (cfg["steps"] * BATCH))
+        acc.append(correct / (cfg["steps"] * cfg.get("batch", BATCH)))
         if cfg["method"] != "plain":
             state = [opt.state[p]["consolidated"] for p in model.parameters()]
             f_mean.append(float(sum(s.sum() for s in state) / sum(s.numel() for s in state)))
@@ -75,42 +112,44 @@ def run_one(cfg: dict) -> dict:
             "finite": all(bool(torch.isfinite(p).all()) for p in model.parameters())}
 
 
-def grid(segments: int, steps: int, seeds) -> list[dict]:
-    """Every run; v6's (the slower) first, so that a pool cut short keeps whole streams."""
-    return [dict(opt=opt, method=method, lr=lr, seed=seed, segments=segments, steps=steps)
-            for method in ("v6", "plain") for opt, lrs in LRS.items() for lr in lrs
-            for seed in seeds]
+def grid(segments: int, steps: int, seeds, methods=("v6", "plain"), batch: int = BATCH,
+         optimizers=tuple(LRS)) -> list[dict]:
+    """Every run; SWGL's (the slower) first, so that a pool cut short keeps whole streams."""
+    return [dict(opt=opt, method=method, lr=lr, seed=seed, segments=segments, steps=steps,
+                 batch=batch)
+            for method in methods for opt in optimizers for lr in LRS[opt] for seed in seeds]
 
 
 def summarise(results: list[dict]) -> str:
     """The table: per optimizer and method, the lr with the best mean online accuracy, its
-    accuracy by fifth of the stream, and v6's delta against plain paired by seed."""
+    accuracy by fifth of the stream, and each SWGL method's delta against plain paired by
+    seed (over the seeds both ran)."""
     lines = ["| optimizer | method | lr | online acc (whole stream) | by fifth | delta vs plain | "
              "final mean F |", "|---|---|---|---|---|---|---|"]
     for opt in LRS:
         best = {}
-        for method in ("plain", "v6"):
+        for method in ("plain",) + METHODS:
             cells = {}
             for r in results:
                 c = r["cfg"]
                 if c["opt"] == opt and c["method"] == method:
                     cells.setdefault(c["lr"], {})[c["seed"]] = r
-            if not cells:
-                continue
-            lr = max(cells, key=lambda k: np.mean([np.mean(r["acc"]) for r in cells[k].values()]))
-            best[method] = cells[lr]
-        if len(best) < 2:
+            if cells:
+                lr = max(cells, key=lambda k: np.mean([np.mean(r["acc"])
+                                                       for r in cells[k].values()]))
+                best[method] = cells[lr]
+        if "plain" not in best or len(best) < 2:
             continue
-        seeds = sorted(set(best["plain"]) & set(best["v6"]))
-        for method in ("plain", "v6"):
-            runs = [best[method][s] for s in seeds]
+        for method, cell in best.items():
+            seeds = sorted(set(best["plain"]) & set(cell))
+            runs = [cell[s] for s in seeds]
             whole = 100 * np.mean([np.mean(r["acc"]) for r in runs])
             n = len(runs[0]["acc"])
             fifths = [100 * np.mean([np.mean(r["acc"][k * n // 5:(k + 1) * n // 5]) for r in runs])
                       for k in range(5)]
             delta = ""
-            if method == "v6":
-                d = [100 * (np.mean(best["v6"][s]["acc"]) - np.mean(best["plain"][s]["acc"]))
+            if method != "plain":
+                d = [100 * (np.mean(cell[s]["acc"]) - np.mean(best["plain"][s]["acc"]))
                      for s in seeds]
                 delta = f"{np.mean(d):+.1f} ± {np.std(d):.1f}"
             f_end = f"{np.mean([r['F'][-1] for r in runs]):.0f}" if runs[0]["F"] else ""
@@ -123,8 +162,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--segments", type=int, default=200)
     p.add_argument("--steps", type=int, default=100, help="steps per segment")
+    p.add_argument("--batch", type=int, default=BATCH, help="samples per step")
+    p.add_argument("--optimizers", nargs="+", choices=tuple(LRS), default=list(LRS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=os.cpu_count())
+    p.add_argument("--methods", nargs="+", choices=("plain",) + METHODS, default=["v6", "plain"],
+                   help="what to run (default: v6 and plain; uniform and fixed: v6's controls)")
     p.add_argument("--json", type=Path, help="write every run's record here")
     p.add_argument("--report", type=Path, nargs="+",
                    help="print the table of stored records (.json or .json.gz) and exit")
@@ -132,10 +175,11 @@ def main(argv=None) -> None:
     if args.report:
         print(summarise([r for path in args.report for r in eip.read_results(path)]))  # noqa: T201
         return
-    for name in ("segments", "steps", "jobs"):
+    for name in ("segments", "steps", "batch", "jobs"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    runs = grid(args.segments, args.steps, args.seeds)
+    runs = grid(args.segments, args.steps, args.seeds, args.methods, args.batch,
+                args.optimizers)
     eip.data()   # loaded once, before the pool forks
     t0 = time.time()
     results = []

@@ -77,7 +77,13 @@ def _strength(det: torch.Tensor) -> float:
     return _CFG["lam"] * fade
 
 
-_v5_before = cons._before(V4.before.foreach, "foreach")
+#: v5's before phase as the library runs it: its ``aux`` is ``(k, g, found)`` per param
+_v5_before = cons._with_flag(cons._before(V4.before.foreach, "foreach"))
+
+
+def _v4_aux(aux):
+    """v4's ``aux`` from v5's: ``(k, g)`` per param."""
+    return [(k, g) for k, g, _ in aux]
 
 
 def _grad_pull_before(params, grads, state, steps, hp, ctx):
@@ -91,12 +97,12 @@ def _grad_pull_before(params, grads, state, steps, hp, ctx):
 
 
 def _grad_pull_after(params, snapshots, state, steps, aux, hp, ctx):
-    V4.after.foreach(params, snapshots, state, steps, aux, hp, ctx)
+    V4.after.foreach(params, snapshots, state, steps, _v4_aux(aux), hp, ctx)
 
 
 def _damped_after(params, snapshots, state, steps, aux, hp, ctx):
     before = [b.clone() for b in snapshots]    # v4's after updates the snapshots in place
-    V4.after.foreach(params, snapshots, state, steps, aux, hp, ctx)
+    V4.after.foreach(params, snapshots, state, steps, _v4_aux(aux), hp, ctx)
     det = state["detector"][0]
     lam = _strength(det)
     if lam:
@@ -173,13 +179,24 @@ _run_one = e.run_one
 
 
 def run_one(cfg: dict) -> dict:
+    """One pilot run: rule ``v5`` with its phases replaced by the pilot's, for this run only.
+    The run names ``rule="v5"`` itself: a pilot config that named no rule once ran the
+    library's default, and v6 became the default in the twelfth session, so its controls
+    ran v6 unchanged (found in the fifteenth)."""
+    rule = cfg.get("swgl", {}).get("rule", "v5")
+    if rule != "v5":
+        raise ValueError(f"a pilot runs as rule 'v5', got swgl rule={rule!r}")
     before, after = PILOTS[cfg["pilot"]]
     _CFG.update(lam=cfg["lam"], h=cfg["h"], lr=cfg["lr"], decay=cfg.get("decay", 1.0),
                 control=cfg.get("control", ""))
     _SI.clear()
+    own = rules.RULES["v5"]
     rules.RULES["v5"] = dataclasses.replace(cons.V5, before=Variants(before, before, before),
                                             after=Variants(after, after, after), cpu_fused=False)
-    return _run_one(cfg)
+    try:
+        return _run_one(dict(cfg, swgl=dict(cfg.get("swgl", {}), rule="v5")))
+    finally:
+        rules.RULES["v5"] = own
 
 
 def main() -> None:

@@ -12,6 +12,10 @@ Through ``earn_its_place.py``'s harness, 3 seeds, ``long`` first (the slowest)::
     python benchmarks/v6_controls_grid.py OUT JOBS
     python benchmarks/pilot_summary.py OUT/results.json
 
+``--only REGIME:OPT`` keeps one cell of the grid (the fifteenth session ran ``splitdom:sgd``,
+the cell the time limit cut). The controls run as the pilot's rule v5 (``v5_adam_pilots``);
+before the fifteenth session their configs named no rule and, once v6 was the default, ran v6.
+
 ``--more-seeds``: instead, plain and v6 with Adam on ``long`` and ``short`` at three more seeds
 (3, 4, 5), each on its own lr grid (plain's the stored runs', v6's the pilot's), to tell
 whether v6's gain on ``long`` (+2.0 and +1.9 at seeds 0 to 2) holds.
@@ -70,6 +74,11 @@ def run_one(cfg: dict) -> dict:
 
 def main() -> None:
     runs = more_seeds() if "--more-seeds" in sys.argv else grid()
+    if "--only" in sys.argv:
+        regime, opt = sys.argv.pop(sys.argv.index("--only") + 1).split(":")
+        runs = [r for r in runs if r["scenario_name"] == regime and r["opt"] == opt]
+        if not runs:
+            raise SystemExit(f"--only: no runs for regime {regime!r} and optimizer {opt!r}")
     e.run_one = run_one   # the forked workers inherit it
     print(len(runs), "runs", flush=True)
     out, jobs = (a for a in sys.argv[1:] if not a.startswith("--"))

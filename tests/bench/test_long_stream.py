@@ -40,6 +40,25 @@ def test_a_relabelled_segment_is_a_shift_and_adds_importance(fake_data):
     assert v6["acc"] != plain["acc"]
 
 
+def test_the_controls_pull_uniformly(fake_data):
+    """``uniform``: every element's F is the count of shifts; ``fixed``: F stops at 1. Both
+    restore v6's importance after their run."""
+    importance = L.synaptic._importance
+    cfg = _cfg(segments=6, steps=60, lr=0.3)
+    uniform, fixed = L.run_one(dict(cfg, method="uniform")), L.run_one(dict(cfg, method="fixed"))
+    assert L.synaptic._importance is importance
+    assert uniform["F"][0] == 0.0 and uniform["F"][-1] >= 3 and uniform["F"][-1] % 1 == 0
+    assert fixed["F"][0] == 0.0 and fixed["F"][-1] == 1.0
+    assert uniform["acc"] != fixed["acc"] and uniform["finite"] and fixed["finite"]
+
+
+def test_the_grid_takes_the_batch_and_the_optimizers():
+    runs = L.grid(20, 312, [0, 1], methods=("uniform", "plain"), batch=8, optimizers=("sgd",))
+    assert len(runs) == 2 * len(L.LRS["sgd"]) * 2
+    assert {r["batch"] for r in runs} == {8} and {r["opt"] for r in runs} == {"sgd"}
+    assert runs[0]["method"] == "uniform"      # SWGL's runs first
+
+
 def _record(opt, method, lr, seed, acc, F=()):
     return {"cfg": dict(opt=opt, method=method, lr=lr, seed=seed), "acc": acc, "F": list(F)}
 
@@ -53,11 +72,15 @@ def test_the_table_takes_each_methods_best_lr_and_pairs_the_seeds():
     assert table[3].startswith("| sgd | v6 | 0.2 | 65.0 |")
     assert "+15.0 ± 5.0" in table[3] and table[3].endswith("| 3 |")
     assert len(table) == 4                     # no AdamW rows without AdamW runs
+    runs += [_record("sgd", "uniform", 0.1, 0, [0.4] * 5, F=[2.0])]   # seed 0 alone
+    row = L.summarise(runs).splitlines()[4]
+    assert row.startswith("| sgd | uniform | 0.1 | 40.0 |") and "-10.0 ± 0.0" in row
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--segments", "0"], "--segments must be >= 1, got 0"),
     (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["--batch", "0"], "--batch must be >= 1, got 0"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
