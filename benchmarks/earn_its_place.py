@@ -37,6 +37,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset warmup  # v6's detector's warm-up (620)
     python benchmarks/earn_its_place.py grid --preset anchor  # v6's anchor, weighted (468)
     python benchmarks/earn_its_place.py grid --preset adam-long  # Adam long, 10 seeds (60)
+    python benchmarks/earn_its_place.py grid --preset mix  # v6's importance part uniform (144)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -264,20 +265,39 @@ def _consolidate_weighted(params, state, shift, variant, ctx, plan=None) -> None
         m.copy_(torch.where(f > 0, (f0 * m0 + (f - f0) * m) / f.clamp(min=1e-30), m))
 
 
+#: v6's importance as imported; a config with ``mix`` replaces it for its run
+IMPORTANCE = synaptic._importance
+
+
+def _mixed_importance(mix: float):
+    """v6's importance blended with a uniform term, ``(1 - mix) Om / mean(Om) + mix`` (mean
+    1, as v6's term; ``mix`` 1 is the uniform control of the long stream, fifteenth session),
+    its mean taken over the tensors given (the group's on the CPU)."""
+    def importance(w, mu, path, variant):
+        om = IMPORTANCE(w, mu, path, variant)
+        mean = sum(o.sum() for o in om) / sum(o.numel() for o in om)
+        scale = (1.0 - mix) / mean.clamp(min=1e-30)
+        return [o * scale + mix for o in om]
+    return importance
+
+
 @contextlib.contextmanager
 def _variant(cfg: dict):
     """The rule's module constants and functions as ``cfg`` asks for them during its run, the
     ones before it restored after (a worker or a test runs many configs in one process):
     the detector's constants (``detector``; a config of two, the thirteenth session's, had its
     warm-up equal to its refractory period: the detector's first condition was
-    ``t > REFRACTORY`` then), the oracle (``oracle``) and the anchor (``anchor``)."""
+    ``t > REFRACTORY`` then), the oracle (``oracle``), the anchor (``anchor``) and the
+    importance's uniform part (``mix``)."""
     names = ((consolidation, "SHIFT_RATIO"), (consolidation, "REFRACTORY"),
-             (consolidation, "WARMUP"), (consolidation, "_advance"), (synaptic, "_consolidate"))
+             (consolidation, "WARMUP"), (consolidation, "_advance"), (synaptic, "_consolidate"),
+             (synaptic, "_importance"))
     before = [getattr(module, name) for module, name in names]
     ratio, refractory, *warmup = cfg.get("detector", DETECTOR)
     values = (ratio, refractory, warmup[0] if warmup else refractory,
               ADVANCE if cfg.get("oracle") is None else _oracle_advance,
-              {None: CONSOLIDATE, "weighted": _consolidate_weighted}[cfg.get("anchor")])
+              {None: CONSOLIDATE, "weighted": _consolidate_weighted}[cfg.get("anchor")],
+              IMPORTANCE if cfg.get("mix") is None else _mixed_importance(cfg["mix"]))
     try:
         for (module, name), value in zip(names, values):
             setattr(module, name, value)
@@ -694,6 +714,22 @@ def adam_long_grid() -> list[dict]:
                           swgl={"rule": "v6"}))
 
 
+#: the mix preset's uniform parts of v6's importance (fifteenth session)
+MIXES = (0.5, 1.0)
+
+
+def mix_grid() -> list[dict]:
+    """v6 with part of its importance made uniform (``swgl-v6-mix<m>``,
+    :func:`_mixed_importance`), each on v6's lr grid, on the four regimes, 3 seeds: 144 runs,
+    ``long`` first. Plain and v6 are the choice preset's runs (the same configs): report the
+    two together."""
+    runs = []
+    for sc in ("long", "short", "rotated", "splitdom"):
+        for m in MIXES:
+            runs += method_runs(sc, f"swgl-v6-mix{m:g}", V6_LRS[sc], swgl={"rule": "v6"}, mix=m)
+    return runs
+
+
 #: the oracle preset's steps into each new task at which the shift is forced (fourteenth session:
 #: 3 first, then 0, after v6's own detector was found firing at step 0 or 1 of a task)
 ORACLE_STEPS = (3, 0)
@@ -728,7 +764,7 @@ PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, 
            "ewc-boundaries": boundary_grid, "v5-strong": v5_strong_grid,
            "choice": choice_grid, "detector": detector_grid,
            "oracle": oracle_grid, "warmup": warmup_grid, "anchor": anchor_grid,
-           "adam-long": adam_long_grid}
+           "adam-long": adam_long_grid, "mix": mix_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:

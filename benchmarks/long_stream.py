@@ -23,7 +23,9 @@ helps on this stream:
 * ``uniform``: each shift adds 1 to every element's ``F`` (SI's importance replaced by its
   mean): the same mean pull, growing as v6's does, without the per-element part;
 * ``fixed``: the same, but ``F`` held at 1 after the first shift: a pull of constant strength
-  toward the last shift's weights, neither per-element nor growing.
+  toward the last shift's weights, neither per-element nor growing;
+* ``mix``: each shift adds half v6's term and half the uniform one (``earn_its_place``'s
+  ``mix`` 0.5).
 
     python benchmarks/long_stream.py --methods uniform fixed --jobs 16 --json controls.json
 """
@@ -51,7 +53,7 @@ from swgl import SWGL  # noqa: E402
 from swgl.rules import synaptic  # noqa: E402
 
 #: v6 and its controls (see the module's docstring); plain is the base optimizer alone
-METHODS = ("v6", "uniform", "fixed")
+METHODS = ("v6", "uniform", "fixed", "mix")
 LRS = {"sgd": (0.035, 0.069, 0.14), "adamw": (4e-4, 8e-4, 1.6e-3)}
 #: the default batch (``--batch``)
 BATCH = 16
@@ -64,6 +66,8 @@ def _control(method: str):
     before = synaptic._importance
     if method in ("uniform", "fixed"):
         synaptic._importance = lambda w, mu, path, variant: [torch.ones_like(p) for p in path]
+    elif method == "mix":
+        synaptic._importance = eip._mixed_importance(0.5)
     try:
         yield
     finally:
@@ -113,11 +117,13 @@ def _run_one(cfg: dict) -> dict:
 
 
 def grid(segments: int, steps: int, seeds, methods=("v6", "plain"), batch: int = BATCH,
-         optimizers=tuple(LRS)) -> list[dict]:
-    """Every run; SWGL's (the slower) first, so that a pool cut short keeps whole streams."""
+         optimizers=tuple(LRS), lrs: dict | None = None) -> list[dict]:
+    """Every run, on ``lrs`` (per optimizer; default :data:`LRS`); SWGL's (the slower) first,
+    so that a pool cut short keeps whole streams."""
+    lrs = lrs or LRS
     return [dict(opt=opt, method=method, lr=lr, seed=seed, segments=segments, steps=steps,
                  batch=batch)
-            for method in methods for opt in optimizers for lr in LRS[opt] for seed in seeds]
+            for method in methods for opt in optimizers for lr in lrs[opt] for seed in seeds]
 
 
 def summarise(results: list[dict]) -> str:
@@ -164,6 +170,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=100, help="steps per segment")
     p.add_argument("--batch", type=int, default=BATCH, help="samples per step")
     p.add_argument("--optimizers", nargs="+", choices=tuple(LRS), default=list(LRS))
+    p.add_argument("--lrs", type=float, nargs="+",
+                   help="these lrs instead of each optimizer's grid (one optimizer only)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=os.cpu_count())
     p.add_argument("--methods", nargs="+", choices=("plain",) + METHODS, default=["v6", "plain"],
@@ -178,8 +186,10 @@ def main(argv=None) -> None:
     for name in ("segments", "steps", "batch", "jobs"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.lrs and len(args.optimizers) != 1:
+        p.error(f"--lrs needs one optimizer in --optimizers, got {args.optimizers}")
     runs = grid(args.segments, args.steps, args.seeds, args.methods, args.batch,
-                args.optimizers)
+                args.optimizers, {args.optimizers[0]: args.lrs} if args.lrs else None)
     eip.data()   # loaded once, before the pool forks
     t0 = time.time()
     results = []

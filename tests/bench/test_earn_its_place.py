@@ -192,15 +192,33 @@ def test_the_oracle_fires_at_each_new_tasks_step_and_only_there(fake_data):
 def test_a_run_restores_the_rules_module_state_even_when_it_fails(fake_data):
     """A config's detector constants, oracle and anchor hold during its run only."""
     own = (E.consolidation.SHIFT_RATIO, E.consolidation.REFRACTORY, E.consolidation.WARMUP,
-           E.consolidation._advance, E.synaptic._consolidate)
+           E.consolidation._advance, E.synaptic._consolidate, E.synaptic._importance)
     cfg = dict(E.method_runs("small", "swgl-v6", {"sgd": (0.1,)}, seeds=(0,),
                              swgl={"rule": "v6"})[0], tasks=1, n=64)
     with pytest.raises(KeyError):
-        E.run_one(dict(cfg, detector=[1.5, 25, 100], oracle=0, anchor="weighted",
+        E.run_one(dict(cfg, detector=[1.5, 25, 100], oracle=0, anchor="weighted", mix=0.5,
                        method="no-such-method", opt="no-such-optimizer"))
-    E.run_one(dict(cfg, detector=[1.5, 25, 100], oracle=0, anchor="weighted"))
+    E.run_one(dict(cfg, detector=[1.5, 25, 100], oracle=0, anchor="weighted", mix=0.5))
     assert (E.consolidation.SHIFT_RATIO, E.consolidation.REFRACTORY, E.consolidation.WARMUP,
-            E.consolidation._advance, E.synaptic._consolidate) == own
+            E.consolidation._advance, E.synaptic._consolidate, E.synaptic._importance) == own
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
+def test_the_mixed_importance_has_mean_one_and_its_uniform_part(mix):
+    """``(1 - mix) Om / mean(Om) + mix`` over the group: mix 0 is v6's normalised term, 1 the
+    uniform control; the mean is 1 either way, so v6's own gain leaves it as it is."""
+    g = torch.Generator().manual_seed(0)
+    w = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g)]
+    mu = [x + 0.1 * torch.randn(x.shape, generator=g) for x in w]
+    path = [torch.rand(x.shape, generator=g) for x in w]
+    om = E.IMPORTANCE(w, mu, path, "foreach")
+    mean = sum(o.sum() for o in om) / 22
+    out = E._mixed_importance(mix)(w, mu, path, "foreach")
+    assert float(sum(o.sum() for o in out) / 22) == pytest.approx(1.0)
+    for o, v in zip(out, om):
+        torch.testing.assert_close(o, (1 - mix) * v / mean + mix)
+    if mix == 1.0:
+        assert all(bool((o == 1).all()) for o in out)
 
 
 def test_a_detector_of_two_constants_warms_up_for_its_refractory_period():

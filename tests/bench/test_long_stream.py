@@ -52,11 +52,22 @@ def test_the_controls_pull_uniformly(fake_data):
     assert uniform["acc"] != fixed["acc"] and uniform["finite"] and fixed["finite"]
 
 
+def test_mix_blends_v6s_importance_for_its_run_only():
+    own = L.synaptic._importance
+    w, mu, path = [torch.zeros(4)], [torch.ones(4)], [torch.tensor([0.0, 0.0, 1.1, 3.3])]
+    with L._control("mix"):   # Om = path / ((w - mu)^2 + 0.1) = 0, 0, 1, 3: mean 1
+        out = L.synaptic._importance(w, mu, path, "single")
+    assert L.synaptic._importance is own
+    torch.testing.assert_close(out[0], torch.tensor([0.5, 0.5, 1.0, 2.0]))   # 0.5 Om/mean + 0.5
+
+
 def test_the_grid_takes_the_batch_and_the_optimizers():
     runs = L.grid(20, 312, [0, 1], methods=("uniform", "plain"), batch=8, optimizers=("sgd",))
     assert len(runs) == 2 * len(L.LRS["sgd"]) * 2
     assert {r["batch"] for r in runs} == {8} and {r["opt"] for r in runs} == {"sgd"}
     assert runs[0]["method"] == "uniform"      # SWGL's runs first
+    runs = L.grid(20, 312, [0], methods=("mix",), optimizers=("adamw",), lrs={"adamw": (8e-4,)})
+    assert [(r["method"], r["opt"], r["lr"]) for r in runs] == [("mix", "adamw", 8e-4)]
 
 
 def _record(opt, method, lr, seed, acc, F=()):
@@ -81,6 +92,7 @@ def test_the_table_takes_each_methods_best_lr_and_pairs_the_seeds():
     (["--segments", "0"], "--segments must be >= 1, got 0"),
     (["--jobs", "0"], "--jobs must be >= 1, got 0"),
     (["--batch", "0"], "--batch must be >= 1, got 0"),
+    (["--lrs", "0.1"], "--lrs needs one optimizer in --optimizers, got ['sgd', 'adamw']"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
