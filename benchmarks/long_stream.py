@@ -126,7 +126,23 @@ def grid(segments: int, steps: int, seeds, methods=("v6", "plain"), batch: int =
             for method in methods for opt in optimizers for lr in lrs[opt] for seed in seeds]
 
 
+def _shape(cfg: dict) -> tuple:
+    """A stream's shape: segments, steps per segment, batch."""
+    return cfg.get("segments"), cfg.get("steps"), cfg.get("batch", BATCH)
+
+
 def summarise(results: list[dict]) -> str:
+    """The table of :func:`summarise_one`, one per stream shape in ``results`` (each headed
+    by its shape when there are several): runs of other shapes never share a cell."""
+    shapes = sorted({_shape(r["cfg"]) for r in results}, key=str)
+    if len(shapes) <= 1:
+        return summarise_one(results)
+    return "\n\n".join(f"{seg} segments x {steps} steps, batch {batch}:\n"
+                        + summarise_one([r for r in results if _shape(r["cfg"]) == shape])
+                        for shape in shapes for seg, steps, batch in [shape])
+
+
+def summarise_one(results: list[dict]) -> str:
     """The table: per optimizer and method, the lr with the best mean online accuracy, its
     accuracy by fifth of the stream, and each SWGL method's delta against plain paired by
     seed (over the seeds both ran)."""

@@ -86,6 +86,14 @@ def test_the_table_takes_each_methods_best_lr_and_pairs_the_seeds():
     runs += [_record("sgd", "uniform", 0.1, 0, [0.4] * 5, F=[2.0])]   # seed 0 alone
     row = L.summarise(runs).splitlines()[4]
     assert row.startswith("| sgd | uniform | 0.1 | 40.0 |") and "-10.0 ± 0.0" in row
+    # a stream of another shape gets its own table, never a cell of this one's
+    other = _record("sgd", "uniform", 0.1, 1, [0.9] * 5, F=[9.0])
+    other["cfg"].update(segments=20, steps=312, batch=8)
+    tables = L.summarise(runs + [other]).split("\n\n")
+    assert len(tables) == 2
+    ours = next(t for t in tables if "20 segments" not in t)
+    theirs = next(t for t in tables if t.startswith("20 segments x 312 steps, batch 8:"))
+    assert "| sgd | uniform | 0.1 | 40.0 |" in ours and "uniform" not in theirs   # no plain
 
 
 @pytest.mark.parametrize("argv, message", [
