@@ -17,8 +17,8 @@ whole stream (the online protocol's own metric; both get the same lrs and seeds)
 Prints, per optimizer and method, the online accuracy by fifth of the stream at the chosen lr
 (mean over seeds), the delta against plain paired by seed, and v6's mean ``F`` at the end.
 
-``--methods`` adds two controls of v6 (the default runs plain and v6), to tell why the pull
-helps on this stream:
+``--methods`` adds v6's two controls, to tell why the pull helps on this stream, and a blend
+(the default runs plain and v6):
 
 * ``uniform``: each shift adds 1 to every element's ``F`` (SI's importance replaced by its
   mean): the same mean pull, growing as v6's does, without the per-element part;
@@ -191,7 +191,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--jobs", type=int, default=os.cpu_count())
     p.add_argument("--methods", nargs="+", choices=("plain",) + METHODS, default=["v6", "plain"],
-                   help="what to run (default: v6 and plain; uniform and fixed: v6's controls)")
+                   help="what to run (default: v6 and plain; uniform and fixed: v6's controls; "
+                        "mix: half v6's importance, half uniform)")
     p.add_argument("--json", type=Path, help="write every run's record here")
     p.add_argument("--report", type=Path, nargs="+",
                    help="print the table of stored records (.json or .json.gz) and exit")

@@ -75,7 +75,10 @@ def run_one(cfg: dict) -> dict:
 def main() -> None:
     runs = more_seeds() if "--more-seeds" in sys.argv else grid()
     if "--only" in sys.argv:
-        regime, opt = sys.argv.pop(sys.argv.index("--only") + 1).split(":")
+        cell = sys.argv.pop(sys.argv.index("--only") + 1)
+        if cell.count(":") != 1:
+            raise SystemExit(f"--only takes REGIME:OPT, got {cell!r}")
+        regime, opt = cell.split(":")
         runs = [r for r in runs if r["scenario_name"] == regime and r["opt"] == opt]
         if not runs:
             raise SystemExit(f"--only: no runs for regime {regime!r} and optimizer {opt!r}")
