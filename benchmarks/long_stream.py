@@ -12,7 +12,8 @@ whole stream (the online protocol's own metric; both get the same lrs and seeds)
 
     FMNIST_DIR=.research/data python benchmarks/long_stream.py --jobs 16 --json out.json
     python benchmarks/long_stream.py --segments 20 --steps 50 --seeds 0 --jobs 2   # a smoke run
-    python benchmarks/long_stream.py --report benchmarks/results/long_stream/results_*.json.gz
+    python benchmarks/long_stream.py --report benchmarks/results/long_stream/results_*.json.gz \
+        --plot stream.png   # the table, and online accuracy along the stream as a picture
 
 Prints, per optimizer and method, the online accuracy by fifth of the stream at the chosen lr
 (mean over seeds), the delta against plain paired by seed, and v6's mean ``F`` at the end.
@@ -142,6 +143,51 @@ def summarise(results: list[dict]) -> str:
                         for shape in shapes for seg, steps, batch in [shape])
 
 
+def _best(results: list[dict], opt: str) -> dict[str, dict[int, dict]]:
+    """Per method (plain first), its runs by seed at the lr with the best mean online
+    accuracy over the stream, for one optimizer."""
+    best = {}
+    for method in ("plain",) + METHODS:
+        cells: dict[float, dict[int, dict]] = {}
+        for r in results:
+            c = r["cfg"]
+            if c["opt"] == opt and c["method"] == method:
+                cells.setdefault(c["lr"], {})[c["seed"]] = r
+        if cells:
+            lr = max(cells, key=lambda k: np.mean([np.mean(r["acc"]) for r in cells[k].values()]))
+            best[method] = cells[lr]
+    return best
+
+
+def plot(results: list[dict], path: Path, window: int = 10) -> None:
+    """Online accuracy along the stream, one panel per optimizer, one line per method at its
+    chosen lr: the mean over seeds, smoothed over ``window`` segments. Runs of one stream
+    shape only (:func:`summarise` tells them apart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len({_shape(r["cfg"]) for r in results}) > 1:
+        raise ValueError("plot: the results hold streams of several shapes; plot one at a time")
+    opts = [opt for opt in LRS if _best(results, opt)]
+    fig, axes = plt.subplots(1, len(opts), figsize=(6 * len(opts), 4), squeeze=False)
+    for ax, opt in zip(axes[0], opts):
+        for method, cell in _best(results, opt).items():
+            acc = 100 * np.mean([r["acc"] for r in cell.values()], axis=0)
+            w = min(window, len(acc))
+            smooth = np.convolve(acc, np.ones(w) / w, mode="valid")
+            ax.plot(np.arange(w, len(acc) + 1), smooth,
+                    label=f"{method} (lr {next(iter(cell.values()))['cfg']['lr']:g})")
+        ax.set_title(f"{opt}: online accuracy, {len(cell)} seeds")
+        ax.set_xlabel("segment")
+        ax.set_ylabel(f"online accuracy % (mean of {w} segments)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def summarise_one(results: list[dict]) -> str:
     """The table: per optimizer and method, the lr with the best mean online accuracy, its
     accuracy by fifth of the stream, and each SWGL method's delta against plain paired by
@@ -149,17 +195,7 @@ def summarise_one(results: list[dict]) -> str:
     lines = ["| optimizer | method | lr | online acc (whole stream) | by fifth | delta vs plain | "
              "final mean F |", "|---|---|---|---|---|---|---|"]
     for opt in LRS:
-        best = {}
-        for method in ("plain",) + METHODS:
-            cells = {}
-            for r in results:
-                c = r["cfg"]
-                if c["opt"] == opt and c["method"] == method:
-                    cells.setdefault(c["lr"], {})[c["seed"]] = r
-            if cells:
-                lr = max(cells, key=lambda k: np.mean([np.mean(r["acc"])
-                                                       for r in cells[k].values()]))
-                best[method] = cells[lr]
+        best = _best(results, opt)
         if "plain" not in best or len(best) < 2:
             continue
         for method, cell in best.items():
@@ -196,9 +232,14 @@ def main(argv=None) -> None:
     p.add_argument("--json", type=Path, help="write every run's record here")
     p.add_argument("--report", type=Path, nargs="+",
                    help="print the table of stored records (.json or .json.gz) and exit")
+    p.add_argument("--plot", type=Path,
+                   help="also draw online accuracy along the stream into this PNG")
     args = p.parse_args(argv)
     if args.report:
-        print(summarise([r for path in args.report for r in eip.read_results(path)]))  # noqa: T201
+        results = [r for path in args.report for r in eip.read_results(path)]
+        print(summarise(results))  # noqa: T201 (a script's output)
+        if args.plot:
+            plot(results, args.plot)
         return
     for name in ("segments", "steps", "batch", "jobs"):
         if getattr(args, name) < 1:
@@ -220,6 +261,8 @@ def main(argv=None) -> None:
             if args.json:
                 args.json.write_text(json.dumps(results))
     print(summarise(results))  # noqa: T201 (a script's output)
+    if args.plot:
+        plot(results, args.plot)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,18 @@ def test_the_table_takes_each_methods_best_lr_and_pairs_the_seeds():
     assert "| sgd | uniform | 0.1 | 40.0 |" in ours and "uniform" not in theirs   # no plain
 
 
+def test_the_plot_draws_each_methods_chosen_lr_and_refuses_mixed_shapes(tmp_path):
+    runs = [_record(opt, m, lr, s, [0.5 + 0.01 * k for k in range(30)])
+            for opt in ("sgd", "adamw") for m in ("plain", "v6") for lr in (0.1, 0.2)
+            for s in (0, 1)]
+    L.plot(runs, tmp_path / "stream.png")
+    assert (tmp_path / "stream.png").stat().st_size > 10_000
+    other = _record("sgd", "v6", 0.1, 0, [0.5] * 30)
+    other["cfg"].update(segments=20, steps=312, batch=8)
+    with pytest.raises(ValueError, match="several shapes"):
+        L.plot(runs + [other], tmp_path / "mixed.png")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--segments", "0"], "--segments must be >= 1, got 0"),
     (["--jobs", "0"], "--jobs must be >= 1, got 0"),
