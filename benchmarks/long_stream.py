@@ -55,6 +55,8 @@ from swgl.rules import synaptic  # noqa: E402
 
 #: v6 and its controls (see the module's docstring); plain is the base optimizer alone
 METHODS = ("v6", "uniform", "fixed", "mix")
+#: the uniform part of each control's importance
+MIXES = {"uniform": 1.0, "fixed": 1.0, "mix": 0.5}
 LRS = {"sgd": (0.035, 0.069, 0.14), "adamw": (4e-4, 8e-4, 1.6e-3)}
 #: the default batch (``--batch``)
 BATCH = 16
@@ -62,13 +64,12 @@ BATCH = 16
 
 @contextlib.contextmanager
 def _control(method: str):
-    """v6's importance replaced by ones during a control's run (``Om / mean(Om)`` is then 1
-    everywhere), restored after it."""
+    """v6's importance made uniform during a control's run (the harness's
+    :func:`earn_its_place._mixed_importance`: all of it for ``uniform`` and ``fixed``, half
+    for ``mix``), restored after it."""
     before = synaptic._importance
-    if method in ("uniform", "fixed"):
-        synaptic._importance = lambda w, mu, path, variant: [torch.ones_like(p) for p in path]
-    elif method == "mix":
-        synaptic._importance = eip._mixed_importance(0.5)
+    if method in MIXES:
+        synaptic._importance = eip._mixed_importance(MIXES[method])
     try:
         yield
     finally:
@@ -170,18 +171,18 @@ def plot(results: list[dict], path: Path, window: int = 10) -> None:
 
     if len({_shape(r["cfg"]) for r in results}) > 1:
         raise ValueError("plot: the results hold streams of several shapes; plot one at a time")
-    opts = [opt for opt in LRS if _best(results, opt)]
-    fig, axes = plt.subplots(1, len(opts), figsize=(6 * len(opts), 4), squeeze=False)
-    for ax, opt in zip(axes[0], opts):
-        for method, cell in _best(results, opt).items():
+    panels = {opt: best for opt in LRS if (best := _best(results, opt))}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (opt, best) in zip(axes[0], panels.items()):
+        for method, cell in best.items():
             acc = 100 * np.mean([r["acc"] for r in cell.values()], axis=0)
             w = min(window, len(acc))
-            smooth = np.convolve(acc, np.ones(w) / w, mode="valid")
-            ax.plot(np.arange(w, len(acc) + 1), smooth,
-                    label=f"{method} (lr {next(iter(cell.values()))['cfg']['lr']:g})")
-        ax.set_title(f"{opt}: online accuracy, {len(cell)} seeds")
+            ax.plot(np.arange(w, len(acc) + 1), np.convolve(acc, np.ones(w) / w, mode="valid"),
+                    label=f"{method} (lr {next(iter(cell.values()))['cfg']['lr']:g}, "
+                          f"{len(cell)} seeds)")
+        ax.set_title(f"{opt}: online accuracy")
         ax.set_xlabel("segment")
-        ax.set_ylabel(f"online accuracy % (mean of {w} segments)")
+        ax.set_ylabel(f"online accuracy % (mean of {min(window, len(acc))} segments)")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
