@@ -38,6 +38,8 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset anchor  # v6's anchor, weighted (468)
     python benchmarks/earn_its_place.py grid --preset adam-long  # Adam long, 10 seeds (60)
     python benchmarks/earn_its_place.py grid --preset mix  # v6's importance part uniform (144)
+    python benchmarks/earn_its_place.py grid --preset fade  # v6's pull stronger, fading (360)
+    python benchmarks/earn_its_place.py grid --preset fade-adam-long  # its Adam long seeds (21)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -730,6 +732,43 @@ def mix_grid() -> list[dict]:
     return runs
 
 
+#: the fade preset's (consolidation, consolidation_horizon) points: v6's pull made stronger
+#: and faded after each shift (sixteenth session). Stronger pulls gained on rotated and split
+#: domain-IL and lost on long tasks (the eleventh session's strengths); a fade weakens the
+#: pull most in long tasks (about h (1 + ln(T / h)) / T of its no-fade sum over a task of
+#: T steps: 0.12 of it on long tasks, 0.6 on rotated ones, at h 20)
+FADES = ((3e-3, 20.0), (3e-3, 50.0), (1e-2, 20.0), (3e-2, 20.0), (1e-2, 50.0))
+#: the first fade run's best point with Adam (its first three points), run at seeds 3 to 9 on
+#: long tasks, the goal's cell on the line (``--preset fade-adam-long``)
+FADE_ADAM_LONG = (1e-2, 20.0)
+
+
+def _fade_method(c: float, h: float) -> tuple[str, dict]:
+    return f"swgl-v6-c{c:g}-h{h:g}", {"rule": "v6", "consolidation": c,
+                                       "consolidation_horizon": h}
+
+
+def fade_grid() -> list[dict]:
+    """v6 with a stronger pull that fades (``swgl-v6-c<strength>-h<horizon>``, the options
+    ``consolidation`` and ``consolidation_horizon``; :data:`FADES`), each on v6's lr grid, on
+    the four regimes, 3 seeds: 360 runs, ``long`` first. Plain and v6 are the choice preset's
+    runs (the same configs): report the two together."""
+    runs = []
+    for sc in ("long", "short", "rotated", "splitdom"):
+        for c, h in FADES:
+            name, swgl = _fade_method(c, h)
+            runs += method_runs(sc, name, V6_LRS[sc], swgl=swgl)
+    return runs
+
+
+def fade_adam_long_grid() -> list[dict]:
+    """:data:`FADE_ADAM_LONG` on Adam's long tasks at seeds 3 to 9, on v6's lr grid (21 runs):
+    with the fade run's seeds 0 to 2, ten seeds beside the adam-long preset's plain and v6."""
+    name, swgl = _fade_method(*FADE_ADAM_LONG)
+    return method_runs("long", name, {"adam": V6_LRS["long"]["adam"]}, seeds=range(3, 10),
+                       swgl=swgl)
+
+
 #: the oracle preset's steps into each new task at which the shift is forced (fourteenth session:
 #: 3 first, then 0, after v6's own detector was found firing at step 0 or 1 of a task)
 ORACLE_STEPS = (3, 0)
@@ -764,7 +803,8 @@ PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, 
            "ewc-boundaries": boundary_grid, "v5-strong": v5_strong_grid,
            "choice": choice_grid, "detector": detector_grid,
            "oracle": oracle_grid, "warmup": warmup_grid, "anchor": anchor_grid,
-           "adam-long": adam_long_grid, "mix": mix_grid}
+           "adam-long": adam_long_grid, "mix": mix_grid, "fade": fade_grid,
+           "fade-adam-long": fade_adam_long_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:

@@ -99,6 +99,22 @@ def test_horizon_grid_passes_each_point_and_runs_the_default_unchanged():
     assert len(default) == 9 and all("swgl" not in r for r in default)   # the library's own
 
 
+def test_fade_grids_pass_v6_each_point_on_its_lr_grid_long_first():
+    grid = E.fade_grid()
+    assert len(grid) == len({json.dumps(r, sort_keys=True) for r in grid}) == 360
+    scen = [r["scenario_name"] for r in grid]
+    assert scen.index("short") > max(i for i, s in enumerate(scen) if s == "long")
+    for c, h in E.FADES:
+        runs = [r for r in grid if r["method"] == f"swgl-v6-c{c:g}-h{h:g}"]
+        assert len(runs) == 72
+        assert all(r["swgl"] == {"rule": "v6", "consolidation": c, "consolidation_horizon": h}
+                   and r["lr"] in E.V6_LRS[r["scenario_name"]][r["opt"]] for r in runs)
+    seeds = E.fade_adam_long_grid()
+    assert {r["seed"] for r in seeds} == set(range(3, 10)) and len(seeds) == 21
+    assert {(r["method"], r["opt"], r["scenario_name"]) for r in seeds} == {
+        ("swgl-v6-c{:g}-h{:g}".format(*E.FADE_ADAM_LONG), "adam", "long")}
+
+
 def test_peer_specs_are_the_harness_methods():
     assert E.peer_spec("stream-ewc", "adam") is METHODS["stream-ewc-adam"]
     assert E.peer_spec("upgd", "sgd") is METHODS["upgd"]
