@@ -102,6 +102,7 @@ class SWGLBase(Optimizer):
     def _gather(self, group: dict[str, Any]):
         storage = self._storage(group)
         params, grads, stabilities, steps = [], [], [], []
+        extra: dict[str, list[Tensor]] = {name: [] for name in self._extra_names(group)}
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -118,8 +119,8 @@ class SWGLBase(Optimizer):
             grads.append(p.grad)
             stabilities.append(storage.load(state, p))
             steps.append(state["step"])
-        extra = {name: [self.state[p][name] for p in group["params"] if p.grad is not None]
-                 for name in self._extra_names(group)}
+            for name, values in extra.items():
+                values.append(state[name])
         return params, grads, stabilities, steps, extra
 
     def _on_fresh_state(self, p: Tensor) -> None:

@@ -23,6 +23,7 @@ from swgl._validate import check_choice
 from swgl.kernels import blocked, compiled
 from swgl.options import MODES, SIGNALS
 from swgl.rules import RULES, Context, Hyper, Variants
+from swgl.rules.base import add_one_
 
 __all__ = ["swgl", "swgl_after", "all_finite", "found_nonfinite", "Outcome", "MODES", "SIGNALS"]
 
@@ -147,11 +148,15 @@ def swgl(
             aux = impl(params, grads, state, steps, hp, Context(grad_scale, found=found))
         return Outcome(found.reshape(()) == 0, aux)
     # the seed's rules, and every rule on the CPU, where a host read costs no sync and spares
-    # the masked commits of a device flag
-    if not all_finite(grads):
+    # the masked commits of a device flag; a foreach variant with a guard of its own reads
+    # what that guard took from the grads (v4: their squares) instead of a pass of this one
+    guard = rule_.host_guard if impl is rule_.before.foreach else None
+    checked = None if guard is None else guard(grads, grad_scale)
+    if checked is None and not all_finite(grads):
         return Outcome(False)
-    torch._foreach_add_(steps, 1.0)
-    return Outcome(True, impl(params, grads, state, steps, hp, Context(grad_scale)))
+    add_one_(steps)
+    return Outcome(True, impl(params, grads, state, steps, hp,
+                              Context(grad_scale, squares=checked)))
 
 
 def _count_steps(steps: list[Tensor], found: Tensor) -> None:

@@ -61,7 +61,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from swgl.rules.base import Context, Hyper, Rule, Variants
+from swgl.rules.base import Context, Hyper, Rule, Variants, add_one_
 from swgl.rules.importance import V4
 
 __all__ = ["V5", "around_fused_step", "STRENGTH", "HORIZON", "DECAY", "SHIFT_RATIO",
@@ -226,10 +226,15 @@ def _pull(params, state, det: Tensor, strength: float, variant: str,
     param: per tensor (``single``), as foreach passes, or fused (Triton on CUDA, compiled per
     large tensor on the CPU, foreach for the rest). With a ``horizon``, its strength fades
     after it. On CUDA the gate and the fade are one device factor, read by the kernels."""
-    active = det[3] > 0 if ok is None else (det[3] > 0) & ok
     cpu = det.device.type == "cpu"
-    if strength == 0.0 or (cpu and not bool(active)):
+    if strength == 0.0:
         return
+    if cpu:   # the gate read on the host: no 0-d ops (each costs microseconds a step)
+        if not (det[3].item() > 0 and (ok is None or bool(ok))):
+            return
+        active = None
+    else:
+        active = det[3] > 0 if ok is None else (det[3] > 0) & ok
     scale = None   # a device factor (CUDA): the fade, the gate
     if horizon > 0.0:
         steps = det[0] - det[3] + 1.0
@@ -249,8 +254,9 @@ def _pull(params, state, det: Tensor, strength: float, variant: str,
         from swgl.kernels import triton_consolidation as tc  # imports Triton
 
         tables, rest = plan or _kernel_tables(params, state)
-        # the Triton interpreter runs on the CPU, where the gate was read above
-        k = strength * (active.float() if scale is None else scale)
+        # the Triton interpreter runs on the CPU, where the gate was read above: a factor 1
+        gate = torch.ones((), device=det.device) if active is None else active.float()
+        k = strength * (gate if scale is None else scale)
         for lau in tables:
             tc.pull(lau, k)
         params, state = _subset(state, params, rest)
@@ -267,10 +273,19 @@ def _pull(params, state, det: Tensor, strength: float, variant: str,
         params, F, mu = ([xs[i] for i in rest] for xs in (params, F, mu))
         if not params:
             return
-    # masked and faded without a host read (on the CPU both were read above)
-    k = torch._foreach_mul(F, strength if scale is None else strength * scale)
+    # masked and faded without a host read (on the CPU both were read above; there a 0-d
+    # factor spares the conversion of a Python scalar per tensor, as in add_one_)
+    if scale is None:
+        k = torch._foreach_mul(F, torch.tensor(strength, dtype=torch.float32) if cpu else strength)
+    else:
+        k = torch._foreach_mul(F, strength * scale)
+    if all(p.dtype == torch.float32 for p in params):   # in place: the same ops, no copy
+        torch._foreach_addcmul_(params, k, mu)
+        add_one_(k)
+        torch._foreach_div_(params, k)
+        return
     w = torch._foreach_addcmul([p.float() for p in params], k, mu)
-    torch._foreach_add_(k, 1.0)
+    add_one_(k)
     torch._foreach_div_(w, k)
     torch._foreach_copy_(params, w)
 
@@ -360,5 +375,6 @@ V5 = Rule(
     fused_checks=True,
     defaults=(*V4.defaults, ("consolidation", STRENGTH), ("consolidation_horizon", HORIZON)),
     around_fused_step=around_fused_step,
+    host_guard=V4.host_guard,   # its foreach before is v4's
     graphable=True,
 )

@@ -51,7 +51,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from swgl.rules.base import Context, Hyper, Rule, Variants
+from swgl.rules.base import Context, Hyper, Rule, Variants, fp32
 
 __all__ = ["V4", "R_MAX", "factor", "progress_ratio"]
 
@@ -236,14 +236,34 @@ def _factors_foreach(stabilities: list[Tensor], k: Tensor, hp: Hyper) -> list[Te
     return c
 
 
+def _squares(grads: list[Tensor], grad_scale: float) -> list[Tensor]:
+    """``(g / grad_scale)^2`` in fp32, per tensor (new tensors): what the EMA reads."""
+    r = fp32(grads)
+    r = torch._foreach_div(r, grad_scale) if grad_scale != 1.0 else r
+    return torch._foreach_mul(r, r)
+
+
+def host_guard(grads: list[Tensor], grad_scale: float) -> tuple[list[Tensor], Tensor] | None:
+    """The CPU's non-finite guard for the foreach variant, from the squares its EMA reads
+    (no pass of its own): ``(squares, their per-tensor sums)`` when every sum is at most
+    ``R_MAX``, so that every grad is finite (an inf or a NaN makes its tensor's sum one) and
+    no square needs the cap; else None (an overflow, a huge grad, a non-finite one: the
+    caller's guard decides). The sums are the ones the EMA would take: the detector's
+    signal, bit for bit."""
+    r = _squares(grads, grad_scale)
+    sums = torch.stack([x.sum() for x in r])
+    return (r, sums) if all(v <= R_MAX for v in sums.tolist()) else None
+
+
 def _ema_foreach(grads, s: list[Tensor], hp: Hyper, ctx: Context) -> Tensor | None:
     """``s = s + (1 - alpha) (g^2 - s)`` in place (unchanged where the step is skipped);
     with ``ctx.g2_sum`` set, returns the per-tensor sums of the capped ``g^2``."""
     ok = ctx.ok(s[0].device)
-    r = [g.float() for g in grads]
-    r = torch._foreach_div(r, ctx.grad_scale) if ctx.grad_scale != 1.0 else r
-    r = torch._foreach_mul(r, r)
-    torch._foreach_clamp_max_(r, R_MAX)
+    if ctx.squares is not None:   # the host guard's: no square above the cap
+        r, sums = ctx.squares
+    else:
+        r, sums = _squares(grads, ctx.grad_scale), None
+        torch._foreach_clamp_max_(r, R_MAX)
     if ok is None:  # lerp: s + (1 - alpha) (r - s) in one pass
         torch._foreach_lerp_(s, r, 1.0 - hp.alpha)
     else:
@@ -251,6 +271,8 @@ def _ema_foreach(grads, s: list[Tensor], hp: Hyper, ctx: Context) -> Tensor | No
             _commit(out, new, ok)
     if ctx.g2_sum is None:
         return None
+    if sums is not None:
+        return sums
     # r >= 0: its sum is its 1-norm, one launch on CUDA; on the CPU a sum per tensor (the
     # CPU's foreach 1-norm is a running sum, 10x as long on a 6M-param MLP)
     return torch.stack(torch._foreach_norm(r, 1) if r[0].is_cuda else [x.sum() for x in r])
@@ -550,5 +572,6 @@ V4 = Rule(
     cpu_fused=True,
     fused_checks=True,
     defaults=(("alpha", 0.999), ("lambda_reg", 3.0)),
+    host_guard=host_guard,
     graphable=True,
 )

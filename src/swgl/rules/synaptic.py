@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from swgl.rules import consolidation as v5
-from swgl.rules.base import Context, Hyper, Rule, Variants
+from swgl.rules.base import Context, Hyper, Rule, Variants, fp32
 from swgl.rules.importance import R_MAX, V4, _commit
 
 __all__ = ["V6", "around_fused_step", "STRENGTH", "XI"]
@@ -189,9 +189,10 @@ def _add_path(params, snapshots, grads, path, variant: str, ctx: Context) -> Non
         for pa, p, b, g in zip(path, params, snapshots, grads):
             _commit(pa, pa - _path_term(p, b, g, scale), ok)
         return
-    d = torch._foreach_sub([p.float() for p in params], [b.float() for b in snapshots])
-    torch._foreach_mul_(d, [g.float() for g in grads])
-    torch._foreach_mul_(d, scale)
+    d = torch._foreach_sub(fp32(params), fp32(snapshots))
+    torch._foreach_mul_(d, fp32(grads))
+    if scale != 1.0:   # x * 1.0 is x: a pass saved when the grads carry no loss scale
+        torch._foreach_mul_(d, scale)
     torch._foreach_clamp_min_(d, -R_MAX)
     torch._foreach_clamp_max_(d, R_MAX)
     if ok is None:
@@ -354,5 +355,6 @@ V6 = Rule(
     defaults=(("alpha", 0.999), ("lambda_reg", 0.0), ("consolidation", STRENGTH),
               ("consolidation_horizon", 0.0)),
     around_fused_step=around_fused_step,
+    host_guard=V4.host_guard,   # its foreach before is v4's
     graphable=True,
 )
