@@ -71,10 +71,11 @@ def split(*lists: Sequence[Tensor]) -> tuple[list[int], list[int]]:
 
 def worth_it(params: Sequence[Tensor]) -> bool:
     """Whether ``fused=None`` compiles this CPU call."""
-    if not params or not all(type(p) in _PLAIN and p.device.type == "cpu" for p in params):
-        return False
-    large = sum(p.numel() for p in params if p.numel() >= MIN_NUMEL)
-    return large >= AUTO_NUMEL and available()
+    # the size first: a small model (the common case of a per-step call) returns at once
+    large = sum(n for n in map(Tensor.numel, params) if n >= MIN_NUMEL)
+    return (large >= AUTO_NUMEL
+            and all(type(p) in _PLAIN and p.device.type == "cpu" for p in params)
+            and available())
 
 
 #: set when a compile failed: every compiled function runs its eager formula from then on

@@ -61,7 +61,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from swgl.rules.base import Context, Hyper, Rule, Variants, add_one_
+from swgl.rules.base import Context, Hyper, Rule, Variants, add_one_, cpu_scalar
 from swgl.rules.importance import V4
 
 __all__ = ["V5", "around_fused_step", "STRENGTH", "HORIZON", "DECAY", "SHIFT_RATIO",
@@ -273,10 +273,9 @@ def _pull(params, state, det: Tensor, strength: float, variant: str,
         params, F, mu = ([xs[i] for i in rest] for xs in (params, F, mu))
         if not params:
             return
-    # masked and faded without a host read (on the CPU both were read above; there a 0-d
-    # factor spares the conversion of a Python scalar per tensor, as in add_one_)
+    # masked and faded without a host read (on the CPU both were read above)
     if scale is None:
-        k = torch._foreach_mul(F, torch.tensor(strength, dtype=torch.float32) if cpu else strength)
+        k = torch._foreach_mul(F, cpu_scalar(strength) if cpu else strength)
     else:
         k = torch._foreach_mul(F, strength * scale)
     if all(p.dtype == torch.float32 for p in params):   # in place: the same ops, no copy
