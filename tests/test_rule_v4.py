@@ -128,6 +128,53 @@ def test_a_nonfinite_grad_skips_the_call_through_functional(fused, where):
     assert not torch.equal(s[5], kept_s[5])
 
 
+def test_the_cpu_guard_hands_the_ema_the_squares_it_would_take():
+    """On the CPU the foreach variant's guard (``host_guard``) takes the squares its EMA reads:
+    the EMA and the detector's sums are bit for bit those of the EMA's own pass."""
+    from swgl.rules.importance import R_MAX, host_guard
+
+    hp = Hyper(**HP, mode="update")
+    runs = []
+    for guarded in (False, True):
+        params, grads, s = _problem(torch.float32)
+        grads = [g * 8.0 for g in grads]
+        checked = host_guard(grads, 8.0) if guarded else None
+        sums: list = []
+        V4.before.foreach(params, grads, {"stability": s}, [torch.ones(()) for _ in params], hp,
+                          Context(grad_scale=8.0, squares=checked, g2_sum=sums))
+        runs.append((s, sums[0]))
+    assert checked is not None
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][0], runs[1][0]))
+    assert torch.equal(runs[0][1], runs[1][1])
+    # a square above the cap, or a non-finite grad: the guard cannot tell, the caller decides
+    _, grads, _ = _problem(torch.float32)
+    grads[2][0] = R_MAX ** 0.5 * 2.0
+    assert host_guard(grads, 1.0) is None
+    grads[2][0] = float("inf")
+    assert host_guard(grads, 1.0) is None
+
+
+def test_a_huge_finite_grad_takes_the_capped_ema_through_functional():
+    """A finite grad whose square is above ``R_MAX`` applies on the CPU (the generic guard
+    decides) and enters the EMA capped, as the single-tensor reference has it."""
+    from swgl.rules.importance import R_MAX
+
+    out = []
+    for foreach in (False, True):
+        params, grads, s = _problem(torch.float32)
+        grads[0][0] = R_MAX ** 0.5 * 4.0
+        steps = [torch.zeros(()) for _ in params]
+        res = swgl_fn(params, grads, s, steps, rule="v4", mode="update", foreach=foreach,
+                      fused=False, **HP)
+        assert bool(res.applied) and [float(t) for t in steps] == [1.0] * len(params)
+        out.append(s)
+    start = float(_problem(torch.float32)[2][0][0])
+    capped = HP["alpha"] * start + (1 - HP["alpha"]) * R_MAX
+    assert float(out[1][0][0]) == pytest.approx(capped, rel=1e-6)
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0.0)
+
+
 @pytest.mark.skipif(not TRITON, reason="needs Triton on CUDA (or TRITON_INTERPRET=1)")
 def test_fused_steps_reuse_their_plan_and_rebuild_when_a_tensor_changes(monkeypatch):
     from swgl.kernels import triton_swgl
