@@ -85,30 +85,30 @@ def test_strong_grid_never_fades_and_runs_adam_first():
                                      "consolidation_horizon": 0.0} for r in runs)
 
 
-def test_horizon_grid_passes_each_point_and_runs_the_default_unchanged():
-    grid = E.v5_horizon_grid()
-    assert len(grid) == len({json.dumps(r, sort_keys=True) for r in grid}) == 300
+def _points_grid(grid, total: int, rule: str, points) -> None:
+    """A grid of (strength, horizon) points: ``total`` distinct runs, ``long`` first, 72 runs
+    per point passing its options to ``rule``."""
+    assert len(grid) == len({json.dumps(r, sort_keys=True) for r in grid}) == total
     scen = [r["scenario_name"] for r in grid]
     assert scen.index("short") > max(i for i, s in enumerate(scen) if s == "long")
-    for c, h in E.HORIZON_POINTS:
-        runs = [r for r in grid if r["method"] == f"swgl-v5-c{c:g}-h{h:g}"]
+    for c, h in points:
+        runs = [r for r in grid if r["method"] == f"swgl-{rule}-c{c:g}-h{h:g}"]
         assert len(runs) == 72
-        assert all(r["swgl"] == {"rule": "v5", "consolidation": c, "consolidation_horizon": h}
+        assert all(r["swgl"] == {"rule": rule, "consolidation": c, "consolidation_horizon": h}
                    for r in runs)
+
+
+def test_horizon_grid_passes_each_point_and_runs_the_default_unchanged():
+    grid = E.v5_horizon_grid()
+    _points_grid(grid, 300, "v5", E.HORIZON_POINTS)
     default = [r for r in grid if r["method"] == "swgl"]
     assert len(default) == 9 and all("swgl" not in r for r in default)   # the library's own
 
 
 def test_fade_grids_pass_v6_each_point_on_its_lr_grid_long_first():
     grid = E.fade_grid()
-    assert len(grid) == len({json.dumps(r, sort_keys=True) for r in grid}) == 360
-    scen = [r["scenario_name"] for r in grid]
-    assert scen.index("short") > max(i for i, s in enumerate(scen) if s == "long")
-    for c, h in E.FADES:
-        runs = [r for r in grid if r["method"] == f"swgl-v6-c{c:g}-h{h:g}"]
-        assert len(runs) == 72
-        assert all(r["swgl"] == {"rule": "v6", "consolidation": c, "consolidation_horizon": h}
-                   and r["lr"] in E.V6_LRS[r["scenario_name"]][r["opt"]] for r in runs)
+    _points_grid(grid, 360, "v6", E.FADES)
+    assert all(r["lr"] in E.V6_LRS[r["scenario_name"]][r["opt"]] for r in grid)
     seeds = E.fade_adam_long_grid()
     assert {r["seed"] for r in seeds} == set(range(3, 10)) and len(seeds) == 21
     assert {(r["method"], r["opt"], r["scenario_name"]) for r in seeds} == {

@@ -51,7 +51,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from swgl.rules.base import Context, Hyper, Rule, Variants, fp32
+from swgl.rules.base import Context, Hyper, Rule, Variants, add_one_, fp32
 
 __all__ = ["V4", "R_MAX", "factor", "progress_ratio"]
 
@@ -230,7 +230,7 @@ def _after_single(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context)
 
 def _factors_foreach(stabilities: list[Tensor], k: Tensor, hp: Hyper) -> list[Tensor]:
     c = torch._foreach_mul(stabilities, k)
-    torch._foreach_add_(c, 1.0)
+    add_one_(c)
     torch._foreach_reciprocal_(c)
     torch._foreach_clamp_min_(c, 1.0 / hp.max_boost)
     return c
