@@ -124,6 +124,35 @@ def test_a_shift_is_found_and_the_pull_holds_the_old_weights():
     assert (got.weight - anchor).norm() < (plain.weight - anchor).norm()
 
 
+def test_shifts_reports_each_groups_detector():
+    _, opt = _train("v6", n_steps=100, shift_at=10**9)       # stationary: no shift yet
+    assert opt.shifts() == [{"steps": 100, "last_shift": 0}]
+    got, opt = _train("v6")
+    last = int(opt.state[got.weight]["detector"][3])
+    assert 120 < last <= 130 and opt.shifts() == [{"steps": 240, "last_shift": last}]
+    # a group without a detector (v4), and one with no state yet, report None
+    model = nn.Linear(8, 4)
+    assert SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1)).shifts() == [None]
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1), rule="v4")
+    F.mse_loss(model(torch.randn(2, 8)), torch.zeros(2, 4)).backward()
+    opt.step()
+    assert opt.shifts() == [None]
+
+
+def test_swgl_optim_reports_the_same_shifts():
+    import swgl.optim
+
+    torch.manual_seed(0)
+    model = nn.Linear(8, 4)
+    opt = swgl.optim.SGD(model.parameters(), lr=0.05, fused=False)
+    for x, y in _stream(240, 120):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+    _, wrapped = _train("v6")
+    assert opt.shifts() == wrapped.shifts() and opt.shifts()[0]["last_shift"] > 0
+
+
 @pytest.mark.parametrize("lambda_reg", [None, 3.0])
 @pytest.mark.parametrize("impl", IMPLS[1:])
 def test_variants_agree(impl, lambda_reg):

@@ -23,6 +23,7 @@ from swgl.rules import RULES
 from swgl.state import STORAGES
 from swgl.state._common import check_tensor
 from swgl.stats import DEFAULT_QUANTILES, layer_stats
+from swgl.stats import shifts as detector_shifts
 
 __all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "check_cuda_graphs", "copies",
            "fresh_extra", "local", "run_closure", "snapshot"]
@@ -247,6 +248,11 @@ class SWGLBase(Optimizer):
         ``names`` is a model or an iterable of ``(name, param)`` used to label the layers.
         """
         return layer_stats(self, names, DEFAULT_QUANTILES if quantiles is None else quantiles)
+
+    def shifts(self) -> list[dict[str, int] | None]:
+        """Per param group, what its shift detector has seen (rules v5 and v6, the default):
+        see :func:`swgl.stats.shifts`."""
+        return detector_shifts(self.param_groups, self.state)
 
     def on_task_boundary(self) -> None:
         """Forget the stability estimates (as after a full shock), for users who know where one

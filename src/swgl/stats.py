@@ -37,6 +37,7 @@ __all__ = [
     "layer_stats",
     "named_params",
     "quantile_key",
+    "shifts",
     "to_scalars",
     "total",
 ]
@@ -197,6 +198,25 @@ def layer_stats(
             numel=numel, step=step, quantiles=dict(zip(qs, values[: len(qs)])),
             at_boost=values[-3], at_damping=values[-2], mean_scale=values[-1],
         )
+    return out
+
+
+def shifts(param_groups: list[dict[str, Any]], state: Mapping[Tensor, dict[str, Tensor]],
+           key: str = "detector") -> list[dict[str, int] | None]:
+    """Per param group, what its shift detector (rules v5 and v6; its state under ``key``) has
+    seen: ``{"steps": the group's steps, "last_shift": the step of its last detected shift,
+    0 before any}``; None for a group whose rule has no detector or that has no state yet.
+    ``last_shift`` 0 means the rule has not acted yet: under v6 the base optimizer has run
+    unchanged. Reads the state on the host (a sync on a GPU: call it between steps, not in a
+    hot loop)."""
+    out: list[dict[str, int] | None] = []
+    for group in param_groups:
+        det = next((state[p][key] for p in group["params"] if key in state.get(p, {})), None)
+        if det is None:
+            out.append(None)
+            continue
+        steps, _, _, last = det.tolist()
+        out.append({"steps": int(steps), "last_shift": int(last)})
     return out
 
 

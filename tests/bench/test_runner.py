@@ -35,6 +35,23 @@ def test_streaming_reports_online_metrics(tiny):
     assert cell["steps"] == 40 and len(cell["online_curve"]["acc"]) == 20
 
 
+def test_a_swgl_cell_says_whether_its_detector_found_a_shift(tiny):
+    from swgl.bench.report import summary_table
+
+    # 5 permuted tasks of 10 steps (inside the detector's 50-step warm-up), then of 100
+    short = dataclasses.replace(tiny, methods=("naive-sgd", "swgl-sgd"), hidden=100, epochs=1,
+                                train_per_task=None, method_opts={"swgl-sgd": {"lr": 0.3}})
+    long = dataclasses.replace(short, epochs=10)
+    cells = [runner.run_cell(cfg, "permuted", m, 0) for cfg in (short, long)
+             for m in ("naive-sgd", "swgl-sgd")]
+    assert "shifted" not in cells[0]["metrics"]                 # no detector: no entry
+    assert [cells[1]["metrics"]["shifted"], cells[3]["metrics"]["shifted"]] == [0.0, 1.0]
+    rows = [{"scenario": "permuted", "method": "swgl-sgd", "n_seeds": 3,
+             "shifted_mean": share, "shifted_std": 0.0} for share in (1.0, 1 / 3)]
+    labels = list(summary_table(rows).columns[1].cells)
+    assert labels == ["swgl-sgd", "swgl-sgd (no shift found in 2 of 3 runs)"]
+
+
 @pytest.mark.parametrize("scenario", ["split-class", "stream-input-permuted"])
 def test_the_first_step_is_timed_apart(tiny, monkeypatch, scenario):
     # a compiled path builds its kernels on the first step: seconds that are not per step

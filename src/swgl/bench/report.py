@@ -104,8 +104,18 @@ def summary_table(summary: Sequence[dict[str, Any]], title: str = "") -> Table:
                              else f"{mean:{fmt}} ± {abs(std):{fmt.lstrip('+')}}")
             else:
                 cells.append("")
-        table.add_row(row["scenario"], row["method"], *cells)
+        table.add_row(row["scenario"], _method_label(row), *cells)
     return table
+
+
+def _method_label(row: dict[str, Any]) -> str:
+    """The method's name, with a note where SWGL's detector found no shift in some runs: there
+    the rule never acted (under v6 the run is its base optimizer's)."""
+    share = row.get("shifted_mean")
+    if share is None or share == 1.0:
+        return row["method"]
+    found = round(share * row["n_seeds"])
+    return f"{row['method']} (no shift found in {row['n_seeds'] - found} of {row['n_seeds']} runs)"
 
 
 # -- the tuned table (swgl bench --tune) -----------------------------------------------------------
@@ -130,7 +140,7 @@ def _tuned_cells(row: dict[str, Any]) -> list[str]:
         lr += f" ({row['lr_edge']})"
     delta = ("baseline" if row["method"] == row["baseline"]
              else f"{_pm(row, 'delta', signed=True)} vs {row['baseline']}")
-    return [row["method"], lr, strength, f"{100 * row['val_score']:.1f}",
+    return [_method_label(row), lr, strength, f"{100 * row['val_score']:.1f}",
             _pm(row, row["metric"]), _pm(row, "learning_acc"), _pm(row, "forgetting"), delta]
 
 

@@ -19,9 +19,10 @@ from swgl.bench.config import BenchConfig
 
 __all__ = ["Results", "SUMMARY_METRICS", "atomic_write_text", "compute_cells", "summarize"]
 
-#: Metrics summarised as mean and std over seeds.
+#: Metrics summarised as mean and std over seeds (``shifted``: the share of runs in which
+#: SWGL's detector found a shift, for methods that have one).
 SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "learning_acc", "online_acc", "plasticity",
-                   "time_per_step_ms", "state_bytes_per_param")
+                   "time_per_step_ms", "state_bytes_per_param", "shifted")
 
 
 @dataclass

@@ -96,6 +96,15 @@ def _stability_summary(method: Method) -> dict[str, list[float]]:
     return out
 
 
+def _shifted(method: Method) -> dict[str, float]:
+    """``{"shifted": 1.0}`` if the method's SWGL detector found a shift in any param group,
+    0.0 if it has one and found none (the rule never acted: v6 ran as its base optimizer);
+    ``{}`` for a method without a detector."""
+    shifts = getattr(method.optimizer, "shifts", None)
+    found = [g["last_shift"] > 0 for g in shifts() if g is not None] if shifts else []
+    return {"shifted": float(any(found))} if found else {}
+
+
 def _state_bytes(method: Method) -> int:
     """Bytes of every persistent tensor beyond the model: optimizer(s) and strategy state."""
     tensors: list[Tensor] = list(method.state_tensors())
@@ -298,6 +307,7 @@ def run_cell(cfg: BenchConfig, scenario: str, method_name: str, seed: int) -> di
             "time_per_step_ms": 1000.0 * (busy - first) / max(steps - 1, 1),
             "first_step_ms": 1000.0 * first,
             "state_bytes_per_param": _state_bytes(method) / n_params,
+            **_shifted(method),
         },
         "steps": steps,
         "wall_s": time.perf_counter() - wall,

@@ -41,6 +41,7 @@ from swgl.kernels import compiled
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
 from swgl.rules import RULES, Context, Hyper
+from swgl.stats import shifts as detector_shifts
 
 #: The ``swgl=`` options: the math options of :class:`swgl.SWGL`, with its defaults.
 SWGL_DEFAULTS: dict[str, Any] = dict(DEFAULTS)
@@ -292,6 +293,10 @@ class SWGLOptimizer(Optimizer):
 
     def group_buffer_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return self.buffer_keys
+
+    def shifts(self) -> list[dict[str, int] | None]:
+        """Per param group, what its shift detector has seen: :func:`swgl.stats.shifts`."""
+        return detector_shifts(self.param_groups, self.state, key="swgl_detector")
 
     # -- state ---------------------------------------------------------------------------------
 
