@@ -1,6 +1,6 @@
 """The seed's quick start, made runnable on real data (Fashion-MNIST, or digits without it).
 
-    python examples/quickstart.py [--optimizer adamw|sgd] [--rule v2|v1] [--steps N]
+    python examples/quickstart.py [--optimizer adamw|sgd] [--rule v6|v5|v1|...] [--train-size N]
 
 Prints the test accuracy after one pass over ``--train-size`` samples. Steps 1-4 are the
 seed's code; only the data stream and the loss are filled in.
@@ -14,7 +14,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from swgl import SWGL
+from swgl import DEFAULT_RULE, RULES, SWGL
 from swgl.bench.data import load_dataset
 
 log = logging.getLogger("quickstart")
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist or digits")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 AdamW, 0.05 SGD")
-    parser.add_argument("--rule", default="v2", help="SWGL rule: v2 (default), v1, v1-paper")
+    parser.add_argument("--rule", default=DEFAULT_RULE, choices=sorted(RULES),
+                        help=f"SWGL rule (default: the library's, {DEFAULT_RULE}; v1: the seed's)")
     parser.add_argument("--train-size", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> float:
         for p in group["params"]:
             stability = swgl.state[p]["stability"]
             log.info("Mean stability: %.4f", stability.mean().item())
+    # what the shift detector found (rules v5, v6; one task here, so no shift: v6 has left
+    # the base optimizer's steps as they were; None for a rule without a detector)
+    log.info("Shift detector, per param group: %s", swgl.shifts())
 
     with torch.no_grad():
         logits = model(data.x_test.flatten(1))
