@@ -4,7 +4,8 @@
 
 The params are DTensors sharded on dim 0 and SWGL's state is created like them, so each rank
 holds 1/world of it. SWGL runs its rules on the local shards and all-reduces only the
-per-tensor statistics (rule v2) and the non-finite flag. The optimizer state (AdamW's and
+per-tensor statistics its rule sums over a group (the default's mean importance at a shift,
+its detector's signal) and the non-finite flag. The optimizer state (AdamW's and
 SWGL's ``swgl_*`` tensors) saves and loads through ``torch.distributed.checkpoint``, and can
 be loaded at another world size (the checkpoint is resharded on load).
 """
