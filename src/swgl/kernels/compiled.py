@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from swgl.rules.base import cpu_scalar
+
 __all__ = ["MIN_NUMEL", "AUTO_NUMEL", "available", "runs_on", "worth_it", "split", "compiled",
            "scalar", "flat", "failed"]
 
@@ -112,10 +114,11 @@ def failed() -> str | None:
 
 
 def scalar(value: float | Tensor) -> Tensor:
-    """A 0-d fp32 CPU tensor: options enter the compiled functions as data, not constants."""
+    """A 0-d fp32 CPU tensor: options enter the compiled functions as data, not constants
+    (a number: :func:`swgl.rules.base.cpu_scalar`'s tensor, made once)."""
     if isinstance(value, Tensor):
         return value.reshape(()).float()
-    return torch.tensor(value, dtype=torch.float32)
+    return cpu_scalar(value)
 
 
 def flat(t: Tensor) -> Tensor:

@@ -255,7 +255,7 @@ def _pull(params, state, det: Tensor, strength: float, variant: str,
 
         tables, rest = plan or _kernel_tables(params, state)
         # the Triton interpreter runs on the CPU, where the gate was read above: a factor 1
-        gate = torch.ones((), device=det.device) if active is None else active.float()
+        gate = cpu_scalar(1.0) if active is None else active.float()
         k = strength * (gate if scale is None else scale)
         for lau in tables:
             tc.pull(lau, k)
