@@ -34,7 +34,6 @@ Prints, per optimizer and method, the online accuracy by fifth of the stream at 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -51,7 +50,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import earn_its_place as eip  # noqa: E402
 
 from swgl import SWGL  # noqa: E402
-from swgl.rules import synaptic  # noqa: E402
 
 #: v6 and its controls (see the module's docstring); plain is the base optimizer alone
 METHODS = ("v6", "uniform", "fixed", "mix")
@@ -62,18 +60,11 @@ LRS = {"sgd": (0.035, 0.069, 0.14), "adamw": (4e-4, 8e-4, 1.6e-3)}
 BATCH = 16
 
 
-@contextlib.contextmanager
 def _control(method: str):
-    """v6's importance made uniform during a control's run (the harness's
-    :func:`earn_its_place._mixed_importance`: all of it for ``uniform`` and ``fixed``, half
-    for ``mix``), restored after it."""
-    before = synaptic._importance
-    if method in MIXES:
-        synaptic._importance = eip._mixed_importance(MIXES[method])
-    try:
-        yield
-    finally:
-        synaptic._importance = before
+    """v6's importance made uniform during a control's run, restored after it: the harness's
+    own variant (:func:`earn_its_place._variant` with its ``mix``: all of the importance for
+    ``uniform`` and ``fixed``, half for ``mix``; v6's own for the rest)."""
+    return eip._variant({"mix": MIXES[method]} if method in MIXES else {})
 
 
 def run_one(cfg: dict) -> dict:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from benchmark_scripts import load
+from swgl.rules import synaptic
 
 L = load("long_stream")
 
@@ -37,21 +38,21 @@ def test_a_relabelled_segment_is_a_shift_and_adds_importance(fake_data):
 def test_the_controls_pull_uniformly(fake_data):
     """``uniform``: every element's F is the count of shifts; ``fixed``: F stops at 1. Both
     restore v6's importance after their run."""
-    importance = L.synaptic._importance
+    importance = synaptic._importance
     cfg = _cfg(segments=6, steps=60, lr=0.3)
     uniform, fixed = L.run_one(dict(cfg, method="uniform")), L.run_one(dict(cfg, method="fixed"))
-    assert L.synaptic._importance is importance
+    assert synaptic._importance is importance
     assert uniform["F"][0] == 0.0 and uniform["F"][-1] >= 3 and uniform["F"][-1] % 1 == 0
     assert fixed["F"][0] == 0.0 and fixed["F"][-1] == 1.0
     assert uniform["acc"] != fixed["acc"] and uniform["finite"] and fixed["finite"]
 
 
 def test_mix_blends_v6s_importance_for_its_run_only():
-    own = L.synaptic._importance
+    own = synaptic._importance
     w, mu, path = [torch.zeros(4)], [torch.ones(4)], [torch.tensor([0.0, 0.0, 1.1, 3.3])]
     with L._control("mix"):   # Om = path / ((w - mu)^2 + 0.1) = 0, 0, 1, 3: mean 1
-        out = L.synaptic._importance(w, mu, path, "single")
-    assert L.synaptic._importance is own
+        out = synaptic._importance(w, mu, path, "single")
+    assert synaptic._importance is own
     torch.testing.assert_close(out[0], torch.tensor([0.5, 0.5, 1.0, 2.0]))   # 0.5 Om/mean + 0.5
 
 
