@@ -42,6 +42,11 @@ def _setup(kind: str, seed: int = 0):
     return model, (SWGL.wrap(base) if kind == "swgl" else base)
 
 
+def _batch() -> tuple:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(32, 64, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+
+
 def _block(model, opt, x, y, n: int) -> tuple[float, float]:
     """Medians over ``n`` steps, in us: (optimizer step, train step)."""
     step, train = [], []
@@ -60,8 +65,7 @@ def _block(model, opt, x, y, n: int) -> tuple[float, float]:
 
 
 def timing(rounds: int, steps: int) -> dict[str, dict[str, float]]:
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(32, 64, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    x, y = _batch()
     runs = {kind: _setup(kind) for kind in ("sgd", "swgl")}
     best = {kind: [float("inf"), float("inf")] for kind in runs}
     for _ in range(rounds):
@@ -74,8 +78,7 @@ def timing(rounds: int, steps: int) -> dict[str, dict[str, float]]:
 def counts(consolidated: bool, steps: int = 20) -> dict[str, float]:
     """aten ops and Python calls per SWGL step (no clock)."""
     model, opt = _setup("swgl")
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(32, 64, generator=gen), torch.randint(0, 10, (32,), generator=gen)
+    x, y = _batch()
     for _ in range(5):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
