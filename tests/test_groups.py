@@ -90,6 +90,11 @@ def test_overrides_move_params_by_glob():
         (dict(overrides={"pos": "bias"}), ValueError, r"overrides\['pos'\] must be one of"),
         (dict(overrides={"nothing.*": "norms"}), ValueError, r"match no trainable parameter"),
         (dict(for_wrapper="yes"), TypeError, r"for_wrapper must be a bool"),
+        # read only from the optimizer's constructor: a group's value would be ignored
+        (dict(weights=dict(cuda_graphs=True)), ValueError,
+         r"weights\['cuda_graphs'\]=True: cuda_graphs is not a per-group option; pass it to "
+         r"the optimizer's constructor"),
+        (dict(norms=dict(scaler=None)), ValueError, r"norms\['scaler'\]=None: scaler is not"),
     ],
 )
 def test_errors_name_the_culprit(kwargs, error, match):
@@ -104,7 +109,7 @@ def test_not_a_module():
 
 def test_options_are_swgls_own():
     assert {"alpha", "max_boost", "max_damping", "rule", "lambda_reg"} <= set(swgl_options())
-    assert "params" not in swgl_options() and "scaler" not in swgl_options()
+    assert not {"params", "scaler", "cuda_graphs"} & set(swgl_options())
     assert CATEGORIES == ("weights", "biases", "norms", "embeddings")
 
 

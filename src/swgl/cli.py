@@ -103,16 +103,21 @@ def _tune_grid(text: str) -> dict[str, dict[str, tuple[Any, ...]]]:
     return out
 
 
-def _positive(flag: str):
+def _int_at_least(flag: str, low: int):
+    # an argparse type: a bad value exits with code 2 before any work starts
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} must be an int, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {low}, got {value}")
         return value
     return parse
+
+
+def _positive(flag: str):
+    return _int_at_least(flag, 1)
 
 
 def _bench_parser(sub) -> None:
@@ -148,22 +153,22 @@ def _bench_parser(sub) -> None:
                    default=None, metavar="LIST",
                    help=f"comma-separated scenarios from {sorted(SCENARIOS)} "
                    f"(default: {','.join(DEFAULT_SCENARIOS)})")
-    d.add_argument("--tasks", dest="n_tasks", type=int, default=None,
+    d.add_argument("--tasks", dest="n_tasks", type=_positive("--tasks"), default=None,
                    help="number of tasks or stream segments (default: n_classes/2 for split-*, "
                    "else 10, or 5 on digits)")
-    d.add_argument("--train-per-task", type=int, default=None,
+    d.add_argument("--train-per-task", type=_positive("--train-per-task"), default=None,
                    help="training samples per task (default: per dataset; digits uses all, "
                    "fashion-mnist 2000)")
-    d.add_argument("--test-per-task", type=int, default=None,
+    d.add_argument("--test-per-task", type=_positive("--test-per-task"), default=None,
                    help="evaluation samples per task (default: per dataset)")
     d.add_argument("--eval-split", default=None, choices=EVAL_SPLITS,
                    help="with --no-tune: evaluate on the test set (default), or on a fixed 1/6 "
                    "validation split of the training set")
-    d.add_argument("--stream-steps", type=int, default=None,
+    d.add_argument("--stream-steps", type=_positive("--stream-steps"), default=None,
                    help="batches per segment in stream-* scenarios (default: 500)")
-    d.add_argument("--stream-batch", type=int, default=None,
+    d.add_argument("--stream-batch", type=_positive("--stream-batch"), default=None,
                    help="batch size in stream-* scenarios (default: 16)")
-    d.add_argument("--consolidate-every", type=int, default=None,
+    d.add_argument("--consolidate-every", type=_positive("--consolidate-every"), default=None,
                    help="in streams, steps between the pseudo task boundaries given to "
                    "EWC/SI/MAS/LwF/A-GEM (default: 256)")
 
@@ -200,25 +205,27 @@ def _bench_parser(sub) -> None:
                    "(see --list-methods for the defaults)")
 
     t = p.add_argument_group("training")
-    t.add_argument("--seeds", type=int, default=3,
+    t.add_argument("--seeds", type=_positive("--seeds"), default=3,
                    help="number of seeds (default: 3; with --tune, of the final test table)")
-    t.add_argument("--first-seed", type=int, default=0, help="first seed (default: 0)")
+    t.add_argument("--first-seed", type=_int_at_least("--first-seed", 0), default=0,
+                   help="first seed (default: 0)")
     t.add_argument("--model", default=None, choices=sorted(MODELS),
                    help="mlp (2 hidden layers, default) or cnn (2 conv blocks)")
-    t.add_argument("--hidden", type=int, default=None,
+    t.add_argument("--hidden", type=_positive("--hidden"), default=None,
                    help="hidden width (default: per dataset, 100 for digits, 256 otherwise)")
-    t.add_argument("--epochs", type=int, default=None,
+    t.add_argument("--epochs", type=_positive("--epochs"), default=None,
                    help="epochs per task (default: per dataset, 3 for digits, 2 otherwise)")
-    t.add_argument("--steps-per-task", type=int, default=None,
+    t.add_argument("--steps-per-task", type=_positive("--steps-per-task"), default=None,
                    help="train each task for exactly this many batches instead of --epochs "
                    "passes (the literature preset: 5000)")
-    t.add_argument("--batch-size", type=int, default=None, help="batch size (default: 32)")
-    t.add_argument("--evals-per-task", type=int, default=None,
+    t.add_argument("--batch-size", type=_positive("--batch-size"), default=None,
+                   help="batch size (default: 32)")
+    t.add_argument("--evals-per-task", type=_positive("--evals-per-task"), default=None,
                    help="evaluations of all tasks per task, for the curves (default: 4)")
     t.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:1")
-    t.add_argument("--threads", type=int, default=1,
+    t.add_argument("--threads", type=_positive("--threads"), default=1,
                    help="torch CPU threads (default: 1, fastest for these small models)")
-    t.add_argument("--jobs", "--workers", dest="workers", type=int, default=1,
+    t.add_argument("--jobs", "--workers", dest="workers", type=_positive("--jobs"), default=1,
                    help="run cells in this many processes, one thread each (default: 1); "
                    "the numbers do not depend on it")
 
@@ -327,8 +334,6 @@ def _cmd_bench(args) -> int:
 
     from swgl.bench import report, runner, tuning
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     from swgl.bench.config import DEFAULT_METHODS
     from swgl.bench.text import cli as text_cli

@@ -66,11 +66,16 @@ _NORM_NAME = re.compile(r"(Layer|RMS|Group|Batch|Instance)_?Norm", re.IGNORECASE
 _EMBEDDING_NAME = re.compile(r"Embedding", re.IGNORECASE)
 
 
+# SWGL arguments that apply to the whole optimizer: the optimizers read them from the
+# constructor only, so a per-group value would be silently ignored.
+_CONSTRUCTOR_ONLY = ("scaler", "cuda_graphs")
+
+
 def swgl_options() -> dict[str, Any]:
     """SWGL's per-group options and their defaults, read from :class:`swgl.SWGL`'s signature."""
     from swgl.two_object import SWGL
 
-    skip = {"self", "params", "scaler"}
+    skip = {"self", "params", *_CONSTRUCTOR_ONLY}
     return {
         name: p.default
         for name, p in inspect.signature(SWGL.__init__).parameters.items()
@@ -126,6 +131,12 @@ def _check_category_options(category: str, options: Any, known: Mapping[str, Any
         return {}
     if not isinstance(options, Mapping):
         raise TypeError(f"{category} must be a dict of SWGL options, got {type(options).__name__}")
+    for name in _CONSTRUCTOR_ONLY:
+        if name in options:
+            raise ValueError(
+                f"{category}[{name!r}]={options[name]!r}: {name} is not a per-group option; "
+                "pass it to the optimizer's constructor"
+            )
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ValueError(
@@ -160,7 +171,8 @@ def param_groups(
 
     Each of ``weights``, ``biases``, ``norms`` and ``embeddings`` is a dict of
     :class:`~swgl.SWGL` options (``alpha``, ``max_boost``, ``max_damping``, ``rule``, ...);
-    options left out take the optimizer's defaults. Empty categories give no group. With
+    options left out take the optimizer's defaults. ``scaler`` and ``cuda_graphs`` apply to the
+    whole optimizer: pass them to its constructor, not here. Empty categories give no group. With
     ``for_wrapper=True`` the options are stored as ``swgl_<option>``, the form
     :class:`~swgl.SWGLWrapper` and the base optimizer it shares its groups with expect.
     """

@@ -123,6 +123,30 @@ def test_bad_tune_arguments_exit_with_a_message(argv, match, tmp_path, capsys):
     assert match in capsys.readouterr().err
 
 
+COUNTS = ["--seeds", "--epochs", "--steps-per-task", "--batch-size", "--evals-per-task",
+          "--hidden", "--tasks", "--train-per-task", "--test-per-task", "--threads", "--jobs",
+          "--stream-steps", "--stream-batch", "--consolidate-every"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    *[([flag, value], f"{flag} must be >= 1, got {value}")
+      for flag in COUNTS for value in ("0", "-1")],
+    (["--workers", "0"], "argument --jobs/--workers: --jobs must be >= 1, got 0"),
+    (["--seeds", "two"], "argument --seeds: --seeds must be an int, got 'two'"),
+    (["--first-seed", "-1"], "argument --first-seed: --first-seed must be >= 0, got -1"),
+])
+def test_bad_counts_are_refused_by_the_parser(argv, message, capsys):
+    # refused while parsing, before any data is loaded or the progress bar starts
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(["bench", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_zero_is_a_valid_first_seed():
+    assert cli.build_parser().parse_args(["bench", "--first-seed", "0"]).first_seed == 0
+
+
 def test_jobs_is_the_process_pool():
     args = cli.build_parser().parse_args(["bench", "--jobs", "4"])
     assert args.workers == 4
