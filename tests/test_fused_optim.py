@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ import torch
 import swgl.optim
 import swgl.optim._base as optim_base
 from swgl import SWGL, kernels
-from swgl.rules import RULES
+from swgl.rules import DEFAULT_RULE, RULES
 
 RULE_NAMES = tuple(RULES)
 GRAD_RULES = tuple(name for name in RULE_NAMES if "grad" in RULES[name].modes)
@@ -205,6 +206,130 @@ def test_param_group_swgl_options_merge_over_defaults():
     assert opt.param_groups[1]["swgl"]["alpha"] == 0.99
 
 
+def _two_groups(kind, net, **kw):
+    cls = swgl.optim.AdamW if kind == "adamw" else swgl.optim.SGD
+    return cls([{"params": net[0].parameters()}, {"params": net[2].parameters()}], lr=1e-2,
+               **kw)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_each_param_group_owns_its_swgl_options(kind):
+    """As torch's groups hold their own values: a change to one group's ``swgl`` dict acts on
+    that group alone, not on the others, the defaults or a group added later."""
+    nets = [_model(), _model()]
+    changed, ref = (_two_groups(kind, net) for net in nets)
+    assert changed.param_groups[0]["swgl"] is not changed.param_groups[1]["swgl"]
+    assert changed.param_groups[0]["swgl"] is not changed.defaults["swgl"]
+    changed.param_groups[0]["swgl"]["alpha"] = 0.5
+    changed.param_groups[0]["swgl"]["consolidation"] = 0.5
+    assert changed.param_groups[1]["swgl"] == ref.param_groups[1]["swgl"]
+    assert changed.defaults["swgl"] == ref.defaults["swgl"]
+    late = torch.nn.Parameter(torch.zeros(3))
+    changed.add_param_group({"params": [late]})
+    assert changed.param_groups[2]["swgl"] == ref.defaults["swgl"]
+    for i in range(3):
+        for net, opt in zip(nets, (changed, ref)):
+            _backward(net, i)
+            opt.step()
+    # group 1 stepped exactly as without the change; group 0 under its own alpha
+    for p, q in zip(nets[0][2].parameters(), nets[1][2].parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(changed.state[p]["swgl_stability"], ref.state[q]["swgl_stability"])
+    for p, q in zip(nets[0][0].parameters(), nets[1][0].parameters()):
+        assert not torch.equal(changed.state[p]["swgl_stability"],
+                               ref.state[q]["swgl_stability"])
+
+
+@pytest.mark.parametrize(
+    "how, change, error, match",
+    [
+        ("set", dict(alpha=5.0), ValueError, r"param_groups\[1\]\['swgl'\]\['alpha'\]"),
+        ("set", dict(mode="grad"), ValueError, r"param_groups\[1\]\['swgl'\]\['mode'\]"),
+        ("set", dict(consolidation=-1.0), ValueError,
+         r"param_groups\[1\]\['swgl'\]\['consolidation'\]"),
+        ("set", dict(rule="v9"), ValueError, r"param_groups\[1\]\['swgl'\]\['rule'\]"),
+        ("set", dict(colour=1), ValueError, "unknown options"),
+        ("replace", None, TypeError, r"param_groups\[1\]\['swgl'\] must be a dict"),
+        ("replace", {"alpha": 0.5}, ValueError,
+         r"param_groups\[1\]\['swgl'\] lacks the options"),
+    ],
+)
+def test_a_changed_swgl_option_is_checked_at_the_next_step(how, change, error, match):
+    net = _model()
+    opt = _two_groups("adamw", net)
+    _backward(net, 0)
+    opt.step()
+    good = copy.deepcopy(opt.param_groups[1]["swgl"])
+    if how == "set":
+        opt.param_groups[1]["swgl"].update(change)
+    else:
+        opt.param_groups[1]["swgl"] = change
+    weights = copy.deepcopy(net.state_dict())
+    state = {(i, k): v.clone() for i, p in enumerate(net.parameters())
+             for k, v in opt.state[p].items()}
+    _backward(net, 1)
+    with pytest.raises(error, match=match):
+        opt.step()
+    # refused before anything moved
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    for i, p in enumerate(net.parameters()):
+        for k, v in opt.state[p].items():
+            assert torch.equal(v, state[i, k]), k
+    # and refused again until it is put right
+    with pytest.raises(error, match=match):
+        opt.step()
+    opt.param_groups[1]["swgl"] = good
+    opt.step()
+    assert float(opt.state[net[2].weight]["step"]) == 2
+
+
+def test_a_valid_change_between_steps_takes_effect():
+    """An option set in place between steps acts from the next step on, as a group dict
+    replaced by a checked one does; an int is taken as the float it stands for."""
+    nets = [_model(), _model(), _model()]
+    set_, replaced, kept = (_two_groups("adamw", net) for net in nets)
+    for i in range(3):
+        if i == 1:
+            set_.param_groups[0]["swgl"]["max_boost"] = 4
+            replaced.param_groups[0]["swgl"] = optim_base.check_swgl(
+                {"max_boost": 4.0}, replaced.param_groups[0]["swgl"])
+            for opt in (set_, replaced):
+                opt.param_groups[0]["swgl"]["alpha"] = 0.5
+        for net, opt in zip(nets, (set_, replaced, kept)):
+            _backward(net, i)
+            opt.step()
+    assert set_.param_groups[0]["swgl"] == replaced.param_groups[0]["swgl"]
+    assert isinstance(set_.param_groups[0]["swgl"]["max_boost"], float)
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(set_.state[p]["swgl_stability"], replaced.state[q]["swgl_stability"])
+    assert not torch.equal(set_.state[nets[0][0].weight]["swgl_stability"],
+                           kept.state[nets[2][0].weight]["swgl_stability"])
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+@pytest.mark.parametrize(
+    "dtype, match", [(torch.complex64, "is complex"), (torch.int64, "has dtype torch.int64")])
+def test_complex_and_integer_params_are_refused(kind, dtype, match):
+    """As SWGL and SWGL.wrap refuse them (swgl.base.check_params), when built and when a
+    group is added; a refused group leaves the optimizer as it was."""
+    bad = torch.zeros(4, dtype=dtype)
+    if dtype.is_complex:
+        bad = torch.nn.Parameter(bad)
+    cls = swgl.optim.AdamW if kind == "adamw" else swgl.optim.SGD
+    with pytest.raises(TypeError, match=r"params\[1\] " + match):
+        cls([torch.nn.Parameter(torch.zeros(2)), bad], lr=0.1)
+    net = _model()
+    opt = cls(net.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"params\[0\] " + match):
+        opt.add_param_group({"params": [bad]})
+    assert len(opt.param_groups) == 1
+    _backward(net, 0)
+    opt.step()
+    assert float(opt.state[net[0].weight]["step"]) == 1
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -242,6 +367,39 @@ def test_sgd_argument_errors(kwargs, error, match):
 def test_fused_true_without_triton_raises():
     with pytest.raises(RuntimeError, match="fused=True"):
         swgl.optim.AdamW(_model().parameters(), fused=True)
+
+
+@pytest.mark.skipif(kernels.runs_on(torch.device("cpu")), reason="Triton's CPU interpreter")
+@pytest.mark.parametrize("rule", ["v1", "v2", DEFAULT_RULE])
+def test_fused_true_on_the_cpu_is_what_its_error_says(rule, monkeypatch):
+    """Where fused=True is accepted (Triton installed), CPU params step under the rules with a
+    compiled CPU path, as the foreach path does; the error for the others names those rules."""
+    monkeypatch.setattr(kernels, "triton_available", lambda: True)
+    nets = [_model(), _model()]
+    mode = RULES[rule].modes[0]
+    opts = [_make("adamw", net.parameters(), rule, mode, fused=fused, **ADAMW)
+            for net, fused in zip(nets, (True, False))]
+    compiled = sorted(name for name, r in RULES.items() if r.cpu_fused)
+    if rule not in compiled:
+        _backward(nets[0], 0)
+        with pytest.raises(RuntimeError, match=re.escape(f"for rules {compiled}, every param")):
+            opts[0].step()
+        return
+    for i in range(3):
+        for net, opt in zip(nets, opts):
+            _backward(net, i)
+            opt.step()
+    assert _max_diff(*nets) < 1e-6
+
+
+def test_docs_name_the_default_rule_and_every_swgl_option():
+    from swgl.optim import _base, adamw
+
+    for doc in (swgl.optim.__doc__, _base.__doc__, adamw.__doc__):
+        named = re.findall(r"\bthe default(?: rule)?,?\s+`*(v\d)\b", doc)
+        assert named and set(named) == {DEFAULT_RULE}, named
+    listed = swgl.optim.AdamW.__doc__.split("swgl: ")[1].split("fused:")[0]
+    assert [name for name in swgl.optim.SWGL_DEFAULTS if f"``{name}``" not in listed] == []
 
 
 # -- Triton path ------------------------------------------------------------------------------

@@ -153,6 +153,25 @@ def test_stats_reach_the_trainer_logs(tmp_path):
     assert all(e["swgl/all/mean_scale"] > 0 for e in logged)
 
 
+def test_stats_of_a_swgl_optim_optimizer_reach_the_trainer_logs(tmp_path):
+    import swgl.optim
+
+    model = _model()
+    opt = swgl.optim.AdamW(model.parameters(), lr=1e-2, swgl=dict(alpha=0.9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(model=model, args=_args(tmp_path, save_strategy="no"),
+                          train_dataset=Tokens(), optimizers=(opt, None))
+        add_stats_logging(trainer, quantiles=(0.5,))
+        trainer.train()
+    assert find_swgl(trainer.optimizer) is opt
+    logged = [e for e in trainer.state.log_history if "swgl/all/mean_scale" in e]
+    assert [e["step"] for e in logged] == [2, 4, 6]
+    name = "transformer.h.0.attn.c_attn.weight"
+    assert logged[-1][f"swgl/{name}/stability_p50"] == pytest.approx(
+        opt.stats(model, quantiles=(0.5,))[name].quantiles[0.5], rel=1e-6)
+
+
 def test_stats_callback_arguments():
     with pytest.raises(TypeError, match="log must be callable"):
         SWGLStatsCallback(log=3)

@@ -154,6 +154,32 @@ def test_stats_callback_logs_to_the_loggers(tmp_path):
     assert "swgl/net.0.bias/at_damping" in header
 
 
+def test_stats_callback_logs_a_swgl_optim_optimizer(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    import swgl.optim
+
+    class Fused(Regressor):
+        def configure_optimizers(self):
+            return swgl.optim.AdamW(self.parameters(), lr=1e-2, swgl=dict(alpha=0.9))
+
+    csv = CSVLogger(tmp_path, name="csv")
+    module = Fused()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer = _trainer(1, logger=csv, callbacks=[SWGLStatsCallback(every_n_steps=2)])
+        trainer.fit(module, _data())
+    csv.save()
+    lines = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    logged = [row for row in rows if row.get("swgl/all/mean_scale")]
+    assert [int(row["step"]) for row in logged] == [2, 4]
+    expected = layer_stats(trainer.optimizers[0], module)["net.0.weight"].mean_scale
+    assert float(logged[-1]["swgl/net.0.weight/mean_scale"]) == pytest.approx(expected, rel=1e-6)
+    assert trainer.optimizers[0].stats(module) == layer_stats(trainer.optimizers[0], module)
+
+
 def test_stats_callback_needs_an_swgl_optimizer():
     class Plain(Regressor):
         def configure_optimizers(self):

@@ -144,6 +144,41 @@ def test_find_swgl_through_framework_wrappers():
         find_swgl(torch.optim.SGD(model.parameters(), lr=0.1))
 
 
+@pytest.mark.parametrize("rule", ["v6", "v4", "v2"])
+def test_swgl_optim_stats_equal_the_wrappers(rule):
+    """swgl.optim keeps the wrapper's per-param state (as ``swgl_<name>``): its stats, through
+    layer_stats, ``stats()`` and a framework's wrapper, are the wrapper's on the same run."""
+    import swgl.optim
+
+    models = [_model(), _model()]
+    kw = dict(lr=0.05, momentum=0.9)
+    opt = swgl.optim.SGD(models[0].parameters(), **kw, swgl=dict(rule=rule, alpha=0.9))
+    ref = SWGL.wrap(torch.optim.SGD(models[1].parameters(), **kw), rule=rule, alpha=0.9)
+    assert layer_stats(opt, models[0]) == {} and opt.stats() == {}   # no step yet
+    with pytest.raises(KeyError, match="no SWGL state yet"):
+        opt.stability(models[0][0].weight)
+    with pytest.raises(KeyError, match="not one of the optimizer's params"):
+        opt.stability(torch.zeros(3))
+    for seed in range(4):
+        for model, o in zip(models, (opt, ref)):
+            o.zero_grad()
+            _backward(model, seed)
+            o.step()
+    mine, theirs = layer_stats(opt, models[0]), layer_stats(ref, models[1])
+    assert list(mine) == list(theirs) == [name for name, _ in models[0].named_parameters()]
+    for name, s in mine.items():
+        t = theirs[name]
+        assert (s.numel, s.step) == (t.numel, t.step) == (t.numel, 4)
+        assert list(s.quantiles.values()) == pytest.approx(list(t.quantiles.values()), rel=1e-6)
+        assert (s.at_boost, s.at_damping) == (t.at_boost, t.at_damping)
+        assert s.mean_scale == pytest.approx(t.mean_scale, rel=1e-6)
+    assert opt.stats(models[0]) == mine
+    assert opt.stats(models[0], quantiles=(0.5,))["0.bias"].quantiles.keys() == {0.5}
+    p = models[0][0].weight
+    assert opt.stability(p) is opt.state[p]["swgl_stability"]
+    assert find_swgl(SimpleNamespace(optimizer=SimpleNamespace(_optimizer=opt))) is opt
+
+
 @pytest.mark.parametrize("bad", [(1.5,), (-0.1,), ("0.5",), (True,)])
 def test_bad_quantiles(bad):
     opt = SWGL(_model().parameters())

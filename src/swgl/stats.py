@@ -79,17 +79,19 @@ class LayerStats:
 def find_swgl(optimizer: Any) -> Optimizer:
     """The SWGL optimizer inside ``optimizer``: itself, or the one a framework wrapped.
 
-    Lightning's ``LightningOptimizer`` keeps it as ``_optimizer`` and accelerate's
-    ``AcceleratedOptimizer`` (the HF Trainer's) as ``optimizer``.
+    An SWGL optimizer is an :class:`~swgl.SWGL`, an :class:`~swgl.SWGLWrapper` or one of
+    :mod:`swgl.optim`'s. Lightning's ``LightningOptimizer`` keeps it as ``_optimizer`` and
+    accelerate's ``AcceleratedOptimizer`` (the HF Trainer's) as ``optimizer``.
     """
     seen = optimizer
     for _ in range(4):
-        if getattr(type(seen), "is_swgl", False):  # SWGLBase's flag: no import cycle
+        # the classes' flag (SWGLBase's, swgl.optim's): no import cycle
+        if getattr(type(seen), "is_swgl", False):
             return seen
         seen = getattr(seen, "_optimizer", None) or getattr(seen, "optimizer", None)
     raise TypeError(
-        f"optimizer must be an SWGL or SWGLWrapper (or a framework's wrapper around one), got "
-        f"{type(optimizer).__name__}"
+        f"optimizer must be an SWGL, an SWGLWrapper or a swgl.optim optimizer (or a "
+        f"framework's wrapper around one), got {type(optimizer).__name__}"
     )
 
 
@@ -154,22 +156,23 @@ def layer_stats(
 ) -> dict[str, LayerStats]:
     """Summaries of every parameter with SWGL state, keyed by name (in ``param_groups`` order).
 
-    ``optimizer`` is an :class:`~swgl.SWGL` or :class:`~swgl.SWGLWrapper` (or a framework's
-    wrapper around one); ``names`` (a module, a mapping or ``(name, param)`` pairs) names the
-    parameters, and unnamed ones are called ``group{g}.param{i}``. Parameters that have not
-    taken a step yet are left out.
+    ``optimizer`` is an :class:`~swgl.SWGL`, an :class:`~swgl.SWGLWrapper` or a
+    :mod:`swgl.optim` optimizer (or a framework's wrapper around one); ``names`` (a module, a
+    mapping or ``(name, param)`` pairs) names the parameters, and unnamed ones are called
+    ``group{g}.param{i}``. Parameters that have not taken a step yet are left out.
     """
     opt = find_swgl(optimizer)
     qs = _check_quantiles(quantiles)
     named = {id(p): name for name, p in named_params(opt, names).items()}
-    pre = opt.option_prefix
     rows: list[tuple[str, int, int, Tensor]] = []
     for group in opt.param_groups:
-        rule = group[pre + "rule"]
+        # the classes' own reader: the wrapper's options carry a prefix, swgl.optim's are in
+        # group["swgl"]
+        option = partial(opt._option, group)
+        rule = option("rule")
         hp = Hyper(
-            alpha=group[pre + "alpha"], lambda_reg=group[pre + "lambda_reg"],
-            eps=group[pre + "eps"], max_boost=group[pre + "max_boost"],
-            max_damping=group[pre + "max_damping"],
+            alpha=option("alpha"), lambda_reg=option("lambda_reg"), eps=option("eps"),
+            max_boost=option("max_boost"), max_damping=option("max_damping"),
         )
         for p in group["params"]:
             state = opt.state.get(p)
@@ -211,11 +214,13 @@ def shifts(param_groups: list[dict[str, Any]], state: Mapping[Tensor, dict[str, 
     hot loop)."""
     out: list[dict[str, int] | None] = []
     for group in param_groups:
-        det = next((state[p][key] for p in group["params"] if key in state.get(p, {})), None)
-        if det is None:
+        # every param holds a copy; one that missed steps an older one: the group's is the
+        # copy with the most steps
+        dets = [state[p][key] for p in group["params"] if key in state.get(p, {})]
+        if not dets:
             out.append(None)
             continue
-        steps, _, _, last = det.tolist()
+        steps, _, _, last = max(torch.stack(dets).tolist())
         out.append({"steps": int(steps), "last_shift": int(last)})
     return out
 

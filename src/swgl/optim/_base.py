@@ -8,15 +8,17 @@ A step takes one of two paths, chosen per call:
   counters are bumped by ``1 - found_inf`` on the device, so the step never syncs with the
   host. Launches per step, whatever the number of params: about five for v1, eight for v2;
   for v4 three Triton passes (:mod:`swgl.kernels.triton_importance_optim`) and about twenty
-  small ops on device scalars (the step counters, ``k`` and ``rho``); the default, v5, adds
-  its detector (its signal summed in v4's first pass, its step one small kernel), its
-  consolidation (two kernels that exit at once but at a shift) and its pull (one pass;
-  :func:`swgl.rules.consolidation.around_fused_step`).
-  For v4 and v5 the whole step is then replayed as one CUDA graph (:mod:`swgl.graphs`,
+  small ops on device scalars (the step counters, ``k`` and ``rho``); v5 and the default,
+  v6 (:data:`swgl.rules.DEFAULT_RULE`), add their detector (its signal summed in v4's first
+  pass, its step one small kernel), their consolidation (kernels that exit at once but at a
+  shift) and their pull (one pass, which for v6 also sums SI's path, after a copy of the
+  params; :func:`swgl.rules.consolidation.around_fused_step`,
+  :func:`swgl.rules.synaptic.around_fused_step`).
+  For v4, v5 and v6 the whole step is then replayed as one CUDA graph (:mod:`swgl.graphs`,
   ``cuda_graphs``): the kernels read each group's lr from a device scalar set at each step.
 * **foreach** (everything else): the same math through ``torch._foreach_*``. Bias
   corrections come from the step counters on their device. On CUDA, with a rule that
-  honours a device flag (v2 to v5), the non-finite guard is that flag and a masked commit,
+  honours a device flag (v2 to v6), the non-finite guard is that flag and a masked commit,
   so this path never syncs either; elsewhere it is one host read
   (:func:`swgl.functional.all_finite`).
 
@@ -35,16 +37,30 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl import graphs, kernels
-from swgl.base import check_cuda_graphs, copies, fresh_extra, run_closure
+from swgl.base import check_cuda_graphs, check_params, copies, fresh_extra, run_closure
 from swgl.functional import all_finite, found_nonfinite
 from swgl.kernels import compiled
 from swgl.options import DEFAULTS, check_options
 from swgl.options import hyper as group_hyper
 from swgl.rules import RULES, Context, Hyper
+from swgl.stats import DEFAULT_QUANTILES, layer_stats
 from swgl.stats import shifts as detector_shifts
 
 #: The ``swgl=`` options: the math options of :class:`swgl.SWGL`, with its defaults.
 SWGL_DEFAULTS: dict[str, Any] = dict(DEFAULTS)
+
+
+def _check_names(options: Any, name: str, *, full: bool) -> None:
+    """``options`` is a dict of known SWGL options (``full``: of every one); ``name`` is what
+    messages call it."""
+    if not isinstance(options, dict):
+        raise TypeError(f"{name} must be a dict of SWGL options, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(SWGL_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{name} has unknown options {unknown}; known: {sorted(SWGL_DEFAULTS)}")
+    missing = sorted(set(SWGL_DEFAULTS) - set(options)) if full else []
+    if missing:
+        raise ValueError(f"{name} lacks the options {missing}")
 
 
 def check_swgl(options: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,11 +68,7 @@ def check_swgl(options: Any, base: dict[str, Any] | None = None) -> dict[str, An
 
     The checks are :class:`swgl.SWGL`'s (:func:`swgl.options.check_options`).
     """
-    if not isinstance(options, dict):
-        raise TypeError(f"swgl must be a dict of SWGL options, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(SWGL_DEFAULTS))
-    if unknown:
-        raise ValueError(f"swgl has unknown options {unknown}; known: {sorted(SWGL_DEFAULTS)}")
+    _check_names(options, "swgl", full=False)
     base = base or SWGL_DEFAULTS
     if options.get("rule", base["rule"]) != base["rule"]:
         # another rule: what was resolved for the old one (mode, signal) starts unset again
@@ -65,6 +77,15 @@ def check_swgl(options: Any, base: dict[str, Any] | None = None) -> dict[str, An
     checked = {**base, **options}
     check_options(checked, math_only=True, label="swgl['{}']")
     return checked
+
+
+def recheck_swgl(options: Any, name: str) -> None:
+    """Validate again, in place, a param group's full ``swgl`` dict, which a user may have
+    changed since it was checked (``name``, e.g. ``"param_groups[0]['swgl']"``, in messages).
+    A changed ``rule`` is checked with the other options as they stand: an option the new
+    rule does not read must be set to None by hand."""
+    _check_names(options, name, full=True)
+    check_options(options, math_only=True, label=name + "['{}']")
 
 
 def hyper(options: dict[str, Any]) -> Hyper:
@@ -76,7 +97,10 @@ def check_fused(fused: Any) -> bool | None:
     if fused is not None and not isinstance(fused, bool):
         raise TypeError(f"fused must be None or a bool, got {fused!r}")
     if fused and not kernels.triton_available():
-        raise RuntimeError("fused=True needs a CUDA device and Triton (pip install triton)")
+        raise RuntimeError(
+            "fused=True needs a CUDA device and Triton (pip install triton); without them pass "
+            "fused=None, which takes the foreach path (on the CPU, for large params under "
+            "v4 to v6, the compiled one)")
     return fused
 
 
@@ -264,6 +288,8 @@ def set_lrs(lrs: dict[int, Tensor], param_groups) -> None:
 class SWGLOptimizer(Optimizer):
     """Base class: subclasses name their buffers and implement the two update paths."""
 
+    #: what :func:`swgl.stats.find_swgl` looks for
+    is_swgl = True
     #: optimizer-state keys of the fp32 buffers shaped like the param, in kernel order
     buffer_keys: tuple[str, ...] = ()
     #: the kernels' optimizer id (see :mod:`swgl.kernels.triton_swgl`)
@@ -273,6 +299,8 @@ class SWGLOptimizer(Optimizer):
                  fused: bool | None, cuda_graphs: bool | None = None) -> None:
         check_cuda_graphs(cuda_graphs)
         defaults = {**defaults, "swgl": check_swgl(swgl or {}), "fused": check_fused(fused)}
+        #: per param group (by index), its ``swgl`` dict as last checked (:meth:`_recheck`)
+        self._swgl_checked: dict[int, dict[str, Any]] = {}
         super().__init__(params, defaults)
         self._kept: dict[Any, tuple] = {}  # the CPU's working copies (base.copies)
         self.cuda_graphs = cuda_graphs
@@ -285,11 +313,29 @@ class SWGLOptimizer(Optimizer):
         self._lr_live = False
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if "swgl" in param_group:
-            param_group["swgl"] = check_swgl(param_group["swgl"], self.defaults["swgl"])
+        # a copy per group, as torch's groups hold their own values: changing one group's
+        # options leaves the others and the defaults alone
+        param_group["swgl"] = check_swgl(param_group.get("swgl", {}), self.defaults["swgl"])
         if "fused" in param_group:
             param_group["fused"] = check_fused(param_group["fused"])
         super().add_param_group(param_group)
+        try:
+            check_params(self.param_groups[-1])
+        except TypeError:
+            self.param_groups.pop()   # a refused group leaves the optimizer as it was
+            raise
+        index = len(self.param_groups) - 1
+        self._swgl_checked[index] = dict(self.param_groups[index]["swgl"])
+
+    def _recheck(self) -> None:
+        """Validate again each group's ``swgl`` dict that changed since its last check (a
+        user may set ``param_groups[i]["swgl"][name]`` between steps): one comparison of a
+        few scalars per group and step, whatever the number of params."""
+        for index, group in enumerate(self.param_groups):
+            options = group["swgl"]
+            if self._swgl_checked.get(index) != options:
+                recheck_swgl(options, f"param_groups[{index}]['swgl']")
+                self._swgl_checked[index] = dict(options)
 
     def group_buffer_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return self.buffer_keys
@@ -297,6 +343,26 @@ class SWGLOptimizer(Optimizer):
     def shifts(self) -> list[dict[str, int] | None]:
         """Per param group, what its shift detector has seen: :func:`swgl.stats.shifts`."""
         return detector_shifts(self.param_groups, self.state, key="swgl_detector")
+
+    def _option(self, group: dict[str, Any], name: str) -> Any:
+        """A group's SWGL option, as :func:`swgl.stats.layer_stats` reads it."""
+        return group["swgl"][name]
+
+    def stability(self, p: Tensor) -> Tensor:
+        """``p``'s stability EMA (fp32; its state ``swgl_stability``), as
+        :meth:`swgl.SWGL.stability`."""
+        state = self.state.get(p)
+        if state and "swgl_stability" in state:
+            return state["swgl_stability"]
+        if not any(q is p for group in self.param_groups for q in group["params"]):
+            raise KeyError("this tensor is not one of the optimizer's params")
+        raise KeyError("this param has no SWGL state yet (no step taken)")
+
+    def stats(self, names: Any = None, quantiles: tuple[float, ...] | None = None):
+        """Per-layer summaries of the stability state, as :meth:`swgl.SWGL.stats`
+        (:func:`swgl.stats.layer_stats`). ``names`` is a model or an iterable of
+        ``(name, param)`` used to label the layers."""
+        return layer_stats(self, names, DEFAULT_QUANTILES if quantiles is None else quantiles)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -343,8 +409,11 @@ class SWGLOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step; on CUDA, replayed as a CUDA graph where :mod:`swgl.graphs` allows (the
-        Triton path of v4 and v5: the kernels read each group's lr from a device scalar, so
-        an LR scheduler does not force a new capture)."""
+        Triton path of v4 to v6: the kernels read each group's lr from a device scalar, so
+        an LR scheduler does not force a new capture). A group's ``swgl`` options changed
+        since the last step are validated first (ValueError or TypeError naming the group
+        and the option)."""
+        self._recheck()
         loss = run_closure(closure)
         key = self._graph_key()
         self._lr_live = key is not None   # (while graphs are on, a step that may not run as
@@ -390,7 +459,7 @@ class SWGLOptimizer(Optimizer):
 
     def _graph_blocker(self) -> str | None:
         """Why the step cannot be captured now, or None: it must take the Triton path, under
-        a rule whose kernels read the lr on the device (v4, v5), on the current device."""
+        a rule whose kernels read the lr on the device (v4 to v6), on the current device."""
         if not torch.cuda.is_available():
             return "CUDA is not available"
         work = [(group, self._gather(group)) for group in self.param_groups]
@@ -422,10 +491,12 @@ class SWGLOptimizer(Optimizer):
             return None
         plan = triton_plan(self._fused_groups(work))
         if True in wants and plan is None and not _compiles_on_cpu(work):
+            cpu = sorted(name for name, rule in RULES.items() if rule.cpu_fused)
             raise RuntimeError(
-                "fused=True needs every param on one CUDA device (or, for v4 and v5, the CPU with "
-                "torch.compile), contiguous, of dtype "
-                "fp32/bf16/fp16, and a rule with a kernel; pass fused=None to fall back"
+                "fused=True needs every param on one CUDA device, contiguous, of dtype "
+                f"fp32/bf16/fp16, and a rule with a kernel (or, for rules {cpu}, every param "
+                "on the CPU, where torch.compile builds the step with a C++ compiler); pass "
+                "fused=None to fall back"
             )
         return plan if False not in wants else None
 

@@ -1,8 +1,8 @@
 r"""AdamW with SWGL fused into the same pass: ``swgl.optim.AdamW(params, lr, ...)`` computes
 exactly what ``SWGL.wrap(torch.optim.AdamW(params, lr, ...))`` does, in one pass over the
 gradient, the param, SWGL's state and Adam's moments (Triton on CUDA, foreach elsewhere;
-``v4`` takes three passes, for its sums over the param group, and the default ``v5`` those
-three, a pull, and a consolidation at detected shifts).
+``v4`` takes three passes, for its sums over the param group, and ``v5`` and the default
+``v6`` those three, a pull, and a consolidation at detected shifts).
 
 With :math:`d` the gradient the rule hands on (mode ``"grad"``: :math:`c \odot g + k \odot w`,
 ``v4``: :math:`\rho c \odot g`; mode ``"update"``: :math:`g + k \odot w`, ``v4``: :math:`g`)
@@ -71,20 +71,26 @@ class AdamW(SWGLOptimizer):
     """``torch.optim.AdamW`` (no amsgrad, no maximize) with SWGL in the same pass.
 
     Args:
-        params: iterable of tensors or of param-group dicts; a group may carry its own
-            ``swgl`` dict, merged over the constructor's.
+        params: iterable of real floating-point tensors or of param-group dicts; a group may
+            carry its own ``swgl`` dict, merged over the constructor's. Each group gets its
+            own copy: ``param_groups[i]["swgl"][name] = value`` changes group ``i`` only, and
+            is validated at the next step.
         lr, betas, eps, weight_decay: as in ``torch.optim.AdamW``.
         swgl: SWGL's options (:class:`swgl.SWGL`'s, with its defaults and checks): ``rule``,
             ``alpha``, ``lambda_reg``, ``eps``, ``max_boost``, ``signal``, ``mode``,
-            ``max_damping``, ``shock``.
+            ``max_damping``, ``shock``, ``consolidation``, ``consolidation_horizon``.
         fused: None picks the Triton kernels when every param is a contiguous CUDA tensor and
-            Triton is installed, else foreach; True requires the kernels; False never uses them.
-        cuda_graphs: replay the Triton step as a CUDA graph (:mod:`swgl.graphs`; v4 and v5):
+            Triton is installed, else foreach; True requires a CUDA device and Triton
+            (RuntimeError at construction without them) and the kernels at each step; False
+            never uses them.
+        cuda_graphs: replay the Triton step as a CUDA graph (:mod:`swgl.graphs`; v4 to v6):
             None (default) where possible, True required (ValueError where it cannot), False
             never. While on, the grads are copied into kept buffers (one param-sized buffer).
 
-    State per param: ``step``, ``exp_avg``, ``exp_avg_sq`` (fp32) and ``swgl_stability``.
-    Gradients are read, never modified. A non-finite gradient skips the whole step.
+    State per param: ``step``, ``exp_avg``, ``exp_avg_sq`` (fp32), ``swgl_stability`` and the
+    rule's other state as ``swgl_<name>`` (v6: ``swgl_anchor``, ``swgl_detector``...).
+    :meth:`stats` and :meth:`shifts` read it as :class:`swgl.SWGL`'s do. Gradients are read,
+    never modified. A non-finite gradient skips the whole step.
     """
 
     buffer_keys = ("exp_avg", "exp_avg_sq")

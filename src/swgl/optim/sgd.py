@@ -66,7 +66,8 @@ class SGD(SWGLOptimizer):
         lr, momentum, dampening, weight_decay, nesterov: as in ``torch.optim.SGD``.
         swgl, fused, cuda_graphs: as in :class:`swgl.optim.AdamW`.
 
-    State per param: ``step``, ``swgl_stability`` and, with momentum, ``momentum_buffer``.
+    State per param: ``step``, ``swgl_stability``, the rule's other state as ``swgl_<name>``
+    and, with momentum, ``momentum_buffer``.
     """
 
     kernel_opt = 2
