@@ -241,12 +241,13 @@ ADVANCE = consolidation._advance
 ORACLE = {"fire": False}
 
 
-def _oracle_advance(n, det, found, kernel):
+def _oracle_advance(n, dets, found, kernel):
     """The detector's step with its shift replaced by the true boundary (``ORACLE``): the
     detector's own EMAs advance, but it fires exactly when the loop says (CPU only)."""
-    new, _ = ADVANCE(n, det, found, kernel)
+    last = consolidation.freshest(dets)[3]
+    new, _ = ADVANCE(n, dets, found, kernel)
     fire = ORACLE["fire"]
-    return torch.stack([new[0], new[1], new[2], new[0] if fire else det[3]]), torch.tensor(fire)
+    return torch.stack([new[0], new[1], new[2], new[0] if fire else last]), torch.tensor(fire)
 
 
 #: v6's consolidation as imported; a config with ``anchor: "weighted"`` replaces it for its run

@@ -256,12 +256,13 @@ def _fake_graphs(monkeypatch, opt: SWGLBase) -> FakeCapture:
     return cap
 
 
+@pytest.mark.parametrize("rule", ["v6", "v4"])
 @pytest.mark.parametrize("api", ["wrapper", "two-object"])
-def test_the_key_follows_what_the_phases_read(monkeypatch, api):
+def test_the_key_follows_what_the_phases_read(monkeypatch, api, rule):
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(8))
     base = torch.optim.SGD([w], lr=0.1)
-    opt = SWGL.wrap(base) if api == "wrapper" else SWGL([w])
+    opt = SWGL.wrap(base, rule=rule) if api == "wrapper" else SWGL([w], rule=rule)
     _fake_graphs(monkeypatch, opt)
     g = torch.randn(8)
     w.grad = g
@@ -280,8 +281,11 @@ def test_the_key_follows_what_the_phases_read(monkeypatch, api):
     assert opt._graph_key() != key
     group[name] = old
     assert opt._graph_key() == key
-    opt.on_task_boundary()                     # new state tensors
-    assert opt._graph_key() != key
+    opt.on_task_boundary()
+    if rule == "v4":                           # its state restarts: new tensors
+        assert opt._graph_key() != key
+    else:                                      # v6 consolidates in place: the same tensors
+        assert opt._graph_key() == key
 
 
 def test_the_phases_read_kept_buffers_and_the_base_its_own_grads(monkeypatch):

@@ -457,10 +457,12 @@ def _fused_before_ops(rule):
 def test_v5_fused_before_reads_the_grads_once_and_detects_in_one_kernel():
     """v5's detector takes its signal from v4's EMA pass (no torch._foreach_norm over the
     grads) and steps in one kernel: v5's fused before phase is a few aten ops more than v4's
-    (42 more when the detector had its own norm and some thirty ops on 0-d tensors)."""
+    (42 more when the detector had its own norm and some thirty ops on 0-d tensors; 8, then 14
+    with the group's freshest detector copy picked on the device: a stack, an argmax, a
+    select)."""
     v4, v5 = _fused_before_ops("v4"), _fused_before_ops("v5")
     assert not any("_foreach_norm" in op for op in v5), v5
-    assert sum(v5.values()) - sum(v4.values()) <= 12, (v4, v5)
+    assert sum(v5.values()) - sum(v4.values()) <= 14, (v4, v5)
 
 
 # -- CPU: cache-blocked foreach ---------------------------------------------------------------

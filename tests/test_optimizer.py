@@ -418,7 +418,10 @@ def test_stability_keeps_fp32_when_params_are_bf16():
 
 
 def test_loading_another_models_state_raises():
-    swgl = SWGL(_model().parameters())
+    model = _model()
+    swgl = SWGL(model.parameters())
+    model(torch.randn(4, 6)).sum().backward()
+    swgl.step()   # state to save: torch saves none before a param's first step
     other = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 3))
     message = re.escape("has shape (8, 6)") + ".*another model"
     with pytest.raises(ValueError, match=message):
@@ -503,6 +506,7 @@ def test_non_finite_grads_leave_state_and_grads_untouched():
     model = _model()
     swgl = SWGL(model.parameters())
     _loss(model, _batches(1)[0]).backward()
+    swgl.step()   # a finite step first: every state entry exists
     model[0].weight.grad[0, 0] = float("inf")
     model[2].bias.grad[0] = float("nan")
     grads = [p.grad.clone() for p in model.parameters()]

@@ -128,9 +128,10 @@ def test_shock_restarts_the_ema_of_a_tensor_whose_signal_jumps():
 
 
 def test_on_task_boundary_resets_swgl_state_only():
+    """Under a rule without a shift detector (v1 to v4) the state restarts."""
     model = _model()
     base = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    opt = SWGL.wrap(base)
+    opt = SWGL.wrap(base, rule="v4")
     _loss(model, _batches(1)[0]).backward()
     opt.step()
     adam = base.state[model[0].weight]["exp_avg"].clone()

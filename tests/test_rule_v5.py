@@ -160,8 +160,8 @@ def test_the_detector_kernel_matches_its_reference():
         n = torch.tensor(n, device=DEVICE)
         flag = None if flag is None else torch.full((1,), flag, device=DEVICE)
         before = det.clone()
-        ref, want = cons._advance(n, ref, flag, kernel=False)
-        got_det, got = cons._advance(n, det, flag, kernel=True)
+        ref, want = cons._advance(n, [ref], flag, kernel=False)
+        got_det, got = cons._advance(n, [det], flag, kernel=True)
         assert got_det is det                        # advanced in place
         torch.testing.assert_close(det, ref, rtol=1e-6, atol=0.0)
         assert bool(got) == bool(want), t

@@ -254,13 +254,27 @@ class SWGLBase(Optimizer):
         see :func:`swgl.stats.shifts`."""
         return detector_shifts(self.param_groups, self.state)
 
+    @torch.no_grad()
     def on_task_boundary(self) -> None:
-        """Forget the stability estimates (as after a full shock), for users who know where one
-        task ends and the next begins. The base optimizer's state is left alone."""
+        """For users who know where one task ends and the next begins. Under a rule with a
+        shift detector (v5, v6, the default): consolidate now, as at a detected shift (the
+        importance learned since the last one is kept, the anchor taken, the pull starts;
+        :attr:`swgl.rules.base.Rule.boundary`). Under the others (v1 to v4): forget the
+        stability estimates, as after a full shock. The base optimizer's state is left alone."""
+        pre = self.option_prefix
         for group in self.param_groups:
-            for p in group["params"]:
-                if "step" in self.state.get(p, {}):
+            rule = group[pre + "rule"]
+            stepped = [p for p in group["params"] if "step" in self.state.get(p, {})]
+            if RULES[rule].boundary is None:
+                for p in stepped:
                     self.state[p].update(self._new_state(p, group))
+            elif stepped:
+                storage = self._storage(group)
+                functional.swgl_boundary(
+                    stepped, [storage.load(self.state[p], p) for p in stepped], rule=rule,
+                    hp=hyper(group, pre), extra_state={
+                        name: [self.state[p][name] for p in stepped]
+                        for name in self._extra_names(group)})
 
     # -- checkpoints ---------------------------------------------------------------------------
 

@@ -9,6 +9,10 @@ from torch import Tensor
 
 __all__ = ["by_position", "check_step", "check_state_dict_layout"]
 
+#: where each API keeps its rule in a param group: SWGL, and the wrapper (prefixed, beside the
+#: base optimizer's own options)
+_RULE_KEYS = {"": "rule", "swgl_": "swgl_rule"}
+
 
 def by_position(state: dict[Any, Any], saved_groups: list[dict[str, Any]]) -> dict[Any, Any]:
     """Key ``state`` by position in ``param_groups``, as torch matches saved params to ours.
@@ -48,6 +52,21 @@ def check_state_dict_layout(state_dict: Any, groups: list[dict[str, Any]]) -> No
             )
     if not isinstance(state_dict["state"], dict):
         raise ValueError("state_dict['state'] must be a dict")
+
+
+def check_api(state_dict: dict[str, Any], prefix: str) -> None:
+    """Refuse a checkpoint of the other SWGL API (after :func:`check_state_dict_layout`):
+    ``SWGL(...)``'s groups hold its options unprefixed, ``SWGL.wrap(...)``'s as ``swgl_*``
+    beside the base optimizer's. Loaded into the other class, its tensors would be taken for
+    the base's (or the options missed) and the run would fail steps later."""
+    other = next(p for p in _RULE_KEYS if p != prefix)
+    if any(_RULE_KEYS[other] in g and _RULE_KEYS[prefix] not in g
+           for g in state_dict["param_groups"]):
+        saved, here = ("SWGL.wrap(base)", "SWGL(params)") if other else (
+            "SWGL(params)", "SWGL.wrap(base)")
+        raise ValueError(
+            f"this state_dict was saved by {saved}, not by {here}: load it into the same API "
+            "(the two keep their options and state under different keys)")
 
 
 # -- mode="update": the base optimizer's update, rescaled ----------------------------------

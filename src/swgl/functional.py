@@ -25,7 +25,8 @@ from swgl.options import MODES, SIGNALS
 from swgl.rules import RULES, Context, Hyper, Variants
 from swgl.rules.base import add_one_
 
-__all__ = ["swgl", "swgl_after", "all_finite", "found_nonfinite", "Outcome", "MODES", "SIGNALS"]
+__all__ = ["swgl", "swgl_after", "swgl_boundary", "all_finite", "found_nonfinite", "Outcome",
+           "MODES", "SIGNALS"]
 
 
 
@@ -227,6 +228,37 @@ def swgl_after(
         impl(_pick_at(local, idx), None if snapshots is None else _pick_at(snapshots, idx),
              {name: _pick_at(ts, idx) for name, ts in state.items()}, _pick_at(steps, idx),
              _pick_at(aux, idx), hp, ctx)
+
+
+def swgl_boundary(
+    params: list[Tensor],
+    stabilities: list[Tensor],
+    *,
+    rule: str,
+    hp: Hyper,
+    extra_state: dict[str, list[Tensor]] | None = None,
+) -> None:
+    """What a task boundary the user names does to a rule's state (``on_task_boundary()``),
+    for a rule that defines it (:attr:`swgl.rules.base.Rule.boundary`: v5 and v6 consolidate
+    as at a detected shift); on DTensor shards, with the same sums over shards as the
+    phases'."""
+    check_choice("rule", rule, RULES)
+    boundary = RULES[rule].boundary
+    if boundary is None:
+        raise ValueError(f"rule {rule!r} defines no task boundary (its state restarts instead)")
+    if not params:
+        return
+    hp = RULES[rule].hyper(hp)
+    state = {"stability": stabilities, **(extra_state or {})}
+    dtensor = _dtensor_type()
+    if dtensor is None or not any(isinstance(p, dtensor) for p in params):
+        boundary(params, state, hp, Context())
+        return
+    local = [_local(t) for t in params]
+    state = {name: [_local(t) for t in ts] for name, ts in state.items()}
+    for idx, ctx in _bucket_contexts(params, 1.0):
+        boundary(_pick_at(local, idx), {name: _pick_at(ts, idx) for name, ts in state.items()},
+                 hp, ctx)
 
 
 def _pick_at(xs: list, idx: list[int]) -> list:

@@ -16,10 +16,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl.base import Pending, SWGLBase, check_cuda_graphs, check_params, run_closure, snapshot
-from swgl.checkpoint import by_position, check_state_dict_layout
+from swgl.checkpoint import by_position, check_api, check_state_dict_layout
 from swgl.companion import Hooks, find_owners
 from swgl.options import check_options
-from swgl.rules import DEFAULT_RULE
+from swgl.rules import DEFAULT_RULE, RULES
 from swgl.wrapper import SWGLWrapper, wrap
 
 __all__ = ["SWGL"]
@@ -136,10 +136,24 @@ class SWGL(SWGLBase):
         self._hooks = Hooks()
         self._owned: set[int] = set()
         self._kept_snapshots: dict[Any, tuple] = {}  # CPU: see base.snapshot
+        self._initial_stability()
+
+    def _initial_stability(self) -> None:
+        """The stability exists from the start, as the seed's monitoring loop reads it; the
+        rest (the step counter, an anchor taken from the weights) at a param's first step, as
+        the wrapper and swgl.optim make it: weights loaded after building SWGL count."""
         for group in self.param_groups:
+            rule = RULES[group["rule"]]
             for p in group["params"]:
-                if p.requires_grad:
-                    self.state[p].update(self._new_state(p, group))
+                if p.requires_grad and not self.state.get(p):
+                    self.state[p].update(self._storage(group).init(p, rule.init_value))
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's ``state_dict``, without the initial stability of the params not stepped yet
+        (as torch saves no state before a param's first step)."""
+        out = super().state_dict()
+        out["state"] = {i: entry for i, entry in out["state"].items() if "step" in entry}
+        return out
 
     @staticmethod
     def wrap(base: Optimizer, **options: Any) -> SWGLWrapper:
@@ -258,12 +272,14 @@ class SWGL(SWGLBase):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a ``state_dict()``; stability keeps its saved dtype (torch would cast it)."""
         check_state_dict_layout(state_dict, self.param_groups)
+        check_api(state_dict, "")
         merged = self._saved_groups(state_dict)
         saved = by_position(state_dict["state"], state_dict["param_groups"])
         self._check_swgl_state(saved, merged)
         for group, options in zip(self.param_groups, merged):
             group.update({k: v for k, v in options.items() if k != "params"})
         self._install_swgl_state(saved)
+        self._initial_stability()
         self._fresh = False
 
 

@@ -60,7 +60,7 @@ from swgl.base import (
     run_closure,
     snapshot,
 )
-from swgl.checkpoint import by_position, check_state_dict_layout
+from swgl.checkpoint import by_position, check_api, check_state_dict_layout
 from swgl.optim import TORCH_BASES
 from swgl.optim._base import FusedGroup, TorchBase, set_lrs, triton_plan, triton_step
 from swgl.options import MATH_OPTIONS, check_options, hyper
@@ -166,6 +166,13 @@ class SWGLWrapper(SWGLBase):
         self._lr_live = False
         #: the base's state as last seen: its own load_state_dict replaces it (new tensors)
         self._base_state_seen = base_opt.state
+        # The options an earlier wrapper of this base filled into the shared groups were its
+        # defaults, not the user's: this wrapper's apply instead (a re-run notebook cell).
+        filled = _filled(base_opt)
+        for group in base_opt.param_groups:
+            for key in filled.pop(id(group), ()):
+                group.pop(key, None)
+            filled[id(group)] = {key for key in defaults if key not in group}
         # With the base's defaults: OneCycleLR and CyclicLR look for momentum/betas there.
         super().__init__(base_opt.param_groups, {**base_opt.defaults, **defaults})
         self._sharing_groups = True
@@ -194,10 +201,27 @@ class SWGLWrapper(SWGLBase):
             )
 
     def _check_group(self, group: dict[str, Any], defaults: dict[str, Any]) -> None:
+        filled = _filled(self.base).setdefault(id(group), set())
         for key, value in defaults.items():
-            group.setdefault(key, value)
+            if key not in group:
+                group[key] = value
+                if key.startswith(PREFIX):
+                    filled.add(key)
         check_options(group, PREFIX)
         check_params(group)
+
+    def _follow_base_groups(self) -> None:
+        """Keep sharing the base's groups when they were changed on the base itself: its own
+        ``load_state_dict`` makes new group dicts (a scheduler stepping the wrapper's old ones
+        would no longer reach the base), its own ``add_param_group`` adds one without SWGL's
+        options (they get this wrapper's defaults, as :meth:`add_param_group` gives them)."""
+        if self.param_groups is not self.base.param_groups:
+            self.param_groups = self.base.param_groups
+            self._state_version += 1
+        for index, group in enumerate(self.param_groups):
+            if PREFIX + "rule" not in group:
+                self._check_bare(group, index)
+                self._check_group(group, self.defaults)
 
     def _on_fresh_state(self, p: Tensor) -> None:
         if not self._warned_fresh and self.base.state.get(p):
@@ -213,6 +237,7 @@ class SWGLWrapper(SWGLBase):
         """Run ``closure`` (forward and backward), modulate the grads, then step the base; or,
         where every condition holds, the fused step on the base's state (module docstring)."""
         loss = run_closure(closure)
+        self._follow_base_groups()
         if self.base.state is not self._base_state_seen:   # replaced: no graph may replay
             self._base_state_seen = self.base.state         # onto the old state's tensors
             self._state_version += 1
@@ -420,6 +445,7 @@ class SWGLWrapper(SWGLBase):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a ``state_dict()``: the base gets its keys, SWGL its ``swgl_*`` keys."""
         check_state_dict_layout(state_dict, self.param_groups)
+        check_api(state_dict, PREFIX)
         base_state: dict[int, dict[str, Any]] = {}
         swgl_state: dict[int, dict[str, Any]] = {}
         for index, entry in state_dict["state"].items():
@@ -454,6 +480,12 @@ class SWGLWrapper(SWGLBase):
 
     def __repr__(self) -> str:
         return f"SWGLWrapper(base={self.base!r})"
+
+
+def _filled(base: Optimizer) -> dict[int, set[str]]:
+    """Per group of ``base`` (by id), the SWGL options a wrapper filled in from its defaults
+    (kept on the base, which outlives a wrapper)."""
+    return base.__dict__.setdefault("_swgl_filled", {})
 
 
 def wrap(base: Optimizer, **options: Any) -> SWGLWrapper:

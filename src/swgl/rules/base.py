@@ -180,6 +180,10 @@ class Rule:
     #: on CUDA the phases make no host sync and keep no host state between steps, so they may
     #: run as CUDA graphs (:mod:`swgl.graphs`)
     graphable: bool = False
+    #: ``(params, state, hp, ctx) -> None``: what a task boundary the user names does
+    #: (``on_task_boundary()``; v5, v6: consolidate now, as at a detected shift); None: the
+    #: state restarts from its initial values
+    boundary: Callable[..., None] | None = field(default=None, compare=False)
 
     @property
     def init_value(self) -> float:

@@ -64,8 +64,8 @@ from torch import Tensor
 from swgl.rules.base import Context, Hyper, Rule, Variants, add_one_, cpu_scalar
 from swgl.rules.importance import V4
 
-__all__ = ["V5", "around_fused_step", "STRENGTH", "HORIZON", "DECAY", "SHIFT_RATIO",
-           "REFRACTORY", "WARMUP", "B_FAST", "B_SLOW"]
+__all__ = ["V5", "around_fused_step", "freshest", "mark_shift", "STRENGTH", "HORIZON", "DECAY",
+           "SHIFT_RATIO", "REFRACTORY", "WARMUP", "B_FAST", "B_SLOW"]
 
 #: the default of ``consolidation``: the pull's strength per unit of consolidated importance
 STRENGTH = 0.03
@@ -118,34 +118,68 @@ def _detect(n: Tensor, det: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack([t, f, q, torch.where(shift, t, det[3])]), shift
 
 
-def _detect_on_host(n: Tensor, det: Tensor) -> tuple[Tensor, Tensor]:
+def _detect_on_host(n: Tensor, dets: list[Tensor]) -> tuple[Tensor, Tensor]:
     """:func:`_detect` on the host, for the CPU (two reads, no sync there; its fifteen 0-d
-    ops took 0.24 ms a step, a tenth of a small model's): the same step in float64, the new
-    values then stored in ``det``'s fp32."""
-    t, f, q, t_last = det.tolist()
+    ops took 0.24 ms a step, a tenth of a small model's), from the freshest copy of ``dets``
+    (:func:`freshest`): the same step in float64, the new values then stored in fp32."""
+    t, f, q, t_last = max(torch.stack(dets).tolist()) if len(dets) > 1 else dets[0].tolist()
     t, f, q, shift = _step(float(n), t, f, q, t_last)
     return torch.tensor([t, f, q, t if shift else t_last]), torch.tensor(shift)
 
 
-def _advance(n: Tensor, det: Tensor, found: Tensor | None, kernel: bool) -> tuple[Tensor, Tensor]:
-    """``(new detector, shift)`` for this step, both left as they were (``det``, no shift)
-    where the skip flag ``found`` is set: one Triton launch (``kernel``: it advances ``det``
-    in place and returns it; the shift is a 0-d fp32 flag), :func:`_detect`'s torch ops, or
-    on the CPU, unmasked, :func:`_detect_on_host`."""
+def freshest(dets: list[Tensor]) -> Tensor:
+    """The group's detector among its params' copies ``dets``: the one with the most steps.
+    A step writes the new detector into the copies of the params it gathered (those with a
+    grad), so a param that missed steps (frozen for a while, unused) holds an older copy,
+    which must not set the group's steps and last shift back. On the device: no host read."""
+    if len(dets) == 1:
+        return dets[0]
+    rows = torch.stack(dets)
+    # index_select: a 0-d index tensor would be read on the host (a sync on CUDA)
+    return rows.index_select(0, rows[:, 0].argmax().reshape(1))[0]
+
+
+def _advance(n: Tensor, dets: list[Tensor], found: Tensor | None,
+             kernel: bool) -> tuple[Tensor, Tensor]:
+    """``(new detector, shift)`` for this step from the group's copies ``dets``
+    (:func:`freshest`), both left as they were (the freshest copy, no shift) where the skip
+    flag ``found`` is set: one Triton launch (``kernel``: it advances the freshest copy, or
+    ``dets[0]`` when it is the only one, in place and returns it; the shift is a 0-d fp32
+    flag), :func:`_detect`'s torch ops, or on the CPU, unmasked, :func:`_detect_on_host`."""
+    if found is None and dets[0].device.type == "cpu" and not kernel:   # the CPU's unmasked step
+        return _detect_on_host(n, dets)
+    det = freshest(dets)
     if kernel:
         from swgl.kernels import triton_consolidation as tc  # imports Triton
 
         shift = tc.detect(n, det, found, b_fast=B_FAST, b_slow=B_SLOW, ratio=SHIFT_RATIO,
                           refractory=REFRACTORY, warmup=WARMUP)
         return det, shift
-    if found is None and det.device.type == "cpu":   # the CPU's unmasked step
-        return _detect_on_host(n, det)
     new, shift = _detect(n, det)
     if found is not None:
         ok = Context(found=found).ok(det.device)
         shift = shift & ok
         new = torch.where(ok, new, det)
     return new, shift
+
+
+def mark_shift(dets: list[Tensor]) -> Tensor:
+    """Record a shift now in every copy of the group's detector (its last shift = its steps,
+    from the freshest copy), for a boundary the user names: the pull starts and the refractory
+    period runs as after a detected shift. Returns the 0-d True flag the consolidation reads."""
+    new = freshest(dets).clone()
+    new[3] = new[0]
+    torch._foreach_copy_(dets, [new] * len(dets))
+    return torch.ones((), dtype=torch.bool, device=new.device)
+
+
+def _boundary(params, state, hp: Hyper, ctx: Context) -> None:
+    """A task boundary the user names: the consolidation of a shift now (``F = DECAY F +
+    s / (m + eps^2)``, ``mu = w``), and the detector told (:func:`mark_shift`)."""
+    shift = mark_shift(state["detector"])
+    inv_m = _inv_mean(None, params, state["stability"],
+                      dataclasses.replace(hp, lambda_reg=0.0), ctx)   # m from s itself
+    _consolidate(params, state, shift, inv_m, "foreach")
 
 
 def _kernel_tables(params, state, names=("consolidated", "stability", "anchor"),
@@ -307,7 +341,7 @@ def _before(v4_before, variant: str, consolidate=_consolidate_fisher):
         # flag is known too (a fused v4 sets it in its own passes).
         g2: list[Tensor] = []
         aux = v4_before(params, grads, state, steps, hp, dataclasses.replace(ctx, g2_sum=g2))
-        new, shift = _advance(g2[0], det[0], ctx.found, _on_kernels(params, variant))
+        new, shift = _advance(g2[0], det, ctx.found, _on_kernels(params, variant))
         consolidate(params, state, shift, aux, hp, ctx, variant)
         torch._foreach_copy_(det, [new] * len(det))
         return aux
@@ -343,7 +377,7 @@ def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
     new ``s``, as ``before`` reads it); the pull."""
     det = state["detector"]
     ctx = Context(found=found)
-    new, shift = _advance(n, det[0], found, kernel=True)
+    new, shift = _advance(n, det, found, kernel=True)
     ok = ctx.ok(new.device)
     # the launch tables, looked up once for the three passes
     plan = _kernel_tables(params, state) if _on_kernels(params, "fused") else None
@@ -376,4 +410,5 @@ V5 = Rule(
     around_fused_step=around_fused_step,
     host_guard=V4.host_guard,   # its foreach before is v4's
     graphable=True,
+    boundary=_boundary,
 )

@@ -280,6 +280,13 @@ def _consolidate_si(params, state, shift: Tensor, aux, hp: Hyper, ctx: Context,
     _consolidate(params, state, shift, variant, ctx)
 
 
+def _boundary(params, state, hp: Hyper, ctx: Context) -> None:
+    """A task boundary the user names: v6's consolidation now, as at a detected shift
+    (``F += Om / mean(Om)``, ``path = 0``, ``mu = w``), and the detector told
+    (:func:`swgl.rules.consolidation.mark_shift`)."""
+    _consolidate(params, state, v5.mark_shift(state["detector"]), "foreach", ctx)
+
+
 def _before(v4_before, variant: str):
     """v5's ``before`` with v6's consolidation; ``aux`` also carries the step's loss scale and
     skip flag, which the after phase's path needs (the caller's ``after`` context has
@@ -326,7 +333,7 @@ def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
     launch tables (:func:`_snapshots`). Folding the path into v4's apply pass, which holds
     ``w_before`` and ``g`` in registers, would save the copy and the path's pass."""
     det = state["detector"]
-    new, shift = v5._advance(n, det[0], found, kernel=True)
+    new, shift = v5._advance(n, det, found, kernel=True)
     _consolidate(params, state, shift, "fused", Context())
     torch._foreach_copy_(det, [new] * len(det))
     start = _snapshots(params)
@@ -357,4 +364,5 @@ V6 = Rule(
     around_fused_step=around_fused_step,
     host_guard=V4.host_guard,   # its foreach before is v4's
     graphable=True,
+    boundary=_boundary,
 )

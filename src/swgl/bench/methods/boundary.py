@@ -25,5 +25,6 @@ class BoundaryAware(Method):
 
 
 SPECS = tuple(MethodSpec(f"swgl-boundary-{opt}", BoundaryAware, opt, swgl={}, tune=STRENGTH,
-                         description=f"SWGL wrapping {opt}, reset at every task boundary")
+                         description=f"SWGL wrapping {opt}, told every task boundary "
+                         "(v5, v6: a consolidation; v1 to v4: a reset)")
               for opt in ("sgd", "adamw"))
