@@ -111,6 +111,6 @@ def test_swgl_tunes_the_strength_of_its_rule():
     around each one's default; the damping's under v4."""
     from swgl.bench.methods.swgl import DAMPING, STRENGTH
 
-    assert STRENGTH({}) == {"swgl.consolidation": (1e-4, 3e-4, 9e-4)}
-    assert STRENGTH({"rule": "v5"}) == {"swgl.consolidation": (0.01, 0.03, 0.09)}
+    assert STRENGTH({}) == {"swgl.consolidation": (3e-5, 3e-4, 3e-3)}
+    assert STRENGTH({"rule": "v5"}) == {"swgl.consolidation": (0.003, 0.03, 0.3)}
     assert STRENGTH({"rule": "v4"}) == DAMPING

@@ -22,14 +22,14 @@ DAMPING = {"swgl.lambda_reg": (1.0, 3.0, 10.0)}
 def STRENGTH(options) -> dict[str, tuple[float, ...]]:  # noqa: N802 (a spec's ``tune``)
     """SWGL's strength for ``--tune`` under the spec's rule (``options``: its SWGL options):
     where the rule pulls toward the weights at a shift (v5, v6, the default), the pull's
-    ``consolidation``, a third, once and three times its default (v6: 1e-4, 3e-4, 9e-4; its
-    damping is off by default, and turning it on costs the gain with Adam, docs/results.md);
-    else :data:`DAMPING`."""
+    ``consolidation`` at a tenth, once and ten times its default (v6: 3e-5, 3e-4, 3e-3: two
+    decades, as the peers' grids span; its damping is off by default, and turning it on costs
+    the gain with Adam, docs/results.md); else :data:`DAMPING`."""
     rule = RULES[options.get("rule", DEFAULT_RULE)]
     if "consolidation" not in rule.options:
         return DAMPING
     default = dict(rule.defaults)["consolidation"]
-    return {"swgl.consolidation": tuple(float(f"{default * k:.3g}") for k in (1 / 3, 1, 3))}
+    return {"swgl.consolidation": tuple(float(f"{default * k:.3g}") for k in (0.1, 1, 10))}
 
 SPECS = (
     *(MethodSpec(f"swgl-{opt}", Method, opt, swgl={}, description=f"SWGL wrapping {opt}",
