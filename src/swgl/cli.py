@@ -335,6 +335,8 @@ def _cmd_bench(args) -> int:
     from swgl.bench import report, runner, tuning
 
     torch.set_num_threads(args.threads)
+    if args.device is not None:   # before the progress bar: a cell would fail on it later
+        runner.device_of(args.device)
     from swgl.bench.config import DEFAULT_METHODS
     from swgl.bench.text import cli as text_cli
 

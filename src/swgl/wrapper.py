@@ -210,14 +210,22 @@ class SWGLWrapper(SWGLBase):
         check_options(group, PREFIX)
         check_params(group)
 
+    def _share_base_groups(self) -> None:
+        """Point at the base's (new) groups; the records of the groups gone go with them (a
+        new group dict may take a dead one's id)."""
+        self.param_groups = self.base.param_groups
+        self._state_version += 1
+        filled, live = _filled(self.base), {id(group) for group in self.param_groups}
+        for key in [key for key in filled if key not in live]:
+            del filled[key]
+
     def _follow_base_groups(self) -> None:
         """Keep sharing the base's groups when they were changed on the base itself: its own
         ``load_state_dict`` makes new group dicts (a scheduler stepping the wrapper's old ones
         would no longer reach the base), its own ``add_param_group`` adds one without SWGL's
         options (they get this wrapper's defaults, as :meth:`add_param_group` gives them)."""
         if self.param_groups is not self.base.param_groups:
-            self.param_groups = self.base.param_groups
-            self._state_version += 1
+            self._share_base_groups()
         for index, group in enumerate(self.param_groups):
             if PREFIX + "rule" not in group:
                 self._check_bare(group, index)
@@ -469,7 +477,7 @@ class SWGLWrapper(SWGLBase):
             )
             self._warned_fresh = True
         self.base.load_state_dict({"state": base_state, "param_groups": state_dict["param_groups"]})
-        self.param_groups = self.base.param_groups
+        self._share_base_groups()
         # torch's groups are the checkpoint's: a plain torch optimizer's has no SWGL options,
         # which then stay the wrapper's
         for group, merged in zip(self.param_groups, saved_groups):

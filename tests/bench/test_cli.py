@@ -134,6 +134,7 @@ COUNTS = ["--seeds", "--epochs", "--steps-per-task", "--batch-size", "--evals-pe
     (["--workers", "0"], "argument --jobs/--workers: --jobs must be >= 1, got 0"),
     (["--seeds", "two"], "argument --seeds: --seeds must be an int, got 'two'"),
     (["--first-seed", "-1"], "argument --first-seed: --first-seed must be >= 0, got -1"),
+    (["--steps-per-domain", "0"], "--steps-per-domain must be >= 1, got 0"),
 ])
 def test_bad_counts_are_refused_by_the_parser(argv, message, capsys):
     # refused while parsing, before any data is loaded or the progress bar starts
@@ -141,6 +142,15 @@ def test_bad_counts_are_refused_by_the_parser(argv, message, capsys):
         cli.build_parser().parse_args(["bench", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU's answer")
+def test_a_missing_cuda_device_is_refused_before_any_cell(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", *TINY, "--device", "cuda", "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())   # no run folder, no cell
 
 
 def test_zero_is_a_valid_first_seed():

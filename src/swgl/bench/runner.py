@@ -33,7 +33,7 @@ from swgl.bench.provenance import code_identity
 from swgl.bench.results import Results, atomic_write_text, compute_cells, summarize
 from swgl.bench.scenarios import Scenario, ScenarioOptions, build_scenario
 
-__all__ = ["Results", "run", "run_cell", "grid", "summarize", "atomic_write_text"]
+__all__ = ["Results", "run", "run_cell", "grid", "summarize", "atomic_write_text", "device_of"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def _cell_name(scenario: str, method: str, seed: int) -> str:
 # -- one cell ------------------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
+def device_of(name: str) -> torch.device:
+    """``name`` as a torch device; ValueError for CUDA where there is none (the CLI checks it
+    before any cell runs)."""
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} but torch.cuda.is_available() is False")
@@ -275,7 +277,7 @@ def _scenario(cfg: BenchConfig, name: str, seed: int) -> Scenario:
 def run_cell(cfg: BenchConfig, scenario: str, method_name: str, seed: int) -> dict[str, Any]:
     """Train and evaluate one method on one scenario with one seed; return its record."""
     cfg = cfg.resolved()
-    device = _device(cfg.device)
+    device = device_of(cfg.device)
     scen = _scenario(cfg, scenario, seed)
     torch.manual_seed(seed)
     model = build_model(cfg.model, tuple(scen.x_train.shape[1:]), scen.n_outputs, cfg.hidden)

@@ -23,6 +23,18 @@ IMAGE_ONLY = ("dataset", "n_tasks", "steps_per_task", "train_per_task", "test_pe
               "epochs", "batch_size", "evals_per_task")
 
 
+def _steps(text: str) -> int:
+    # an argparse type: a bad count exits with code 2 before any work starts
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--steps-per-domain must be an int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--steps-per-domain must be >= 1, got {value}")
+    return value
+
+
 def _floats(text: str) -> tuple[float, ...]:
     if text.strip().lower() == "none":
         return ()
@@ -44,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "cores), gpu (~25M params, bf16)")
     g.add_argument("--text-domains", default=",".join(DOMAINS), metavar="LIST",
                    help=f"domains in training order (default: {','.join(DOMAINS)})")
-    g.add_argument("--steps-per-domain", type=int, default=None,
+    g.add_argument("--steps-per-domain", type=_steps, default=None,
                    help="training steps per domain (default: per --text-size)")
     g.add_argument("--lr-grid", type=_floats, default=None, metavar="LIST",
                    help="AdamW-family learning rates to tune over, or 'none' (default: per "
