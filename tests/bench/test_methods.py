@@ -107,10 +107,13 @@ def test_state_bytes_count_extra_state(tiny):
 
 
 def test_swgl_tunes_the_strength_of_its_rule():
-    """``--tune``'s SWGL strength follows the rule: the pull's under v6 (the default) and v5,
-    around each one's default; the damping's under v4."""
-    from swgl.bench.methods.swgl import DAMPING, STRENGTH
+    """``--tune``'s SWGL strength follows the rule, around each one's default: the pull's
+    under v6 (the default) and v5 (two decades), the damping's under v4 and the seed's rules
+    (v4's scale, 1 to 10, trained the seed's rules at chance)."""
+    from swgl.bench.methods.swgl import STRENGTH
 
     assert STRENGTH({}) == {"swgl.consolidation": (3e-5, 3e-4, 3e-3)}
     assert STRENGTH({"rule": "v5"}) == {"swgl.consolidation": (0.003, 0.03, 0.3)}
-    assert STRENGTH({"rule": "v4"}) == DAMPING
+    assert STRENGTH({"rule": "v4"}) == {"swgl.lambda_reg": (1.0, 3.0, 10.0)}
+    for rule in ("v1", "v2", "v3"):
+        assert STRENGTH({"rule": rule}) == {"swgl.lambda_reg": (0.00333, 0.01, 0.0333)}

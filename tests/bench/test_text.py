@@ -283,6 +283,19 @@ def test_cli_runs_the_boundary_free_form(root, tmp_path, capsys):
     assert all(math.isfinite(r["final_loss_mean"]) for r in out["summary"])
 
 
+def test_cli_without_methods_runs_the_text_defaults():
+    # the --help example passes no --methods (argparse leaves it None): it once reached the
+    # config as None and failed
+    from swgl.bench.config import DEFAULT_METHODS as IMAGE_METHODS
+    from swgl.bench.text import cli as text_cli
+    from swgl.bench.text.config import DEFAULT_METHODS
+
+    for argv in ([], ["--methods", ",".join(IMAGE_METHODS)]):
+        args = cli.build_parser().parse_args(["bench", "--scenario", "text-domains", *argv])
+        cfg = text_cli._config(args, IMAGE_METHODS, {}, {})
+        assert cfg.methods == DEFAULT_METHODS
+
+
 def test_cli_refuses_image_flags_and_mixed_scenarios(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--scenario", "text-domains", "--epochs", "3"])

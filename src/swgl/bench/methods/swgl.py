@@ -14,22 +14,23 @@ from swgl.bench.methods.replay import Replay
 
 __all__ = ["SPECS", "STRENGTH", "stability_tensors"]
 
-#: SWGL's strength for ``--tune`` under a rule without a pull (v2 to v4): ``lambda_reg``, how
-#: strongly importance bends a step (3 is v4's measured default)
-DAMPING = {"swgl.lambda_reg": (1.0, 3.0, 10.0)}
-
 
 def STRENGTH(options) -> dict[str, tuple[float, ...]]:  # noqa: N802 (a spec's ``tune``)
     """SWGL's strength for ``--tune`` under the spec's rule (``options``: its SWGL options):
     where the rule pulls toward the weights at a shift (v5, v6, the default), the pull's
     ``consolidation`` at a tenth, once and ten times its default (v6: 3e-5, 3e-4, 3e-3: two
     decades, as the peers' grids span; its damping is off by default, and turning it on costs
-    the gain with Adam, docs/results.md); else :data:`DAMPING`."""
+    the gain with Adam, docs/results.md); else the damping's ``lambda_reg`` at a third, once
+    and ten thirds of the rule's default (v4's 3: 1, 3, 10, as measured; the seed's rules'
+    0.01: 0.0033, 0.01, 0.033; v4's scale is 300 times theirs, where they train at chance)."""
     rule = RULES[options.get("rule", DEFAULT_RULE)]
-    if "consolidation" not in rule.options:
-        return DAMPING
-    default = dict(rule.defaults)["consolidation"]
-    return {"swgl.consolidation": tuple(float(f"{default * k:.3g}") for k in (0.1, 1, 10))}
+    if "consolidation" in rule.options:
+        name, factors = "consolidation", (0.1, 1, 10)
+    else:
+        name, factors = "lambda_reg", (1 / 3, 1, 10 / 3)
+    default = dict(rule.defaults)[name]
+    return {f"swgl.{name}": tuple(float(f"{default * k:.3g}") for k in factors)}
+
 
 SPECS = (
     *(MethodSpec(f"swgl-{opt}", Method, opt, swgl={}, description=f"SWGL wrapping {opt}",

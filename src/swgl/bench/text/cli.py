@@ -84,7 +84,8 @@ def _config(args, default_methods: tuple[str, ...], method_opts: dict[str, dict[
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise ValueError(f"{flags}: image-scenario option(s), not read by the text scenarios")
-    methods = DEFAULT_METHODS if args.methods == default_methods else args.methods
+    # no --methods (None), or the image default given by hand: the text default methods
+    methods = DEFAULT_METHODS if args.methods in (None, default_methods) else args.methods
     return TextConfig(
         scenarios=args.scenarios, methods=methods,
         seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
