@@ -31,13 +31,33 @@ def test_lightning_example(tmp_path, capsys):
     assert "swgl/all/mean_scale" in header  # the resumed run logged SWGL stats
 
 
-def test_hf_continual_pretraining_example(tmp_path):
-    pytest.importorskip("transformers")
+def test_hf_continual_pretraining_example(tmp_path, monkeypatch):
+    """One optimizer per run lives across both domains, so SWGL's detector counts on at B."""
+    transformers = pytest.importorskip("transformers")
+    example = _load("hf_continual_pretraining")
+    seen = []  # per phase: the run's optimizer (unwrapped from accelerate's wrapper)
+
+    class Recording(transformers.Trainer):
+        def train(self, *args, **kwargs):
+            out = super().train(*args, **kwargs)
+            seen.append(getattr(self.optimizer, "optimizer", self.optimizer))
+            return out
+
+    monkeypatch.setattr(example, "Trainer", Recording)
+    steps = 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = _load("hf_continual_pretraining").main(
-            ["--steps", "2", "--width", "16", "--train-seqs", "32", "--out", str(tmp_path)])
+        results = example.main(
+            ["--steps", str(steps), "--width", "16", "--train-seqs", "32", "--out", str(tmp_path)])
     for run in ("adamw", "swgl+adamw"):
         assert set(results[run]) == {"after A", "after B"}
         assert all(results[run]["after B"][d] > 0 for d in ("A", "B"))
-    assert results["swgl+adamw"]["after B"]["swgl"]["mean_scale"] > 0
+    swgl = results["swgl+adamw"]
+    assert swgl["after B"]["swgl"]["mean_scale"] > 0
+    # phases A and B of each run (adamw, then swgl+adamw) share one optimizer object
+    assert len(seen) == 4
+    assert seen[0] is seen[1] and seen[2] is seen[3] and seen[0] is not seen[2]
+    assert seen[3].shifts() == swgl["after B"]["swgl"]["shifts"]
+    # the detector's step count continues through the switch instead of restarting at 0
+    assert [s["steps"] for s in swgl["after A"]["swgl"]["shifts"]] == [steps]
+    assert [s["steps"] for s in swgl["after B"]["swgl"]["shifts"]] == [2 * steps]

@@ -30,6 +30,35 @@ def test_bench_json(tmp_path, capsys):
     assert (tmp_path / out["run_id"] / "results.csv").is_file()
 
 
+def test_run_files_are_readable_and_their_columns_unique(tmp_path, capsys):
+    import csv
+    import os
+
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["bench", *TINY, "--out-dir", str(tmp_path), "--no-plots"]) == 0
+    finally:
+        os.umask(old)
+    (run_dir,) = tmp_path.iterdir()
+    for name in ("results.json", "results.csv", "cells.csv"):
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o644, name   # mkstemp's is 0600
+    with open(run_dir / "cells.csv") as f:
+        header = next(csv.reader(f))
+    assert len(header) == len(set(header)), header
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--variant", "swgl-sgd=naive-sgd:lr=0.01"], "has the name of a registered method"),
+    (["--tune", "--tune-grid", "swgl-sdg=none"], "['swgl-sdg'], not among the run's methods"),
+])
+def test_a_name_that_would_be_ignored_or_replaced_is_refused(argv, match, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", *TINY, "--out-dir", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    assert match in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_bench_table_and_plot_command(tmp_path, capsys):
     assert cli.main(["bench", *TINY, "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -79,6 +108,17 @@ def test_tune_is_one_command_with_a_table_and_a_frontier(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["tune_dir"] == str(tune_dir)
     assert {r["method"] for r in out["rows"]} == {"naive-sgd", "swgl-sgd"}
+
+
+def test_plot_of_a_tune_folder_says_where_its_plots_come_from(tmp_path, capsys):
+    assert cli.main([*TUNE, "--out-dir", str(tmp_path), "--no-plots"]) == 0
+    (tune_dir,) = tmp_path.glob("tune-digits-*")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["plot", str(tune_dir)])
+    assert exc.value.code == 2
+    assert "it is a --tune folder" in capsys.readouterr().err
+    assert cli.main([*TUNE, "--out-dir", str(tmp_path), "--resume"]) == 0   # as it says
+    assert (tune_dir / "frontier_permuted.png").is_file()
 
 
 def test_bench_without_scenario_runs_the_presets_scenarios(tmp_path, capsys):

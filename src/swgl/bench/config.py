@@ -79,6 +79,10 @@ class BenchConfig:
         for name in ("batch_size", "stream_steps", "stream_batch", "consolidate_every",
                      "evals_per_task"):
             _int(name, getattr(self, name), 1)
+        for name in self.variants:
+            if name in METHODS:   # the registered method would be replaced under its own name
+                raise ValueError(f"variant {name!r} has the name of a registered method; "
+                                 "give it another name")
         for name in self.method_opts:
             if name not in self.methods:
                 raise ValueError(f"method_opts names {name!r}, which is not in methods "

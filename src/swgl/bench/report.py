@@ -58,7 +58,7 @@ def write_all(results: Results, plots: bool = True) -> None:
     flat = [{"scenario": c["scenario"], "method": c["method"], "seed": c["seed"],
              **c["metrics"]} for c in results.cells]
     atomic_write_text(d / "cells.csv",
-                      _csv(flat, ["scenario", "method", "seed", *SUMMARY_METRICS, "fwt"]))
+                      _csv(flat, ["scenario", "method", "seed", *SUMMARY_METRICS]))
     if plots:
         write_plots(results_dict(results), d)
 
@@ -70,7 +70,10 @@ def load_results(run: str | Path, runs_dir: str | Path = "runs") -> dict[str, An
         path = Path(runs_dir) / str(run)
     file = path / "results.json"
     if not file.is_file():
-        raise FileNotFoundError(f"run={str(run)!r}: no results.json in {path}")
+        hint = ("; it is a --tune folder: `swgl bench` draws its frontier plots there (rerun "
+                "the same command with --resume, without --no-plots)"
+                if (path / "tuned.json").is_file() else "")
+        raise FileNotFoundError(f"run={str(run)!r}: no results.json in {path}{hint}")
     try:
         results = json.loads(file.read_text())
     except ValueError as exc:  # bad JSON, or bytes that are not UTF-8

@@ -116,6 +116,10 @@ def _strength_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 def method_grids(cfg: BenchConfig, methods: Sequence[str],
                  opts: TuneOptions) -> dict[str, list[dict[str, Any]]]:
     """Each method's grid points (``{"lr": ..., **strength}``), with an equal budget."""
+    unknown = sorted(set(opts.strength) - set(methods))
+    if unknown:   # a misspelt name would leave its method on the default grid, silently
+        raise ValueError(f"tune strength grids name {unknown}, not among the run's methods "
+                         f"{list(methods)}")
     strengths = {}
     for m in methods:
         spec = cfg.method_spec(m)
