@@ -5,9 +5,22 @@ synthetic "domains": each is a Markov chain over the vocabulary with its own spa
 table. The model is pre-trained on domain A, then training continues on domain B, and the
 held-out loss on both domains is reported after each phase: the rise on A is the forgetting,
 the fall on B the adaptation. It runs once with plain AdamW and once with SWGL around the same
-AdamW (``optimizer_cls_and_kwargs``), logging SWGL's statistics through ``trainer.log``::
+AdamW (``SWGL.wrap``), logging SWGL's statistics through ``trainer.log`` and, after each phase,
+what its shift detector has seen (``opt.shifts()``)::
 
     python examples/hf_continual_pretraining.py --steps 200
+
+One optimizer, with one learning-rate schedule, is built per run and handed to the Trainer of
+every phase (``Trainer(..., optimizers=(opt, scheduler))``), as a continual pre-training run
+keeps its optimizer from one domain to the next. That is what lets SWGL act: its shift
+detector, its per-weight importance and its anchor are optimizer state, built on domain A and
+needed at the switch to B. A Trainer left to build its own optimizer (``optimizer_cls_and_kwargs``
+or ``args.optim``) builds a new one in each phase, and SWGL would meet B with no memory of A
+(its detector restarting at step 0). The plain-AdamW run keeps its optimizer too, so the two
+runs differ only in SWGL. The schedule re-warms at each domain: ``--steps // 10`` warm-up steps,
+then a cosine decay to 0 over the phase's ``--steps``. The detector's step count is
+``2 * --steps`` at the end (``"shifts"`` in the output); its ``last_shift`` is the step of its
+last detected shift, 0 before any.
 """
 
 from __future__ import annotations
@@ -20,7 +33,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from swgl.integrations.hf import add_stats_logging, optimizer_cls_and_kwargs
+from swgl import SWGL
+from swgl.integrations.hf import add_stats_logging
 
 VOCAB = 96
 SEQ_LEN = 32
@@ -61,25 +75,43 @@ def held_out_loss(model: GPT2LMHeadModel, ids: torch.Tensor) -> float:
     return loss
 
 
+def rewarmed_cosine(steps: int, warmup: int):
+    """LR factor at scheduler step ``s``: the Trainer's ``"cosine"`` schedule (``warmup`` linear
+    warm-up steps, then a cosine decay to 0), restarting every ``steps`` steps (each phase)."""
+
+    def factor(s: int) -> float:
+        s %= steps
+        if s < warmup:
+            return s / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+
+    return factor
+
+
 def run(use_swgl: bool, domains: dict[str, dict[str, torch.Tensor]], args) -> dict:
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=VOCAB, n_positions=SEQ_LEN, n_embd=args.width, n_layer=2,
                         n_head=4, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config)
+    name = "swgl" if use_swgl else "adamw"
+    targs = TrainingArguments(
+        output_dir=str(args.out / name), max_steps=args.steps, per_device_train_batch_size=16,
+        learning_rate=args.lr, logging_steps=max(1, args.steps // 5), save_strategy="no",
+        report_to=[], disable_tqdm=True, seed=0, use_cpu=not torch.cuda.is_available(),
+    )
+    # Built once, before the first Trainer, and kept across the domains (the docstring says
+    # why). A Trainer given ``optimizers`` expects the params already on its device.
+    model.to(targs.device)
+    base_cls, base_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs)  # args.optim's AdamW
+    opt = base_cls(model.parameters(), **base_kwargs)
+    if use_swgl:
+        opt = SWGL.wrap(opt, alpha=0.99)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        opt, rewarmed_cosine(args.steps, args.steps // 10))
     history = {}
-    for phase in ("A", "B"):  # continual: the same model and a fresh Trainer per phase
-        out = args.out / ("swgl" if use_swgl else "adamw") / phase
-        targs = TrainingArguments(
-            output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=16,
-            learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=args.steps // 10,
-            logging_steps=max(1, args.steps // 5), save_strategy="no", report_to=[],
-            disable_tqdm=True, seed=0, use_cpu=not torch.cuda.is_available(),
-        )
-        extra = {}
-        if use_swgl:
-            extra["optimizer_cls_and_kwargs"] = optimizer_cls_and_kwargs(targs, alpha=0.99)
+    for phase in ("A", "B"):  # continual: the same model and optimizer, a Trainer per domain
         trainer = Trainer(model=model, args=targs, train_dataset=Sequences(domains[phase]["train"]),
-                          **extra)
+                          optimizers=(opt, scheduler))
         if use_swgl:
             add_stats_logging(trainer)
         trainer.train()
@@ -91,6 +123,7 @@ def run(use_swgl: bool, domains: dict[str, dict[str, torch.Tensor]], args) -> di
             history[f"after {phase}"]["swgl"] = {
                 k.split("/")[-1]: round(v, 4) for k, v in last.items() if k.startswith("swgl/all/")
             }
+            history[f"after {phase}"]["swgl"]["shifts"] = opt.shifts()
     return history
 
 
