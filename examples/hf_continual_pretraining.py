@@ -94,7 +94,12 @@ def run(use_swgl: bool, domains: dict[str, dict[str, torch.Tensor]], args) -> di
                         n_head=4, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config)
     name = "swgl" if use_swgl else "adamw"
+    # max_grad_norm=0: no clipping. The Trainer clips at 1.0 by default, and a clipped grad's
+    # norm stays at the cap, so v6's detector (the squared grad norm's fast EMA against its
+    # slow one) never sees the switch: measured here, no shift at the default, one 5 steps
+    # after the switch without clipping (docs/results.md, seventeenth session).
     targs = TrainingArguments(
+        max_grad_norm=0.0,
         output_dir=str(args.out / name), max_steps=args.steps, per_device_train_batch_size=16,
         learning_rate=args.lr, logging_steps=max(1, args.steps // 5), save_strategy="no",
         report_to=[], disable_tqdm=True, seed=0, use_cpu=not torch.cuda.is_available(),
