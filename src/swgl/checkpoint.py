@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["by_position", "check_step", "check_state_dict_layout"]
+__all__ = ["by_position", "check_api", "check_step", "check_state_dict_layout"]
 
 #: where each API keeps its rule in a param group: SWGL, and the wrapper (prefixed, beside the
 #: base optimizer's own options)

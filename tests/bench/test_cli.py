@@ -34,11 +34,15 @@ def test_run_files_are_readable_and_their_columns_unique(tmp_path, capsys):
     import csv
     import os
 
+    from swgl.bench import results
+
     old = os.umask(0o022)
+    results._umask.cache_clear()   # read once per process: read it under this test's
     try:
         assert cli.main(["bench", *TINY, "--out-dir", str(tmp_path), "--no-plots"]) == 0
     finally:
         os.umask(old)
+        results._umask.cache_clear()
     (run_dir,) = tmp_path.iterdir()
     for name in ("results.json", "results.csv", "cells.csv"):
         assert (run_dir / name).stat().st_mode & 0o777 == 0o644, name   # mkstemp's is 0600
