@@ -134,6 +134,17 @@ def test_optimizer_cls_and_kwargs_follows_the_args(tmp_path):
     assert opt.base.defaults["betas"][0] == 0.8
 
 
+def test_optimizer_cls_and_kwargs_warns_that_clipping_hides_shifts(tmp_path):
+    # the Trainer clips at max_grad_norm=1.0 by default: the default rule's detector reads
+    # the clipped norm, which sits at the cap (the HF example found no shift with it)
+    with pytest.warns(UserWarning, match=r"max_grad_norm=1.0 clips the gradients"):
+        optimizer_cls_and_kwargs(_args(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        optimizer_cls_and_kwargs(_args(tmp_path, max_grad_norm=0.0))
+        optimizer_cls_and_kwargs(_args(tmp_path), rule="v4")   # no detector to hide
+
+
 def test_optimizer_cls_and_kwargs_rejects_factories(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "get_optimizer_cls_and_kwargs",
                         staticmethod(lambda args, model=None: (object(), {})))

@@ -11,6 +11,7 @@ Either form works, and resume from a checkpoint restores SWGL's state (the wrapp
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from swgl._validate import check_int
+from swgl.rules import DEFAULT_RULE, RULES
 from swgl.stats import DEFAULT_QUANTILES, layer_stats, to_scalars
 from swgl.wrapper import SWGLWrapper
 
@@ -30,7 +32,18 @@ def optimizer_cls_and_kwargs(
     """``(SWGLWrapper, kwargs)`` wrapping the optimizer the Trainer would build from ``args``.
 
     ``swgl_options`` are :class:`~swgl.SWGLWrapper`'s (``alpha``, ``max_boost``, ``rule``...).
+    Warns when ``args`` clips gradients under a rule with a shift detector (v5, v6, the
+    default): a clipped gradient's norm sits at the cap, so the detector, which reads that
+    norm, misses shifts (measured: none found at a domain switch with the Trainer's default
+    ``max_grad_norm=1.0``, README "Integrations").
     """
+    rule = RULES.get(swgl_options.get("rule", DEFAULT_RULE))
+    if rule is not None and "detector" in dict(rule.state) and (args.max_grad_norm or 0) > 0:
+        warnings.warn(
+            f"args.max_grad_norm={args.max_grad_norm} clips the gradients SWGL's shift detector "
+            f"reads (rule {rule.name!r}): a clipped norm sits at the cap and a shift may go "
+            "unseen; set max_grad_norm=0 (or a larger value), or call "
+            "optimizer.on_task_boundary() where the data changes", UserWarning, stacklevel=2)
     base, base_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     if not (isinstance(base, type) and issubclass(base, torch.optim.Optimizer)):
         raise ValueError(
