@@ -366,7 +366,9 @@ def _cmd_bench(args) -> int:
             title = (f"{cfg.dataset}: tuned on validation ({len(opts.seeds)} seed(s)), "
                      f"test over seeds {list(opts.final_seeds)}, mean ± std")
             _console().print(report.tuned_table(tuned.rows, title))
-            _console().print(f"tuned table, grid and frontier plots: {tuned.tune_dir}")
+            what = ("tuned table and grid" if args.no_plots
+                    else "tuned table, grid and frontier plots")
+            _console().print(f"{what}: {tuned.tune_dir}")
         return 0
 
     results = runner.run(cfg, out_dir=args.out_dir, resume=args.resume, on_cell=on_cell,
@@ -381,8 +383,13 @@ def _cmd_bench(args) -> int:
     else:
         console = _console()
         r = results.config
-        title = (f"{r.dataset}, {r.model} h={r.hidden}, {r.epochs} epochs/task, "
-                 f"seeds {list(r.seeds)}: mean ± std")
+        from swgl.bench.scenarios import SCENARIOS
+
+        streams = all(SCENARIOS[name].streaming for name in r.scenarios)
+        length = (f"{r.stream_steps} steps/segment" if streams else
+                  f"{r.steps_per_task} steps/task" if r.steps_per_task else
+                  f"{r.epochs} epochs/task")
+        title = f"{r.dataset}, {r.model} h={r.hidden}, {length}, seeds {list(r.seeds)}: mean ± std"
         console.print(report.summary_table(results.summary, title))
         console.print(f"results: {results.run_dir}")
     return 0
@@ -430,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         parser.exit(2, f"swgl: error: {exc}\n")
+    except KeyboardInterrupt:   # Ctrl-C: finished cells are kept, no traceback
+        parser.exit(130, "swgl: interrupted; rerun the same command with --resume to go on "
+                         "from the finished cells\n")
 
 
 if __name__ == "__main__":

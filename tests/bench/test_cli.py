@@ -197,6 +197,19 @@ def test_a_missing_cuda_device_is_refused_before_any_cell(tmp_path, capsys):
     assert not any(tmp_path.iterdir())   # no run folder, no cell
 
 
+def test_ctrl_c_exits_with_a_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    from swgl.bench import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "run", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", *TINY, "--out-dir", str(tmp_path)])
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+
+
 def test_zero_is_a_valid_first_seed():
     assert cli.build_parser().parse_args(["bench", "--first-seed", "0"]).first_seed == 0
 
