@@ -54,8 +54,13 @@ def test_run_files_are_readable_and_their_columns_unique(tmp_path, capsys):
 @pytest.mark.parametrize("argv, match", [
     (["--variant", "swgl-sgd=naive-sgd:lr=0.01"], "has the name of a registered method"),
     (["--tune", "--tune-grid", "swgl-sdg=none"], "['swgl-sdg'], not among the run's methods"),
+    pytest.param(["--device", "cuda"], "torch.cuda.is_available() is False",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(),
+                                          reason="checks the CPU's answer")),
 ])
-def test_a_name_that_would_be_ignored_or_replaced_is_refused(argv, match, tmp_path, capsys):
+def test_what_a_run_would_ignore_replace_or_fail_on_is_refused_first(argv, match, tmp_path,
+                                                                     capsys):
+    # before any cell: no run folder is made
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", *TINY, "--out-dir", str(tmp_path), *argv])
     assert exc.value.code == 2
@@ -186,15 +191,6 @@ def test_bad_counts_are_refused_by_the_parser(argv, message, capsys):
         cli.build_parser().parse_args(["bench", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
-
-
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU's answer")
-def test_a_missing_cuda_device_is_refused_before_any_cell(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["bench", *TINY, "--device", "cuda", "--out-dir", str(tmp_path)])
-    assert exc.value.code == 2
-    assert "torch.cuda.is_available() is False" in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())   # no run folder, no cell
 
 
 def test_ctrl_c_exits_with_a_line_not_a_traceback(tmp_path, capsys, monkeypatch):
