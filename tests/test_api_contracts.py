@@ -116,7 +116,6 @@ def test_the_wrapper_follows_groups_changed_on_its_base():
     _loss(model, 0).backward()
     opt.step()   # was a KeyError: the new group had no SWGL options
     assert opt.param_groups[1]["swgl_consolidation"] == 1e-3
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.0)
     fresh = torch.optim.AdamW(model.parameters(), lr=1e-2)
     opt = SWGL.wrap(fresh)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.0)

@@ -222,6 +222,15 @@ class SWGLBase(Optimizer):
         pre = self.option_prefix
         return {name: group.get(pre + name) for name in _PHASE_OPTIONS if name != "storage"}
 
+    def _state_lists(self, group: dict[str, Any], params: list[Tensor]):
+        """``(stabilities, steps, extra)`` of ``params`` (stepped before) as the rules take
+        them: the stabilities as fp32 working tensors of the group's storage."""
+        storage = self._storage(group)
+        return ([storage.load(self.state[p], p) for p in params],
+                [self.state[p]["step"] for p in params],
+                {name: [self.state[p][name] for p in params]
+                 for name in self._extra_names(group)})
+
     @torch.no_grad()
     def _after(self, pending: list[Pending], snapshots: list[list[Tensor] | None]) -> None:
         """The rule's ``after`` phase for each pending group (the base has stepped)."""
@@ -230,11 +239,7 @@ class SWGLBase(Optimizer):
             if entry.state is not None:  # the before phase's lists (fp32: the state itself)
                 stabilities, steps, extra = entry.state
             else:
-                storage = self._storage(entry.group)
-                stabilities = [storage.load(self.state[p], p) for p in entry.params]
-                steps = [self.state[p]["step"] for p in entry.params]
-                extra = {name: [self.state[p][name] for p in entry.params]
-                         for name in self._extra_names(entry.group)}
+                stabilities, steps, extra = self._state_lists(entry.group, entry.params)
             functional.swgl_after(
                 entry.params, snaps, stabilities, steps, entry.aux,
                 rule=entry.group[pre + "rule"], hp=hyper(entry.group, pre),
@@ -269,12 +274,9 @@ class SWGLBase(Optimizer):
                 for p in stepped:
                     self.state[p].update(self._new_state(p, group))
             elif stepped:
-                storage = self._storage(group)
-                functional.swgl_boundary(
-                    stepped, [storage.load(self.state[p], p) for p in stepped], rule=rule,
-                    hp=hyper(group, pre), extra_state={
-                        name: [self.state[p][name] for p in stepped]
-                        for name in self._extra_names(group)})
+                stabilities, _, extra = self._state_lists(group, stepped)
+                functional.swgl_boundary(stepped, stabilities, rule=rule, hp=hyper(group, pre),
+                                         extra_state=extra)
 
     # -- checkpoints ---------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from swgl._validate import int_arg
+
 __all__ = ["main", "parse_options", "parse_value"]
 
 _EPILOG = """\
@@ -103,21 +105,8 @@ def _tune_grid(text: str) -> dict[str, dict[str, tuple[Any, ...]]]:
     return out
 
 
-def _int_at_least(flag: str, low: int):
-    # an argparse type: a bad value exits with code 2 before any work starts
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an int, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= {low}, got {value}")
-        return value
-    return parse
-
-
 def _positive(flag: str):
-    return _int_at_least(flag, 1)
+    return int_arg(flag, 1)
 
 
 def _bench_parser(sub) -> None:
@@ -207,7 +196,7 @@ def _bench_parser(sub) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--seeds", type=_positive("--seeds"), default=3,
                    help="number of seeds (default: 3; with --tune, of the final test table)")
-    t.add_argument("--first-seed", type=_int_at_least("--first-seed", 0), default=0,
+    t.add_argument("--first-seed", type=int_arg("--first-seed", 0), default=0,
                    help="first seed (default: 0)")
     t.add_argument("--model", default=None, choices=sorted(MODELS),
                    help="mlp (2 hidden layers, default) or cnn (2 conv blocks)")

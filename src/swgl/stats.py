@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from swgl.rules import RULES, Hyper, Rule
+from swgl.rules.consolidation import freshest_on_host
 
 __all__ = [
     "DEFAULT_QUANTILES",
@@ -220,7 +221,7 @@ def shifts(param_groups: list[dict[str, Any]], state: Mapping[Tensor, dict[str, 
         if not dets:
             out.append(None)
             continue
-        steps, _, _, last = max(torch.stack(dets).tolist())
+        steps, _, _, last = freshest_on_host(dets)
         out.append({"steps": int(steps), "last_shift": int(last)})
     return out
 

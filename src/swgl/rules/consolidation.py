@@ -64,8 +64,8 @@ from torch import Tensor
 from swgl.rules.base import Context, Hyper, Rule, Variants, add_one_, cpu_scalar
 from swgl.rules.importance import V4
 
-__all__ = ["V5", "around_fused_step", "freshest", "mark_shift", "STRENGTH", "HORIZON", "DECAY",
-           "SHIFT_RATIO", "REFRACTORY", "WARMUP", "B_FAST", "B_SLOW"]
+__all__ = ["V5", "around_fused_step", "freshest", "freshest_on_host", "mark_shift", "STRENGTH",
+           "HORIZON", "DECAY", "SHIFT_RATIO", "REFRACTORY", "WARMUP", "B_FAST", "B_SLOW"]
 
 #: the default of ``consolidation``: the pull's strength per unit of consolidated importance
 STRENGTH = 0.03
@@ -122,7 +122,7 @@ def _detect_on_host(n: Tensor, dets: list[Tensor]) -> tuple[Tensor, Tensor]:
     """:func:`_detect` on the host, for the CPU (two reads, no sync there; its fifteen 0-d
     ops took 0.24 ms a step, a tenth of a small model's), from the freshest copy of ``dets``
     (:func:`freshest`): the same step in float64, the new values then stored in fp32."""
-    t, f, q, t_last = max(torch.stack(dets).tolist()) if len(dets) > 1 else dets[0].tolist()
+    t, f, q, t_last = freshest_on_host(dets)
     t, f, q, shift = _step(float(n), t, f, q, t_last)
     return torch.tensor([t, f, q, t if shift else t_last]), torch.tensor(shift)
 
@@ -137,6 +137,11 @@ def freshest(dets: list[Tensor]) -> Tensor:
     rows = torch.stack(dets)
     # index_select: a 0-d index tensor would be read on the host (a sync on CUDA)
     return rows.index_select(0, rows[:, 0].argmax().reshape(1))[0]
+
+
+def freshest_on_host(dets: list[Tensor]) -> list[float]:
+    """:func:`freshest`'s values, read on the host (two ops; a sync on a GPU)."""
+    return max(torch.stack(dets).tolist()) if len(dets) > 1 else dets[0].tolist()
 
 
 def _advance(n: Tensor, dets: list[Tensor], found: Tensor | None,

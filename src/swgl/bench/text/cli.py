@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from swgl._validate import int_arg
 from swgl.bench.text.config import DEFAULT_METHODS, SIZES
 from swgl.bench.text.corpora import DOMAINS
 from swgl.bench.text.stream import SCENARIOS
@@ -21,18 +22,6 @@ __all__ = ["add_arguments", "is_text", "run_text"]
 IMAGE_ONLY = ("dataset", "n_tasks", "steps_per_task", "train_per_task", "test_per_task",
               "stream_steps", "stream_batch", "consolidate_every", "variant", "model", "hidden",
               "epochs", "batch_size", "evals_per_task")
-
-
-def _steps(text: str) -> int:
-    # an argparse type: a bad count exits with code 2 before any work starts
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--steps-per-domain must be an int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--steps-per-domain must be >= 1, got {value}")
-    return value
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -56,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "cores), gpu (~25M params, bf16)")
     g.add_argument("--text-domains", default=",".join(DOMAINS), metavar="LIST",
                    help=f"domains in training order (default: {','.join(DOMAINS)})")
-    g.add_argument("--steps-per-domain", type=_steps, default=None,
+    g.add_argument("--steps-per-domain", type=int_arg("--steps-per-domain", 1), default=None,
                    help="training steps per domain (default: per --text-size)")
     g.add_argument("--lr-grid", type=_floats, default=None, metavar="LIST",
                    help="AdamW-family learning rates to tune over, or 'none' (default: per "
