@@ -6,7 +6,6 @@ mistake in a config file points straight at the offending key.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Iterable
 from numbers import Real
@@ -57,16 +56,3 @@ def check_int(name: str, value: Any, low: int = 0) -> int:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
     return value
 
-
-def int_arg(flag: str, low: int):
-    """An argparse ``type`` for an int flag of at least ``low``: a bad value exits with code 2
-    and a message naming ``flag``, before any work starts."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an int, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= {low}, got {value}")
-        return value
-    return parse

@@ -9,8 +9,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from swgl._validate import int_arg
-
 __all__ = ["main", "parse_options", "parse_value"]
 
 _EPILOG = """\
@@ -106,11 +104,13 @@ def _tune_grid(text: str) -> dict[str, dict[str, tuple[Any, ...]]]:
 
 
 def _positive(flag: str):
+    from swgl.bench.config import int_arg
+
     return int_arg(flag, 1)
 
 
 def _bench_parser(sub) -> None:
-    from swgl.bench.config import DEFAULT_METHODS, DEFAULT_SCENARIOS, EVAL_SPLITS
+    from swgl.bench.config import DEFAULT_METHODS, DEFAULT_SCENARIOS, EVAL_SPLITS, int_arg
     from swgl.bench.data import DATASETS
     from swgl.bench.models import MODELS
     from swgl.bench.presets import DEFAULT as DEFAULT_PRESET

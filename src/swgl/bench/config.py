@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from swgl.bench.models import MODELS
 from swgl.bench.provenance import code_identity
 from swgl.bench.scenarios import SCENARIOS
 
-__all__ = ["BenchConfig", "DEFAULT_METHODS", "DEFAULT_SCENARIOS", "EVAL_SPLITS"]
+__all__ = ["BenchConfig", "DEFAULT_METHODS", "DEFAULT_SCENARIOS", "EVAL_SPLITS", "int_arg"]
 
 #: The "main methods" of the default run: baselines, SWGL with SGD and AdamW, the hybrid.
 DEFAULT_METHODS = ("naive-sgd", "naive-adamw", "ewc", "si", "replay", "swgl-sgd", "swgl-adamw",
@@ -183,3 +184,17 @@ def _int(name: str, value: Any, low: int) -> None:
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
+
+
+def int_arg(flag: str, low: int):
+    """An argparse ``type`` for an int flag of at least ``low``: a bad value exits with code 2
+    and a message naming ``flag``, before any work starts."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an int, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {low}, got {value}")
+        return value
+    return parse

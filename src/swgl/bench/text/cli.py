@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from swgl._validate import int_arg
+from swgl.bench.config import int_arg
 from swgl.bench.text.config import DEFAULT_METHODS, SIZES
 from swgl.bench.text.corpora import DOMAINS
 from swgl.bench.text.stream import SCENARIOS
