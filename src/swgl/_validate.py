@@ -55,4 +55,3 @@ def check_int(name: str, value: Any, low: int = 0) -> int:
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
     return value
-
