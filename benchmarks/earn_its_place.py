@@ -40,6 +40,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset mix  # v6's importance part uniform (144)
     python benchmarks/earn_its_place.py grid --preset fade  # v6's pull stronger, fading (360)
     python benchmarks/earn_its_place.py grid --preset fade-adam-long  # its Adam long seeds (21)
+    python benchmarks/earn_its_place.py grid --preset per-step  # v6's pull per segment step (360)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -254,7 +255,7 @@ def _oracle_advance(n, dets, found, kernel):
 CONSOLIDATE = synaptic._consolidate
 
 
-def _consolidate_weighted(params, state, shift, variant, ctx, plan=None) -> None:
+def _consolidate_weighted(params, state, shift, variant, ctx, plan=None, **v7) -> None:
     """v6's consolidation with its anchor at the importance-weighted mean of the weights at
     every shift so far, ``mu = (F_old mu_old + Om_n w) / (F_old + Om_n)``: the one quadratic
     equal (up to a constant) to the sum of the per-shift penalties ``Om_n,i (w - w_i)^2``,
@@ -263,9 +264,28 @@ def _consolidate_weighted(params, state, shift, variant, ctx, plan=None) -> None
         return
     F, mu = state["consolidated"], state["anchor"]
     old_F, old_mu = [f.clone() for f in F], [m.clone() for m in mu]
-    CONSOLIDATE(params, state, shift, variant, ctx, plan)   # F += Om_n, path = 0, mu = w
+    CONSOLIDATE(params, state, shift, variant, ctx, plan, **v7)   # F += Om_n, path = 0, mu = w
     for f0, f, m0, m in zip(old_F, F, old_mu, mu):
         m.copy_(torch.where(f > 0, (f0 * m0 + (f - f0) * m) / f.clamp(min=1e-30), m))
+
+
+def _consolidate_per_step(consolidate):
+    """``consolidate`` with each shift's term divided by the steps since the shift before it
+    (the segment's length, from the detector before this step advances it): ``F += Om /
+    mean(Om) / T``, so that the pull a segment's weights receive over the next segment of the
+    same length is about the same for any length (eighteenth session; CPU only; the rule
+    ``v7`` since)."""
+    def per_step(params, state, shift, variant, ctx, plan=None, **v7) -> None:
+        if not bool(shift):
+            return
+        t, _, _, t_last = consolidation.freshest_on_host(state["detector"])
+        F = state["consolidated"]
+        old = [f.clone() for f in F]
+        consolidate(params, state, shift, variant, ctx, plan, **v7)
+        inv = 1.0 / (t + 1.0 - t_last)
+        for f0, f in zip(old, F):
+            f.sub_(f0).mul_(inv).add_(f0)
+    return per_step
 
 
 #: v6's importance as imported; a config with ``mix`` replaces it for its run
@@ -299,7 +319,8 @@ def _variant(cfg: dict):
     ratio, refractory, *warmup = cfg.get("detector", DETECTOR)
     values = (ratio, refractory, warmup[0] if warmup else refractory,
               ADVANCE if cfg.get("oracle") is None else _oracle_advance,
-              {None: CONSOLIDATE, "weighted": _consolidate_weighted}[cfg.get("anchor")],
+              (_consolidate_per_step if cfg.get("per_step") else lambda c: c)(
+                  {None: CONSOLIDATE, "weighted": _consolidate_weighted}[cfg.get("anchor")]),
               IMPORTANCE if cfg.get("mix") is None else _mixed_importance(cfg["mix"]))
     try:
         for (module, name), value in zip(names, values):
@@ -762,6 +783,26 @@ def fade_grid() -> list[dict]:
     return runs
 
 
+#: the per-step preset's strengths: ``consolidation`` per unit of importance per step of its
+#: segment (eighteenth session: v6's best strength per regime fell with its task's length)
+PER_STEP = (0.1, 0.3, 1.0)
+
+
+def per_step_grid() -> list[dict]:
+    """v6 with each shift's importance divided by its segment's length
+    (``swgl-v6-ps<strength>``, :func:`_consolidate_per_step`) at the strengths
+    :data:`PER_STEP`, beside plain and v6, each on its own lr grid (the choice preset's), on
+    the four regimes, 3 seeds: 360 runs, ``long`` first."""
+    runs = []
+    for sc in ("long", "short", "rotated", "splitdom"):
+        runs += method_runs(sc, "plain", V5_LRS[sc])
+        runs += method_runs(sc, "swgl-v6", V6_LRS[sc], swgl={"rule": "v6"})
+        for c in PER_STEP:
+            runs += method_runs(sc, f"swgl-v6-ps{c:g}", V6_LRS[sc], per_step=True,
+                                swgl={"rule": "v6", "consolidation": c})
+    return runs
+
+
 def fade_adam_long_grid() -> list[dict]:
     """:data:`FADE_ADAM_LONG` on Adam's long tasks at seeds 3 to 9, on v6's lr grid (21 runs):
     with the fade run's seeds 0 to 2, ten seeds beside the adam-long preset's plain and v6."""
@@ -805,7 +846,7 @@ PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, 
            "choice": choice_grid, "detector": detector_grid,
            "oracle": oracle_grid, "warmup": warmup_grid, "anchor": anchor_grid,
            "adam-long": adam_long_grid, "mix": mix_grid, "fade": fade_grid,
-           "fade-adam-long": fade_adam_long_grid}
+           "fade-adam-long": fade_adam_long_grid, "per-step": per_step_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:

@@ -26,7 +26,8 @@ Prints, per optimizer and method, the online accuracy by fifth of the stream at 
 * ``fixed``: the same, but ``F`` held at 1 after the first shift: a pull of constant strength
   toward the last shift's weights, neither per-element nor growing;
 * ``mix``: each shift adds half v6's term and half the uniform one (``earn_its_place``'s
-  ``mix`` 0.5).
+  ``mix`` 0.5);
+* ``v7``: the opt-in rule, v6 with each shift's term divided by its segment's length.
 
     python benchmarks/long_stream.py --methods uniform fixed --jobs 16 --json controls.json
 """
@@ -51,8 +52,9 @@ import earn_its_place as eip  # noqa: E402
 
 from swgl import SWGL  # noqa: E402
 
-#: v6 and its controls (see the module's docstring); plain is the base optimizer alone
-METHODS = ("v6", "uniform", "fixed", "mix")
+#: v6 and its controls (see the module's docstring), and the opt-in rule v7 (eighteenth
+#: session); plain is the base optimizer alone
+METHODS = ("v6", "uniform", "fixed", "mix", "v7")
 #: the uniform part of each control's importance
 MIXES = {"uniform": 1.0, "fixed": 1.0, "mix": 0.5}
 LRS = {"sgd": (0.035, 0.069, 0.14), "adamw": (4e-4, 8e-4, 1.6e-3)}
@@ -84,7 +86,8 @@ def _run_one(cfg: dict) -> dict:
                           nn.Linear(256, 10))
     cls = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[cfg["opt"]]
     base = cls(model.parameters(), lr=cfg["lr"])
-    opt = base if cfg["method"] == "plain" else SWGL.wrap(base)
+    opt = (base if cfg["method"] == "plain"
+           else SWGL.wrap(base, **({"rule": "v7"} if cfg["method"] == "v7" else {})))
     acc, f_mean = [], []
     t0 = time.time()
     for _ in range(cfg["segments"]):
@@ -220,7 +223,7 @@ def main(argv=None) -> None:
     p.add_argument("--jobs", type=int, default=os.cpu_count())
     p.add_argument("--methods", nargs="+", choices=("plain",) + METHODS, default=["v6", "plain"],
                    help="what to run (default: v6 and plain; uniform and fixed: v6's controls; "
-                        "mix: half v6's importance, half uniform)")
+                        "mix: half v6's importance, half uniform; v7: the opt-in rule)")
     p.add_argument("--json", type=Path, help="write every run's record here")
     p.add_argument("--report", type=Path, nargs="+",
                    help="print the table of stored records (.json or .json.gz) and exit")

@@ -578,11 +578,11 @@ def test_a_checkpoint_with_a_bad_swgl_option_raises_and_loads_nothing(key, value
     assert other.state_dict() == before
 
 
-# -- v5 and v6: their detector, consolidation and pull (v6: and path) around the fused
+# -- v5 to v7: their detector, consolidation and pull (v6, v7: and path) around the fused
 # -- optimizer step ---------------------------------------------------------------------------
 
 #: the rules that consolidate at detected shifts
-CONSOLIDATING = ("v5", "v6")
+CONSOLIDATING = ("v5", "v6", "v7")
 
 #: the targets grow 30-fold at SHIFT_AT: v5's detector fires (after its refractory 50 steps)
 SHIFT_AT, V5_STEPS = 60, 72

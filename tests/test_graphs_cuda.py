@@ -80,7 +80,7 @@ def _same(a: torch.nn.Module, b: torch.nn.Module, opt_a, opt_b) -> None:
 
 
 @pytest.mark.parametrize("api", ["two-object", "wrapper", "wrapper-fused"])
-@pytest.mark.parametrize("rule", ["v6", "v5", "v4"])
+@pytest.mark.parametrize("rule", ["v7", "v6", "v5", "v4"])
 def test_replays_equal_the_eager_steps_across_a_shift(api, rule):
     batches = _batches(80, shift_at=60)
     eager_model, graph_model = _model(), _model()
@@ -164,7 +164,7 @@ def test_grad_mode_is_never_captured_and_rescales_the_grads_the_base_reads():
     _same(*models, eager, auto)
 
 
-@pytest.mark.parametrize("rule", ["v5", "v6"])
+@pytest.mark.parametrize("rule", ["v5", "v6", "v7"])
 @pytest.mark.parametrize("name", ["AdamW", "SGD"])
 def test_swgl_optim_replays_equal_its_eager_steps_under_a_scheduler(name, rule):
     """The lr the scheduler sets at each step reaches the replayed kernels (a device

@@ -370,7 +370,7 @@ def test_swgl_optim_keys_on_what_its_step_reads_but_the_lr(monkeypatch):
 @pytest.mark.skipif(not (os.environ.get("TRITON_INTERPRET") == "1"
                          and importlib.util.find_spec("triton")),
                     reason="swgl.optim's Triton step on the CPU needs TRITON_INTERPRET=1")
-@pytest.mark.parametrize("rule", ["v5", "v6"])
+@pytest.mark.parametrize("rule", ["v5", "v6", "v7"])
 def test_swgl_optim_replays_its_triton_step_with_the_schedulers_lr(monkeypatch, rule):
     """Under Triton's interpreter the step runs its kernels on the CPU; a fake capture runs
     it once, so the replays here only count: the equality of replays is the CUDA test's."""

@@ -58,11 +58,12 @@ def _grads(params, t, size, bad, scale):
     return grads
 
 
-def _run(variant, dtype, scale=1.0, hp=HP, record=None, view=True):
-    """The phases of ``variant`` around a plain SGD step (skipped, as a GradScaler does, on a
-    non-finite step), over :data:`STEPS`; the grads carry the loss scale ``scale``."""
+def _run(variant, dtype, scale=1.0, hp=HP, record=None, view=True, rule="v6"):
+    """The phases of ``variant`` of ``rule`` (v6, or v7: the same kernels, another gain)
+    around a plain SGD step (skipped, as a GradScaler does, on a non-finite step), over
+    :data:`STEPS`; the grads carry the loss scale ``scale``."""
     params, state = _inputs(dtype, view)
-    rule = RULES["v6"]
+    rule = RULES[rule]
     before, after = getattr(rule.before, variant), getattr(rule.after, variant)
     steps = [torch.zeros((), device=DEV) for _ in params]
     for t, (size, bad) in enumerate(STEPS):
@@ -101,19 +102,20 @@ def _truncate_pull_one(p, f, mu, strength):
 
 
 @needs_kernels
+@pytest.mark.parametrize("rule", ["v6", "v7"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_equals_foreach_equals_single_across_a_shift(dtype, monkeypatch):
+def test_fused_equals_foreach_equals_single_across_a_shift(dtype, rule, monkeypatch):
     """bf16: Triton's interpreter rounds fp32 to bf16 toward 0 (a GPU to nearest), and the
     path reads the pulled weights as stored, so on the CPU the fused run is compared with a
     reference whose pull rounds the same way (and, for bf16, no foreach tensor in the call)."""
     view = dtype == torch.float32
-    runs = {variant: _run(variant, dtype, view=view) for variant in VARIANTS}
+    runs = {variant: _run(variant, dtype, view=view, rule=rule) for variant in VARIANTS}
     refs = {"foreach": runs["single"], "fused": runs["single"]}
     if dtype == torch.bfloat16 and DEV == "cpu":
         from swgl.rules import consolidation as v5
 
         monkeypatch.setattr(v5, "_pull_one", _truncate_pull_one)
-        refs["fused"] = _run("single", dtype, view=view)
+        refs["fused"] = _run("single", dtype, view=view, rule=rule)
     params, state = runs["single"]
     det = state["detector"][0]
     assert float(det[3]) == 100 + SHIFT_STEP + 1           # the shift fired at its step
@@ -127,6 +129,20 @@ def test_fused_equals_foreach_equals_single_across_a_shift(dtype, monkeypatch):
         for name in ("consolidated", "anchor", "path", "detector"):
             for a, b in zip(state[name], got_state[name]):
                 _close(b, a, dtype, name)
+
+
+@pytest.mark.parametrize("variant", ["single", "foreach"])
+def test_v7s_shift_adds_v6s_term_over_its_segment(variant):
+    """v7's consolidation is v6's, its term divided by the steps since the last shift (no
+    Triton needed: the reference variants)."""
+    _, start = _inputs(torch.float32)
+    _, v6_state = _run(variant, torch.float32, rule="v6")
+    _, v7_state = _run(variant, torch.float32, rule="v7")
+    segment = 100 + SHIFT_STEP + 1      # t + 1 - t_last at the shift step, t_last = 0
+    for f0, f6, f7 in zip(start["consolidated"], v6_state["consolidated"],
+                          v7_state["consolidated"]):
+        torch.testing.assert_close((f7 - f0) * segment, f6 - f0, rtol=1e-4, atol=1e-5)
+        assert (f6 - f0).abs().sum() > 0
 
 
 @needs_kernels

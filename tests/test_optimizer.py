@@ -164,7 +164,7 @@ BAD_OPTIONS = [
     (dict(max_boost=float("inf")), ValueError, r"max_boost must be finite"),
     (dict(max_boost=None), TypeError, r"max_boost must be a real number, got None"),
     (dict(lambda_reg=-0.01), ValueError, r"lambda_reg must be in \[0.0, inf\]"),
-    (dict(rule="v9"), ValueError, r"rule must be one of \[.*'v5', 'v6'\], got 'v9'"),
+    (dict(rule="v9"), ValueError, r"rule must be one of \[.*'v6', 'v7'\], got 'v9'"),
     (dict(storage="fp64"), ValueError, r"storage must be one of .*got 'fp64'"),
     (dict(foreach=1), TypeError, r"foreach must be a bool, got 1"),
 ]
@@ -773,7 +773,7 @@ def host_reads(monkeypatch):
 #: and spares masked commits over the state (on CUDA they all stay device flags: the CUDA
 #: tests). A skipped step reads the guard alone.
 DETECTOR_READS = ["tolist", "__float__", "__bool__", "item"]
-FLAG_READS = {"v4": [], "v5": DETECTOR_READS, "v6": DETECTOR_READS}
+FLAG_READS = {"v4": [], "v5": DETECTOR_READS, "v6": DETECTOR_READS, "v7": DETECTOR_READS}
 #: the guard of the rules' foreach variants on the CPU: the sums of the squares their EMA
 #: reads (one read); where a sum is not finite, the generic guard decides (a second read)
 GUARD_READS, SKIPPED_READS = ["tolist"], ["tolist", "__bool__"]

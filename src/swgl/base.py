@@ -255,14 +255,14 @@ class SWGLBase(Optimizer):
         return layer_stats(self, names, DEFAULT_QUANTILES if quantiles is None else quantiles)
 
     def shifts(self) -> list[dict[str, int] | None]:
-        """Per param group, what its shift detector has seen (rules v5 and v6, the default):
+        """Per param group, what its shift detector has seen (rules v5 to v7; v6 the default):
         see :func:`swgl.stats.shifts`."""
         return detector_shifts(self.param_groups, self.state)
 
     @torch.no_grad()
     def on_task_boundary(self) -> None:
         """For users who know where one task ends and the next begins. Under a rule with a
-        shift detector (v5, v6, the default): consolidate now, as at a detected shift (the
+        shift detector (v5 to v7; v6 the default): consolidate now, as at a detected shift (the
         importance learned since the last one is kept, the anchor taken, the pull starts;
         :attr:`swgl.rules.base.Rule.boundary`). Under the others (v1 to v4): forget the
         stability estimates, as after a full shock. The base optimizer's state is left alone."""

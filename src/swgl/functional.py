@@ -239,7 +239,7 @@ def swgl_boundary(
     extra_state: dict[str, list[Tensor]] | None = None,
 ) -> None:
     """What a task boundary the user names does to a rule's state (``on_task_boundary()``),
-    for a rule that defines it (:attr:`swgl.rules.base.Rule.boundary`: v5 and v6 consolidate
+    for a rule that defines it (:attr:`swgl.rules.base.Rule.boundary`: v5 to v7 consolidate
     as at a detected shift); on DTensor shards, with the same sums over shards as the
     phases'."""
     check_choice("rule", rule, RULES)

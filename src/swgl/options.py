@@ -16,17 +16,18 @@ v5's detector and pull, :mod:`swgl.rules.consolidation`, with SI's importance; v
   damping, the base optimizer's step until a shift; v4, v5: 3.0; the seed's rules: 0.01);
   the seed's quick start passes 0.01, which turns v6's damping on, weakly;
 * ``alpha``: the decay of the squared-gradient EMA (memory of about ``1 / (1 - alpha)``
-  steps): v6's damping and ``SWGL.stats`` read it; unset: the rule's default (v4, v5, v6:
+  steps): v6's damping and ``SWGL.stats`` read it; unset: the rule's default (v4 to v7:
   0.999; the seed's rules: 0.99);
 * ``eps``: a floor under the gradient's RMS in the group mean (``eps^2`` under ``m``), for
   the damping;
 * ``max_boost``: the strongest damping is ``1/max_boost``, and the progress rescale is at
   most ``max_boost``.
 
-``consolidation`` is v5's and v6's own: the strength of the pull toward the weights at the
-last detected shift (unset: v6 3e-4 per unit of its normalised importance, v5 0.03; 0: no
-pull). So is ``consolidation_horizon``: from that many steps after a shift on, the pull fades
-as ``horizon / steps since the shift`` (unset: v6 0, it keeps its strength; v5 20).
+``consolidation`` is v5's to v7's own: the strength of the pull toward the weights at the
+last detected shift (unset: v6 3e-4 per unit of its normalised importance, v7 0.3 per unit of
+importance per step of the segment it was learned in, v5 0.03; 0: no pull). So is
+``consolidation_horizon``: from that many steps after a shift on, the pull fades as ``horizon /
+steps since the shift`` (unset: v6 and v7 0, it keeps its strength; v5 20).
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ def layer_stats(
 
 def shifts(param_groups: list[dict[str, Any]], state: Mapping[Tensor, dict[str, Tensor]],
            key: str = "detector") -> list[dict[str, int] | None]:
-    """Per param group, what its shift detector (rules v5 and v6; its state under ``key``) has
+    """Per param group, what its shift detector (rules v5 to v7; its state under ``key``) has
     seen: ``{"steps": the group's steps, "last_shift": the step of its last detected shift,
     0 before any}``; None for a group whose rule has no detector or that has no state yet.
     ``last_shift`` 0 means the rule has not acted yet: under v6 the base optimizer has run

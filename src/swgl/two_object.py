@@ -45,7 +45,7 @@ class SWGL(SWGLBase):
 
     Args:
         params: iterable of tensors or of param-group dicts; options may differ per group.
-        alpha: EMA decay in [0, 1); None: the rule's default (v4, v5, v6: 0.999, the seed's
+        alpha: EMA decay in [0, 1); None: the rule's default (v4 to v7: 0.999, the seed's
             rules: 0.99).
         lambda_reg: the stability penalty's strength, >= 0 (v4/v5: how strongly importance
             bends a step; the seed's rules: their decay term); None: the rule's default (v4,
@@ -54,24 +54,27 @@ class SWGL(SWGLBase):
         max_boost: >= 1; v4/v5: the strongest damping is ``1/max_boost`` and the progress
             rescale at most ``max_boost``; the seed's rules: the largest gradient boost.
         rule: ``"v6"`` (default: SI's importance, consolidated at detected shifts, in
-            v5's pull), ``"v5"`` (v4 plus consolidation at detected shifts), ``"v4"``
+            v5's pull), ``"v7"`` (v6 with each shift's importance divided by the steps it
+            was learned over: one strength for tasks of any length), ``"v5"`` (v4 plus
+            consolidation at detected shifts), ``"v4"``
             (importance damping alone: a third of v5's state, and mode ``"grad"``),
             ``"v3"``/``"v2"`` (the normalised EMA of issue 4),
             ``"v1"`` or ``"v1-paper"`` (the seed's formulas, bit-exact); see :mod:`swgl.rules`.
         signal: v2/v3 only: what their EMA tracks, ``"utility"`` :math:`|g w|` (their
             default), ``"relative"`` :math:`|g|/(|w|+\delta)` (the seed's) or ``"fisher"``.
-        mode: ``"update"`` (the only mode of v6 and v5, the default of v4/v3/v2) scales the
+        mode: ``"update"`` (the only mode of v5 to v7, the default of v4/v3/v2) scales the
             change the base optimizer makes, which Adam's normalisation would otherwise
             cancel; ``"grad"`` scales the gradient (the seed's rules). In the two-object
             pattern the update mode holds a copy of the params from ``swgl.step()`` until
             ``base_optimizer.step()`` (transiently).
         max_damping: v2/v3 only: the strongest damping is ``1/max_damping``.
         shock: v2/v3 only, deprecated (measured useless, CHANGELOG.md).
-        consolidation: v5 and v6 only: the strength of the pull toward the weights at the
-            last detected distribution shift, >= 0; None: v6 3e-4, v5 0.03 (0: no pull).
-        consolidation_horizon: v5 and v6 only: from this many steps after a shift on, the
-            pull fades as ``horizon / steps since the shift``, >= 0; None: v6 0 (it never
-            fades), v5 20.
+        consolidation: v5 to v7 only: the strength of the pull toward the weights at the
+            last detected distribution shift, >= 0; None: v6 3e-4, v7 0.3 (per step of the
+            importance's segment), v5 0.03 (0: no pull).
+        consolidation_horizon: v5 to v7 only: from this many steps after a shift on, the
+            pull fades as ``horizon / steps since the shift``, >= 0; None: v6 and v7 0 (it
+            never fades), v5 20.
         storage: how the stability state is stored (see :mod:`swgl.state`); ``"fp32"``.
         foreach: use the multi-tensor implementation (default) or the per-tensor reference.
         fused: the Triton kernels (:mod:`swgl.kernels`): None picks them on CUDA when Triton

@@ -32,7 +32,7 @@ def optimizer_cls_and_kwargs(
     """``(SWGLWrapper, kwargs)`` wrapping the optimizer the Trainer would build from ``args``.
 
     ``swgl_options`` are :class:`~swgl.SWGLWrapper`'s (``alpha``, ``max_boost``, ``rule``...).
-    Warns when ``args`` clips gradients under a rule with a shift detector (v5, v6, the
+    Warns when ``args`` clips gradients under a rule with a shift detector (v5 to v7; v6 the
     default): a clipped gradient's norm sits at the cap, so the detector, which reads that
     norm, misses shifts (measured: none found at a domain switch with the Trainer's default
     ``max_grad_norm=1.0``, README "Integrations").

@@ -10,7 +10,7 @@ and the Lightning and HF stats callbacks read these optimizers as they read ``SW
 
 ``fused=True`` needs a CUDA device and Triton (RuntimeError when the optimizer is built
 without them); ``fused=None``, the default, takes the Triton kernels where they run, else
-the foreach path (on the CPU, for large params under v4 to v6, the compiled one).
+the foreach path (on the CPU, for large params under v4 to v7, the compiled one).
 """
 
 import torch

@@ -14,7 +14,7 @@ A step takes one of two paths, chosen per call:
   shift) and their pull (one pass, which for v6 also sums SI's path, after a copy of the
   params; :func:`swgl.rules.consolidation.around_fused_step`,
   :func:`swgl.rules.synaptic.around_fused_step`).
-  For v4, v5 and v6 the whole step is then replayed as one CUDA graph (:mod:`swgl.graphs`,
+  For v4 to v7 the whole step is then replayed as one CUDA graph (:mod:`swgl.graphs`,
   ``cuda_graphs``): the kernels read each group's lr from a device scalar set at each step.
 * **foreach** (everything else): the same math through ``torch._foreach_*``. Bias
   corrections come from the step counters on their device. On CUDA, with a rule that
@@ -100,7 +100,7 @@ def check_fused(fused: Any) -> bool | None:
         raise RuntimeError(
             "fused=True needs a CUDA device and Triton (pip install triton); without them pass "
             "fused=None, which takes the foreach path (on the CPU, for large params under "
-            "v4 to v6, the compiled one)")
+            "v4 to v7, the compiled one)")
     return fused
 
 
@@ -409,7 +409,7 @@ class SWGLOptimizer(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step; on CUDA, replayed as a CUDA graph where :mod:`swgl.graphs` allows (the
-        Triton path of v4 to v6: the kernels read each group's lr from a device scalar, so
+        Triton path of v4 to v7: the kernels read each group's lr from a device scalar, so
         an LR scheduler does not force a new capture). A group's ``swgl`` options changed
         since the last step are validated first (ValueError or TypeError naming the group
         and the option)."""
@@ -459,7 +459,7 @@ class SWGLOptimizer(Optimizer):
 
     def _graph_blocker(self) -> str | None:
         """Why the step cannot be captured now, or None: it must take the Triton path, under
-        a rule whose kernels read the lr on the device (v4 to v6), on the current device."""
+        a rule whose kernels read the lr on the device (v4 to v7), on the current device."""
         if not torch.cuda.is_available():
             return "CUDA is not available"
         work = [(group, self._gather(group)) for group in self.param_groups]

@@ -83,7 +83,7 @@ class AdamW(SWGLOptimizer):
             Triton is installed, else foreach; True requires a CUDA device and Triton
             (RuntimeError at construction without them) and the kernels at each step; False
             never uses them.
-        cuda_graphs: replay the Triton step as a CUDA graph (:mod:`swgl.graphs`; v4 to v6):
+        cuda_graphs: replay the Triton step as a CUDA graph (:mod:`swgl.graphs`; v4 to v7):
             None (default) where possible, True required (ValueError where it cannot), False
             never. While on, the grads are copied into kept buffers (one param-sized buffer).
 

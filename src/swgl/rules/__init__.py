@@ -8,7 +8,8 @@
   distribution shifts; the default until the twelfth session);
 * :mod:`swgl.rules.synaptic`: ``v6`` (the default: v5's detector and pull with SI's
   path-integral importance, no damping; chosen against the plain optimizer at its tuned
-  learning rate, with v5 beside it in the same run, docs/results.md).
+  learning rate, with v5 beside it in the same run, docs/results.md), and ``v7`` (opt-in:
+  v6 with each shift's importance divided by the length of the segment it was learned in).
 
 Each module holds its formula (docstring) and its ``single`` / ``foreach`` / ``fused``
 variants; :mod:`swgl.rules.base` describes the interface a new rule implements, and
@@ -23,6 +24,6 @@ __all__ = ["RULES", "DEFAULT_RULE", "Context", "Hyper", "Rule", "Variants"]
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (seed.V1, seed.V1_PAPER, normalised.V2, normalised.V3, importance.V4,
-                 consolidation.V5, synaptic.V6)
+                 consolidation.V5, synaptic.V6, synaptic.V7)
 }
 DEFAULT_RULE = "v6"

@@ -181,7 +181,7 @@ class Rule:
     #: run as CUDA graphs (:mod:`swgl.graphs`)
     graphable: bool = False
     #: ``(params, state, hp, ctx) -> None``: what a task boundary the user names does
-    #: (``on_task_boundary()``; v5, v6: consolidate now, as at a detected shift); None: the
+    #: (``on_task_boundary()``; v5 to v7: consolidate now, as at a detected shift); None: the
     #: state restarts from its initial values
     boundary: Callable[..., None] | None = field(default=None, compare=False)
 

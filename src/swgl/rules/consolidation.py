@@ -148,13 +148,17 @@ def _advance(n: Tensor, dets: list[Tensor], found: Tensor | None,
              kernel: bool) -> tuple[Tensor, Tensor]:
     """``(new detector, shift)`` for this step from the group's copies ``dets``
     (:func:`freshest`), both left as they were (the freshest copy, no shift) where the skip
-    flag ``found`` is set: one Triton launch (``kernel``: it advances the freshest copy, or
-    ``dets[0]`` when it is the only one, in place and returns it; the shift is a 0-d fp32
-    flag), :func:`_detect`'s torch ops, or on the CPU, unmasked, :func:`_detect_on_host`."""
+    flag ``found`` is set: one Triton launch (``kernel``: it advances a copy of the freshest
+    in place and returns it; the shift is a 0-d fp32 flag), :func:`_detect`'s torch ops, or
+    on the CPU, unmasked, :func:`_detect_on_host`. ``dets`` are left as they were: the caller
+    stores the new values once a shift's consolidation has read the old ones (v7 reads the
+    last shift)."""
     if found is None and dets[0].device.type == "cpu" and not kernel:   # the CPU's unmasked step
         return _detect_on_host(n, dets)
     det = freshest(dets)
     if kernel:
+        if det is dets[0]:   # the only copy (with more, freshest's stack made a new tensor)
+            det = det.clone()
         from swgl.kernels import triton_consolidation as tc  # imports Triton
 
         shift = tc.detect(n, det, found, b_fast=B_FAST, b_slow=B_SLOW, ratio=SHIFT_RATIO,

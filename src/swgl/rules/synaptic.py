@@ -34,6 +34,21 @@ three and one; ahead of v5 on the label-permuted stream). ``lambda_reg`` > 0 tur
 damping back on; ``alpha``, ``eps`` and ``max_boost`` act through that damping only (and
 ``alpha`` on the EMA that ``SWGL.stats`` reports).
 
+``v7`` (opt-in, eighteenth session) is v6 with each shift's term divided by the length ``T``
+of the segment it closes (the steps since the last shift, at least :data:`MIN_SEGMENT`)::
+
+    F    = F + Om / mean(Om) / T,     k = consolidation * F * fade   (consolidation 0.3)
+
+so that the pull a segment's weights get, summed over a following segment of the same length,
+is the same for any length: v6's best strength fell as its tasks grew longer (3e-3 on
+78-step tasks, 3e-4 on 780-step ones), and v7's one strength matches it across them. Against
+the plain optimizer at its tuned lr (docs/results.md, eighteenth session) it is level with v6
+or ahead in seven of the eight image cells (split domain-IL +10.0 / +8.6 with Adam / SGD,
+against v6's +2.2 / +5.7; digits' 100-step tasks +6.6 / +5.6 against +1.5 / +1.9), and
+behind it on Adam's long tasks (+0.7 against +1.3 at ten seeds) and on the label-permuted
+stream, where the old labels are obsolete and a stronger pull holds them (SGD -1.4, AdamW
++0.9, against v6's -0.3 / +1.9): not the default.
+
 Phases: ``before`` is v5's with this consolidation; ``after`` runs v4's ``after`` (only when
 ``lambda_reg`` > 0, else the base step stands), the pull (v5's), then the path. ``before``
 hands ``after`` its loss scale and skip flag (in ``aux``: ``(k, g, Context)`` per param): a
@@ -52,6 +67,8 @@ swgl.optim's fused AdamW / SGD run v6 around v4's fused optimizer step
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
@@ -61,10 +78,17 @@ from swgl.rules import consolidation as v5
 from swgl.rules.base import Context, Hyper, Rule, Variants, fp32
 from swgl.rules.importance import R_MAX, V4, _commit
 
-__all__ = ["V6", "around_fused_step", "STRENGTH", "XI"]
+__all__ = ["V6", "V7", "around_fused_step", "segment", "STRENGTH", "PER_STEP_STRENGTH",
+           "MIN_SEGMENT", "XI"]
 
 #: the default of ``consolidation`` under v6: the pull per unit of normalised importance
 STRENGTH = 3e-4
+#: the default of ``consolidation`` under v7: the pull per unit of normalised importance per
+#: step of the segment it was learned in
+PER_STEP_STRENGTH = 0.3
+#: v7: the shortest segment a shift's importance is divided by: the detector finds none
+#: shorter (its refractory period and warm-up), a boundary the user names may
+MIN_SEGMENT = float(v5.REFRACTORY + 1)
 #: SI's damping of its importance (``(w - mu)^2 + XI``), in squared weight units: SI's own
 XI = 0.1
 
@@ -109,16 +133,35 @@ def _importance(w, mu, path, variant: str) -> list[Tensor]:
     return om
 
 
-def _consolidate(params, state, shift: Tensor, variant: str, ctx: Context, plan=None) -> None:
-    """On a shift: ``F += Om / mean(Om)``, ``path = 0``, ``mu = w`` (skipped on the host on
-    the CPU; on CUDA masked by the 0-d ``shift``, or, in the ``fused`` variant, kernels that
-    exit at once without it). ``variant`` ``single`` works per tensor, ``foreach`` as foreach
-    passes, ``fused`` as Triton kernels where it can (CUDA, or Triton's interpreter:
+def segment(dets: list[Tensor], at_step: bool = True) -> Tensor | float:
+    """v7: the length in steps of the segment a shift closes now, from the group's detector
+    before this step advances it (:func:`swgl.rules.consolidation.freshest`): ``t + 1 -
+    t_last`` at a step's shift (``at_step``), ``t - t_last`` at a boundary the user names
+    between steps; at least :data:`MIN_SEGMENT`. A float on the CPU (read on the host, no
+    sync there), else a 0-d tensor (no host read)."""
+    later = 1.0 if at_step else 0.0
+    if dets[0].device.type == "cpu":
+        t, _, _, t_last = v5.freshest_on_host(dets)
+        return max(t + later - t_last, MIN_SEGMENT)
+    det = v5.freshest(dets)
+    return (det[0] + later - det[3]).clamp(min=MIN_SEGMENT)
+
+
+def _consolidate(params, state, shift: Tensor, variant: str, ctx: Context, plan=None,
+                 per_step: bool = False, length: Tensor | float | None = None) -> None:
+    """On a shift: ``F += Om / mean(Om)`` (v7, ``per_step``: ``F += Om / mean(Om) / T``,
+    ``T`` the segment's ``length``, by default :func:`segment` of the detector as it stands),
+    ``path = 0``, ``mu = w`` (skipped on the host on the CPU; on CUDA masked by the 0-d
+    ``shift``, or, in the ``fused`` variant, kernels that exit at once without it).
+    ``variant`` ``single`` works per tensor, ``foreach`` as foreach passes, ``fused`` as
+    Triton kernels where it can (CUDA, or Triton's interpreter:
     :mod:`swgl.kernels.triton_synaptic`; foreach for the tensors they cannot take). The mean
     is the whole group's: shards complete it with ``ctx.reduce_sum`` and ``ctx.numels``.
     ``plan``: :func:`_state_tables`' result when the caller has it."""
     if shift.device.type == "cpu" and not bool(shift):
         return
+    if per_step and length is None:
+        length = segment(state["detector"])
     numel = sum(p.numel() for p in params) if ctx.numels is None else sum(ctx.numels)
     sums: list[Tensor] = []
     tables: list = []
@@ -138,6 +181,8 @@ def _consolidate(params, state, shift: Tensor, variant: str, ctx: Context, plan=
     total = ctx.reduce_sum(local.reshape(1)).sum()
     # where nothing was learned (every path <= 0) the mean is 0 and F gains nothing
     gain = shift.float() / (total / numel).clamp(min=1e-30)
+    if per_step:
+        gain = gain / (length.to(gain.device) if isinstance(length, Tensor) else length)
     for lau in tables:
         ts.consolidate(lau, shift, gain)
     if not params:
@@ -274,24 +319,32 @@ def _pull_and_path(params, snapshots, grads, state, hp: Hyper, variant: str,
     _add_path(params, snapshots, grads, state["path"], variant, ctx)
 
 
-def _consolidate_si(params, state, shift: Tensor, aux, hp: Hyper, ctx: Context,
+def _consolidate_si(per_step: bool):
+    """v6's (v7's: ``per_step``) consolidation in v5's ``before`` phase
+    (:func:`swgl.rules.consolidation._before`), which calls it before the detector's new
+    values are stored."""
+    def consolidate(params, state, shift: Tensor, aux, hp: Hyper, ctx: Context,
                     variant: str) -> None:
-    """v6's consolidation in v5's ``before`` phase (:func:`swgl.rules.consolidation._before`)."""
-    _consolidate(params, state, shift, variant, ctx)
+        _consolidate(params, state, shift, variant, ctx, per_step=per_step)
+    return consolidate
 
 
-def _boundary(params, state, hp: Hyper, ctx: Context) -> None:
-    """A task boundary the user names: v6's consolidation now, as at a detected shift
-    (``F += Om / mean(Om)``, ``path = 0``, ``mu = w``), and the detector told
-    (:func:`swgl.rules.consolidation.mark_shift`)."""
-    _consolidate(params, state, v5.mark_shift(state["detector"]), "foreach", ctx)
+def _boundary(per_step: bool):
+    """A task boundary the user names: v6's (v7's: ``per_step``) consolidation now, as at a
+    detected shift (``F += Om / mean(Om)`` [``/ T``], ``path = 0``, ``mu = w``), and the
+    detector told (:func:`swgl.rules.consolidation.mark_shift`)."""
+    def boundary(params, state, hp: Hyper, ctx: Context) -> None:
+        length = segment(state["detector"], at_step=False) if per_step else None
+        _consolidate(params, state, v5.mark_shift(state["detector"]), "foreach", ctx,
+                     per_step=per_step, length=length)
+    return boundary
 
 
-def _before(v4_before, variant: str):
-    """v5's ``before`` with v6's consolidation; ``aux`` also carries the step's loss scale and
-    skip flag, which the after phase's path needs (the caller's ``after`` context has
-    neither)."""
-    before_v5 = v5._before(v4_before, variant, _consolidate_si)
+def _before(v4_before, variant: str, per_step: bool = False):
+    """v5's ``before`` with v6's (v7's: ``per_step``) consolidation; ``aux`` also carries the
+    step's loss scale and skip flag, which the after phase's path needs (the caller's
+    ``after`` context has neither)."""
+    before_v5 = v5._before(v4_before, variant, _consolidate_si(per_step))
 
     def before(params, grads, state, steps, hp: Hyper, ctx: Context):
         aux = before_v5(params, grads, state, steps, hp, ctx)
@@ -320,10 +373,11 @@ def _snapshots(params) -> list[Tensor]:
 
 
 def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
-                      v4_step: Callable[[], Tensor], n: Tensor) -> None:
+                      v4_step: Callable[[], Tensor], n: Tensor, per_step: bool = False) -> None:
     """v6 around a fused v4 step that also steps the optimizer (swgl.optim's Triton path),
     with no host sync: ``v4_step()`` runs it; ``found`` is the step's skip flag, already set;
-    ``n`` is the detector's signal, summed by v4's first pass. The same math as the phases,
+    ``n`` is the detector's signal, summed by v4's first pass; ``per_step``: v7's. The same
+    math as the phases,
     in this order: the detector (its kernel); on a shift the consolidation (before the step,
     as the ``before`` phase takes it: it reads the weights, the anchor and the path); a copy
     of the params; the step; the pull and the path (one kernel: :func:`_pull_and_path`).
@@ -333,8 +387,9 @@ def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
     launch tables (:func:`_snapshots`). Folding the path into v4's apply pass, which holds
     ``w_before`` and ``g`` in registers, would save the copy and the path's pass."""
     det = state["detector"]
+    length = segment(det) if per_step else None   # before the detector's step
     new, shift = v5._advance(n, det, found, kernel=True)
-    _consolidate(params, state, shift, "fused", Context())
+    _consolidate(params, state, shift, "fused", Context(), per_step=per_step, length=length)
     torch._foreach_copy_(det, [new] * len(det))
     start = _snapshots(params)
     v4_step()
@@ -364,5 +419,16 @@ V6 = Rule(
     around_fused_step=around_fused_step,
     host_guard=V4.host_guard,   # its foreach before is v4's
     graphable=True,
-    boundary=_boundary,
+    boundary=_boundary(False),
+)
+
+V7 = dataclasses.replace(
+    V6,
+    name="v7",
+    before=Variants(*(_before(getattr(V4.before, v), v, per_step=True)
+                      for v in ("single", "foreach", "fused"))),
+    defaults=(("alpha", 0.999), ("lambda_reg", 0.0), ("consolidation", PER_STEP_STRENGTH),
+              ("consolidation_horizon", 0.0)),
+    around_fused_step=functools.partial(around_fused_step, per_step=True),
+    boundary=_boundary(True),
 )

@@ -26,5 +26,5 @@ class BoundaryAware(Method):
 
 SPECS = tuple(MethodSpec(f"swgl-boundary-{opt}", BoundaryAware, opt, swgl={}, tune=STRENGTH,
                          description=f"SWGL wrapping {opt}, told every task boundary "
-                         "(v5, v6: a consolidation; v1 to v4: a reset)")
+                         "(v5 to v7: a consolidation; v1 to v4: a reset)")
               for opt in ("sgd", "adamw"))

@@ -17,7 +17,7 @@ __all__ = ["SPECS", "STRENGTH", "stability_tensors"]
 
 def STRENGTH(options) -> dict[str, tuple[float, ...]]:  # noqa: N802 (a spec's ``tune``)
     """SWGL's strength for ``--tune`` under the spec's rule (``options``: its SWGL options):
-    where the rule pulls toward the weights at a shift (v5, v6, the default), the pull's
+    where the rule pulls toward the weights at a shift (v5 to v7; v6 the default), the pull's
     ``consolidation`` at a tenth, once and ten times its default (v6: 3e-5, 3e-4, 3e-3: two
     decades, as the peers' grids span; its damping is off by default, and turning it on costs
     the gain with Adam, docs/results.md); else the damping's ``lambda_reg`` at a third, once
