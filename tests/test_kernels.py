@@ -459,10 +459,11 @@ def test_v5_fused_before_reads_the_grads_once_and_detects_in_one_kernel():
     grads) and steps in one kernel: v5's fused before phase is a few aten ops more than v4's
     (42 more when the detector had its own norm and some thirty ops on 0-d tensors; 8, then 14
     with the group's freshest detector copy picked on the device: a stack, an argmax, a
-    select)."""
+    select; 15 since the kernel advances a copy of a group's only copy, so that the state
+    holds the old detector until the caller stores the new one: v7 reads the last shift)."""
     v4, v5 = _fused_before_ops("v4"), _fused_before_ops("v5")
     assert not any("_foreach_norm" in op for op in v5), v5
-    assert sum(v5.values()) - sum(v4.values()) <= 14, (v4, v5)
+    assert sum(v5.values()) - sum(v4.values()) <= 15, (v4, v5)
 
 
 # -- CPU: cache-blocked foreach ---------------------------------------------------------------
