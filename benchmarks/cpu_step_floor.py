@@ -1,0 +1,107 @@
+"""The floor under the default rule's small CPU step (issue 13, eighteenth session).
+
+The ``swgl bench`` target (swgl-sgd at most 1.5x naive-sgd per step) is set by the digits MLP,
+whose step is a few dozen small ops. This times, on one thread, v6's steady-state step after
+a shift (the EMA and the detector's signal, the snapshot, an SGD step, the pull, SI's path)
+written as the dozen torch ops it needs on one flat fp32 tensor of the digits MLP's size
+(17,610 elements), against ``SWGL.wrap(SGD)`` with every default on one param of that size
+and on the MLP's six tensors, and SGD alone. The library's own path adds its guard, its
+step counters, its detector's bookkeeping and one op per tensor per pass: what a flat-buffer
+state and a compiled step would have to remove.
+
+    python benchmarks/cpu_step_floor.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn as nn
+
+from swgl import SWGL
+
+N = 17610
+SIX = [(100, 64), (100,), (100, 100), (100,), (10, 100), (10,)]
+
+
+def _minimal():
+    """v6's step in a dozen ops on one flat tensor (the formulas of swgl.rules.synaptic, the
+    detector's step on the host as the library's CPU path takes it)."""
+    gen = torch.Generator().manual_seed(0)
+    w, g = torch.randn(N, generator=gen), 0.01 * torch.randn(N, generator=gen)
+    s, F, path, b = torch.zeros(N), torch.rand(N, generator=gen), torch.zeros(N), torch.empty(N)
+    mu, det = w.clone(), [100.0, 1.0, 1.0, 50.0]
+    one_minus_alpha, strength = torch.tensor(0.001), torch.tensor(3e-4)
+
+    def step():
+        g2 = g * g
+        s.lerp_(g2, one_minus_alpha)
+        n = float(g2.sum())
+        t, f, q, last = det
+        det[:] = [t + 1, f + 0.1 * (n - f), q + 0.01 * (n - q), last]
+        b.copy_(w)
+        w.add_(g, alpha=-0.1)                 # the base step (SGD)
+        k = F * strength
+        w.addcmul_(k, mu)
+        k.add_(1.0)
+        w.div_(k)
+        d = w - b
+        d.mul_(g)
+        d.clamp_(-1e30, 1e30)
+        path.sub_(d)
+    return step
+
+
+def _library(shapes, swgl: bool):
+    torch.manual_seed(0)
+    ps = [nn.Parameter(torch.randn(shape)) for shape in shapes]
+    for p in ps:
+        p.grad = 0.01 * torch.randn_like(p)
+    base = torch.optim.SGD(ps, lr=0.1)
+    opt = SWGL.wrap(base) if swgl else base
+    for _ in range(50):
+        opt.step()
+    if swgl:   # as after a shift: the pull runs
+        for p in ps:
+            opt.state[p]["detector"][3] = 1.0
+    return opt.step
+
+
+def _median_us(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e6 * sorted(times)[n // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--json", help="write the table here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = {"v6 in a dozen ops, one flat tensor (SGD step included)": _minimal(),
+            "SGD alone, one tensor": _library([(N,)], False),
+            "SWGL.wrap(SGD), one tensor": _library([(N,)], True),
+            "SGD alone, the MLP's six tensors": _library(SIX, False),
+            "SWGL.wrap(SGD), the MLP's six tensors": _library(SIX, True)}
+    best = {name: float("inf") for name in rows}
+    for _ in range(args.rounds):   # interleaved rounds, the min of the medians
+        for name, fn in rows.items():
+            best[name] = min(best[name], _median_us(fn, args.steps))
+    print("| step (one thread) | us |\n|---|---|")
+    for name, us in best.items():
+        print(f"| {name} | {us:.0f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"torch": torch.__version__, "us": best}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
