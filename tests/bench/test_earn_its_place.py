@@ -284,3 +284,40 @@ def test_stored_results_read_gzipped(tmp_path):
         json.dump(runs, f)
     (tmp_path / "r.json").write_text(json.dumps(runs))
     assert E.read_results(tmp_path / "r.json.gz") == E.read_results(tmp_path / "r.json") == runs
+
+
+def test_per_step_grid_runs_plain_v6_and_each_strength_on_v6s_lrs():
+    grid = E.per_step_grid()
+    assert len(grid) == len({json.dumps(r, sort_keys=True) for r in grid}) == 372
+    assert grid[0]["scenario_name"] == "long"
+    for c in E.PER_STEP:
+        runs = [r for r in grid if r["method"] == f"swgl-v6-ps{c:g}"]
+        assert len(runs) == 72 and all(r["per_step"] for r in runs)
+        assert all(r["swgl"] == {"rule": "v6", "consolidation": c} for r in runs)
+        assert all(r["lr"] in E.V6_LRS[r["scenario_name"]][r["opt"]] for r in runs)
+
+
+def test_the_per_step_variant_is_the_library_rule_v7():
+    """The study's patched v6 (each shift's term divided by its segment) trains as the rule
+    v7 it became, on a stream with a shift, and the patch is gone after its run."""
+    def train(rule, **options):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 4)
+        opt = E.SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule=rule, **options)
+        g = torch.Generator().manual_seed(0)
+        w1, w2 = torch.randn(8, 4, generator=g), 3.0 * torch.randn(8, 4, generator=g)
+        for t in range(240):
+            x = torch.randn(32, 8, generator=g)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), x @ (w1 if t < 120 else w2)).backward()
+            opt.step()
+        return model, opt
+
+    with E._variant({"per_step": True}):
+        patched, opt = train("v6", consolidation=0.3)
+    assert E.synaptic._consolidate is E.CONSOLIDATE
+    library, _ = train("v7")
+    v6, _ = train("v6", consolidation=0.3)
+    assert opt.shifts()[0]["last_shift"] > 120
+    torch.testing.assert_close(patched.weight, library.weight, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(patched.weight, v6.weight)     # the division acted

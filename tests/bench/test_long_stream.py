@@ -35,6 +35,16 @@ def test_a_relabelled_segment_is_a_shift_and_adds_importance(fake_data):
     assert v6["acc"] != plain["acc"]
 
 
+def test_v7_divides_each_shifts_term_by_its_segment(fake_data):
+    """``v7``: the opt-in rule, whose shift adds a term of mean 1 / (steps since the last
+    shift) where v6's adds 1."""
+    cfg = _cfg(segments=4, steps=60, lr=0.3)
+    v6, v7 = L.run_one(dict(cfg, method="v6")), L.run_one(dict(cfg, method="v7"))
+    shifts = round(v6["F"][-1])
+    assert shifts >= 1 and 0.0 < v7["F"][-1] <= shifts / 51   # segments of 51 steps or more
+    assert v7["acc"] != v6["acc"]
+
+
 def test_the_controls_pull_uniformly(fake_data):
     """``uniform``: every element's F is the count of shifts; ``fixed``: F stops at 1. Both
     restore v6's importance after their run."""
