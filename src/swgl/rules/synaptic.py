@@ -45,7 +45,7 @@ is the same for any length: v6's best strength fell as its tasks grew longer (3e
 the plain optimizer at its tuned lr (docs/results.md, eighteenth session) it is level with v6
 or ahead in seven of the eight image cells (split domain-IL +10.0 / +8.6 with Adam / SGD,
 against v6's +2.2 / +5.7; digits' 100-step tasks +6.6 / +5.6 against +1.5 / +1.9), and
-behind it on Adam's long tasks (+0.7 against +1.3 at ten seeds) and on the label-permuted
+behind it on Adam's long tasks (+0.6 against +1.3 at ten seeds) and on the label-permuted
 stream, where the old labels are obsolete and a stronger pull holds them (SGD -1.4, AdamW
 +0.9, against v6's -0.3 / +1.9): not the default.
 
