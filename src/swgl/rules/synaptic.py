@@ -377,19 +377,19 @@ def around_fused_step(params, grads, state, hp: Hyper, found: Tensor,
     """v6 around a fused v4 step that also steps the optimizer (swgl.optim's Triton path),
     with no host sync: ``v4_step()`` runs it; ``found`` is the step's skip flag, already set;
     ``n`` is the detector's signal, summed by v4's first pass; ``per_step``: v7's. The same
-    math as the phases,
-    in this order: the detector (its kernel); on a shift the consolidation (before the step,
-    as the ``before`` phase takes it: it reads the weights, the anchor and the path); a copy
-    of the params; the step; the pull and the path (one kernel: :func:`_pull_and_path`).
+    math as the phases, in this order: the detector (its kernel, on a copy: the state keeps
+    the old values, which v7's consolidation reads, until they are stored after it); on a
+    shift the consolidation (before the step, as the ``before`` phase takes it: it reads the
+    weights, the anchor and the path); a copy of the params; the step; the pull and the path
+    (one kernel: :func:`_pull_and_path`).
 
     Memory: the copy of the params the path needs (``w_before``) is one buffer in the params'
     dtype (4 bytes per element for fp32 params, 2 for bf16), allocated once and held with the
     launch tables (:func:`_snapshots`). Folding the path into v4's apply pass, which holds
     ``w_before`` and ``g`` in registers, would save the copy and the path's pass."""
     det = state["detector"]
-    length = segment(det) if per_step else None   # before the detector's step
     new, shift = v5._advance(n, det, found, kernel=True)
-    _consolidate(params, state, shift, "fused", Context(), per_step=per_step, length=length)
+    _consolidate(params, state, shift, "fused", Context(), per_step=per_step)
     torch._foreach_copy_(det, [new] * len(det))
     start = _snapshots(params)
     v4_step()
