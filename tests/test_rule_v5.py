@@ -9,40 +9,16 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from swgl import RULES, SWGL, kernels
 from swgl.kernels import compiled
 from swgl.rules import Context, Hyper
 from swgl.rules import consolidation as cons
-from toy import step_across_a_shift_without_host_sync
+from toy import IMPL_KW, resume_across_a_shift, step_across_a_shift_without_host_sync
+from toy import train_across_a_shift as _train
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IMPLS = ["single", "foreach"] + (["fused"] if compiled.available() else [])
-IMPL_KW = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True, fused=False),
-           "fused": dict(foreach=True, fused=True)}
-
-
-def _stream(n_steps, shift_at, seed=0):
-    """A regression stream whose target map changes at ``shift_at`` (a new task: the loss,
-    and with it the gradient norm, jumps)."""
-    g = torch.Generator().manual_seed(seed)
-    w1, w2 = torch.randn(8, 4, generator=g), 3.0 * torch.randn(8, 4, generator=g)
-    for t in range(n_steps):
-        x = torch.randn(32, 8, generator=g)
-        yield x, x @ (w1 if t < shift_at else w2)
-
-
-def _train(rule, n_steps=240, shift_at=120, impl="foreach", seed=0, **options):
-    torch.manual_seed(seed)
-    model = nn.Linear(8, 4)
-    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule=rule, **IMPL_KW[impl],
-                    **options)
-    for x, y in _stream(n_steps, shift_at, seed):
-        opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-    return model, opt
 
 
 def _detector(opt):
@@ -306,20 +282,8 @@ def test_a_flagged_step_pulls_nothing(impl):
 
 
 def test_a_checkpoint_resumes_bit_exactly_after_a_shift():
-    full, _ = _train("v5", n_steps=240)
-    part, opt = _train("v5", n_steps=160)             # past the shift at 120
-    saved_model, saved_opt = copy.deepcopy(part.state_dict()), copy.deepcopy(opt.state_dict())
-    model = nn.Linear(8, 4)
-    model.load_state_dict(saved_model)
-    opt2 = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule="v5")
-    opt2.load_state_dict(saved_opt)
-    assert float(_detector(opt2)[3]) > 0
-    for t, (x, y) in enumerate(_stream(240, 120)):
-        if t < 160:
-            continue
-        opt2.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt2.step()
+    full, model, resumed = resume_across_a_shift("v5")
+    assert float(_detector(resumed)[3]) > 0
     for a, b in zip(full.parameters(), model.parameters()):
         assert torch.equal(a, b)
 

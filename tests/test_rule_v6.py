@@ -14,34 +14,13 @@ from swgl import DEFAULT_RULE, RULES, SWGL
 from swgl.kernels import compiled
 from swgl.rules import Context, Hyper
 from swgl.rules import synaptic as v6
-from toy import step_across_a_shift_without_host_sync
+from toy import resume_across_a_shift, step_across_a_shift_without_host_sync
+from toy import shift_stream as _stream
+from toy import train_across_a_shift as _train
 
 IMPLS = ["single", "foreach"] + (["fused"] if compiled.available() else [])
-IMPL_KW = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True, fused=False),
-           "fused": dict(foreach=True, fused=True)}
 HP = Hyper(alpha=0.999, lambda_reg=0.0, eps=1e-8, max_boost=10.0, mode="update",
            consolidation=v6.STRENGTH)
-
-
-def _stream(n_steps, shift_at, seed=0):
-    """A regression stream whose target map changes at ``shift_at``."""
-    g = torch.Generator().manual_seed(seed)
-    w1, w2 = torch.randn(8, 4, generator=g), 3.0 * torch.randn(8, 4, generator=g)
-    for t in range(n_steps):
-        x = torch.randn(32, 8, generator=g)
-        yield x, x @ (w1 if t < shift_at else w2)
-
-
-def _train(rule, n_steps=240, shift_at=120, impl="foreach", opt=None, **options):
-    torch.manual_seed(0)
-    model = nn.Linear(8, 4)
-    base = torch.optim.SGD(model.parameters(), lr=0.05)
-    opt = base if rule is None else SWGL.wrap(base, rule=rule, **IMPL_KW[impl], **options)
-    for x, y in _stream(n_steps, shift_at):
-        opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-    return model, opt
 
 
 def _cat(opt, model, name):
@@ -155,13 +134,15 @@ def test_swgl_optim_reports_the_same_shifts():
 
 @pytest.mark.parametrize("lambda_reg", [None, 3.0])
 @pytest.mark.parametrize("impl", IMPLS[1:])
-def test_variants_agree(impl, lambda_reg):
-    ref, opt_ref = _train("v6", impl="single", lambda_reg=lambda_reg)
-    got, opt_got = _train("v6", impl=impl, lambda_reg=lambda_reg)
+@pytest.mark.parametrize("rule", ["v6", "v7"])   # v7: v6 with another gain at a shift
+def test_variants_agree(rule, impl, lambda_reg):
+    ref, opt_ref = _train(rule, impl="single", lambda_reg=lambda_reg)
+    got, opt_got = _train(rule, impl=impl, lambda_reg=lambda_reg)
+    assert opt_ref.shifts()[0]["last_shift"] > 0
     for a, b in zip(ref.parameters(), got.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for p_ref, p_got in zip(ref.parameters(), got.parameters()):
-        for name, _ in RULES["v6"].state:
+        for name, _ in RULES[rule].state:
             torch.testing.assert_close(opt_ref.state[p_ref][name], opt_got.state[p_got][name],
                                        rtol=1e-4, atol=1e-6)
 
@@ -189,19 +170,8 @@ def test_a_flagged_step_leaves_the_state_as_it_was():
 
 
 def test_a_checkpoint_resumes_bit_exactly_after_a_shift():
-    full, _ = _train("v6", n_steps=240)
-    part, opt = _train("v6", n_steps=160)
-    saved_model, saved_opt = copy.deepcopy(part.state_dict()), copy.deepcopy(opt.state_dict())
-    model = nn.Linear(8, 4)
-    model.load_state_dict(saved_model)
-    opt2 = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule="v6")
-    opt2.load_state_dict(saved_opt)
-    for t, (x, y) in enumerate(_stream(240, 120)):
-        if t < 160:
-            continue
-        opt2.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt2.step()
+    full, model, resumed = resume_across_a_shift("v6")
+    assert resumed.shifts()[0]["last_shift"] > 0
     for a, b in zip(full.parameters(), model.parameters()):
         assert torch.equal(a, b)
 

@@ -1,10 +1,8 @@
 """Rule ``v7`` (swgl.rules.synaptic): v6 with each shift's importance divided by the length of
 the segment it was learned in, so that one strength serves segments of any length. That it is
 v6 until the first shift, that a shift adds ``Om / mean(Om) / T``, how ``T`` is counted (at a
-step's shift, at a boundary the user names, its floor), its variants against each other, and
-its checkpoints."""
-
-import copy
+step's shift, at a boundary the user names, its floor), ``swgl.optim``, and
+its checkpoints (its variants against each other: tests/test_rule_v6.py)."""
 
 import pytest
 import torch
@@ -12,35 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from swgl import RULES, SWGL
-from swgl.kernels import compiled
 from swgl.rules import synaptic
-from toy import step_across_a_shift_without_host_sync
-
-IMPLS = ["single", "foreach"] + (["fused"] if compiled.available() else [])
-IMPL_KW = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True, fused=False),
-           "fused": dict(foreach=True, fused=True)}
-
-
-def _stream(n_steps, shift_at, seed=0):
-    """A regression stream whose target map changes at ``shift_at``."""
-    g = torch.Generator().manual_seed(seed)
-    w1, w2 = torch.randn(8, 4, generator=g), 3.0 * torch.randn(8, 4, generator=g)
-    for t in range(n_steps):
-        x = torch.randn(32, 8, generator=g)
-        yield x, x @ (w1 if t < shift_at else w2)
-
-
-def _train(rule, n_steps=240, shift_at=120, impl="foreach", model=None, **options):
-    if model is None:
-        torch.manual_seed(0)
-        model = nn.Linear(8, 4)
-    base = torch.optim.SGD(model.parameters(), lr=0.05)
-    opt = base if rule is None else SWGL.wrap(base, rule=rule, **IMPL_KW[impl], **options)
-    for x, y in _stream(n_steps, shift_at):
-        opt.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt.step()
-    return model, opt
+from toy import resume_across_a_shift, step_across_a_shift_without_host_sync
+from toy import shift_stream as _stream
+from toy import train_across_a_shift as _train
 
 
 def _mean(opt, model, name="consolidated"):
@@ -101,19 +74,6 @@ def test_on_task_boundary_divides_by_the_steps_since_the_last_shift():
     assert F_now == pytest.approx(1.0 / 100, rel=1e-4)   # no path since: nothing learned
 
 
-@pytest.mark.parametrize("impl", IMPLS[1:])
-def test_variants_agree(impl):
-    ref, opt_ref = _train("v7", impl="single")
-    got, opt_got = _train("v7", impl=impl)
-    assert opt_ref.shifts()[0]["last_shift"] > 0
-    for a, b in zip(ref.parameters(), got.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for p_ref, p_got in zip(ref.parameters(), got.parameters()):
-        for name, _ in RULES["v7"].state:
-            torch.testing.assert_close(opt_ref.state[p_ref][name], opt_got.state[p_got][name],
-                                       rtol=1e-4, atol=1e-6)
-
-
 def test_swgl_optim_runs_v7_as_the_wrapper_does():
     import swgl.optim
 
@@ -131,18 +91,8 @@ def test_swgl_optim_runs_v7_as_the_wrapper_does():
 
 
 def test_a_checkpoint_resumes_bit_exactly_after_a_shift():
-    full, _ = _train("v7", n_steps=240)
-    part, opt = _train("v7", n_steps=160)
-    model = nn.Linear(8, 4)
-    model.load_state_dict(copy.deepcopy(part.state_dict()))
-    opt2 = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule="v7")
-    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
-    for t, (x, y) in enumerate(_stream(240, 120)):
-        if t < 160:
-            continue
-        opt2.zero_grad()
-        F.mse_loss(model(x), y).backward()
-        opt2.step()
+    full, model, resumed = resume_across_a_shift("v7")
+    assert resumed.shifts()[0]["last_shift"] > 0
     for a, b in zip(full.parameters(), model.parameters()):
         assert torch.equal(a, b)
 

@@ -54,3 +54,56 @@ def step_across_a_shift_without_host_sync(rule: str, **options):
         finally:
             torch.cuda.set_sync_debug_mode(0)
     return opt
+
+
+#: ``SWGL.wrap``'s options for each of a rule's variants
+IMPL_KW = {"single": dict(foreach=False, fused=False), "foreach": dict(foreach=True, fused=False),
+           "fused": dict(foreach=True, fused=True)}
+
+
+def shift_stream(n_steps, shift_at, seed=0):
+    """A regression stream whose target map changes at ``shift_at`` (a new task: the loss,
+    and with it the gradient norm, jumps)."""
+    g = torch.Generator().manual_seed(seed)
+    w1, w2 = torch.randn(8, 4, generator=g), 3.0 * torch.randn(8, 4, generator=g)
+    for t in range(n_steps):
+        x = torch.randn(32, 8, generator=g)
+        yield x, x @ (w1 if t < shift_at else w2)
+
+
+def _run(model, opt, n_steps, shift_at, seed, start=0):
+    for t, (x, y) in enumerate(shift_stream(n_steps, shift_at, seed)):
+        if t >= start:
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+
+
+def train_across_a_shift(rule, n_steps=240, shift_at=120, impl="foreach", seed=0, **options):
+    """``nn.Linear(8, 4)`` trained by SGD (lr 0.05) on :func:`shift_stream`, wrapped by SWGL
+    under ``rule`` in its ``impl`` variant (``rule`` None: SGD alone); (model, optimizer)."""
+    from swgl import SWGL
+
+    torch.manual_seed(seed)
+    model = nn.Linear(8, 4)
+    base = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt = base if rule is None else SWGL.wrap(base, rule=rule, **IMPL_KW[impl], **options)
+    _run(model, opt, n_steps, shift_at, seed)
+    return model, opt
+
+
+def resume_across_a_shift(rule, cut=160, n_steps=240, shift_at=120):
+    """(an unbroken run's model, a resumed run's model, its optimizer): the run cut at ``cut``
+    steps, past the shift, its checkpoint loaded into new objects and run to the end."""
+    import copy
+
+    from swgl import SWGL
+
+    full, _ = train_across_a_shift(rule, n_steps, shift_at)
+    part, opt = train_across_a_shift(rule, cut, shift_at)
+    model = nn.Linear(8, 4)
+    model.load_state_dict(copy.deepcopy(part.state_dict()))
+    resumed = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.05), rule=rule)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    _run(model, resumed, n_steps, shift_at, 0, start=cut)
+    return full, model, resumed
