@@ -41,6 +41,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset fade  # v6's pull stronger, fading (360)
     python benchmarks/earn_its_place.py grid --preset fade-adam-long  # its Adam long seeds (21)
     python benchmarks/earn_its_place.py grid --preset per-step  # v6's pull per segment step (360)
+    python benchmarks/earn_its_place.py grid --preset min-segment  # v7's floor (66)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -290,6 +291,8 @@ def _consolidate_per_step(consolidate):
 
 #: v6's importance as imported; a config with ``mix`` replaces it for its run
 IMPORTANCE = synaptic._importance
+#: v7's shortest segment as imported; a config with ``min_segment`` replaces it for its run
+MIN_SEGMENT = synaptic.MIN_SEGMENT
 
 
 def _mixed_importance(mix: float):
@@ -314,14 +317,15 @@ def _variant(cfg: dict):
     importance's uniform part (``mix``)."""
     names = ((consolidation, "SHIFT_RATIO"), (consolidation, "REFRACTORY"),
              (consolidation, "WARMUP"), (consolidation, "_advance"), (synaptic, "_consolidate"),
-             (synaptic, "_importance"))
+             (synaptic, "_importance"), (synaptic, "MIN_SEGMENT"))
     before = [getattr(module, name) for module, name in names]
     ratio, refractory, *warmup = cfg.get("detector", DETECTOR)
     values = (ratio, refractory, warmup[0] if warmup else refractory,
               ADVANCE if cfg.get("oracle") is None else _oracle_advance,
               (_consolidate_per_step if cfg.get("per_step") else lambda c: c)(
                   {None: CONSOLIDATE, "weighted": _consolidate_weighted}[cfg.get("anchor")]),
-              IMPORTANCE if cfg.get("mix") is None else _mixed_importance(cfg["mix"]))
+              IMPORTANCE if cfg.get("mix") is None else _mixed_importance(cfg["mix"]),
+              float(cfg.get("min_segment", MIN_SEGMENT)))
     try:
         for (module, name), value in zip(names, values):
             setattr(module, name, value)
@@ -803,6 +807,26 @@ def per_step_grid() -> list[dict]:
     return runs
 
 
+#: v7's floor on a segment's length tried against its own (51): the detector's first shift
+#: is often a false one early in the first task (step 67 of 468, 192 of 780), whose term v7
+#: then weighs 4 to 7 times a whole task's (eighteenth session)
+MIN_SEGMENTS = (200.0,)
+
+
+def min_segment_grid() -> list[dict]:
+    """v7 with a higher floor on the segment's length (``swgl-v7-min<floor>``), on v7's lr
+    grids: Adam's long tasks at ten seeds (the cell v7 lost to v6), then rotated and split
+    domain-IL at three seeds (the short tasks a floor weakens): 66 runs, ``long`` first."""
+    runs = []
+    for floor in MIN_SEGMENTS:
+        name, extra = f"swgl-v7-min{floor:g}", dict(swgl={"rule": "v7"}, min_segment=floor)
+        runs += method_runs("long", name, {"adam": (1.2e-4, 2.4e-4, 4.8e-4)}, seeds=range(10),
+                            **extra)
+        for sc in ("rotated", "splitdom"):
+            runs += method_runs(sc, name, V6_LRS[sc], **extra)
+    return runs
+
+
 def fade_adam_long_grid() -> list[dict]:
     """:data:`FADE_ADAM_LONG` on Adam's long tasks at seeds 3 to 9, on v6's lr grid (21 runs):
     with the fade run's seeds 0 to 2, ten seeds beside the adam-long preset's plain and v6."""
@@ -846,7 +870,8 @@ PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, 
            "choice": choice_grid, "detector": detector_grid,
            "oracle": oracle_grid, "warmup": warmup_grid, "anchor": anchor_grid,
            "adam-long": adam_long_grid, "mix": mix_grid, "fade": fade_grid,
-           "fade-adam-long": fade_adam_long_grid, "per-step": per_step_grid}
+           "fade-adam-long": fade_adam_long_grid, "per-step": per_step_grid,
+           "min-segment": min_segment_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:

@@ -208,15 +208,18 @@ def test_the_oracle_fires_at_each_new_tasks_step_and_only_there(fake_data):
 def test_a_run_restores_the_rules_module_state_even_when_it_fails(fake_data):
     """A config's detector constants, oracle and anchor hold during its run only."""
     own = (E.consolidation.SHIFT_RATIO, E.consolidation.REFRACTORY, E.consolidation.WARMUP,
-           E.consolidation._advance, E.synaptic._consolidate, E.synaptic._importance)
+           E.consolidation._advance, E.synaptic._consolidate, E.synaptic._importance,
+           E.synaptic.MIN_SEGMENT)
     cfg = dict(E.method_runs("small", "swgl-v6", {"sgd": (0.1,)}, seeds=(0,),
                              swgl={"rule": "v6"})[0], tasks=1, n=64)
     with pytest.raises(KeyError):
         E.run_one(dict(cfg, detector=[1.5, 25, 100], oracle=0, anchor="weighted", mix=0.5,
                        method="no-such-method", opt="no-such-optimizer"))
-    E.run_one(dict(cfg, detector=[1.5, 25, 100], oracle=0, anchor="weighted", mix=0.5))
+    E.run_one(dict(cfg, detector=[1.5, 25, 100], oracle=0, anchor="weighted", mix=0.5,
+                   per_step=True, min_segment=200))
     assert (E.consolidation.SHIFT_RATIO, E.consolidation.REFRACTORY, E.consolidation.WARMUP,
-            E.consolidation._advance, E.synaptic._consolidate, E.synaptic._importance) == own
+            E.consolidation._advance, E.synaptic._consolidate, E.synaptic._importance,
+            E.synaptic.MIN_SEGMENT) == own
 
 
 @pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
@@ -295,6 +298,13 @@ def test_per_step_grid_runs_plain_v6_and_each_strength_on_v6s_lrs():
         assert len(runs) == 72 and all(r["per_step"] for r in runs)
         assert all(r["swgl"] == {"rule": "v6", "consolidation": c} for r in runs)
         assert all(r["lr"] in E.V6_LRS[r["scenario_name"]][r["opt"]] for r in runs)
+
+
+def test_min_segment_grid_runs_v7_with_its_floor():
+    grid = E.min_segment_grid()
+    assert len(grid) == 66 and grid[0]["scenario_name"] == "long"
+    assert all(r["swgl"] == {"rule": "v7"} and r["min_segment"] == 200.0 for r in grid)
+    assert sum(r["scenario_name"] == "long" for r in grid) == 30   # Adam, 3 lrs, 10 seeds
 
 
 def test_the_per_step_variant_is_the_library_rule_v7():
