@@ -40,7 +40,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset mix  # v6's importance part uniform (144)
     python benchmarks/earn_its_place.py grid --preset fade  # v6's pull stronger, fading (360)
     python benchmarks/earn_its_place.py grid --preset fade-adam-long  # its Adam long seeds (21)
-    python benchmarks/earn_its_place.py grid --preset per-step  # v6's pull per segment step (360)
+    python benchmarks/earn_its_place.py grid --preset per-step  # v6's pull per segment step (372)
     python benchmarks/earn_its_place.py grid --preset min-segment  # v7's floor (66)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
@@ -313,8 +313,9 @@ def _variant(cfg: dict):
     ones before it restored after (a worker or a test runs many configs in one process):
     the detector's constants (``detector``; a config of two, the thirteenth session's, had its
     warm-up equal to its refractory period: the detector's first condition was
-    ``t > REFRACTORY`` then), the oracle (``oracle``), the anchor (``anchor``) and the
-    importance's uniform part (``mix``)."""
+    ``t > REFRACTORY`` then), the oracle (``oracle``), the anchor (``anchor``), the
+    importance's uniform part (``mix``), its division by the segment's length (``per_step``)
+    and v7's floor on that length (``min_segment``)."""
     names = ((consolidation, "SHIFT_RATIO"), (consolidation, "REFRACTORY"),
              (consolidation, "WARMUP"), (consolidation, "_advance"), (synaptic, "_consolidate"),
              (synaptic, "_importance"), (synaptic, "MIN_SEGMENT"))
@@ -796,7 +797,7 @@ def per_step_grid() -> list[dict]:
     """v6 with each shift's importance divided by its segment's length
     (``swgl-v6-ps<strength>``, :func:`_consolidate_per_step`) at the strengths
     :data:`PER_STEP`, beside plain and v6, each on its own lr grid (the choice preset's), on
-    the four regimes, 3 seeds: 360 runs, ``long`` first."""
+    the four regimes, 3 seeds: 372 runs, ``long`` first."""
     runs = []
     for sc in ("long", "short", "rotated", "splitdom"):
         runs += method_runs(sc, "plain", V5_LRS[sc])
