@@ -7,9 +7,10 @@ written as the dozen torch ops it needs on one flat fp32 tensor of the digits ML
 (17,610 elements), against ``SWGL.wrap(SGD)`` with every default on one param of that size
 and on the MLP's six tensors, and SGD alone. The library's own path adds its guard, its
 step counters, its detector's bookkeeping and one op per tensor per pass: what a flat-buffer
-state and a compiled step would have to remove.
+state and a lean step would have to remove. ``--compiled`` adds the same passes as two
+``torch.compile``d functions (slower than eager at this size: docs/results.md).
 
-    python benchmarks/cpu_step_floor.py [--json out.json]
+    python benchmarks/cpu_step_floor.py [--compiled] [--json out.json]
 """
 
 from __future__ import annotations
@@ -55,6 +56,39 @@ def _minimal():
     return step
 
 
+def _compiled():
+    """:func:`_minimal`'s passes as two ``torch.compile``d functions (Inductor's C++ on the
+    CPU: before the base step, after it), the detector's step on the host between them."""
+    gen = torch.Generator().manual_seed(0)
+    w, g = torch.randn(N, generator=gen), 0.01 * torch.randn(N, generator=gen)
+    s, F, path, b = torch.zeros(N), torch.rand(N, generator=gen), torch.zeros(N), torch.empty(N)
+    mu, det = w.clone(), [100.0, 1.0, 1.0, 50.0]
+    one_minus_alpha, strength = torch.tensor(0.001), torch.tensor(3e-4)
+
+    @torch.compile
+    def before():
+        g2 = g * g
+        s.copy_(s + one_minus_alpha * (g2 - s))
+        b.copy_(w)
+        return g2.sum()
+
+    @torch.compile
+    def after():
+        k = F * strength
+        w.copy_((w + k * mu) / (1.0 + k))
+        path.copy_(path - ((w - b) * g).clamp(-1e30, 1e30))
+
+    def step():
+        n = float(before())
+        t, f, q, last = det
+        det[:] = [t + 1, f + 0.1 * (n - f), q + 0.01 * (n - q), last]
+        w.add_(g, alpha=-0.1)
+        after()
+    for _ in range(5):   # compile
+        step()
+    return step
+
+
 def _library(shapes, swgl: bool):
     torch.manual_seed(0)
     ps = [nn.Parameter(torch.randn(shape)) for shape in shapes]
@@ -84,9 +118,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--json", help="write the table here")
+    parser.add_argument("--compiled", action="store_true",
+                        help="add the dozen ops compiled by torch.compile (needs a C++ compiler)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = {"v6 in a dozen ops, one flat tensor (SGD step included)": _minimal(),
+            **({"the same, compiled (two torch.compile calls)": _compiled()}
+               if args.compiled else {}),
             "SGD alone, one tensor": _library([(N,)], False),
             "SWGL.wrap(SGD), one tensor": _library([(N,)], True),
             "SGD alone, the MLP's six tensors": _library(SIX, False),
