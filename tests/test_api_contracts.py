@@ -212,3 +212,67 @@ def test_a_named_task_boundary_consolidates_under_the_default(api):
     _loss(model, 0).backward()
     step()
     assert opt.shifts() == [{"steps": 1, "last_shift": 0}]
+
+
+def _steps(opt, base, model, n=2):
+    for _ in range(n):
+        opt.zero_grad()
+        model(_XA[:8]).sum().backward()
+        opt.step()
+        if base is not None:
+            base.step()
+
+
+def _groups_api(api: str, model: nn.Module):
+    """(optimizer, base stepped after it or None, the option's key for ``name``)."""
+    if api == "two-object":
+        return (SWGL(model.parameters()), torch.optim.SGD(model.parameters(), lr=0.1),
+                lambda group, name: (group, name))
+    if api == "wrapper":
+        return (SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1)), None,
+                lambda group, name: (group, "swgl_" + name))
+    return (swgl.optim.SGD(model.parameters(), lr=0.1), None,
+            lambda group, name: (group["swgl"], name))
+
+
+@pytest.mark.parametrize("api", ["two-object", "wrapper", "optim"])
+@pytest.mark.parametrize("value, error", [(float("nan"), ValueError), (-1.0, ValueError),
+                                          ("0.3", TypeError)])
+def test_an_option_set_by_hand_between_steps_is_checked(api, value, error):
+    """``param_groups[i][...]["consolidation"] = nan`` was taken as it was by the wrapper and
+    the two-object API (every weight NaN after the next shift); ``swgl.optim`` checked it."""
+    model = _model()
+    opt, base, where = _groups_api(api, model)
+    _steps(opt, base, model)
+    options, key = where(opt.param_groups[0], "consolidation")
+    options[key] = value
+    with pytest.raises(error, match="consolidation"):
+        _steps(opt, base, model, 1)
+    options[key] = 3e-4
+    _steps(opt, base, model, 1)
+
+
+@pytest.mark.parametrize("api", ["two-object", "wrapper", "optim"])
+def test_a_rule_changed_after_a_step_is_refused_and_before_one_taken(api):
+    """v6's state and options are not v7's (v7's term is v6's over the segment's length, its
+    strength a thousand times v6's): a group's rule set by hand after SWGL has stepped it is
+    refused, naming both rules; before any step it is an option like another."""
+    model = _model()
+    opt, base, where = _groups_api(api, model)
+    options, key = where(opt.param_groups[0], "rule")
+    strength = where(opt.param_groups[0], "consolidation")
+    options[key], strength[0][strength[1]] = "v7", None     # before any step: taken
+    _steps(opt, base, model)
+    assert strength[0][strength[1]] == 0.3
+    options[key] = "v6"
+    with pytest.raises(ValueError, match="rule changed from 'v7' to 'v6'"):
+        _steps(opt, base, model, 1)
+    options[key] = "v7"
+    _steps(opt, base, model, 1)
+    # a checkpoint saved under another rule brings its state with it: loaded, not refused
+    other = _model(1)
+    saved_opt, saved_base, _ = _groups_api(api, other)
+    _steps(saved_opt, saved_base, other)
+    opt.load_state_dict(saved_opt.state_dict())
+    _steps(opt, base, model, 1)
+    assert where(opt.param_groups[0], "rule")[0][where(opt.param_groups[0], "rule")[1]] == "v6"

@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from swgl import functional, graphs
 from swgl.checkpoint import check_step
-from swgl.options import check_options, hyper
+from swgl.options import check_options, check_rule_change, hyper
 from swgl.rules import RULES
 from swgl.state import STORAGES
 from swgl.state._common import check_tensor
@@ -71,6 +71,11 @@ class SWGLBase(Optimizer):
     #: Prefix of SWGL's options in a param group: the wrapper shares its groups with a base
     #: optimizer whose own ``eps``, ``alpha`` or ``foreach`` must not be overwritten.
     option_prefix = ""
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        #: per param group (by id): the group and its options as last checked (:meth:`_recheck`)
+        self._options_seen: dict[int, tuple[dict[str, Any], tuple]] = {}
+        super().__init__(params, defaults)
 
     def _option(self, group: dict[str, Any], name: str) -> Any:
         return group[self.option_prefix + name]
@@ -127,6 +132,31 @@ class SWGLBase(Optimizer):
     def _on_fresh_state(self, p: Tensor) -> None:
         """Hook for the wrapper's 'base has state but SWGL does not' warning."""
 
+    def _recheck(self, index: int, group: dict[str, Any]) -> None:
+        """Check again a group's SWGL options set by hand since its last step
+        (``param_groups[i]["swgl_consolidation"] = ...``), as the constructor checks them
+        (ValueError or TypeError naming the option); a ``rule`` changed on a group SWGL has
+        stepped is refused (:func:`swgl.options.check_rule_change`). One tuple of the group's
+        options per step, whatever the number of params."""
+        pre = self.option_prefix
+        options = tuple(group.get(pre + name) for name in _PHASE_OPTIONS)
+        seen = self._options_seen.get(id(group))
+        if seen is not None and seen[0] is group and seen[1] == options:
+            return
+        if seen is not None and seen[0] is group:
+            stepped = any("step" in self.state.get(p, {}) for p in group["params"])
+            check_rule_change(seen[1][0], options[0], stepped, f"param_groups[{index}]")
+        check_options(group, pre, label=f"param_groups[{index}]['{{}}']")
+        self._checked(group)
+
+    def _checked(self, group: dict[str, Any]) -> None:
+        """Record ``group``'s options as just checked (numbers coerced, unset options filled):
+        :meth:`_recheck` compares the next step's to them (and a group checked when added is
+        not checked, nor warned about, again)."""
+        pre = self.option_prefix
+        checked = tuple(group.get(pre + name) for name in _PHASE_OPTIONS)
+        self._options_seen[id(group)] = (group, checked)
+
     @torch.no_grad()
     def _modulate(self) -> tuple[bool | Tensor, list[Pending]]:
         """Run the rule's ``before`` phase over every group.
@@ -136,7 +166,8 @@ class SWGLBase(Optimizer):
         """
         applied: bool | Tensor = True
         pending: list[Pending] = []
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
+            self._recheck(index, group)
             params, grads, stabilities, steps, extra = self._gather(group)
             options = self._rule_options(group)
             outcome = functional.swgl(params, grads, stabilities, steps, **options,
@@ -325,6 +356,7 @@ class SWGLBase(Optimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         self.state.clear()
         self._state_version += 1
+        self._options_seen.clear()   # the groups' options are the checkpoint's now
         for index, entry in saved.items():
             p = params[index]
             state = {k: v.detach().to(device=p.device, copy=True) for k, v in entry.items()}

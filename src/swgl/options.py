@@ -12,7 +12,7 @@ v5's detector and pull, :mod:`swgl.rules.consolidation`, with SI's importance; v
 :mod:`swgl.rules.importance`, off unless ``lambda_reg`` > 0):
 
 * ``lambda_reg``: the stability penalty's strength, how strongly an element's importance
-  (v4's squared-gradient EMA) bends its step away; unset: the rule's default (v6: 0, no
+  (v4's squared-gradient EMA) bends its step away; unset: the rule's default (v6, v7: 0, no
   damping, the base optimizer's step until a shift; v4, v5: 3.0; the seed's rules: 0.01);
   the seed's quick start passes 0.01, which turns v6's damping on, weakly;
 * ``alpha``: the decay of the squared-gradient EMA (memory of about ``1 / (1 - alpha)``
@@ -38,7 +38,8 @@ from typing import Any
 from swgl._validate import check_choice, check_range
 from swgl.rules import DEFAULT_RULE, RULES, Hyper
 
-__all__ = ["DEFAULTS", "MATH_OPTIONS", "MODES", "SIGNALS", "check_options", "hyper"]
+__all__ = ["DEFAULTS", "MATH_OPTIONS", "MODES", "SIGNALS", "check_options", "check_rule_change",
+           "hyper"]
 
 #: Where the factor applies: to the gradient, or to the update the base optimizer makes.
 MODES = ("grad", "update")
@@ -55,6 +56,20 @@ MATH_OPTIONS = tuple(DEFAULTS)
 #: What "unset" is for each option a rule may not read.
 _UNSET: dict[str, Any] = dict(signal=None, max_damping=None, shock=0.0, consolidation=None,
                               consolidation_horizon=None)
+
+
+def check_rule_change(old: str, new: str, stepped: bool, label: str) -> None:
+    """A param group's ``rule`` set by hand between steps: refused once SWGL has stepped the
+    group's params, whose state and filled-in options are the old rule's (v6's importance
+    gains 1 per shift where v7's gains 1 / T, and their ``consolidation`` defaults differ a
+    thousandfold; v4 and v5 keep other state). Before any step it is an option like another.
+    ``label`` names the group in the message."""
+    if stepped and old != new:
+        raise ValueError(
+            f"{label}: rule changed from {old!r} to {new!r} after SWGL stepped under it; its "
+            f"state and options are the old rule's: build a new optimizer for {new!r}, or "
+            "load a state_dict saved under it"
+        )
 
 
 def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = False,

@@ -49,7 +49,7 @@ class SWGL(SWGLBase):
             rules: 0.99).
         lambda_reg: the stability penalty's strength, >= 0 (v4/v5: how strongly importance
             bends a step; the seed's rules: their decay term); None: the rule's default (v4,
-            v5: 3.0, v6: 0 (no damping), the seed's rules: 0.01).
+            v5: 3.0, v6 and v7: 0 (no damping), the seed's rules: 0.01).
         eps: numerical floor, > 0 (v4/v5: a floor under the gradient's RMS).
         max_boost: >= 1; v4/v5: the strongest damping is ``1/max_boost`` and the progress
             rescale at most ``max_boost``; the seed's rules: the largest gradient boost.
@@ -88,7 +88,7 @@ class SWGL(SWGLBase):
             ``scaler.unscale_(base)`` before ``swgl.step()``; the seed's order without
             ``scaler=`` raises instead of training on scaled grads.
         cuda_graphs: run the two phases as CUDA graphs (:mod:`swgl.graphs`): None (default)
-            does on CUDA under the rules that allow it (v4, v5) with fp32 state, once a
+            does on CUDA under the rules that allow it (v4 to v7) with fp32 state, once a
             step's tensors repeat; True requires it (ValueError at the first step that cannot);
             False never. While on, the update mode's copy of the params is kept between steps
             (one param-sized buffer) instead of being allocated at each step.
@@ -168,6 +168,7 @@ class SWGL(SWGLBase):
         group = self.param_groups[-1]
         check_options(group)
         check_params(group)
+        self._checked(group)
         if hasattr(self, "_param_ids"):
             self._param_ids.update(id(p) for p in group["params"])
             self._smallest = None

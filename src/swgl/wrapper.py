@@ -209,6 +209,7 @@ class SWGLWrapper(SWGLBase):
                     filled.add(key)
         check_options(group, PREFIX)
         check_params(group)
+        self._checked(group)
 
     def _share_base_groups(self) -> None:
         """Point at the base's (new) groups; the records of the groups gone go with them (a

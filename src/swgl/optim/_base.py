@@ -40,7 +40,7 @@ from swgl import graphs, kernels
 from swgl.base import check_cuda_graphs, check_params, copies, fresh_extra, run_closure
 from swgl.functional import all_finite, found_nonfinite
 from swgl.kernels import compiled
-from swgl.options import DEFAULTS, check_options
+from swgl.options import DEFAULTS, check_options, check_rule_change
 from swgl.options import hyper as group_hyper
 from swgl.rules import RULES, Context, Hyper
 from swgl.stats import DEFAULT_QUANTILES, layer_stats
@@ -332,9 +332,13 @@ class SWGLOptimizer(Optimizer):
         user may set ``param_groups[i]["swgl"][name]`` between steps): one comparison of a
         few scalars per group and step, whatever the number of params."""
         for index, group in enumerate(self.param_groups):
-            options = group["swgl"]
-            if self._swgl_checked.get(index) != options:
+            options, seen = group["swgl"], self._swgl_checked.get(index)
+            if seen != options:
                 recheck_swgl(options, f"param_groups[{index}]['swgl']")
+                if seen is not None:   # a rule changed after a step is refused
+                    stepped = any("step" in self.state.get(p, {}) for p in group["params"])
+                    check_rule_change(seen["rule"], options["rule"], stepped,
+                                      f"param_groups[{index}]['swgl']")
                 self._swgl_checked[index] = dict(options)
 
     def group_buffer_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
@@ -519,6 +523,8 @@ class SWGLOptimizer(Optimizer):
         self._state_version += 1   # new state tensors: no graph may replay onto the old ones
         for group, checked in zip(self.param_groups, options):
             group["swgl"] = checked
+        # the checkpoint's options, its rule included, are the ones now checked
+        self._swgl_checked = {i: dict(g["swgl"]) for i, g in enumerate(self.param_groups)}
         for state in self.state.values():
             for key, value in state.items():
                 if key == "step":

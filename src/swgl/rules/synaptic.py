@@ -87,7 +87,7 @@ STRENGTH = 3e-4
 #: step of the segment it was learned in
 PER_STEP_STRENGTH = 0.3
 #: v7: the shortest segment a shift's importance is divided by: the detector finds none
-#: shorter (its refractory period and warm-up), a boundary the user names may
+#: shorter (its refractory period and warm-up); a boundary the user names sooner counts as it
 MIN_SEGMENT = float(v5.REFRACTORY + 1)
 #: SI's damping of its importance (``(w - mu)^2 + XI``), in squared weight units: SI's own
 XI = 0.1
