@@ -9,6 +9,7 @@ so the seed's monitoring loop (``swgl.state[p]['stability']``) works with either
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -52,6 +53,12 @@ def check_cuda_graphs(value: object) -> None:
 _PHASE_OPTIONS = ("rule", "alpha", "lambda_reg", "eps", "max_boost", "signal", "max_damping",
                   "mode", "shock", "consolidation", "consolidation_horizon", "storage",
                   "foreach", "fused")
+
+
+@functools.lru_cache(maxsize=4)
+def _phase_keys(prefix: str) -> tuple[str, ...]:
+    """The keys of :data:`_PHASE_OPTIONS` in a param group whose options carry ``prefix``."""
+    return tuple(prefix + name for name in _PHASE_OPTIONS)
 
 
 class SWGLBase(Optimizer):
@@ -138,24 +145,25 @@ class SWGLBase(Optimizer):
         (ValueError or TypeError naming the option); a ``rule`` changed on a group SWGL has
         stepped is refused (:func:`swgl.options.check_rule_change`). One tuple of the group's
         options per step, whatever the number of params."""
-        pre = self.option_prefix
-        options = tuple(group.get(pre + name) for name in _PHASE_OPTIONS)
+        options = self._phase_options(group)
         seen = self._options_seen.get(id(group))
         if seen is not None and seen[0] is group and seen[1] == options:
             return
         if seen is not None and seen[0] is group:
-            stepped = any("step" in self.state.get(p, {}) for p in group["params"])
-            check_rule_change(seen[1][0], options[0], stepped, f"param_groups[{index}]")
-        check_options(group, pre, label=f"param_groups[{index}]['{{}}']")
+            check_rule_change(seen[1][0], options[0], group["params"], self.state,
+                              f"param_groups[{index}]")
+        check_options(group, self.option_prefix, label=f"param_groups[{index}]['{{}}']")
         self._checked(group)
 
     def _checked(self, group: dict[str, Any]) -> None:
         """Record ``group``'s options as just checked (numbers coerced, unset options filled):
         :meth:`_recheck` compares the next step's to them (and a group checked when added is
         not checked, nor warned about, again)."""
-        pre = self.option_prefix
-        checked = tuple(group.get(pre + name) for name in _PHASE_OPTIONS)
-        self._options_seen[id(group)] = (group, checked)
+        self._options_seen[id(group)] = (group, self._phase_options(group))
+
+    def _phase_options(self, group: dict[str, Any]) -> tuple:
+        """The values of the options the phases read, in :data:`_PHASE_OPTIONS`' order."""
+        return tuple(map(group.get, _phase_keys(self.option_prefix)))
 
     @torch.no_grad()
     def _modulate(self) -> tuple[bool | Tensor, list[Pending]]:
@@ -197,10 +205,9 @@ class SWGLBase(Optimizer):
         if not self._graphs_possible():
             return None
         parts: list[Any] = [self._state_version, len(self.state)]
-        pre = self.option_prefix
         for group in self.param_groups:
             parts += graphs.params_key(group["params"])
-            parts.append(tuple(group.get(pre + name) for name in _PHASE_OPTIONS))
+            parts.append(self._phase_options(group))
         return tuple(parts)
 
     def _graph_blocker(self) -> str | None:

@@ -58,13 +58,13 @@ _UNSET: dict[str, Any] = dict(signal=None, max_damping=None, shock=0.0, consolid
                               consolidation_horizon=None)
 
 
-def check_rule_change(old: str, new: str, stepped: bool, label: str) -> None:
-    """A param group's ``rule`` set by hand between steps: refused once SWGL has stepped the
-    group's params, whose state and filled-in options are the old rule's (v6's importance
-    gains 1 per shift where v7's gains 1 / T, and their ``consolidation`` defaults differ a
-    thousandfold; v4 and v5 keep other state). Before any step it is an option like another.
-    ``label`` names the group in the message."""
-    if stepped and old != new:
+def check_rule_change(old: str, new: str, params: list, state: dict, label: str) -> None:
+    """A param group's ``rule`` set by hand between steps: refused once SWGL has stepped one
+    of the group's ``params`` (a ``"step"`` in its ``state``): their state and filled-in
+    options are the old rule's (v6's importance gains 1 per shift where v7's gains 1 / T, and
+    their ``consolidation`` defaults differ a thousandfold; v4 and v5 keep other state).
+    Before any step it is an option like another. ``label`` names the group in the message."""
+    if old != new and any("step" in state.get(p, {}) for p in params):
         raise ValueError(
             f"{label}: rule changed from {old!r} to {new!r} after SWGL stepped under it; its "
             f"state and options are the old rule's: build a new optimizer for {new!r}, or "

@@ -336,9 +336,8 @@ class SWGLOptimizer(Optimizer):
             if seen != options:
                 recheck_swgl(options, f"param_groups[{index}]['swgl']")
                 if seen is not None:   # a rule changed after a step is refused
-                    stepped = any("step" in self.state.get(p, {}) for p in group["params"])
-                    check_rule_change(seen["rule"], options["rule"], stepped,
-                                      f"param_groups[{index}]['swgl']")
+                    check_rule_change(seen["rule"], options["rule"], group["params"],
+                                      self.state, f"param_groups[{index}]['swgl']")
                 self._swgl_checked[index] = dict(options)
 
     def group_buffer_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
