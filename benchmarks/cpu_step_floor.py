@@ -4,7 +4,8 @@ The ``swgl bench`` target (swgl-sgd at most 1.5x naive-sgd per step) is set by t
 whose step is a few dozen small ops. This times, on one thread, v6's steady-state step after
 a shift (the EMA and the detector's signal, the snapshot, an SGD step, the pull, SI's path)
 written as the dozen torch ops it needs on one flat fp32 tensor of the digits MLP's size
-(17,610 elements), against ``SWGL.wrap(SGD)`` with every default on one param of that size
+(17,610 elements) and as foreach passes over the MLP's six tensors (the library's layout),
+against ``SWGL.wrap(SGD)`` with every default on one param of that size
 and on the MLP's six tensors, and SGD alone. The library's own path adds its guard, its
 step counters, its detector's bookkeeping and one op per tensor per pass: what a flat-buffer
 state and a lean step would have to remove. ``--compiled`` adds the same passes as two
@@ -53,6 +54,39 @@ def _minimal():
         d.mul_(g)
         d.clamp_(-1e30, 1e30)
         path.sub_(d)
+    return step
+
+
+def _minimal_six():
+    """:func:`_minimal`'s ops as foreach passes over the digits MLP's six tensors, the state
+    kept per tensor as the library keeps it (its SGD step a foreach pass too): the floor of
+    the library's layout, whatever its Python costs."""
+    gen = torch.Generator().manual_seed(0)
+    w = [torch.randn(shape, generator=gen) for shape in SIX]
+    g = [0.01 * torch.randn(shape, generator=gen) for shape in SIX]
+    s, path = [torch.zeros(shape) for shape in SIX], [torch.zeros(shape) for shape in SIX]
+    F = [torch.rand(shape, generator=gen) for shape in SIX]
+    b = [torch.empty(shape) for shape in SIX]
+    mu, det = [x.clone() for x in w], [100.0, 1.0, 1.0, 50.0]
+    one_minus_alpha, strength, one = torch.tensor(0.001), torch.tensor(3e-4), torch.tensor(1.0)
+
+    def step():
+        g2 = torch._foreach_mul(g, g)
+        torch._foreach_lerp_(s, g2, one_minus_alpha)
+        n = float(torch.stack(torch._foreach_norm(g2, 1)).sum())
+        t, f, q, last = det
+        det[:] = [t + 1, f + 0.1 * (n - f), q + 0.01 * (n - q), last]
+        torch._foreach_copy_(b, w)
+        torch._foreach_add_(w, g, alpha=-0.1)   # the base step (SGD)
+        k = torch._foreach_mul(F, strength)
+        torch._foreach_addcmul_(w, k, mu)
+        torch._foreach_add_(k, [one] * len(k))
+        torch._foreach_div_(w, k)
+        d = torch._foreach_sub(w, b)
+        torch._foreach_mul_(d, g)
+        torch._foreach_clamp_min_(d, -1e30)
+        torch._foreach_clamp_max_(d, 1e30)
+        torch._foreach_sub_(path, d)
     return step
 
 
@@ -125,6 +159,7 @@ def main() -> None:
     rows = {"v6 in a dozen ops, one flat tensor (SGD step included)": _minimal(),
             **({"the same, compiled (two torch.compile calls)": _compiled()}
                if args.compiled else {}),
+            "the same as foreach passes, the MLP's six tensors": _minimal_six(),
             "SGD alone, one tensor": _library([(N,)], False),
             "SWGL.wrap(SGD), one tensor": _library([(N,)], True),
             "SGD alone, the MLP's six tensors": _library(SIX, False),

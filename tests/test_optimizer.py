@@ -877,3 +877,42 @@ def test_the_default_cuda_step_never_syncs(api):
         step_both(opt, base, api == "two-object", no_sync=i >= 2)
     if api.startswith("swgl.optim"):  # it skips a non-finite step itself (the others: AMP)
         assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("api", ["two-object", "wrapper"])
+def test_the_variants_are_picked_again_only_when_options_or_params_change(api, monkeypatch):
+    """A step reuses the variants its group's phases ran last step (picking took a tenth of a
+    small model's CPU step); an option set by hand, a param that loses its grad, or a param's
+    data replaced (another dtype or device comes with new data) picks again, and the step
+    then runs what the new options ask for."""
+    from swgl import functional
+
+    picks = []
+    plan = functional.plan
+    monkeypatch.setattr(functional, "plan", lambda *a, **k: picks.append(k) or plan(*a, **k))
+    model = _model()
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = SWGL(model.parameters()) if api == "two-object" else SWGL.wrap(base)
+    prefix = "" if api == "two-object" else "swgl_"
+    for batch in _batches(3):
+        base.zero_grad()
+        _loss(model, batch).backward()
+        step_both(opt, base, api == "two-object")
+    assert len(picks) == 1
+    opt.param_groups[0][prefix + "foreach"] = False
+    (batch,) = _batches(1)
+    base.zero_grad()
+    _loss(model, batch).backward()
+    step_both(opt, base, api == "two-object")
+    assert len(picks) == 2 and picks[-1]["foreach"] is False
+    first = next(model.parameters())
+    first.data = first.data.clone()
+    base.zero_grad()
+    _loss(model, batch).backward()
+    step_both(opt, base, api == "two-object")
+    assert len(picks) == 3
+    base.zero_grad()
+    _loss(model, batch).backward()
+    first.grad = None
+    step_both(opt, base, api == "two-object")
+    assert len(picks) == 4

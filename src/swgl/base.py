@@ -82,6 +82,8 @@ class SWGLBase(Optimizer):
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         #: per param group (by id): the group and its options as last checked (:meth:`_recheck`)
         self._options_seen: dict[int, tuple[dict[str, Any], tuple]] = {}
+        #: per param group (by id): the group, its key and its variants (:meth:`_plan`)
+        self._plans: dict[int, tuple[dict[str, Any], tuple, functional.Plan]] = {}
         super().__init__(params, defaults)
 
     def _option(self, group: dict[str, Any], name: str) -> Any:
@@ -113,47 +115,61 @@ class SWGLBase(Optimizer):
         raise KeyError("this tensor is not one of the optimizer's params")
 
     def _gather(self, group: dict[str, Any]):
+        """The group's params with grads, their grads, the stabilities as fp32 working
+        tensors, the step counters and the rule's further state by name (made at a param's
+        first step). One comprehension per list: a small model's step spent a tenth of its
+        Python here, appending to nine lists per param."""
         storage = self._storage(group)
-        params, grads, stabilities, steps = [], [], [], []
-        extra: dict[str, list[Tensor]] = {name: [] for name in self._extra_names(group)}
-        for p in group["params"]:
-            if p.grad is None:
-                continue
+        params = [p for p in group["params"] if p.grad is not None]
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
             if p.grad.is_sparse:
                 raise TypeError(
                     "SWGL does not support sparse gradients; build the embedding with "
                     "sparse=False or leave it out of SWGL's params"
                 )
-            state = self.state[p]
             if "step" not in state:
                 self._on_fresh_state(p)
                 state.update(self._new_state(p, group))
-            params.append(p)  # the phases run under no_grad: no detached copy needed
-            grads.append(p.grad)
-            stabilities.append(storage.load(state, p))
-            steps.append(state["step"])
-            for name, values in extra.items():
-                values.append(state[name])
-        return params, grads, stabilities, steps, extra
+        # the phases run under no_grad: no detached copy of a param is needed
+        return (params, [p.grad for p in params],
+                [storage.load(state, p) for p, state in zip(params, states)],
+                [state["step"] for state in states],
+                {name: [state[name] for state in states] for name in self._extra_names(group)})
 
     def _on_fresh_state(self, p: Tensor) -> None:
         """Hook for the wrapper's 'base has state but SWGL does not' warning."""
 
-    def _recheck(self, index: int, group: dict[str, Any]) -> None:
+    def _recheck(self, index: int, group: dict[str, Any]) -> tuple:
         """Check again a group's SWGL options set by hand since its last step
         (``param_groups[i]["swgl_consolidation"] = ...``), as the constructor checks them
         (ValueError or TypeError naming the option); a ``rule`` changed on a group SWGL has
         stepped is refused (:func:`swgl.options.check_rule_change`). One tuple of the group's
-        options per step, whatever the number of params."""
+        options per step, whatever the number of params. Returns the options as checked."""
         options = self._phase_options(group)
         seen = self._options_seen.get(id(group))
         if seen is not None and seen[0] is group and seen[1] == options:
-            return
+            return options
         if seen is not None and seen[0] is group:
             check_rule_change(seen[1][0], options[0], group["params"], self.state,
                               f"param_groups[{index}]")
         check_options(group, self.option_prefix, label=f"param_groups[{index}]['{{}}']")
         self._checked(group)
+        return self._options_seen[id(group)][1]
+
+    def _plan(self, group: dict[str, Any], options: tuple, params: list[Tensor]
+              ) -> functional.Plan:
+        """The variants the group's phases run (:func:`swgl.functional.plan`), picked again
+        only when its options (as :meth:`_recheck` returns them) or the params it gathered
+        (which, and their data: a param's device, dtype and size go with it) changed: picking
+        took a tenth of a small model's CPU step."""
+        key = (options, tuple(map(id, params)), tuple(map(Tensor.data_ptr, params)))
+        held = self._plans.get(id(group))
+        if held is not None and held[0] is group and held[1] == key:
+            return held[2]
+        chosen = functional.plan(params, **self._rule_options(group))
+        self._plans[id(group)] = (group, key, chosen)
+        return chosen
 
     def _checked(self, group: dict[str, Any]) -> None:
         """Record ``group``'s options as just checked (numbers coerced, unset options filled):
@@ -175,11 +191,11 @@ class SWGLBase(Optimizer):
         applied: bool | Tensor = True
         pending: list[Pending] = []
         for index, group in enumerate(self.param_groups):
-            self._recheck(index, group)
+            options = self._recheck(index, group)
             params, grads, stabilities, steps, extra = self._gather(group)
-            options = self._rule_options(group)
-            outcome = functional.swgl(params, grads, stabilities, steps, **options,
-                                      extra_state=extra)
+            chosen = self._plan(group, options, params)
+            outcome = functional.run_before(chosen, params, grads, stabilities, steps,
+                                            extra_state=extra)
             storage = self._storage(group)
             # fp32 state is updated in place (masked on the device); other formats are
             # stored back only when the step applied, which reads the flag on the host
@@ -187,9 +203,9 @@ class SWGLBase(Optimizer):
             if not in_place and bool(outcome.applied):
                 for p, working in zip(params, stabilities):
                     storage.store(self.state[p], working)
-            if outcome.aux is not None and RULES[options["rule"]].after is not None:
+            if outcome.aux is not None and chosen.after is not None:
                 kept = (stabilities, steps, extra) if in_place else None
-                pending.append(Pending(group, params, outcome.aux, kept))
+                pending.append(Pending(group, params, outcome.aux, kept, chosen))
             applied = outcome.applied if applied is True else applied & outcome.applied
         return applied, pending
 
@@ -278,6 +294,10 @@ class SWGLBase(Optimizer):
                 stabilities, steps, extra = entry.state
             else:
                 stabilities, steps, extra = self._state_lists(entry.group, entry.params)
+            if entry.plan is not None:   # the before phase's params, all of them
+                functional.run_after(entry.plan, entry.params, snaps, stabilities, steps,
+                                     entry.aux, extra_state=extra)
+                continue
             functional.swgl_after(
                 entry.params, snaps, stabilities, steps, entry.aux,
                 rule=entry.group[pre + "rule"], hp=hyper(entry.group, pre),
@@ -395,6 +415,9 @@ class Pending(NamedTuple):
     #: (stabilities, steps, extra state by name) as the before phase gathered them, when the
     #: storage format updates them in place (fp32): the after phase looks nothing up again
     state: tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]]] | None = None
+    #: the variants the before phase ran (:func:`swgl.functional.plan`), for the after phase
+    #: on the same params; None on a part of them (:meth:`split`: it picks again)
+    plan: functional.Plan | None = None
 
     def only(self, ids: set[int]) -> tuple[Pending, Pending]:
         """(the part for the params in ``ids``, the rest)."""
@@ -465,7 +488,9 @@ def snapshot(entry: Pending, kept: dict[Any, tuple] | None = None,
     rule = RULES[entry.group[_prefix_of(entry.group) + "rule"]]
     if not rule.snapshot or not entry.params:
         return None
-    return copies([local(p) for p in entry.params], kept, id(entry.group), on_device=on_device)
+    params = entry.params if entry.plan is not None and not entry.plan.dtensor else [
+        local(p) for p in entry.params]
+    return copies(params, kept, id(entry.group), on_device=on_device)
 
 
 def copies(tensors: list[Tensor], kept: dict[Any, tuple] | None, key: Any,

@@ -12,6 +12,7 @@ is checked on the host, where the read costs no sync, and a step that applies ru
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -26,7 +27,7 @@ from swgl.rules import RULES, Context, Hyper, Variants
 from swgl.rules.base import add_one_
 
 __all__ = ["swgl", "swgl_after", "swgl_boundary", "all_finite", "found_nonfinite", "Outcome",
-           "MODES", "SIGNALS"]
+           "Plan", "plan", "run_before", "run_after", "MODES", "SIGNALS"]
 
 
 
@@ -78,6 +79,57 @@ def all_finite(tensors: list[Tensor]) -> bool:
     return bool(torch.isfinite(_probes(tensors)).all())
 
 
+class Plan(NamedTuple):
+    """What a param group's phases run, picked once for its options and params
+    (:func:`plan`): the rule's name, its options as the variants read them, and the variants
+    of its two phases (``after`` None for a rule without one)."""
+
+    rule: str
+    hp: Hyper
+    before: Callable
+    after: Callable | None
+    #: some param is a DTensor (FSDP2): the phases run per mesh bucket on local shards
+    dtensor: bool
+
+
+def plan(
+    params: list[Tensor],
+    *,
+    rule: str,
+    alpha: float,
+    lambda_reg: float,
+    eps: float,
+    max_boost: float,
+    signal: str = "relative",
+    max_damping: float | None = None,
+    mode: str = "grad",
+    shock: float = 0.0,
+    consolidation: float | None = None,
+    consolidation_horizon: float | None = None,
+    foreach: bool = True,
+    fused: bool | None = None,
+) -> Plan:
+    """The variants :func:`swgl` and :func:`swgl_after` run for these options and ``params``
+    (see :func:`swgl`); the optimizer classes keep it per param group while the group's
+    options and params stay the same, so that a step does not pick again."""
+    check_choice("rule", rule, RULES)
+    rule_ = RULES[rule]
+    hp = Hyper(
+        alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
+        max_damping=max_damping, mode=mode, shock=shock,
+        # unset: the rule's default (v5: 0.03 and 20), or 0 for the rules that do not read it
+        consolidation=(rule_.default("consolidation", 0.0) if consolidation is None
+                       else consolidation),
+        consolidation_horizon=(rule_.default("consolidation_horizon", 0.0)
+                               if consolidation_horizon is None else consolidation_horizon),
+    )
+    hp = rule_.hyper(hp)
+    sharded, local = _shards(params)
+    return Plan(rule, hp, _pick(rule_.before, rule, params, hp, foreach, fused),
+                None if rule_.after is None else
+                _pick(rule_.after, rule, local, hp, foreach, fused), sharded)
+
+
 @torch.no_grad()
 def swgl(
     params: list[Tensor],
@@ -119,21 +171,23 @@ def swgl(
     check_choice("rule", rule, RULES)
     if not params:
         return Outcome(True, [] if mode == "update" else None)
-    rule_ = RULES[rule]
-    hp = Hyper(
-        alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
-        max_damping=max_damping, mode=mode, shock=shock,
-        # unset: the rule's default (v5: 0.03 and 20), or 0 for the rules that do not read it
-        consolidation=(rule_.default("consolidation", 0.0) if consolidation is None
-                       else consolidation),
-        consolidation_horizon=(rule_.default("consolidation_horizon", 0.0)
-                               if consolidation_horizon is None else consolidation_horizon),
-    )
-    hp = rule_.hyper(hp)
-    impl = _pick(rule_.before, rule, params, hp, foreach, fused)
+    chosen = plan(params, rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps,
+                  max_boost=max_boost, signal=signal, max_damping=max_damping, mode=mode,
+                  shock=shock, consolidation=consolidation,
+                  consolidation_horizon=consolidation_horizon, foreach=foreach, fused=fused)
+    return run_before(chosen, params, grads, stabilities, steps, grad_scale, extra_state)
+
+
+def run_before(chosen: Plan, params: list[Tensor], grads: list[Tensor],
+               stabilities: list[Tensor], steps: list[Tensor], grad_scale: float = 1.0,
+               extra_state: dict[str, list[Tensor]] | None = None) -> Outcome:
+    """:func:`swgl` with its variant already picked (``chosen``: :func:`plan` for these
+    params), under the caller's ``no_grad``: the guard, the step counters, the variant."""
+    if not params:
+        return Outcome(True, [] if chosen.hp.mode == "update" else None)
+    rule_, hp, impl = RULES[chosen.rule], chosen.hp, chosen.before
     state = {"stability": stabilities, **(extra_state or {})}
-    dtensor = _dtensor_type()
-    if dtensor is not None and any(isinstance(p, dtensor) for p in params):
+    if chosen.dtensor:
         return _swgl_dtensor(params, grads, state, steps, hp, impl, grad_scale)
     if rule_.device_guard and not compiled.runs_on(grads[0].device):
         if impl is rule_.before.fused and rule_.fused_checks:
@@ -210,24 +264,35 @@ def swgl_after(
     (:func:`swgl.options.hyper` builds it from a param group). ``aux`` None (the step was
     skipped on the host for non-finite grads: :attr:`Outcome.applied` False) does nothing."""
     check_choice("rule", rule, RULES)
-    variants = RULES[rule].after
-    if variants is None or not params or aux is None:
+    rule_ = RULES[rule]
+    if rule_.after is None or not params or aux is None:
         return
-    hp = RULES[rule].hyper(hp)
+    hp = rule_.hyper(hp)
+    sharded, local = _shards(params)
+    chosen = Plan(rule, hp, rule_.before.foreach, _pick(rule_.after, rule, local, hp, foreach,
+                                                        fused), sharded)
+    run_after(chosen, params, snapshots, stabilities, steps, aux, extra_state)
+
+
+def run_after(chosen: Plan, params: list[Tensor], snapshots: list[Tensor] | None,
+              stabilities: list[Tensor], steps: list[Tensor], aux: list[Tensor] | None,
+              extra_state: dict[str, list[Tensor]] | None = None) -> None:
+    """:func:`swgl_after` with its variant already picked (``chosen``: :func:`plan` for these
+    params), under the caller's ``no_grad``."""
+    impl = chosen.after
+    if impl is None or not params or aux is None:
+        return
     state = {"stability": stabilities, **(extra_state or {})}
-    dtensor = _dtensor_type()
-    if dtensor is None or not any(isinstance(p, dtensor) for p in params):
-        impl = _pick(variants, rule, params, hp, foreach, fused)
-        impl(params, snapshots, state, steps, aux, hp, Context())
+    if not chosen.dtensor:
+        impl(params, snapshots, state, steps, aux, chosen.hp, Context())
         return
     local = [_local(t) for t in params]
-    impl = _pick(variants, rule, local, hp, foreach, fused)
     state = {name: [_local(t) for t in ts] for name, ts in state.items()}
     # the same buckets as the before phase, so that sums over shards complete there too
     for idx, ctx in _bucket_contexts(params, 1.0):
         impl(_pick_at(local, idx), None if snapshots is None else _pick_at(snapshots, idx),
              {name: _pick_at(ts, idx) for name, ts in state.items()}, _pick_at(steps, idx),
-             _pick_at(aux, idx), hp, ctx)
+             _pick_at(aux, idx), chosen.hp, ctx)
 
 
 def swgl_boundary(
@@ -285,6 +350,15 @@ def _bucket_contexts(params: list[Tensor], grad_scale: float) -> list[tuple[list
             )
         out.append((idx, ctx))
     return out
+
+
+def _shards(params: list[Tensor]) -> tuple[bool, list[Tensor]]:
+    """(whether some param is a DTensor, the params' local shards): the after phase picks
+    its variant on what it runs on."""
+    dtensor = _dtensor_type()
+    if dtensor is None or not any(isinstance(p, dtensor) for p in params):
+        return False, params
+    return True, [_local(t) for t in params]
 
 
 def _local(t: Tensor) -> Tensor:

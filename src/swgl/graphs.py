@@ -301,12 +301,11 @@ def possible(option: bool | None, phases: GraphedPhases | None, param_groups) ->
     """Cheap, at every step: whether a step may run as graphs at all (the option allows it,
     CUDA is there, the graphs are not off, the params are on CUDA); the rest is the caller's
     blocker, asked once per new key."""
-    if option is False or not torch.cuda.is_available():
+    if option is False or (phases is not None and not phases.enabled):
         return False
-    if phases is not None and not phases.enabled:
-        return False
+    # the params' device first: a CPU step then asks nothing of CUDA (microseconds a call)
     first = next((p for g in param_groups for p in g["params"]), None)
-    return first is not None and first.is_cuda
+    return first is not None and first.is_cuda and torch.cuda.is_available()
 
 
 def params_key(params: list[torch.Tensor]) -> tuple[tuple, tuple]:
