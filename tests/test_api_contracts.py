@@ -276,3 +276,29 @@ def test_a_rule_changed_after_a_step_is_refused_and_before_one_taken(api):
     opt.load_state_dict(saved_opt.state_dict())
     _steps(opt, base, model, 1)
     assert where(opt.param_groups[0], "rule")[0][where(opt.param_groups[0], "rule")[1]] == "v6"
+
+
+@pytest.mark.parametrize("api", ["two-object", "wrapper", "swgl.optim"])
+def test_a_whole_train_step_compiles_and_matches_eager(api):
+    """``torch.compile`` of a train step that calls ``opt.step()`` (a common pattern): Dynamo
+    traces the CPU's detector on the host; a flag indexed by a traced bool failed there
+    (nineteenth session, caught by a user's audit before it shipped)."""
+    import torch._dynamo
+
+    def run(compiled: bool) -> list[torch.Tensor]:
+        model = _model()
+        step, _ = _make(api, model)
+
+        def train(x, y):
+            _zero(model)
+            nn.functional.cross_entropy(model(x), y).backward()
+            step()
+        fn = torch.compile(train, backend="eager") if compiled else train
+        for i in range(4):
+            x, y = _TASKS[0]
+            fn(x[32 * i:32 * i + 32], y[32 * i:32 * i + 32])
+        return [p.detach().clone() for p in model.parameters()]
+
+    torch._dynamo.reset()
+    for a, b in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -118,17 +118,13 @@ def _detect(n: Tensor, det: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack([t, f, q, torch.where(shift, t, det[3])]), shift
 
 
-#: the CPU's shift flags, made once (only ever read; ``torch.tensor`` takes microseconds)
-_SHIFT = (torch.tensor(False), torch.tensor(True))
-
-
 def _detect_on_host(n: Tensor, dets: list[Tensor]) -> tuple[Tensor, Tensor]:
     """:func:`_detect` on the host, for the CPU (two reads, no sync there; its fifteen 0-d
     ops took 0.24 ms a step, a tenth of a small model's), from the freshest copy of ``dets``
     (:func:`freshest`): the same step in float64, the new values then stored in fp32."""
     t, f, q, t_last = freshest_on_host(dets)
     t, f, q, shift = _step(float(n), t, f, q, t_last)
-    return torch.tensor([t, f, q, t if shift else t_last]), _SHIFT[bool(shift)]
+    return torch.tensor([t, f, q, t if shift else t_last]), torch.tensor(shift)
 
 
 def freshest(dets: list[Tensor]) -> Tensor:
