@@ -302,3 +302,41 @@ def test_a_whole_train_step_compiles_and_matches_eager(api):
     torch._dynamo.reset()
     for a, b in zip(run(True), run(False)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("api", ["two-object", "wrapper", "swgl.optim"])
+def test_a_copied_optimizer_trains_on_as_the_original(api, how):
+    """``copy.deepcopy((model, opt))`` and pickle: torch's ``Optimizer.__getstate__`` keeps
+    only defaults, state and param_groups, so a copy lost SWGL's own attributes and failed at
+    its first step (a user's audit, nineteenth session). A copy taken across the shift trains
+    on as the original does, to the bit."""
+    import copy
+    import pickle
+
+    def build():
+        model = _model()
+        if api == "swgl.optim":
+            opt = swgl.optim.AdamW(model.parameters(), lr=1e-2)
+            return model, opt, None
+        base = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        return model, (SWGL(model.parameters()) if api == "two-object" else SWGL.wrap(base)), base
+
+    def train(model, opt, base, steps):
+        for i in steps:
+            _zero(model)
+            _loss(model, i).backward()
+            opt.step()
+            if base is not None and api == "two-object":
+                base.step()
+
+    original = build()
+    train(*original, range(_SWITCH + 10))
+    copied = (copy.deepcopy(original) if how == "deepcopy"
+              else pickle.loads(pickle.dumps(original)))
+    assert copied[1].shifts() == original[1].shifts() != [{"steps": 0, "last_shift": 0}]
+    for run in (original, copied):
+        train(*run, range(_SWITCH + 10, _SWITCH + 40))
+    for a, b in zip(original[0].parameters(), copied[0].parameters()):
+        assert torch.equal(a, b)
+    assert copied[1].shifts() == original[1].shifts()

@@ -148,6 +148,33 @@ def scenario_local_sgd(rank):
     }
 
 
+def scenario_local_sgd_shift(rank):
+    """Local SGD under the default rule across a shift each rank meets at its own step: the
+    check compares every tensor v6 keeps, and StateSync makes them agree."""
+    from swgl.distributed import StateSync
+
+    model = _model()
+    opt = SWGL.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    StateSync(opt, every=10)   # attached to opt: its post-hook syncs
+    switch = 80 + 30 * rank
+    for step in range(160):
+        x, y = _batch(rank, step)
+        if step >= switch:   # a new task: other inputs, other labels
+            x, y = 10 * x.flip(1), (y + 1) % 3
+        _loss(model, (x, y)).backward()
+        opt.step()
+        opt.zero_grad()
+        if (step + 1) % 10 == 0:
+            with torch.no_grad():
+                for p in model.parameters():
+                    dist.all_reduce(p)
+                    p.div_(WORLD)
+        if step == 154:   # between syncs
+            apart = _report(opt, model)
+    return {"apart": apart, "synced": _report(opt, model), "shifts": opt.shifts(),
+            "keys": sorted(opt.state[next(model.parameters())])}
+
+
 def _shard(model):
     from torch.distributed.fsdp import fully_shard
 
@@ -341,6 +368,7 @@ def _worker(rank: int, store: str, out_dir: Path) -> None:
     )
     scenarios = {
         "ddp": scenario_ddp, "no_sync": scenario_no_sync, "local_sgd": scenario_local_sgd,
+        "local_sgd_shift": scenario_local_sgd_shift,
     }
     if _fsdp_available():
         scenarios.update({
@@ -430,9 +458,24 @@ def test_state_sync_every_k_steps(run):
     synced = [(s + 1) % SYNC_EVERY == 0 for s in range(2 * SYNC_EVERY)]
     assert r0["identical"] == synced  # equal right after each sync, apart in between
     assert not r0["drifted_after_remove"]
-    assert r0["report"]["identical"] and r0["averaged"] == 4
+    # four params, each with v6's stability, importance, anchor, path and detector
+    assert r0["report"]["identical"] and r0["averaged"] == 4 * 5
     for a, b, after in zip(r0["before"], r1["before"], r0["after"]):
         torch.testing.assert_close(after, (a + b) / 2, rtol=1e-6, atol=0)
+
+
+def test_the_check_and_the_sync_cover_every_tensor_the_default_keeps(run):
+    """v6 keeps six tensors per param; the check compared the stability and the step only (it
+    said identical while the ranks' importance differed by 5.0) and the sync averaged the
+    stability only (a user's audit, nineteenth session)."""
+    r0, r1 = _get(run, "local_sgd_shift")
+    assert r0["keys"] == ["anchor", "consolidated", "detector", "path", "stability", "step"]
+    assert r0["synced"]["compared"] == 4 * 6
+    apart = " ".join(r0["apart"]["mismatched"])   # five steps after a sync
+    assert not r0["apart"]["identical"] and ".path" in apart and ".detector" in apart
+    assert r0["synced"]["identical"], r0["synced"]
+    # each rank found its own shift; after the sync both hold the latest one
+    assert r0["shifts"] == r1["shifts"] and r0["shifts"][0]["last_shift"] > 80
 
 
 def test_state_sync_rejects_bad_arguments():
@@ -453,7 +496,10 @@ def test_fsdp2_state_is_sharded_like_params(run, foreach):
         assert a["stab_local"] == a["param_local"] and b["stab_local"] == b["param_local"]
         assert a["stab_local"] + b["stab_local"] == a["numel"]  # 1/world each, no copy
         assert 0 < b["stab_local"] < a["numel"]
-    assert r0["report"]["sharded"] == len(r0["rows"]) and r0["report"]["identical"]
+    # v6's stability, importance, anchor and path are sharded like each param; its detector
+    # (a per-group vector, the same on every rank) and the step are compared
+    assert r0["report"]["sharded"] == 4 * len(r0["rows"]) and r0["report"]["identical"]
+    assert r0["report"]["compared"] == 2 * len(r0["rows"])
 
 
 @pytest.mark.parametrize("foreach", [True, False])

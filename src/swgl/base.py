@@ -86,6 +86,23 @@ class SWGLBase(Optimizer):
         self._plans: dict[int, tuple[dict[str, Any], tuple, functional.Plan]] = {}
         super().__init__(params, defaults)
 
+    #: what a copy does not take (:meth:`__getstate__`): caches keyed by ids or holding
+    #: closures, CUDA graphs, kept buffers; and torch's hooks, which its own copies drop too
+    _REBUILT = ("_options_seen", "_plans", "_graphs", "_kept_snapshots")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The optimizer for ``copy.deepcopy`` and pickle: torch's keeps only ``defaults``,
+        ``state`` and ``param_groups``, which left a copy without SWGL's own attributes (an
+        ``AttributeError`` at its first step); the caches are rebuilt (:meth:`__setstate__`)."""
+        return {key: value for key, value in self.__dict__.items()
+                if key not in self._REBUILT and not key.startswith("_optimizer_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._options_seen = {}
+        self._plans = {}
+        self._kept_snapshots = {}
+
     def _option(self, group: dict[str, Any], name: str) -> Any:
         return group[self.option_prefix + name]
 

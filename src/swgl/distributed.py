@@ -17,9 +17,11 @@ FSDP2 (``fully_shard``): DTensor params                        sharded like the 
 =============================================================  ==================================
 
 :func:`check_consistency` tells which case a run is in; :class:`StateSync` averages the state
-every ``K`` steps for the cases that diverge. Averaging is exact for the EMA itself: the EMA is
-linear in the relative impact, so the average of the ranks' EMAs is the EMA of the ranks'
-averaged impacts, whatever ``K``; between syncs each rank modulates with its own estimate.
+every ``K`` steps for the cases that diverge: every tensor the rule keeps (the stability and,
+under v5 to v7, the importance, the anchor, SI's path and the shift detector). Averaging is
+exact for the EMA itself: the EMA is linear in the relative impact, so the average of the
+ranks' EMAs is the EMA of the ranks' averaged impacts, whatever ``K``; between syncs each rank
+modulates with its own estimate.
 
 FSDP2 needs torch >= 2.6 (``torch.distributed.fsdp.fully_shard``), and
 :mod:`swgl.functional` runs the rules on the local shards of DTensors (torch >= 2.5).
@@ -95,8 +97,10 @@ def _state_tensors(optimizer: SWGLBase, names: dict[int, str], with_params: bool
             if with_params:
                 yield base, p.detach()
             state = optimizer.state.get(p, {})
+            # every tensor the rule keeps (v5 to v7: the importance, the anchor, the path and
+            # the detector besides the stability), the step counter last
             for key in sorted(state):
-                if key != "step" and key in optimizer._storage(group).keys:
+                if key != "step":
                     yield f"{base}.{key}", state[key]
             if "step" in state:
                 yield f"{base}.step", state["step"]
@@ -168,33 +172,52 @@ def check_consistency(
 
 @torch.no_grad()
 def average_state(optimizer: SWGLBase, group: Any = None) -> int:
-    """Average SWGL's stability state over the ranks of ``group`` (a collective call).
+    """Average SWGL's state over the ranks of ``group`` (a collective call).
 
-    The state goes through its storage as fp32 (:mod:`swgl.state`), so every format is
-    averaged in fp32 and stored back in its own format. Sharded DTensor state is skipped
-    (each rank owns its shard). Returns the number of tensors averaged.
+    The stability goes through its storage as fp32 (:mod:`swgl.state`), so every format is
+    averaged in fp32 and stored back in its own format; the rule's other per-element state
+    (v5 to v7: the importance, the anchor, SI's path) is averaged as it is. The shift
+    detector ``[t, f, q, t_last]`` (v5 to v7) takes the mean of its EMAs ``f`` and ``q`` and
+    the largest ``t`` and ``t_last``: a shift one rank found counts for all, and no rank is set
+    back to a step it has passed. Sharded DTensor state is skipped (each rank owns its
+    shard). Returns the number of tensors averaged.
     """
     _check_optimizer(optimizer)
     world = dist.get_world_size(group)
     device = _collective_device(group)
-    entries = []
+    entries, plain, detectors = [], [], []
     for pg in optimizer.param_groups:
         storage = optimizer._storage(pg)
+        extra = optimizer._extra_names(pg)
         for p in pg["params"]:
             state = optimizer.state.get(p)
             if not state or "step" not in state or _is_sharded(p):
                 continue
             entries.append((storage, state, _local(storage.load(state, p))))
+            for name in extra:
+                (detectors if name == "detector" else plain).append(_local(state[name]))
     if not entries:
         return 0
-    flat = torch.cat([w.reshape(-1).to(device) for _, _, w in entries])
+    tensors = [w for *_, w in entries] + plain
+    flat = torch.cat([t.reshape(-1).to(device) for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     flat.div_(world)
-    sizes = [w.numel() for *_, w in entries]
-    for (storage, state, working), avg in zip(entries, flat.split(sizes)):
+    averaged = flat.split([t.numel() for t in tensors])
+    for (storage, state, working), avg in zip(entries, averaged):
         working.copy_(avg.view_as(working))
         storage.store(state, working)
-    return len(entries)
+    for t, avg in zip(plain, averaged[len(entries):]):
+        t.copy_(avg.view_as(t))
+    if detectors:
+        rows = torch.stack(detectors).to(device)
+        mean, latest = rows.clone(), rows.clone()
+        dist.all_reduce(mean, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(latest, op=dist.ReduceOp.MAX, group=group)
+        rows = latest
+        rows[:, 1:3] = mean[:, 1:3] / world
+        for det, row in zip(detectors, rows):
+            det.copy_(row)
+    return len(tensors) + len(detectors)
 
 
 class StateSync:

@@ -182,6 +182,17 @@ class SWGLWrapper(SWGLBase):
             self._check_bare(group, index)
             self._check_group(group, defaults)
 
+    _REBUILT = (*SWGLBase._REBUILT, "_stepping", "_fused_checked", "_fused_why", "_lr",
+                "_not_first", "_lr_live", "_base_state_seen")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A copy shares its copied base's groups (one memo copies both) and checks the
+        fused path again."""
+        super().__setstate__(state)
+        self._stepping, self._fused_checked, self._fused_why = None, (None, "not checked"), None
+        self._lr, self._not_first, self._lr_live = {}, {}, False
+        self._base_state_seen = self.base.state
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not self._sharing_groups:  # Optimizer.__init__ copying the base's groups
             super().add_param_group(param_group)

@@ -312,6 +312,20 @@ class SWGLOptimizer(Optimizer):
         #: whether this step's kernels read the lr from ``_lr`` (set this step: graphs may run)
         self._lr_live = False
 
+    #: what a copy does not take: kept buffers, CUDA graphs, device lrs keyed by group ids
+    _REBUILT = ("_kept", "_graphs", "_lr", "_lr_live")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The optimizer for ``copy.deepcopy`` and pickle: torch's keeps only ``defaults``,
+        ``state`` and ``param_groups``, which left a copy without its checked options (an
+        ``AttributeError`` at its first step); torch's hooks are dropped, as its copies do."""
+        return {key: value for key, value in self.__dict__.items()
+                if key not in self._REBUILT and not key.startswith("_optimizer_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._kept, self._graphs, self._lr, self._lr_live = {}, None, {}, False
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         # a copy per group, as torch's groups hold their own values: changing one group's
         # options leaves the others and the defaults alone
