@@ -67,7 +67,8 @@ class ConsistencyReport:
 def _check_optimizer(optimizer: Any) -> None:
     if not isinstance(optimizer, SWGLBase):
         raise TypeError(
-            f"optimizer must be an SWGL or SWGLWrapper, got {type(optimizer).__name__}"
+            f"optimizer must be an SWGL or SWGLWrapper (swgl.optim's optimizers are not "
+            f"covered: docs/distributed.md), got {type(optimizer).__name__}"
         )
 
 

@@ -20,8 +20,9 @@ name                B/param      state
                                  (:mod:`swgl.state.factored`)
 ==================  ===========  ======================================================
 
-Every format works with every rule and implementation, because the math only ever sees the
-fp32 working tensors. A fused kernel that updates fp32 state in place can take ``fp32``
+Every format works with every rule in ``SWGL`` and ``SWGL.wrap``, because the math only ever
+sees the fp32 working tensors; ``swgl.optim``'s optimizers keep fp32 state only (their fused
+step updates it in place) and refuse ``storage``. A fused kernel that updates fp32 state in place can take ``fp32``
 directly; any other format goes through ``load`` -> the rule -> ``store`` (the foreach
 path), at the cost of the transient fp32 buffer. State entries are plain tensors of fixed
 dtype (uint8, bf16, fp32), so checkpoints load with ``torch.load(weights_only=True)`` and
