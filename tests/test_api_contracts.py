@@ -340,3 +340,35 @@ def test_a_copied_optimizer_trains_on_as_the_original(api, how):
     for a, b in zip(original[0].parameters(), copied[0].parameters()):
         assert torch.equal(a, b)
     assert copied[1].shifts() == original[1].shifts()
+
+
+@pytest.mark.parametrize("api", ["two-object", "wrapper", "swgl.optim"])
+def test_a_param_listed_twice_is_refused(api):
+    """torch only warns about a param listed twice in a group (and says it will refuse it);
+    SWGL would update its state twice a step (a user's audit, nineteenth session)."""
+    model = _model()
+    params = list(model.parameters())
+    params.append(params[0])
+    with pytest.warns(UserWarning, match="duplicate"), \
+            pytest.raises(ValueError, match=r"params\[4\] appears twice"):
+        if api == "two-object":
+            SWGL(params)
+        elif api == "wrapper":
+            SWGL.wrap(torch.optim.SGD(params, lr=0.1))
+        else:
+            swgl.optim.SGD(params, lr=0.1)
+
+
+def test_a_base_with_state_swgl_never_saw_warns_and_says_why():
+    """A base that stepped without SWGL (a checkpoint without SWGL's state) and a base
+    wrapped a second time (the first wrapper keeps its SWGL state) each warn, naming their
+    case."""
+    model = _model()
+    base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _zero(model)
+    _loss(model, 0).backward()
+    base.step()
+    with pytest.warns(UserWarning, match="a checkpoint without SWGL state"):
+        _steps(SWGL.wrap(base), None, model, 1)
+    with pytest.warns(UserWarning, match="another SWGL.wrap of this base optimizer came first"):
+        _steps(SWGL.wrap(base), None, model, 1)

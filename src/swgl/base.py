@@ -34,7 +34,12 @@ PREFIX = "swgl_"
 
 
 def check_params(group: dict[str, Any]) -> None:
+    seen: set[int] = set()
     for i, p in enumerate(group["params"]):
+        if id(p) in seen:
+            # torch warns (and says it will refuse it): SWGL would step its state twice a step
+            raise ValueError(f"params[{i}] appears twice in its param group; list it once")
+        seen.add(id(p))
         if not isinstance(p, Tensor):
             raise TypeError(f"params[{i}] must be a torch.Tensor, got {type(p).__name__}")
         if p.is_complex():

@@ -233,6 +233,16 @@ def _bench_parser(sub) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+def _swgl_label(cfg) -> str:
+    """What the table's swgl-* rows ran: ``--swgl-opts`` (a rule other than the default
+    must show in the table, not only in the config file), or the default rule."""
+    from swgl import DEFAULT_RULE
+
+    if not cfg.swgl_opts:
+        return f"; swgl-* rows: the default rule ({DEFAULT_RULE})"
+    return "; swgl-* rows: " + ", ".join(f"{k}={v}" for k, v in cfg.swgl_opts.items())
+
+
 def _console():
     from rich.console import Console
 
@@ -353,7 +363,7 @@ def _cmd_bench(args) -> int:
             sys.stdout.write("\n")
         else:
             title = (f"{cfg.dataset}: tuned on validation ({len(opts.seeds)} seed(s)), "
-                     f"test over seeds {list(opts.final_seeds)}, mean ± std")
+                     f"test over seeds {list(opts.final_seeds)}, mean ± std{_swgl_label(cfg)}")
             _console().print(report.tuned_table(tuned.rows, title))
             what = ("tuned table and grid" if args.no_plots
                     else "tuned table, grid and frontier plots")
@@ -378,7 +388,8 @@ def _cmd_bench(args) -> int:
         length = (f"{r.stream_steps} steps/segment" if streams else
                   f"{r.steps_per_task} steps/task" if r.steps_per_task else
                   f"{r.epochs} epochs/task")
-        title = f"{r.dataset}, {r.model} h={r.hidden}, {length}, seeds {list(r.seeds)}: mean ± std"
+        title = (f"{r.dataset}, {r.model} h={r.hidden}, {length}, seeds {list(r.seeds)}: "
+                 f"mean ± std{_swgl_label(r)}")
         console.print(report.summary_table(results.summary, title))
         console.print(f"results: {results.run_dir}")
     return 0

@@ -151,6 +151,8 @@ class SWGLWrapper(SWGLBase):
         self.base = base_opt
         self.cuda_graphs = cuda_graphs
         self._warned_fresh = False
+        #: another wrapper of this base came first (its SWGL state stays with it)
+        self._wrapped_before = bool(_filled(base_opt))
         self._sharing_groups = False
         self._kept_snapshots: dict[Any, tuple] = {}  # CPU: see base.snapshot
         #: the fused path (module docstring): what this step takes (None: the phases), the key
@@ -246,9 +248,12 @@ class SWGLWrapper(SWGLBase):
     def _on_fresh_state(self, p: Tensor) -> None:
         if not self._warned_fresh and self.base.state.get(p):
             self._warned_fresh = True
+            why = ("another SWGL.wrap of this base optimizer came first and keeps its SWGL "
+                   "state (wrap a base once)" if self._wrapped_before else
+                   "a checkpoint without SWGL state?")
             warnings.warn(
-                "the base optimizer has state for a param SWGL has never seen (a checkpoint "
-                "without SWGL state?); SWGL's stability estimates start from scratch",
+                f"the base optimizer has state for a param SWGL has never seen ({why}); "
+                "SWGL's stability estimates start from scratch",
                 stacklevel=5,
             )
 

@@ -30,6 +30,15 @@ def test_bench_json(tmp_path, capsys):
     assert (tmp_path / out["run_id"] / "results.csv").is_file()
 
 
+@pytest.mark.parametrize("opts, label", [(["--swgl-opts", "rule=v7"], "swgl-* rows: rule=v7"),
+                                         ([], "swgl-* rows: the default rule (v6)")])
+def test_the_table_says_which_rule_the_swgl_rows_ran(tmp_path, capsys, opts, label):
+    """``--swgl-opts rule=v7`` changed every swgl-* row and the table did not say so (a user's
+    audit of v7)."""
+    assert cli.main(["bench", *TINY, "--out-dir", str(tmp_path), "--no-plots", *opts]) == 0
+    assert label in " ".join(capsys.readouterr().out.split())
+
+
 def test_run_files_are_readable_and_their_columns_unique(tmp_path, capsys):
     import csv
     import os

@@ -22,11 +22,12 @@ name                B/param      state
 
 Every format works with every rule in ``SWGL`` and ``SWGL.wrap``, because the math only ever
 sees the fp32 working tensors; ``swgl.optim``'s optimizers keep fp32 state only (their fused
-step updates it in place) and refuse ``storage``. A fused kernel that updates fp32 state in place can take ``fp32``
-directly; any other format goes through ``load`` -> the rule -> ``store`` (the foreach
-path), at the cost of the transient fp32 buffer. State entries are plain tensors of fixed
-dtype (uint8, bf16, fp32), so checkpoints load with ``torch.load(weights_only=True)`` and
-the optimizers install them without torch's cast to the param dtype.
+step updates it in place) and refuse ``storage``. A fused kernel that updates fp32 state in
+place can take ``fp32`` directly; any other format goes through ``load`` -> the rule ->
+``store`` (the foreach path), at the cost of the transient fp32 buffer. State entries are
+plain tensors of fixed dtype (uint8, bf16, fp32), so checkpoints load with
+``torch.load(weights_only=True)`` and the optimizers install them without torch's cast to
+the param dtype.
 """
 
 from __future__ import annotations
