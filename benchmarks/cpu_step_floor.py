@@ -4,7 +4,8 @@ The ``swgl bench`` target (swgl-sgd at most 1.5x naive-sgd per step) is set by t
 whose step is a few dozen small ops. This times, on one thread, v6's steady-state step after
 a shift (the EMA and the detector's signal, the snapshot, an SGD step, the pull, SI's path)
 written as the dozen torch ops it needs on one flat fp32 tensor of the digits MLP's size
-(17,610 elements) and as foreach passes over the MLP's six tensors (the library's layout),
+(17,610 elements), as foreach passes over the MLP's six tensors (the library's layout) and
+with the state flat beside the six params (their grads and weights copied in and out),
 against ``SWGL.wrap(SGD)`` with every default on one param of that size
 and on the MLP's six tensors, and SGD alone. The library's own path adds its guard, its
 step counters, its detector's bookkeeping and one op per tensor per pass: what a flat-buffer
@@ -90,6 +91,47 @@ def _minimal_six():
     return step
 
 
+def _flat_six():
+    """:func:`_minimal` with the state in one flat buffer per kind and the MLP's six params
+    and grads as they are: the grads and the params copied into flat buffers and the pulled
+    weights copied back (three multi-tensor copies), the SGD step torch's own."""
+    gen = torch.Generator().manual_seed(0)
+    ps = [nn.Parameter(torch.randn(shape, generator=gen)) for shape in SIX]
+    for p in ps:
+        p.grad = 0.01 * torch.randn(p.shape, generator=gen)
+    params, numels = [p.detach() for p in ps], [p.numel() for p in ps]
+    s, path, F = torch.zeros(N), torch.zeros(N), torch.rand(N, generator=gen)
+    mu, b, g, w = torch.cat([p.reshape(-1) for p in params]), *(torch.empty(N) for _ in "bgw")
+
+    def views(flat):
+        return [v.view(p.shape) for v, p in zip(flat.split(numels), params)]
+    wv, gv, bv = views(w), views(g), views(b)
+    det = [100.0, 1.0, 1.0, 50.0]
+    one_minus_alpha, strength, one = torch.tensor(0.001), torch.tensor(3e-4), torch.tensor(1.0)
+    sgd = torch.optim.SGD(ps, lr=0.1)
+
+    def step():
+        torch._foreach_copy_(gv, [p.grad for p in ps])
+        g2 = g * g
+        n = float(g2.sum())
+        s.lerp_(g2, one_minus_alpha)
+        t, f, q, last = det
+        det[:] = [t + 1, f + 0.1 * (n - f), q + 0.01 * (n - q), last]
+        torch._foreach_copy_(bv, params)
+        sgd.step()
+        torch._foreach_copy_(wv, params)
+        k = F * strength
+        w.addcmul_(k, mu)
+        k.add_(one)
+        w.div_(k)
+        d = w - b
+        d.mul_(g)
+        d.clamp_(-1e30, 1e30)
+        path.sub_(d)
+        torch._foreach_copy_(params, wv)
+    return step
+
+
 def _compiled():
     """:func:`_minimal`'s passes as two ``torch.compile``d functions (Inductor's C++ on the
     CPU: before the base step, after it), the detector's step on the host between them."""
@@ -160,6 +202,7 @@ def main() -> None:
             **({"the same, compiled (two torch.compile calls)": _compiled()}
                if args.compiled else {}),
             "the same as foreach passes, the MLP's six tensors": _minimal_six(),
+            "the same, state flat, six params and grads copied in and out": _flat_six(),
             "SGD alone, one tensor": _library([(N,)], False),
             "SWGL.wrap(SGD), one tensor": _library([(N,)], True),
             "SGD alone, the MLP's six tensors": _library(SIX, False),

@@ -372,3 +372,33 @@ def test_a_base_with_state_swgl_never_saw_warns_and_says_why():
         _steps(SWGL.wrap(base), None, model, 1)
     with pytest.warns(UserWarning, match="another SWGL.wrap of this base optimizer came first"):
         _steps(SWGL.wrap(base), None, model, 1)
+
+
+def test_a_copy_between_the_two_objects_steps_keeps_the_pending_update():
+    """The two-object pattern pickled between ``swgl.step()`` and ``base.step()``: the update
+    SWGL left for the base step travels with the copy, without its cached variants (closures,
+    which pickle cannot take); the copy applies it at its next ``swgl.step()`` and trains on.
+    (torch copies a param without its grad, so the copy's base step in between does nothing:
+    copy between iterations to continue exactly.)"""
+    import pickle
+
+    model = _model()
+    base = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    two = SWGL(model.parameters())
+    for i in range(_SWITCH + 10):
+        _zero(model)
+        _loss(model, i).backward()
+        two.step()
+        if i < _SWITCH + 9:
+            base.step()
+    assert two._pending_update   # swgl.step() ran, base.step() not yet
+    copied_model, copied_two, copied_base = pickle.loads(pickle.dumps((model, two, base)))
+    assert len(copied_two._pending_update) == len(two._pending_update)
+    assert all(entry.plan is None for entry, _ in copied_two._pending_update)
+    for i in range(_SWITCH + 10, _SWITCH + 13):
+        _zero(copied_model)
+        _loss(copied_model, i).backward()
+        copied_two.step()
+        copied_base.step()
+    assert not copied_two._pending_update   # the hooks on the copied base apply it now
+    assert all(torch.isfinite(p).all() for p in copied_model.parameters())

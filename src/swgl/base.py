@@ -406,6 +406,7 @@ class SWGLBase(Optimizer):
         self.state.clear()
         self._state_version += 1
         self._options_seen.clear()   # the groups' options are the checkpoint's now
+        self._plans.clear()
         for index, entry in saved.items():
             p = params[index]
             state = {k: v.detach().to(device=p.device, copy=True) for k, v in entry.items()}

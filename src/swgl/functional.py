@@ -86,7 +86,8 @@ class Plan(NamedTuple):
 
     rule: str
     hp: Hyper
-    before: Callable
+    #: None in a plan made for the after phase alone (:func:`swgl_after`)
+    before: Callable | None
     after: Callable | None
     #: some param is a DTensor (FSDP2): the phases run per mesh bucket on local shards
     dtensor: bool
@@ -269,8 +270,7 @@ def swgl_after(
         return
     hp = rule_.hyper(hp)
     sharded, local = _shards(params)
-    chosen = Plan(rule, hp, rule_.before.foreach, _pick(rule_.after, rule, local, hp, foreach,
-                                                        fused), sharded)
+    chosen = Plan(rule, hp, None, _pick(rule_.after, rule, local, hp, foreach, fused), sharded)
     run_after(chosen, params, snapshots, stabilities, steps, aux, extra_state)
 
 

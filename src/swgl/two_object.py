@@ -144,15 +144,20 @@ class SWGL(SWGLBase):
     _REBUILT = (*SWGLBase._REBUILT, "_hooks", "_owned", "_param_ids", "_fingerprint",
                 "_smallest")
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        # an update SWGL.step() left for the base step: kept, without its variants (closures
+        # pickle cannot take; the copy picks them again)
+        state["_pending_update"] = [(entry._replace(plan=None), snaps)
+                                    for entry, snaps in self._pending_update]
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A copy finds its base optimizers again at its next step (hooks are per instance)."""
         super().__setstate__(state)
         self._param_ids = {id(p) for g in self.param_groups for p in g["params"]}
         self._fingerprint, self._smallest = None, None
         self._hooks, self._owned = Hooks(), set()
-        # an update SWGL.step() left for the base step: kept, without its cached variants
-        self._pending_update = [(entry._replace(plan=None), snaps)
-                                for entry, snaps in self._pending_update]
 
     def _initial_stability(self) -> None:
         """The stability exists from the start, as the seed's monitoring loop reads it; the
