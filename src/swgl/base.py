@@ -189,7 +189,9 @@ class SWGLBase(Optimizer):
         held = self._plans.get(id(group))
         if held is not None and held[0] is group and held[1] == key:
             return held[2]
-        chosen = functional.plan(params, **self._rule_options(group))
+        pre = self.option_prefix
+        chosen = functional.plan(params, group[pre + "rule"], hyper(group, pre),
+                                 group[pre + "foreach"], group.get(pre + "fused"))
         self._plans[id(group)] = (group, key, chosen)
         return chosen
 
@@ -293,10 +295,6 @@ class SWGLBase(Optimizer):
     def _keeps_snapshots(self) -> bool:
         """Snapshots live in kept buffers (fixed addresses) while graphs may run."""
         return self._graphs_possible()
-
-    def _rule_options(self, group: dict[str, Any]) -> dict[str, Any]:
-        pre = self.option_prefix
-        return {name: group.get(pre + name) for name in _PHASE_OPTIONS if name != "storage"}
 
     def _state_lists(self, group: dict[str, Any], params: list[Tensor]):
         """``(stabilities, steps, extra)`` of ``params`` (stepped before) as the rules take

@@ -86,44 +86,20 @@ class Plan(NamedTuple):
 
     rule: str
     hp: Hyper
-    #: None in a plan made for the after phase alone (:func:`swgl_after`)
-    before: Callable | None
+    before: Callable
     after: Callable | None
     #: some param is a DTensor (FSDP2): the phases run per mesh bucket on local shards
     dtensor: bool
 
 
-def plan(
-    params: list[Tensor],
-    *,
-    rule: str,
-    alpha: float,
-    lambda_reg: float,
-    eps: float,
-    max_boost: float,
-    signal: str = "relative",
-    max_damping: float | None = None,
-    mode: str = "grad",
-    shock: float = 0.0,
-    consolidation: float | None = None,
-    consolidation_horizon: float | None = None,
-    foreach: bool = True,
-    fused: bool | None = None,
-) -> Plan:
-    """The variants :func:`swgl` and :func:`swgl_after` run for these options and ``params``
-    (see :func:`swgl`); the optimizer classes keep it per param group while the group's
-    options and params stay the same, so that a step does not pick again."""
+def plan(params: list[Tensor], rule: str, hp: Hyper, foreach: bool = True,
+         fused: bool | None = None) -> Plan:
+    """The variants :func:`swgl` and :func:`swgl_after` run for ``rule`` with the options
+    ``hp`` (as a param group holds them: :func:`swgl.options.hyper`) on ``params`` (``foreach``
+    and ``fused`` as :func:`swgl` takes them); the optimizer classes keep it per param group
+    while the group's options and params stay the same, so that a step does not pick again."""
     check_choice("rule", rule, RULES)
     rule_ = RULES[rule]
-    hp = Hyper(
-        alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
-        max_damping=max_damping, mode=mode, shock=shock,
-        # unset: the rule's default (v5: 0.03 and 20), or 0 for the rules that do not read it
-        consolidation=(rule_.default("consolidation", 0.0) if consolidation is None
-                       else consolidation),
-        consolidation_horizon=(rule_.default("consolidation_horizon", 0.0)
-                               if consolidation_horizon is None else consolidation_horizon),
-    )
     hp = rule_.hyper(hp)
     sharded, local = _shards(params)
     return Plan(rule, hp, _pick(rule_.before, rule, params, hp, foreach, fused),
@@ -172,10 +148,17 @@ def swgl(
     check_choice("rule", rule, RULES)
     if not params:
         return Outcome(True, [] if mode == "update" else None)
-    chosen = plan(params, rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps,
-                  max_boost=max_boost, signal=signal, max_damping=max_damping, mode=mode,
-                  shock=shock, consolidation=consolidation,
-                  consolidation_horizon=consolidation_horizon, foreach=foreach, fused=fused)
+    rule_ = RULES[rule]
+    hp = Hyper(
+        alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
+        max_damping=max_damping, mode=mode, shock=shock,
+        # unset: the rule's default (v5: 0.03 and 20), or 0 for the rules that do not read it
+        consolidation=(rule_.default("consolidation", 0.0) if consolidation is None
+                       else consolidation),
+        consolidation_horizon=(rule_.default("consolidation_horizon", 0.0)
+                               if consolidation_horizon is None else consolidation_horizon),
+    )
+    chosen = plan(params, rule, hp, foreach, fused)
     return run_before(chosen, params, grads, stabilities, steps, grad_scale, extra_state)
 
 
@@ -265,13 +248,10 @@ def swgl_after(
     (:func:`swgl.options.hyper` builds it from a param group). ``aux`` None (the step was
     skipped on the host for non-finite grads: :attr:`Outcome.applied` False) does nothing."""
     check_choice("rule", rule, RULES)
-    rule_ = RULES[rule]
-    if rule_.after is None or not params or aux is None:
+    if RULES[rule].after is None or not params or aux is None:
         return
-    hp = rule_.hyper(hp)
-    sharded, local = _shards(params)
-    chosen = Plan(rule, hp, None, _pick(rule_.after, rule, local, hp, foreach, fused), sharded)
-    run_after(chosen, params, snapshots, stabilities, steps, aux, extra_state)
+    run_after(plan(params, rule, hp, foreach, fused), params, snapshots, stabilities, steps,
+              aux, extra_state)
 
 
 def run_after(chosen: Plan, params: list[Tensor], snapshots: list[Tensor] | None,
