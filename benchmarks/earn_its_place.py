@@ -42,6 +42,7 @@ samples, one pass), ``splitdom`` (5 tasks of 2 classes on a 2-way head, one pass
     python benchmarks/earn_its_place.py grid --preset fade-adam-long  # its Adam long seeds (21)
     python benchmarks/earn_its_place.py grid --preset per-step  # v6's pull per segment step (372)
     python benchmarks/earn_its_place.py grid --preset min-segment  # v7's floor (66)
+    python benchmarks/earn_its_place.py grid --preset tensor-detector  # per-tensor (228)
     python benchmarks/earn_its_place.py run grid.json OUT --jobs 16
     python benchmarks/earn_its_place.py report OUT/results.json --out docs/figures
 
@@ -77,7 +78,7 @@ from swgl import RULES, SWGL
 from swgl.bench.methods import METHODS, OPTIMIZERS, make_method
 from swgl.bench.methods import Context as MethodContext
 from swgl.bench.metrics import acc, forgetting, learning_accuracy
-from swgl.rules import Context, Hyper, consolidation, synaptic
+from swgl.rules import Context, Hyper, consolidation, importance, synaptic
 from swgl.rules.importance import factor, progress_ratio
 
 DATA_DIR = os.environ.get("FMNIST_DIR", "/usr/share/datasets/fashion-mnist")
@@ -252,6 +253,43 @@ def _oracle_advance(n, dets, found, kernel):
     return torch.stack([new[0], new[1], new[2], new[0] if fire else last]), torch.tensor(fire)
 
 
+#: the group's g^2 total as imported; a config with ``tensor_detector`` keeps its per-tensor
+#: sums for the detector (below)
+TOTAL = importance._total
+#: per run: the last per-tensor sums of g^2 and each tensor's fast and slow EMAs
+PER_TENSOR: dict = {}
+
+
+def _total_kept(partial_sums, ctx):
+    """v4's total of the per-tensor sums of ``g^2``, the sums kept for the detector."""
+    PER_TENSOR["sums"] = partial_sums
+    return TOTAL(partial_sums, ctx)
+
+
+def _per_tensor_advance(n, dets, found, kernel):
+    """The detector's step with each tensor's own ratio: each tensor's ``g^2`` sum gets the
+    detector's fast and slow EMAs, and the group shifts when the largest ratio passes
+    ``SHIFT_RATIO`` (warm-up and refractory period as v6's); the group's own EMAs advance as
+    v6's (``stats`` reads them). CPU only, unmasked (the harness's grads are finite)."""
+    sums = [float(x) for x in PER_TENSOR["sums"]]
+    t, f, q, t_last = consolidation.freshest_on_host(dets)
+    t += 1.0
+    emas = PER_TENSOR.setdefault("emas", [[0.0, 0.0] for _ in sums])
+    fast, slow = 1.0 - consolidation.B_FAST, 1.0 - consolidation.B_SLOW
+    ratio = 0.0
+    for ema, x in zip(emas, sums):
+        ema[0] += fast * (x - ema[0])
+        ema[1] += slow * (x - ema[1])
+        if ema[1] > 0.0:
+            ratio = max(ratio, (ema[0] / (1.0 - consolidation.B_FAST ** t))
+                        / (ema[1] / (1.0 - consolidation.B_SLOW ** t)))
+    n = float(n)
+    f, q = f + fast * (n - f), q + slow * (n - q)
+    shift = (t > consolidation.WARMUP and t - t_last > consolidation.REFRACTORY
+             and ratio > consolidation.SHIFT_RATIO)
+    return torch.tensor([t, f, q, t if shift else t_last]), torch.tensor(shift)
+
+
 #: v6's consolidation as imported; a config with ``anchor: "weighted"`` replaces it for its run
 CONSOLIDATE = synaptic._consolidate
 
@@ -314,19 +352,23 @@ def _variant(cfg: dict):
     the detector's constants (``detector``; a config of two, the thirteenth session's, had its
     warm-up equal to its refractory period: the detector's first condition was
     ``t > REFRACTORY`` then), the oracle (``oracle``), the anchor (``anchor``), the
-    importance's uniform part (``mix``), its division by the segment's length (``per_step``)
-    and v7's floor on that length (``min_segment``)."""
+    importance's uniform part (``mix``), its division by the segment's length (``per_step``),
+    v7's floor on that length (``min_segment``) and a detector on each tensor's own ratio
+    (``tensor_detector``, nineteenth session)."""
     names = ((consolidation, "SHIFT_RATIO"), (consolidation, "REFRACTORY"),
              (consolidation, "WARMUP"), (consolidation, "_advance"), (synaptic, "_consolidate"),
-             (synaptic, "_importance"), (synaptic, "MIN_SEGMENT"))
+             (synaptic, "_importance"), (synaptic, "MIN_SEGMENT"), (importance, "_total"))
     before = [getattr(module, name) for module, name in names]
     ratio, refractory, *warmup = cfg.get("detector", DETECTOR)
+    PER_TENSOR.clear()
     values = (ratio, refractory, warmup[0] if warmup else refractory,
+              _per_tensor_advance if cfg.get("tensor_detector") else
               ADVANCE if cfg.get("oracle") is None else _oracle_advance,
               (_consolidate_per_step if cfg.get("per_step") else lambda c: c)(
                   {None: CONSOLIDATE, "weighted": _consolidate_weighted}[cfg.get("anchor")]),
               IMPORTANCE if cfg.get("mix") is None else _mixed_importance(cfg["mix"]),
-              float(cfg.get("min_segment", MIN_SEGMENT)))
+              float(cfg.get("min_segment", MIN_SEGMENT)),
+              _total_kept if cfg.get("tensor_detector") else TOTAL)
     try:
         for (module, name), value in zip(names, values):
             setattr(module, name, value)
@@ -865,6 +907,20 @@ def oracle_grid() -> list[dict]:
     return runs
 
 
+def tensor_detector_grid(scenarios=("rotated", "splitdom", "short", "long")) -> list[dict]:
+    """v6 with a detector on each tensor's own fast/slow ratio (the largest passes 2; the
+    nineteenth session found the group's sum hiding the first layer's jump), beside v6 and
+    plain, each on its own lr grid (the choice preset's), 3 seeds, the cheap regimes first:
+    rotated and split domain-IL (780 steps a run) before short and long."""
+    runs = []
+    for sc in scenarios:
+        runs += method_runs(sc, "plain", V5_LRS[sc])
+        runs += method_runs(sc, "swgl-v6", V6_LRS[sc], swgl={"rule": "v6"})
+        runs += method_runs(sc, "swgl-v6-tensor", V6_LRS[sc], swgl={"rule": "v6"},
+                            tensor_detector=True)
+    return runs
+
+
 PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, "v5": v5_grid,
            "v5-strength": v5_strength_grid, "v5-horizon": v5_horizon_grid,
            "ewc-boundaries": boundary_grid, "v5-strong": v5_strong_grid,
@@ -872,7 +928,7 @@ PRESETS = {"default": default_grid, "device": device_grid, "smoke": smoke_grid, 
            "oracle": oracle_grid, "warmup": warmup_grid, "anchor": anchor_grid,
            "adam-long": adam_long_grid, "mix": mix_grid, "fade": fade_grid,
            "fade-adam-long": fade_adam_long_grid, "per-step": per_step_grid,
-           "min-segment": min_segment_grid}
+           "min-segment": min_segment_grid, "tensor-detector": tensor_detector_grid}
 
 
 def run(grid: list[dict], out: Path, jobs: int) -> None:

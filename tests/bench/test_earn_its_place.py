@@ -209,7 +209,7 @@ def test_a_run_restores_the_rules_module_state_even_when_it_fails(fake_data):
     """A config's detector constants, oracle and anchor hold during its run only."""
     own = (E.consolidation.SHIFT_RATIO, E.consolidation.REFRACTORY, E.consolidation.WARMUP,
            E.consolidation._advance, E.synaptic._consolidate, E.synaptic._importance,
-           E.synaptic.MIN_SEGMENT)
+           E.synaptic.MIN_SEGMENT, E.importance._total)
     cfg = dict(E.method_runs("small", "swgl-v6", {"sgd": (0.1,)}, seeds=(0,),
                              swgl={"rule": "v6"})[0], tasks=1, n=64)
     with pytest.raises(KeyError):
@@ -217,9 +217,10 @@ def test_a_run_restores_the_rules_module_state_even_when_it_fails(fake_data):
                        method="no-such-method", opt="no-such-optimizer"))
     E.run_one(dict(cfg, detector=[1.5, 25, 100], oracle=0, anchor="weighted", mix=0.5,
                    per_step=True, min_segment=200))
+    E.run_one(dict(cfg, tensor_detector=True))
     assert (E.consolidation.SHIFT_RATIO, E.consolidation.REFRACTORY, E.consolidation.WARMUP,
             E.consolidation._advance, E.synaptic._consolidate, E.synaptic._importance,
-            E.synaptic.MIN_SEGMENT) == own
+            E.synaptic.MIN_SEGMENT, E.importance._total) == own
 
 
 @pytest.mark.parametrize("mix", [0.0, 0.5, 1.0])
@@ -331,3 +332,34 @@ def test_the_per_step_variant_is_the_library_rule_v7():
     assert opt.shifts()[0]["last_shift"] > 120
     torch.testing.assert_close(patched.weight, library.weight, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(patched.weight, v6.weight)     # the division acted
+
+
+def test_the_per_tensor_detector_sees_a_jump_the_groups_sum_hides():
+    """One tensor's g^2 sum jumps tenfold while a larger one stays: the group's ratio stays
+    near 1 (v6 finds nothing), the per-tensor detector fires once, at the jump's second step
+    (its fast EMA passes twice the slow one then), and not again within its refractory
+    period."""
+    def run(advance):
+        E.PER_TENSOR.clear()
+        dets, fired = [torch.zeros(4)], []
+        for step in range(1, 121):
+            sums = torch.tensor([1.0 if step <= 80 else 10.0, 100.0])
+            E.PER_TENSOR["sums"] = sums
+            new, shift = advance(sums.sum(), dets, None, False)
+            dets[0].copy_(new)
+            if bool(shift):
+                fired.append(step)
+        return fired
+
+    with E._variant({"tensor_detector": True}):
+        assert run(E._per_tensor_advance) == [82]
+    assert run(E.ADVANCE) == []
+
+
+def test_tensor_detector_grid_runs_plain_v6_and_the_variant_on_their_lrs():
+    grid = E.tensor_detector_grid()
+    assert len(grid) == len({json.dumps(r, sort_keys=True) for r in grid}) == 228
+    assert grid[0]["scenario_name"] == "rotated"
+    runs = [r for r in grid if r["method"] == "swgl-v6-tensor"]
+    assert len(runs) == 72 and all(r["tensor_detector"] for r in runs)
+    assert all(r["lr"] in E.V6_LRS[r["scenario_name"]][r["opt"]] for r in runs)
