@@ -37,7 +37,7 @@ TASKS, TRAIN, TEST, EPOCHS, BATCH, HIDDEN = 10, 2000, 1000, 2, 32, 100
 EARLY, SETTLED = 10, 60
 
 
-def _tasks():
+def quickstart_tasks():
     """The quick-start test's tasks, drawn as it draws them: (x, y, x_test, y_test)."""
     data = load_dataset("fashion-mnist")
     gen = torch.Generator().manual_seed(0)
@@ -51,7 +51,7 @@ def _tasks():
     return tasks
 
 
-def _train(optimizer: str, lr: float, swgl: bool, on_step=None) -> tuple[float, float]:
+def quickstart_run(optimizer: str, lr: float, swgl: bool, on_step=None) -> tuple[float, float]:
     """The quick-start test's run (``swgl``: ``SWGL(model.parameters())`` with every default
     stepped before the base, as the README's quick start does); ``on_step(model)`` sees each
     step's grads before the steps. Returns the test's forgetting and learning accuracy."""
@@ -62,7 +62,7 @@ def _train(optimizer: str, lr: float, swgl: bool, on_step=None) -> tuple[float, 
            else torch.optim.AdamW(model.parameters(), lr=lr))
     modulator = SWGL(model.parameters()) if swgl else None
     order = torch.Generator().manual_seed(0)
-    tasks = _tasks()
+    tasks = quickstart_tasks()
     R = np.zeros((TASKS, TASKS))
     for t, (x, y, _, _) in enumerate(tasks):
         for _ in range(EPOCHS):
@@ -98,7 +98,7 @@ def ratios(optimizer: str, lr: float) -> list[tuple[int, float, float]]:
             found.append((f / (1 - B_FAST ** step)) / (q / (1 - B_SLOW ** step)))
         rows.append((step, found[0], max(found[1:])))
 
-    _train(optimizer, lr, False, on_step)
+    quickstart_run(optimizer, lr, False, on_step)
     return rows
 
 
@@ -108,9 +108,9 @@ def forgetting(optimizer: str, lr: float) -> dict[str, tuple[float, float]]:
     sys.path.insert(0, str(Path(__file__).parent))
     import earn_its_place as eip
 
-    out = {"plain": _train(optimizer, lr, False), "v6": _train(optimizer, lr, True)}
+    out = {"plain": quickstart_run(optimizer, lr, False), "v6": quickstart_run(optimizer, lr, True)}
     with eip._variant({"tensor_detector": True}):
-        out["v6, per-tensor detector"] = _train(optimizer, lr, True)
+        out["v6, per-tensor detector"] = quickstart_run(optimizer, lr, True)
     return out
 
 
