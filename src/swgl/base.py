@@ -26,8 +26,8 @@ from swgl.state._common import check_tensor
 from swgl.stats import DEFAULT_QUANTILES, layer_stats
 from swgl.stats import shifts as detector_shifts
 
-__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "check_cuda_graphs", "copies",
-           "fresh_extra", "local", "run_closure", "snapshot"]
+__all__ = ["SWGLBase", "Pending", "PREFIX", "check_params", "check_cuda_graphs", "copied_state",
+           "copies", "fresh_extra", "local", "run_closure", "snapshot"]
 
 #: Prefix of SWGL's keys in the wrapper's param groups and state_dict.
 PREFIX = "swgl_"
@@ -96,11 +96,7 @@ class SWGLBase(Optimizer):
     _REBUILT = ("_options_seen", "_plans", "_graphs", "_kept_snapshots")
 
     def __getstate__(self) -> dict[str, Any]:
-        """The optimizer for ``copy.deepcopy`` and pickle: torch's keeps only ``defaults``,
-        ``state`` and ``param_groups``, which left a copy without SWGL's own attributes (an
-        ``AttributeError`` at its first step); the caches are rebuilt (:meth:`__setstate__`)."""
-        return {key: value for key, value in self.__dict__.items()
-                if key not in self._REBUILT and not key.startswith("_optimizer_")}
+        return copied_state(self, self._REBUILT)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -422,6 +418,16 @@ class SWGLBase(Optimizer):
         return merged
 
 
+def copied_state(optimizer: Optimizer, rebuilt: tuple[str, ...]) -> dict[str, Any]:
+    """An SWGL optimizer's ``__getstate__`` for ``copy.deepcopy`` and pickle: torch's keeps
+    only ``defaults``, ``state`` and ``param_groups``, which left a copy without SWGL's own
+    attributes (an ``AttributeError`` at its first step). Leaves out the attributes named in
+    ``rebuilt`` (caches keyed by ids or holding closures, CUDA graphs, kept buffers: the
+    class's ``__setstate__`` makes them again) and torch's hooks, as torch's copies do."""
+    return {key: value for key, value in optimizer.__dict__.items()
+            if key not in rebuilt and not key.startswith("_optimizer_")}
+
+
 def local(t: Tensor) -> Tensor:
     """A DTensor's local shard (FSDP2: the rules run on shards), else ``t``."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -509,9 +515,7 @@ def snapshot(entry: Pending, kept: dict[Any, tuple] | None = None,
     rule = RULES[entry.group[_prefix_of(entry.group) + "rule"]]
     if not rule.snapshot or not entry.params:
         return None
-    params = entry.params if entry.plan is not None and not entry.plan.dtensor else [
-        local(p) for p in entry.params]
-    return copies(params, kept, id(entry.group), on_device=on_device)
+    return copies([local(p) for p in entry.params], kept, id(entry.group), on_device=on_device)
 
 
 def copies(tensors: list[Tensor], kept: dict[Any, tuple] | None, key: Any,

@@ -37,7 +37,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl import graphs, kernels
-from swgl.base import check_cuda_graphs, check_params, copies, fresh_extra, run_closure
+from swgl.base import (
+    check_cuda_graphs,
+    check_params,
+    copied_state,
+    copies,
+    fresh_extra,
+    run_closure,
+)
 from swgl.functional import all_finite, found_nonfinite
 from swgl.kernels import compiled
 from swgl.options import DEFAULTS, check_options, check_rule_change
@@ -316,11 +323,7 @@ class SWGLOptimizer(Optimizer):
     _REBUILT = ("_kept", "_graphs", "_lr", "_lr_live")
 
     def __getstate__(self) -> dict[str, Any]:
-        """The optimizer for ``copy.deepcopy`` and pickle: torch's keeps only ``defaults``,
-        ``state`` and ``param_groups``, which left a copy without its checked options (an
-        ``AttributeError`` at its first step); torch's hooks are dropped, as its copies do."""
-        return {key: value for key, value in self.__dict__.items()
-                if key not in self._REBUILT and not key.startswith("_optimizer_")}
+        return copied_state(self, self._REBUILT)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
