@@ -176,12 +176,16 @@ def scenario_local_sgd_shift(rank):
 
 
 def _shard(model):
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # on the CPU (gloo) wherever the test runs: fully_shard's default mesh is the
+    # accelerator's, which moved the model to CUDA on a GPU host and left the batches behind
+    mesh = init_device_mesh("cpu", (WORLD,))
     for layer in model:
         if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     return model
 
 

@@ -319,6 +319,30 @@ def test_paths_may_follow_each_other():
 
 
 @needs_kernels
+def test_options_set_by_hand_are_checked_on_the_fused_path():
+    """The fused step runs no phase, and once took ``swgl_consolidation = nan`` set between
+    steps as it was (caught on an H200): it checks a group's options as the phases do, and a
+    rule set before the first step is taken, not refused for the state the per-param check
+    made."""
+    params = _params(torch.float32)
+    opt = _wrapper("adamw-fused", params, None)
+    opt.param_groups[0]["swgl_rule"] = "v7"   # before any step: an option like another
+    opt.param_groups[0]["swgl_consolidation"] = None
+    for i in range(2):
+        for p, g in zip(params, _grads(i, torch.float32)):
+            p.grad = g
+        opt.step()
+        assert opt._stepping is not None
+    opt.param_groups[0]["swgl_consolidation"] = float("nan")
+    with pytest.raises(ValueError, match="consolidation"):
+        opt.step()
+    opt.param_groups[0]["swgl_consolidation"] = None
+    opt.param_groups[0]["swgl_rule"] = "v6"
+    with pytest.raises(ValueError, match="rule changed from 'v7' to 'v6'"):
+        opt.step()
+
+
+@needs_kernels
 @pytest.mark.parametrize("kind", [k for k in KINDS if k.values[0] != "sgd-nesterov"])
 def test_base_state_is_torchs_both_ways(kind):
     """The base's state_dict after fused steps loads into a plain torch optimizer and matches

@@ -470,6 +470,16 @@ class Pending(NamedTuple):
                        state)
 
 
+def eager_under_compile(fn: Callable) -> Callable:
+    """``fn`` run eagerly inside a ``torch.compile``'d train step (a graph break there), as
+    torch's own ``Optimizer.zero_grad`` and ``state_dict`` are: SWGL's step keeps Python state
+    on the optimizer (caches, versions, pending work), and Dynamo fails on an attribute set on
+    an ``Optimizer`` subclass (torch 2.11: pytorch/pytorch#171590) or, tracing a whole step,
+    drops it (2.12 and 2.13, measured on a toy optimizer). torch's lazy form: Dynamo is
+    imported at the first call, which torch's optimizers' constructors do anyway."""
+    return torch._disable_dynamo(fn)
+
+
 def run_closure(closure: Callable[[], Any] | None) -> Any:
     """``closure()`` with gradients enabled (the step runs under no_grad), or None."""
     if closure is None:

@@ -15,7 +15,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from swgl.base import Pending, SWGLBase, check_cuda_graphs, check_params, run_closure, snapshot
+from swgl.base import (
+    Pending,
+    SWGLBase,
+    check_cuda_graphs,
+    check_params,
+    eager_under_compile,
+    run_closure,
+    snapshot,
+)
 from swgl.checkpoint import by_position, check_api, check_state_dict_layout
 from swgl.companion import Hooks, find_owners
 from swgl.options import check_options
@@ -205,6 +213,7 @@ class SWGL(SWGLBase):
             if scaler._per_optimizer_states[id(owner)]["stage"] is OptState.READY:
                 scaler.unscale_(owner)
 
+    @eager_under_compile
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Modulate the grads in place. Call before ``base_optimizer.step()``."""
@@ -232,6 +241,7 @@ class SWGL(SWGLBase):
         keep = self._keeps_snapshots()
         return [(e, snapshot(e, self._kept_snapshots, keep)) for e in pending if e.params]
 
+    @eager_under_compile
     def _after_base_step(self, base: Optimizer) -> None:
         """The rule's ``after`` phase for the params ``base`` holds (it just stepped them)."""
         if not self._pending_update:
@@ -258,6 +268,7 @@ class SWGL(SWGLBase):
             p = self._smallest = min(owned, key=Tensor.numel)
         return p.grad, p.grad.detach().abs().sum()
 
+    @eager_under_compile
     def _before_base_step(self, base: Optimizer) -> None:
         """Checks made when another optimizer steps params that this SWGL manages."""
         if self._fresh:

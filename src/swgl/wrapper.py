@@ -57,6 +57,7 @@ from swgl.base import (
     SWGLBase,
     check_cuda_graphs,
     check_params,
+    eager_under_compile,
     run_closure,
     snapshot,
 )
@@ -257,6 +258,7 @@ class SWGLWrapper(SWGLBase):
                 stacklevel=5,
             )
 
+    @eager_under_compile
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run ``closure`` (forward and backward), modulate the grads, then step the base; or,
@@ -294,6 +296,10 @@ class SWGLWrapper(SWGLBase):
         torch_base = TORCH_BASES.get(type(self.base))
         if torch_base is None or not kernels.triton_available():
             return None
+        # options set by hand since the last step are checked as the phases check them (the
+        # fused step runs no phase), and before the per-param check below makes any state
+        for index, group in enumerate(self.param_groups):
+            self._recheck(index, group)
         why = self._fused_options_blocker(torch_base)
         if why is None:
             key = self._fused_key(torch_base)

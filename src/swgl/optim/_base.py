@@ -42,6 +42,7 @@ from swgl.base import (
     check_params,
     copied_state,
     copies,
+    eager_under_compile,
     fresh_extra,
     run_closure,
 )
@@ -426,6 +427,7 @@ class SWGLOptimizer(Optimizer):
 
     # -- step ----------------------------------------------------------------------------------
 
+    @eager_under_compile
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step; on CUDA, replayed as a CUDA graph where :mod:`swgl.graphs` allows (the
