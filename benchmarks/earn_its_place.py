@@ -939,11 +939,17 @@ def run(grid: list[dict], out: Path, jobs: int) -> None:
     ``report`` can tell a complete method grid from a partial one."""
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "grid.json", grid)
-    data()                                     # loaded once, inherited by the forked workers
+    data()                                     # loaded once, inherited by forked workers
     results, t0 = [], time.time()
-    ctx = mp.get_context("fork")
-    with ctx.Pool(jobs, maxtasksperchild=None) as pool:
-        for res in pool.imap_unordered(run_one, grid, chunksize=1):
+    # one job runs here, without a fork: forking a process that has run autograd on CUDA
+    # fails (a test process, a notebook); a pool's workers are forked to share the data
+    with contextlib.ExitStack() as stack:
+        if jobs == 1:
+            finished = map(run_one, grid)
+        else:
+            pool = stack.enter_context(mp.get_context("fork").Pool(jobs))
+            finished = pool.imap_unordered(run_one, grid, chunksize=1)
+        for res in finished:
             results.append(res)
             _write_json(out / "results.json", results)
             c = res["cfg"]

@@ -13,7 +13,9 @@ def _write_idx(path, array, compress):
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
         ">" + "I" * array.ndim, *array.shape)
     data = header + array.astype(np.uint8).tobytes()
-    (gzip.open if compress else open)(path, "wb").write(data)
+    # closed here: left to the collector, the gzip file was still empty when read (Python 3.12)
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(data)
 
 
 @pytest.mark.parametrize("compress", [True, False])
