@@ -218,11 +218,18 @@ def test_two_objects_keep_the_path_finite_across_a_skipped_base_step(fused):
 
 
 @needs_kernels
+@pytest.mark.parametrize("programs", [None, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_kernels_follow_their_flags(dtype):
+def test_the_kernels_follow_their_flags(dtype, programs, monkeypatch):
     """The consolidation's kernels do nothing without a shift (the sum is 0); the after
-    kernel does nothing on a skipped step and, without strength, moves the path only."""
+    kernel does nothing on a skipped step and, without strength, moves the path only.
+    ``programs``: the consolidation's strided grid held to 2 programs, each striding over
+    several tiles (else a program per tile at these sizes)."""
+    from swgl.kernels import triton_swgl
     from swgl.kernels import triton_synaptic as ts
+
+    if programs is not None:
+        monkeypatch.setattr(triton_swgl, "_programs", lambda device: programs)
 
     params, state = _inputs(dtype)
     params = params[:-1]                                   # the kernels' tensors only

@@ -13,6 +13,7 @@ The flags are device scalars, so nothing waits for the host:
 * :func:`importance_sum`: where ``shift`` is set, per-program partial sums of
   ``Om = max(0, path / ((w - mu)^2 + XI))`` (reads ``w``, ``mu``, ``path``), totalled with
   ``.sum()`` (deterministic: no atomics); where it is 0 each program writes a 0 and exits;
+  it and :func:`consolidate` run on :meth:`Launch.strided_grid` (most steps have no shift);
 * :func:`consolidate`: where ``shift`` is set, ``F += Om gain``, ``path = 0``, ``mu = w``
   (reads ``w``, ``mu``, ``path``, ``F``; writes ``F``, ``path``, ``mu``); else it exits.
   :func:`swgl.rules.synaptic._consolidate` is their reference;
@@ -32,7 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from swgl.kernels.triton_swgl import BLOCK, NUM_WARPS, Launch, _ld, _ptr, _st, _tile
+from swgl.kernels.triton_swgl import BLOCK, NUM_WARPS, Launch, _ld, _ptr, _st, _tile, _tile_at
 from swgl.rules.importance import R_MAX
 from swgl.rules.synaptic import XI
 
@@ -60,16 +61,19 @@ def _om_body(pp, mp, qp, offs, n, MASKED: tl.constexpr):
 @triton.jit
 def _importance_sum_kernel(ptrs, T, blocks, nblocks, numels, shiftp, partials,
                            P_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
-    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, shiftp, False, BLOCK_)
+    # strided over the tiles (Launch.strided_grid): each program sums its tiles in order
+    pid = tl.program_id(0)
     total = 0.0
     if tl.load(shiftp) != 0.0:
-        pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
-        mp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
-        qp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
-        if full:
-            total = tl.sum(_om_body(pp, mp, qp, offs, n, False), axis=0)
-        else:
-            total = tl.sum(_om_body(pp, mp, qp, offs, n, True), axis=0)
+        for t in range(pid, nblocks, tl.num_programs(0)):
+            i, offs, n, full = _tile_at(blocks, nblocks, numels, t, BLOCK_)
+            pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+            mp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
+            qp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
+            if full:
+                total += tl.sum(_om_body(pp, mp, qp, offs, n, False), axis=0)
+            else:
+                total += tl.sum(_om_body(pp, mp, qp, offs, n, True), axis=0)
     tl.store(partials + pid, total)
 
 
@@ -86,17 +90,19 @@ def _consolidate_body(pp, fp, mp, qp, offs, n, gain, MASKED: tl.constexpr):
 @triton.jit
 def _consolidate_kernel(ptrs, T, blocks, nblocks, numels, shiftp, gainp,
                         P_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr):
-    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, shiftp, False, BLOCK_)
+    # strided over the tiles (Launch.strided_grid)
     if tl.load(shiftp) != 0.0:
-        pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
-        fp = _ptr(ptrs, 1, T, i, tl.float32, ALIGNED)
-        mp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
-        qp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
         gain = tl.load(gainp)
-        if full:
-            _consolidate_body(pp, fp, mp, qp, offs, n, gain, False)
-        else:
-            _consolidate_body(pp, fp, mp, qp, offs, n, gain, True)
+        for t in range(tl.program_id(0), nblocks, tl.num_programs(0)):
+            i, offs, n, full = _tile_at(blocks, nblocks, numels, t, BLOCK_)
+            pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+            fp = _ptr(ptrs, 1, T, i, tl.float32, ALIGNED)
+            mp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
+            qp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
+            if full:
+                _consolidate_body(pp, fp, mp, qp, offs, n, gain, False)
+            else:
+                _consolidate_body(pp, fp, mp, qp, offs, n, gain, True)
 
 
 @triton.jit
@@ -139,8 +145,9 @@ def _flag(x: Tensor, device) -> Tensor:
 def importance_sum(lau: Launch, shift: Tensor) -> Tensor:
     """Where ``shift`` (a device flag) is set, the sum of ``Om`` over the launch group's
     elements (a 0-d fp32 on its device); else 0. ``lau``: a state table."""
-    partials = torch.empty(lau.nblocks, device=lau.device, dtype=torch.float32)
-    _importance_sum_kernel[lau.grid()](
+    grid = lau.strided_grid()
+    partials = torch.empty(grid[0], device=lau.device, dtype=torch.float32)
+    _importance_sum_kernel[grid](
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, _flag(shift, lau.device),
         partials, P_DTYPE=lau.p_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS,
     )
@@ -150,7 +157,7 @@ def importance_sum(lau: Launch, shift: Tensor) -> Tensor:
 def consolidate(lau: Launch, shift: Tensor, gain: Tensor) -> None:
     """Where ``shift`` is set: ``F += Om gain``, ``path = 0``, ``mu = w`` (``gain`` a device
     scalar). ``lau``: a state table."""
-    _consolidate_kernel[lau.grid()](
+    _consolidate_kernel[lau.strided_grid()](
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, _flag(shift, lau.device),
         _flag(gain, lau.device), P_DTYPE=lau.p_dtype, ALIGNED=lau.aligned, BLOCK_=BLOCK,
         num_warps=NUM_WARPS,
