@@ -916,3 +916,38 @@ def test_the_variants_are_picked_again_only_when_options_or_params_change(api, m
     first.grad = None
     step_both(opt, base, api == "two-object")
     assert len(picks) == 4
+
+
+def test_warnings_point_at_the_users_line():
+    """A warning raised inside a step reaches the user through torch's step wrapper,
+    ``no_grad``, Dynamo's disable wrapper or the base's hooks: it is attributed to the user's
+    call, not to a line of swgl or torch (fixed stacklevels pointed at wrapper.py, torch's
+    optimizer.py and companion.py)."""
+    def caught(fn):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            fn()
+        return [(w.filename, str(w.message)) for w in seen]
+
+    here = __file__
+    model = _model()
+    base = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    _train_wrapper(model, base, _batches(1))            # the base has state, SWGL none
+    fresh = SWGL.wrap(base)
+    batch = next(iter(_batches(1)))
+    _loss(model, batch).backward()
+    [(where, message)] = caught(fresh.step)
+    assert where == here and "never seen" in message
+    [(where, message)] = caught(lambda: SWGL.wrap(torch.optim.AdamW(model.parameters()))
+                                .load_state_dict(base.state_dict()))
+    assert where == here and "no SWGL state" in message
+    # the two-object pattern: the warning comes from a hook on the base's step
+    base = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        _loss(model, batch).backward()
+        base.step()
+    two = SWGL(model.parameters())
+    _loss(model, batch).backward()
+    two.step()
+    [(where, message)] = caught(base.step)
+    assert where == here and "resumed with saved state" in message

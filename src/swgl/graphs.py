@@ -46,12 +46,13 @@ key, before any grad is redirected (:class:`GraphedPhases`).
 from __future__ import annotations
 
 import logging
-import warnings
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
+
+from swgl._warn import warn
 
 __all__ = ["PhaseGraph", "PhaseGraphs", "KeptGrads", "GraphedPhases", "MAX_CAPTURES",
            "CAPTURE_WINDOW", "capture_cuda", "possible", "params_key", "params_blocker",
@@ -159,8 +160,8 @@ class PhaseGraph:
             with kernels.hold_plans() as held:
                 replay, out = self._capture(fn)
         except RuntimeError as err:
-            warnings.warn(f"swgl: a CUDA graph of the {self.name} phase failed to capture "
-                          f"({err}); the phase runs eagerly from now on", stacklevel=4)
+            warn(f"swgl: a CUDA graph of the {self.name} phase failed to capture ({err}); "
+                 "the phase runs eagerly from now on")
             self.disable(f"capture failed: {err}")
             return fn()
         self._replay, self._key, self._out, self._held = replay, key, out, held

@@ -32,10 +32,10 @@ steps since the shift`` (unset: v6 and v7 0, it keeps its strength; v5 20).
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from swgl._validate import check_choice, check_range
+from swgl._warn import warn
 from swgl.rules import DEFAULT_RULE, RULES, Hyper
 
 __all__ = ["DEFAULTS", "MATH_OPTIONS", "MODES", "SIGNALS", "check_options", "check_rule_change",
@@ -128,10 +128,10 @@ def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = 
     if 0.0 < group[key("shock")] <= 1.0:
         raise ValueError(f"{shown('shock')} must be 0 (off) or > 1, got {group[key('shock')]!r}")
     if group[key("shock")] > 0.0:
-        warnings.warn(
+        warn(
             f"{shown('shock')} is deprecated: measured useless (docs/results.md, drift: it never "
             "helped online accuracy); it will be removed, see CHANGELOG.md",
-            DeprecationWarning, stacklevel=4,
+            DeprecationWarning,
         )
     if math_only:
         return

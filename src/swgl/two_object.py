@@ -7,7 +7,6 @@ phase and the checks made when the base steps.
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from swgl._warn import warn
 from swgl.base import (
     Pending,
     SWGLBase,
@@ -277,10 +277,9 @@ class SWGL(SWGLBase):
                 base.state.get(p) for g in base.param_groups for p in g["params"]
             ) and any(float(st["step"]) <= 1 for st in self.state.values() if "step" in st)
             if has_history and self._base_was_resumed(base):
-                warnings.warn(
+                warn(
                     "the base optimizer resumed with saved state, but SWGL starts from fresh "
-                    "stability estimates: save and load swgl.state_dict() with your checkpoint",
-                    stacklevel=4,
+                    "stability estimates: save and load swgl.state_dict() with your checkpoint"
                 )
         fingerprint, self._fingerprint = self._fingerprint, None
         if fingerprint is None or not called_from_grad_scaler():

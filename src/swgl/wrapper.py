@@ -42,7 +42,6 @@ from __future__ import annotations
 import inspect
 import logging
 import operator
-import warnings
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
@@ -51,6 +50,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from swgl import graphs, kernels
+from swgl._warn import warn
 from swgl.base import (
     PREFIX,
     Pending,
@@ -252,10 +252,9 @@ class SWGLWrapper(SWGLBase):
             why = ("another SWGL.wrap of this base optimizer came first and keeps its SWGL "
                    "state (wrap a base once)" if self._wrapped_before else
                    "a checkpoint without SWGL state?")
-            warnings.warn(
+            warn(
                 f"the base optimizer has state for a param SWGL has never seen ({why}); "
-                "SWGL's stability estimates start from scratch",
-                stacklevel=5,
+                "SWGL's stability estimates start from scratch"
             )
 
     @eager_under_compile
@@ -493,10 +492,9 @@ class SWGLWrapper(SWGLBase):
         saved_groups = self._saved_groups(state_dict)
         self._check_swgl_state(saved, saved_groups)
         if base_state and not swgl_state:
-            warnings.warn(
+            warn(
                 "this checkpoint holds base-optimizer state but no SWGL state (no swgl_* keys); "
-                "SWGL's stability estimates restart from scratch",
-                stacklevel=2,
+                "SWGL's stability estimates restart from scratch"
             )
             self._warned_fresh = True
         self.base.load_state_dict({"state": base_state, "param_groups": state_dict["param_groups"]})
