@@ -222,8 +222,15 @@ def test_the_fused_pull_matches_the_reference():
 
 @pytest.mark.skipif(not kernels.can_fuse([torch.zeros(1, device=DEVICE)]),
                     reason="needs Triton on CUDA, or TRITON_INTERPRET=1 with Triton installed")
-def test_the_kernels_do_nothing_when_their_flag_is_off():
+@pytest.mark.parametrize("programs", [None, 2])
+def test_the_kernels_do_nothing_when_their_flag_is_off(programs, monkeypatch):
+    """``programs``: the consolidation's strided grid held to 2 programs, each striding over
+    several tiles."""
     from swgl.kernels import triton_consolidation as tc
+    from swgl.kernels import triton_swgl
+
+    if programs is not None:
+        monkeypatch.setattr(triton_swgl, "_programs", lambda device: programs)
 
     g = torch.Generator().manual_seed(0)
     shapes = [(5000,), (3, 7)]

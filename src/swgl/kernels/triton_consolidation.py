@@ -35,6 +35,7 @@ from swgl.kernels.triton_swgl import (
     _ptr,
     _st,
     _tile,
+    _tile_at,
 )
 
 __all__ = ["consolidate", "pull", "detect"]
@@ -56,17 +57,21 @@ def _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, MASKED: tl.constexpr
 def _consolidate_kernel(ptrs, T, blocks, nblocks, numels, shiftp, gainp, decay,
                         P_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_: tl.constexpr,
                         IMPORTANCE: tl.constexpr, ANCHOR: tl.constexpr):
-    pid, i, offs, n, full, skip = _tile(blocks, nblocks, numels, shiftp, False, BLOCK_)
+    # strided over the tiles (Launch.strided_grid): most steps have no shift
     if tl.load(shiftp) != 0.0:
-        pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
-        fp = _ptr(ptrs, 1, T, i, tl.float32, ALIGNED)
-        sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
-        mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
         gain = tl.load(gainp)
-        if full:
-            _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, False, IMPORTANCE, ANCHOR)
-        else:
-            _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, True, IMPORTANCE, ANCHOR)
+        for t in range(tl.program_id(0), nblocks, tl.num_programs(0)):
+            i, offs, n, full = _tile_at(blocks, nblocks, numels, t, BLOCK_)
+            pp = _ptr(ptrs, 0, T, i, P_DTYPE, ALIGNED)
+            fp = _ptr(ptrs, 1, T, i, tl.float32, ALIGNED)
+            sp = _ptr(ptrs, 2, T, i, tl.float32, ALIGNED)
+            mp = _ptr(ptrs, 3, T, i, tl.float32, ALIGNED)
+            if full:
+                _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, False, IMPORTANCE,
+                                  ANCHOR)
+            else:
+                _consolidate_body(pp, fp, sp, mp, offs, n, decay, gain, True, IMPORTANCE,
+                                  ANCHOR)
 
 
 @triton.jit
@@ -100,7 +105,7 @@ def consolidate(lau: Launch, shift: Tensor, gain: Tensor | None, decay: float,
                 importance: bool = True, anchor: bool = True) -> None:
     """Where ``shift`` (a device bool) is set: ``F = decay F + gain s`` (``importance``),
     ``mu = w`` (``anchor``)."""
-    _consolidate_kernel[lau.grid()](
+    _consolidate_kernel[lau.strided_grid()](
         lau.ptrs, lau.T, lau.blocks, lau.nblocks, lau.numels, _flag(shift, lau.device),
         _flag(shift if gain is None else gain, lau.device), decay, P_DTYPE=lau.p_dtype,
         ALIGNED=lau.aligned, BLOCK_=BLOCK, num_warps=NUM_WARPS, IMPORTANCE=importance,
