@@ -13,9 +13,8 @@ import warnings
 
 import torch
 
-import swgl
-
-_INTERNAL = tuple(os.path.dirname(m.__file__) + os.sep for m in (swgl, torch))
+#: swgl's folder (this module's) and torch's
+_INTERNAL = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
