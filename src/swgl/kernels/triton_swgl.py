@@ -516,7 +516,7 @@ class Launch:
     def strided_grid(self):
         """A grid for kernels gated on a device flag that is mostly 0 (v6's consolidation, at
         shifts only): a few programs per SM stride over the tiles, so a step without a shift
-        costs a launch, not an early exit per tile (128 us a step on BERT-base, H200)."""
+        costs a launch, not an early exit per tile (129 us a step on BERT-base, H200)."""
         return (min(self.nblocks, _programs(self.device)),)
 
     def _to_device(self, host: list[int]) -> Tensor:
