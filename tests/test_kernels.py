@@ -291,6 +291,26 @@ def test_kernel_honours_reduce_sum_and_global_numels():
         assert _rel(s[i], ref[1][i].flatten()[:n]) < 1e-5
 
 
+@needs_kernels
+@pytest.mark.parametrize("rows", [(), (2,)])
+def test_segment_sums_total_each_tensors_programs_in_one_launch(rows):
+    """The per-tensor sums of per-program partials (v4's EMA kernel hands them to the
+    detector and to sharded all-reduces): each row summed over each tensor's own programs,
+    a tensor of one program and one of several included, against a sum per slice."""
+    from swgl.kernels import triton_swgl
+
+    params = [torch.zeros(n, device=KDEV) for n in (1, 3 * triton_swgl.BLOCK + 5, 7,
+                                                        triton_swgl.BLOCK)]
+    lau = triton_swgl.Launch([params, params, params])
+    partials = torch.randn(*rows, lau.nblocks, device=KDEV, dtype=torch.float32)
+    first = lau.first.tolist()
+    want = torch.stack([partials[..., a:b].double().sum(-1).float()
+                        for a, b in zip(first, first[1:])], -1)
+    got = triton_swgl.segment_sums(lau, partials)
+    assert got.shape == (*rows, len(params))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 @needs_cuda_kernels
 @pytest.mark.parametrize("rule", ["v1", "v2"])
 def test_kernel_tensor_over_2_31_bytes(rule):

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from swgl.kernels.triton_swgl import BLOCK, NUM_WARPS, Launch, _ld, _ptr, _st, _tile
+from swgl.kernels.triton_swgl import (BLOCK, NUM_WARPS, Launch, _ld, _ptr, _st, _tile,
+                                      segment_sums)
 from swgl.rules.base import Hyper
 from swgl.rules.importance import R_MAX
 
@@ -211,11 +212,7 @@ class Group(_Tables):
             1.0 - hp.alpha, 1.0 / grad_scale, G_DTYPE=lau.g_dtype, ALIGNED=lau.aligned,
             HAS_FOUND=self.found is not None, G2=g2, BLOCK_=BLOCK, num_warps=NUM_WARPS,
         )
-        owners = lau.blocks[: lau.nblocks]
-        # per tensor, not per program: shards all-reduce them (Context.reduce_sum), and a
-        # tensor's shards may span different numbers of programs
-        return torch.zeros((*shape[:-1], lau.T), device=lau.device).index_add_(-1, owners,
-                                                                               partials)
+        return segment_sums(lau, partials)
 
     def grad_sums(self, k: Tensor, hp: Hyper) -> Tensor:
         """``(-sum(g^2), -sum(c g^2))`` over the group."""

@@ -196,16 +196,18 @@ def _sumsq_kernel(ptrs, T, blocks, nblocks, numels, partials, found,
 
 
 @triton.jit
-def _segsum_kernel(partials, first, out, RBLOCK: tl.constexpr):
-    """out[i] = sum of partials[first[i]:first[i+1]], accumulated in fp64, in a fixed order."""
+def _segsum_kernel(partials, first, out, nblocks, T, RBLOCK: tl.constexpr):
+    """out[r, i] = sum of partials[r, first[i]:first[i+1]], accumulated in fp64, in a fixed
+    order (no atomics: deterministic)."""
     i = tl.program_id(0)
+    row = partials + tl.program_id(1) * nblocks
     lo = tl.load(first + i)
     hi = tl.load(first + i + 1)
     acc = tl.zeros([RBLOCK], dtype=tl.float64)
     for k in range(lo, hi, RBLOCK):
         idx = k + tl.arange(0, RBLOCK)
-        acc += tl.load(partials + idx, mask=idx < hi, other=0.0).to(tl.float64)
-    tl.store(out + i, tl.sum(acc, axis=0).to(tl.float32))
+        acc += tl.load(row + idx, mask=idx < hi, other=0.0).to(tl.float64)
+    tl.store(out + tl.program_id(1) * T + i, tl.sum(acc, axis=0).to(tl.float32))
 
 
 @triton.jit
@@ -555,9 +557,20 @@ def nonfinite(lau: Launch, found: Tensor) -> None:
                                   num_warps=NUM_WARPS)
 
 
+def segment_sums(lau: Launch, partials: Tensor) -> Tensor:
+    """Per-tensor sums of per-program partials: ``partials`` is ``[..., nblocks]`` (one row
+    per quantity), the result ``[..., T]``. Per tensor, not per program, because shards
+    all-reduce them (``Context.reduce_sum``) and a tensor's shards may span different numbers
+    of programs. One launch for all rows (an ``index_add_`` cost 18 us on BERT-base, H200)."""
+    rows = partials.numel() // lau.nblocks
+    out = torch.empty((*partials.shape[:-1], lau.T), device=lau.device, dtype=torch.float32)
+    _segsum_kernel[(lau.T, rows)](partials, lau.first, out, lau.nblocks, lau.T,
+                                  RBLOCK=_RBLOCK, num_warps=4)
+    return out
+
+
 def _per_tensor_sum(lau: Launch, partials: Tensor, ctx: Context) -> Tensor:
-    out = torch.empty(lau.T, device=lau.device, dtype=torch.float32)
-    _segsum_kernel[(lau.T,)](partials, lau.first, out, RBLOCK=_RBLOCK, num_warps=4)
+    out = segment_sums(lau, partials)
     return ctx.reduce_sum(out) if _needs_reduce(ctx) else out
 
 
