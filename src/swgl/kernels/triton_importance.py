@@ -19,8 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from swgl.kernels.triton_swgl import (BLOCK, NUM_WARPS, Launch, _ld, _ptr, _st, _tile,
-                                      segment_sums)
+from swgl.kernels.triton_swgl import BLOCK, NUM_WARPS, Launch, _ld, _ptr, _st, _tile, segment_sums
 from swgl.rules.base import Hyper
 from swgl.rules.importance import R_MAX
 
