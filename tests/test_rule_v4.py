@@ -1,6 +1,7 @@
-"""The default rule ``v4`` (swgl.rules.importance): its math on hand-made cases, its three
-variants against each other, what each option does, and the measured claims of issue 12
-(do no harm on a single task; on the tuned frontier on a small permuted case)."""
+"""The rule ``v4`` (swgl.rules.importance, the default before v5 and v6): its math on hand-made
+cases, its three variants against each other, what each option does; and issue 12's do no
+harm on a single task, for the default rule (v6). The margin over the tuned plain optimizer on
+a small permuted case is in ``test_beats_tuned_lr.py``."""
 
 import copy
 import importlib.util
@@ -292,7 +293,9 @@ def _digits():
     return (x - x.mean()) / x.std(), torch.tensor(bunch.target)
 
 
-def _digits_acc(opt_name, lr, use_swgl, seed, n_tasks, epochs):
+def _digits_acc(opt_name, lr, use_swgl, seed, n_tasks, epochs, shifts=None):
+    """Mean test accuracy over the tasks; with ``shifts`` (a list), SWGL's ``shifts()`` at the
+    end is appended to it."""
     x, y = _digits()
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -311,6 +314,8 @@ def _digits_acc(opt_name, lr, use_swgl, seed, n_tasks, epochs):
                 opt.zero_grad()
                 F.cross_entropy(model(x[idx][:, perm]), y[idx]).backward()
                 opt.step()
+    if shifts is not None:
+        shifts.append(opt.shifts())
     with torch.no_grad():
         return 100 * np.mean([float((model(x[test][:, p]).argmax(1) == y[test]).float().mean())
                               for p in perms])
@@ -318,19 +323,14 @@ def _digits_acc(opt_name, lr, use_swgl, seed, n_tasks, epochs):
 
 @pytest.mark.parametrize("opt_name, lr", [("sgd", 0.1), ("adamw", 1e-3)])
 def test_single_task_does_no_harm(opt_name, lr):
-    # measured (5 seeds, one pass): SGD 0.1: 77.8 -> 80.1, SGD 0.05: 61.8 -> 66.7,
-    # AdamW 1e-3: 82.9 -> 84.3; on Fashion-MNIST +3.1 to +3.6 (docs/results.md)
-    plain = np.mean([_digits_acc(opt_name, lr, False, s, 1, 1) for s in range(5)])
-    swgl = np.mean([_digits_acc(opt_name, lr, True, s, 1, 1) for s in range(5)])
+    # Five epochs of one task, 200 steps: past the default detector's warm-up (50) and
+    # refractory period (50), so a false shift could fire and pull. Measured at 1, 5 and 10
+    # epochs (5 seeds, twenty-first session): no shift found, v6 is the base optimizer to the
+    # bit (SGD 0.1: 95.6 at 5 epochs, AdamW 1e-3: 96.8). Under v4 (damping, before v6) this
+    # gained +2.3 / +1.4 at one epoch (docs/results.md).
+    found = []
+    plain = np.mean([_digits_acc(opt_name, lr, False, s, 1, 5) for s in range(3)])
+    swgl = np.mean([_digits_acc(opt_name, lr, True, s, 1, 5, found) for s in range(3)])
     assert swgl >= plain - 1.0, (plain, swgl)
-
-
-@pytest.mark.slow
-def test_permuted_digits_sits_on_the_tuned_sgd_frontier():
-    # Issue 12 asks for +2 points over the tuned plain optimizer; on permuted digits the
-    # default ties it (measured, 4 seeds: tuned SGD 64.1 at lr 0.1, SWGL 64.5), so this pins
-    # the tie, not a margin (docs/results.md, "Earn its place").
-    lrs, seeds = (0.05, 0.1), range(3)
-    best = {use: max(np.mean([_digits_acc("sgd", lr, use, s, 5, 3) for s in seeds])
-                     for lr in lrs) for use in (False, True)}
-    assert best[True] >= best[False] - 2.0, best
+    # a stationary task: the detector stays silent, so the default changes nothing
+    assert all(g["steps"] == 200 and g["last_shift"] == 0 for run in found for g in run), found
