@@ -14,8 +14,8 @@ never trained on) over three values around its optimum, and compared on the test
   at 62 steps a task, it finds none and is plain SGD: 71.5 (lr 0.16) against 71.1, +0.4 over
   5 seeds (twelfth session). Longer small cases measured +0.1 to +0.8 (4 to 8 tasks, 1 to 6
   epochs, 5 seeds, on the `nvidia-h200` machine's CPUs). **So the must-show's "beats by a
-  margin" is missed at a size CI can run.** Asserted: not below tuned plain by more than half
-  a point.
+  margin" is missed at a size CI can run on Fashion-MNIST**; v6 is not run here (it would
+  compare plain SGD on two lr grids), but on digits' longer tasks below.
 With Adam neither beats the tuned lr at this size (v6: +0.0), so no margin is claimed for it.
 
 On the embedded digits, tasks long enough for v6's detector fit CI
@@ -39,7 +39,7 @@ from swgl import SWGL
 TASKS, TRAIN, EVAL, BATCH, HIDDEN = 5, 4000, 1000, 64, 256
 SEEDS = (0, 1, 2)
 #: per rule: the margin over tuned plain SGD asserted, and SWGL's lr grid
-MARGINS = {"v5": (1.0, (0.08, 0.16, 0.32)), "v6": (-0.5, (0.08, 0.16, 0.32))}
+MARGINS = {"v5": (1.0, (0.08, 0.16, 0.32))}
 
 
 def _tasks(data, seed: int):
@@ -97,7 +97,7 @@ def tuned_plain(fashion_mnist) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rule", ["v6", "v5"])
+@pytest.mark.parametrize("rule", ["v5"])
 def test_swgl_against_tuned_sgd_on_permuted_tasks(fashion_mnist, tuned_plain, rule):
     margin, lrs = MARGINS[rule]
     swgl = _tuned_test_acc(fashion_mnist, lrs, rule=rule)
