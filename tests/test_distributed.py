@@ -571,3 +571,57 @@ def test_fsdp2_v5_state_is_sharded_and_matches_one_process_across_a_shift(run):
 
 if __name__ == "__main__":
     _worker(int(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
+
+
+def test_dcp_round_trip_of_the_two_object_api_in_one_process(tmp_path):
+    """``SWGL(model.parameters())`` through DCP's documented resume (docs/distributed.md): a
+    fresh SWGL holds its initial stability from the start, so DCP does not make the zero-grad
+    step that fills a fresh torch optimizer's state_dict, and SWGL's state_dict before any
+    step used to list nothing: DCP loaded no SWGL state, silently. Here its whole state comes
+    back across a detected shift, and training goes on as without the checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    def train(model, swgl, base, steps):
+        for step in steps:
+            x, y = _batch(0, step)
+            base.zero_grad()
+            _loss(model, (x * (20.0 if step >= 60 else 1.0), y)).backward()
+            swgl.step()
+            base.step()
+
+    model = _model()
+    base, swgl = torch.optim.SGD(model.parameters(), lr=0.05), SWGL(model.parameters())
+    train(model, swgl, base, range(70))
+    assert swgl.shifts()[0]["last_shift"] > 0     # past a shift: anchor, importance, path
+    ckpt = str(tmp_path / "ckpt")
+    dcp.save({"optim": get_optimizer_state_dict(model, swgl)}, checkpoint_id=ckpt, no_dist=True)
+    resumed = _model()
+    resumed.load_state_dict(model.state_dict())
+    base2, swgl2 = torch.optim.SGD(resumed.parameters(), lr=0.05), SWGL(resumed.parameters())
+    osd = get_optimizer_state_dict(resumed, swgl2)
+    dcp.load({"optim": osd}, checkpoint_id=ckpt, no_dist=True)
+    set_optimizer_state_dict(resumed, swgl2, osd)
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert set(swgl.state[p]) == set(swgl2.state[q])
+        for key, value in swgl.state[p].items():
+            assert torch.equal(value, swgl2.state[q][key]), key
+    train(model, swgl, base, range(70, 80))
+    train(resumed, swgl2, base2, range(70, 80))
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_fresh_two_object_state_dict_lists_first_step_state_and_loads_as_none():
+    model = _model()
+    swgl = SWGL(model.parameters())
+    sd = swgl.state_dict()
+    assert sorted(sd["state"]) == list(range(len(list(model.parameters()))))
+    assert all(float(entry["step"]) == 0 for entry in sd["state"].values())
+    other = SWGL(_model().parameters())
+    other.load_state_dict(sd)
+    assert all("step" not in state for state in other.state.values())
+    assert all(set(state) == {"stability"} for state in other.state.values())

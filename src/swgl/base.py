@@ -111,8 +111,12 @@ class SWGLBase(Optimizer):
         return STORAGES[self._option(group, "storage")]
 
     def _new_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        rule = RULES[self._option(group, "rule")]
         self._state_version += 1
+        return self._fresh_state(p, group)
+
+    def _fresh_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """The state a param's first step makes (its step counter 0)."""
+        rule = RULES[self._option(group, "rule")]
         # the step counter lives on the param's device: the default rule reads it there
         step = torch.zeros((), device=local(p).device)
         # the storage format takes the first state tensor; the others are plain fp32

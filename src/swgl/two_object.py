@@ -179,9 +179,20 @@ class SWGL(SWGLBase):
 
     def state_dict(self) -> dict[str, Any]:
         """torch's ``state_dict``, without the initial stability of the params not stepped yet
-        (as torch saves no state before a param's first step)."""
+        (as torch saves no state before a param's first step).
+
+        Before any param has stepped, every param that SWGL will step is listed with the state
+        its first step makes and a step of 0, which :meth:`load_state_dict` takes as no state.
+        ``torch.distributed.checkpoint`` loads into the state_dict of a fresh optimizer, and
+        skips the zero-grad step it would make to fill one because SWGL's state holds the
+        initial stability from the start: without these entries it would load nothing."""
         out = super().state_dict()
-        out["state"] = {i: entry for i, entry in out["state"].items() if "step" in entry}
+        if any("step" in entry for entry in self.state.values()):
+            out["state"] = {i: entry for i, entry in out["state"].items() if "step" in entry}
+            return out
+        params = [(p, group) for group in self.param_groups for p in group["params"]]
+        out["state"] = {i: self._fresh_state(p, group) for i, (p, group) in enumerate(params)
+                        if p in self.state}
         return out
 
     @staticmethod
@@ -308,6 +319,8 @@ class SWGL(SWGLBase):
         merged = self._saved_groups(state_dict)
         saved = by_position(state_dict["state"], state_dict["param_groups"])
         self._check_swgl_state(saved, merged)
+        # step 0: a fresh optimizer's entry (see state_dict), no state
+        saved = {i: entry for i, entry in saved.items() if float(entry["step"]) > 0}
         for group, options in zip(self.param_groups, merged):
             group.update({k: v for k, v in options.items() if k != "params"})
         self._install_swgl_state(saved)
