@@ -200,3 +200,38 @@ def test_an_option_the_rule_ignores_is_rejected(rule, option, value):
 def test_shock_is_deprecated():
     with pytest.warns(DeprecationWarning, match="shock is deprecated"):
         SWGL(_model().parameters(), rule="v3", shock=3.0)
+
+
+@pytest.mark.parametrize("options, error, message", [
+    (dict(alpha=float("nan")), ValueError, "alpha must not be NaN"),
+    (dict(alpha=2.0), ValueError, "alpha"),
+    (dict(max_boost=-1.0), ValueError, "max_boost"),
+    (dict(eps=0.0), ValueError, "eps"),
+    (dict(mode="grad"), ValueError, "mode='grad' is not a mode of rule 'v6'"),
+    (dict(signal="fisher"), ValueError, "signal='fisher' means nothing to rule 'v6'"),
+    (dict(alpha="0.9"), TypeError, "alpha must be a real number"),
+])
+def test_the_functional_api_checks_its_options(options, error, message):
+    """``swgl.swgl`` took a NaN alpha (state and grads NaN), alpha 2, a negative max_boost,
+    and under the default rule its old default ``mode="grad"`` failed with a bare KeyError."""
+    import swgl
+
+    p = [torch.randn(3)]
+    kw = {**dict(rule="v6", alpha=0.99, lambda_reg=0.0, eps=1e-8, max_boost=10.0), **options}
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        swgl.swgl(p, [torch.randn(3)], [torch.zeros(3)], [torch.zeros(())], **kw)
+
+
+def test_the_functional_api_names_the_state_a_rule_needs():
+    import swgl
+
+    p, s = [torch.randn(3)], [torch.zeros(3)]
+    with pytest.raises(ValueError, match=r"rule 'v6' keeps the state \[.*'detector'.*extra_state"):
+        swgl.swgl(p, [torch.randn(3)], s, [torch.zeros(())], rule="v6", alpha=0.99,
+                  lambda_reg=0.0, eps=1e-8, max_boost=10.0)
+    # with its state and the rule's own mode (unset), the call runs
+    extra = {"consolidated": [torch.zeros(3)], "anchor": [p[0].clone()],
+             "detector": [torch.zeros(4)], "path": [torch.zeros(3)]}
+    out = swgl.swgl(p, [torch.randn(3)], s, [torch.zeros(())], rule="v6", alpha=0.99,
+                    lambda_reg=0.0, eps=1e-8, max_boost=10.0, extra_state=extra)
+    assert out.applied and float(s[0].sum()) > 0

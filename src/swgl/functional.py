@@ -22,7 +22,7 @@ from torch import Tensor
 from swgl import kernels
 from swgl._validate import check_choice
 from swgl.kernels import blocked, compiled
-from swgl.options import MODES, SIGNALS
+from swgl.options import MODES, SIGNALS, check_options, hyper
 from swgl.rules import RULES, Context, Hyper, Variants
 from swgl.rules.base import add_one_
 
@@ -119,9 +119,9 @@ def swgl(
     lambda_reg: float,
     eps: float,
     max_boost: float,
-    signal: str = "relative",
+    signal: str | None = None,
     max_damping: float | None = None,
-    mode: str = "grad",
+    mode: str | None = None,
     shock: float = 0.0,
     consolidation: float | None = None,
     consolidation_horizon: float | None = None,
@@ -144,20 +144,23 @@ def swgl(
     requires Triton; False never uses it. Tensors the kernels cannot take
     (non-contiguous, fp64, ...) fall back to foreach within the same call. On the CPU, v1's
     foreach runs over cache-sized chunks (:mod:`swgl.kernels.blocked`).
+
+    The options are checked as the optimizers check them (:func:`swgl.options.check_options`:
+    a ``ValueError`` or ``TypeError`` naming the option and its value); ``signal``, ``mode``
+    and the consolidation's options left unset take the rule's own. The optimizer classes
+    check once per change and call :func:`plan` and :func:`run_before` themselves.
     """
-    check_choice("rule", rule, RULES)
+    group = dict(rule=rule, alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost,
+                 signal=signal, max_damping=max_damping, mode=mode, shock=shock,
+                 consolidation=consolidation, consolidation_horizon=consolidation_horizon)
+    check_options(group, math_only=True)
+    hp = hyper(group)
     if not params:
-        return Outcome(True, [] if mode == "update" else None)
-    rule_ = RULES[rule]
-    hp = Hyper(
-        alpha=alpha, lambda_reg=lambda_reg, eps=eps, max_boost=max_boost, signal=signal,
-        max_damping=max_damping, mode=mode, shock=shock,
-        # unset: the rule's default (v5: 0.03 and 20), or 0 for the rules that do not read it
-        consolidation=(rule_.default("consolidation", 0.0) if consolidation is None
-                       else consolidation),
-        consolidation_horizon=(rule_.default("consolidation_horizon", 0.0)
-                               if consolidation_horizon is None else consolidation_horizon),
-    )
+        return Outcome(True, [] if hp.mode == "update" else None)
+    missing = [name for name, _ in RULES[rule].state[1:] if name not in (extra_state or {})]
+    if missing:
+        raise ValueError(f"rule {rule!r} keeps the state {missing} beside the stabilities: "
+                         f"pass each as a list of tensors in extra_state")
     chosen = plan(params, rule, hp, foreach, fused)
     return run_before(chosen, params, grads, stabilities, steps, grad_scale, extra_state)
 

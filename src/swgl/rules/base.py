@@ -193,8 +193,3 @@ class Rule:
     @property
     def init_value(self) -> float:
         return self.state[0][1]
-
-    def default(self, name: str, fallback: float) -> float:
-        """The value option ``name`` takes unset under this rule (:attr:`defaults`), else
-        ``fallback``."""
-        return next((value for key, value in self.defaults if key == name), fallback)
