@@ -669,16 +669,19 @@ def test_fp16_autocast_trains_and_skips_overflow_steps(order):
 # -- the two-object pattern's hooks are per instance ---------------------------------------------
 
 
-def _two_object_run(side: bool, steps: int = 4):
+def _two_object_run(side: bool, steps: int = 4, use_swgl: bool = True):
     model = _model()
     base = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    swgl = SWGL(model.parameters())
+    # damping on: the default's after phase then rescales every step (with its defaults, and
+    # before a shift, v6 is plain AdamW and there is nothing for a side optimizer to take)
+    swgl = SWGL(model.parameters(), lambda_reg=3.0)
     w = next(model.parameters())
     other = torch.optim.SGD([w], lr=0.0)
     for batch in _batches(steps):
         base.zero_grad()
         _loss(model, batch).backward()
-        swgl.step()
+        if use_swgl:
+            swgl.step()
         if side:
             other.step()  # steps a managed param first: must not take the base's rescale
         base.step()
@@ -687,8 +690,10 @@ def _two_object_run(side: bool, steps: int = 4):
 
 def test_a_side_optimizer_does_not_consume_the_update_rescale():
     """Issue 13's hook leak: with process-global hooks the side SGD applied the factors."""
-    for a, b in zip(_two_object_run(side=False), _two_object_run(side=True)):
+    swgl = _two_object_run(side=False)
+    for a, b in zip(swgl, _two_object_run(side=True)):
         assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(swgl, _two_object_run(False, use_swgl=False)))
 
 
 def test_an_optimizer_whose_init_raised_is_no_owner():
