@@ -253,17 +253,32 @@ def test_wrap_rejects_a_base_whose_step_needs_a_closure():
     (torch.optim.AdamW, dict(lr=1e-2)),
 ])
 def test_wrapper_equals_the_two_object_pattern(base_cls, kwargs):
-    batches = _batches(5)
-    m1, m2 = _model(), _model()
-    base1 = base_cls(m1.parameters(), **kwargs)
-    _train_two_object(m1, base1, SWGL(m1.parameters(), alpha=0.9), batches)
-    opt = SWGL.wrap(base_cls(m2.parameters(), **kwargs), alpha=0.9)
-    _train_wrapper(m2, opt, batches)
-    for a, b in zip(m1.parameters(), m2.parameters()):
-        if opt._stepping is None:
-            assert torch.equal(a, b)
-        else:   # Triton's interpreter: the fused path, the same math in another order
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    """Across a detected shift (the default's pull and SI's path run in the two-object
+    pattern's after phase, inside the base's step), weights and every state tensor."""
+    from toy import shift_stream
+
+    models = [nn.Linear(8, 4) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    base1 = base_cls(models[0].parameters(), **kwargs)
+    swgl = SWGL(models[0].parameters(), alpha=0.9)
+    opt = SWGL.wrap(base_cls(models[1].parameters(), **kwargs), alpha=0.9)
+    for x, y in shift_stream(200, 120):
+        base1.zero_grad()
+        nn.functional.mse_loss(models[0](x), y).backward()
+        swgl.step()
+        base1.step()
+        opt.zero_grad()
+        nn.functional.mse_loss(models[1](x), y).backward()
+        opt.step()
+    assert swgl.shifts()[0]["last_shift"] > 120 and swgl.shifts() == opt.shifts()
+    exact = opt._stepping is None   # else Triton's interpreter: the same math in another order
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        pairs = [(a, b)] + [(swgl.state[a][k], opt.state[b][k]) for k in swgl.state[a]]
+        for x, y in pairs:
+            if exact:
+                assert torch.equal(x, y)
+            else:
+                torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
 
 
 def test_wrapper_from_class_and_kwargs_equals_wrap():
