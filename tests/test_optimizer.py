@@ -361,8 +361,13 @@ def test_step_hooks_fire_on_the_wrapper():
 # -- checkpoints -------------------------------------------------------------------------------
 
 
-def _resume_case(mode, tmp_path, n=4, m=3):
-    batches = _batches(n + m)
+def _resume_case(mode, tmp_path, n=150, total=200):
+    """A run cut at step ``n``, past the shift of :func:`toy.shift_stream` at 120 (so the
+    default's importance, anchor, path and detector all hold something), saved, loaded into
+    new objects and run to ``total``; and the same run unbroken."""
+    from toy import shift_stream
+
+    batches = list(shift_stream(total, 120))
     make_base = lambda model: torch.optim.AdamW(model.parameters(), lr=1e-2)  # noqa: E731
 
     def build(model):
@@ -372,22 +377,30 @@ def _resume_case(mode, tmp_path, n=4, m=3):
         return base, SWGL(model.parameters(), alpha=0.9)
 
     def train(model, base, swgl, chunk):
-        if mode == "wrapper":
-            _train_wrapper(model, swgl, chunk)
-        else:
-            _train_two_object(model, base, swgl, chunk)
+        for x, y in chunk:
+            (swgl if mode == "wrapper" else base).zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            swgl.step()
+            if mode != "wrapper":
+                base.step()
 
-    straight = _model()
-    train(straight, *build(straight), batches)
+    def linear(seed=0):
+        torch.manual_seed(seed)
+        return nn.Linear(8, 4)
 
-    first = _model()
+    straight = linear()
+    straight_opt = build(straight)
+    train(straight, *straight_opt, batches)
+
+    first = linear()
     base, swgl = build(first)
     train(first, base, swgl, batches[:n])
+    assert swgl.shifts()[0]["last_shift"] > 0      # the checkpoint holds a consolidation
     ckpt = {"model": first.state_dict(), "swgl": swgl.state_dict(), "base": base.state_dict()}
     torch.save(ckpt, tmp_path / "ckpt.pt")
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
 
-    resumed = _model(seed=123)
+    resumed = linear(seed=123)
     resumed.load_state_dict(ckpt["model"])
     base, swgl = build(resumed)
     if mode == "wrapper":
@@ -396,14 +409,17 @@ def _resume_case(mode, tmp_path, n=4, m=3):
         base.load_state_dict(ckpt["base"])
         swgl.load_state_dict(ckpt["swgl"])
     train(resumed, base, swgl, batches[n:])
-    return straight, resumed, swgl
+    return straight, straight_opt[1], resumed, swgl
 
 
 @pytest.mark.parametrize("mode", ["two-object", "wrapper"])
 def test_checkpoint_round_trip_is_bit_exact(mode, tmp_path):
-    straight, resumed, _ = _resume_case(mode, tmp_path)
+    straight, straight_opt, resumed, opt = _resume_case(mode, tmp_path)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+        assert straight_opt.state[a].keys() == opt.state[b].keys()
+        for key, value in straight_opt.state[a].items():
+            assert torch.equal(value, opt.state[b][key]), key
 
 
 def test_wrapper_state_dict_is_one_standard_dict_with_namespaced_keys():
