@@ -41,12 +41,16 @@ def test_every_rule_has_a_scale():
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("rule", sorted(r for r in RULES if "grad" in RULES[r].modes))
 def test_scale_matches_the_step(rule, foreach):
-    """mean_scale and the limit fractions are those of the factor the last step applied."""
+    """mean_scale and the limit fractions are those of the factor the last step applied: to
+    the bit of a group constant, v4's progress rescale ``rho`` (in [1, max_boost]), which
+    depends on the step's grads and which stats does not report (``rho`` 1 for the others)."""
     model = _model()
     max_boost = 3.0  # small, so that elements reach both limits
-    swgl = SWGL(model.parameters(), alpha=0.9, lambda_reg=0.0, max_boost=max_boost, rule=rule,
-                mode="grad",
-                foreach=foreach)
+    # v4 damps only with lambda_reg > 0 (at 0 its factor is 1 and the check below compared 1
+    # with 1); the seed's rules and v2 read no lambda_reg in their factor
+    lambda_reg = 3.0 if rule == "v4" else 0.0
+    swgl = SWGL(model.parameters(), alpha=0.9, lambda_reg=lambda_reg, max_boost=max_boost,
+                rule=rule, mode="grad", foreach=foreach)
     for seed in range(6):
         model.zero_grad()
         _backward(model, seed)
@@ -54,13 +58,17 @@ def test_scale_matches_the_step(rule, foreach):
         swgl.step()
     stats = layer_stats(swgl, model)
     assert list(stats) == [name for name, _ in model.named_parameters()]
-    saw_boost = saw_damping = False
+    saw_boost = saw_damping = saw_scaled = False
+    rho = None
     for (name, p), g0 in zip(model.named_parameters(), before):
         nonzero = g0 != 0
         ratio = (p.grad / g0)[nonzero]
+        saw_scaled |= bool(((ratio - 1).abs() > 1e-3).any())
         s = stats[name]
         assert s.step == 6 and s.numel == p.numel()
-        assert s.mean_scale == pytest.approx(ratio.mean().item(), rel=1e-4)
+        rho = ratio.mean().item() / s.mean_scale if rho is None else rho   # one per group
+        assert s.mean_scale * rho == pytest.approx(ratio.mean().item(), rel=1e-4)
+        ratio = ratio / rho
         n = g0.numel()
         assert nonzero.all() or rule != "v2"  # dense grads here, so ratios cover every element
         at_boost = (ratio >= max_boost * (1 - 1e-5)).sum().item() / n
@@ -69,8 +77,13 @@ def test_scale_matches_the_step(rule, foreach):
         assert s.at_damping == pytest.approx(at_damping, abs=1.5 / n)
         saw_boost |= s.at_boost > 0
         saw_damping |= s.at_damping > 0
+    assert saw_scaled   # the step changed the grads: the comparison above was not vacuous
+    if rule == "v4":
+        assert 1.0 <= rho <= max_boost * (1 + 1e-5) and saw_damping
+    else:
+        assert rho == pytest.approx(1.0, rel=1e-5)
     if rule == "v2":
-        assert saw_boost and saw_damping  # the comparison above was not vacuous
+        assert saw_boost and saw_damping
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))

@@ -7,7 +7,9 @@ For every parameter with SWGL state, :func:`layer_stats` reports
 * ``at_boost`` and ``at_damping``: the fraction of elements whose scale :math:`c` is at (or,
   for the unbounded seed rules, beyond) ``max_boost`` and ``1/max_boost``;
 * ``mean_scale``: the mean of :math:`c`, the factor the last step multiplied gradients by
-  (before ``lambda_reg``'s decay term).
+  (before ``lambda_reg``'s decay term under the seed's rules; under v4 to v7, whose damping
+  takes its reference from the group's mean stability, before the group's progress rescale
+  :math:`\rho`, a scalar in ``[1, max_boost]`` that depends on the step's grads).
 
 The scale is recomputed from the stored stability by each rule's own ``factor`` (:data:`SCALES`,
 from :mod:`swgl.rules`), so reading stats never touches the optimizer's state or grads.
@@ -51,13 +53,16 @@ MAX_QUANTILE_ELEMENTS = 1 << 24
 Names = Union[nn.Module, Mapping[str, Tensor], Iterable[tuple[str, Tensor]], None]
 
 
-def _scale(rule: Rule, s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
-    return rule.factor(s, step, rule.hyper(hp))
+def _scale(rule: Rule, s: Tensor, step: int, hp: Hyper,
+           group_mean: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    return rule.factor(s, step, rule.hyper(hp), group_mean)
 
 
-#: ``rule name -> f(stability, step, hyper) -> (stability as the rule reads it, scale c)``:
-#: each rule's own ``factor`` (tests/test_stats.py checks it against a real step).
-SCALES: dict[str, Callable[[Tensor, int, Hyper], tuple[Tensor, Tensor]]] = {
+#: ``rule name -> f(stability, step, hyper, group_mean=None) -> (stability as the rule reads
+#: it, scale c)``: each rule's own ``factor``; ``group_mean`` is the mean stability over the
+#: param's group, which v4's damping (and so v5 to v7's) reads (tests/test_stats.py checks it
+#: against a real step).
+SCALES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
     name: partial(_scale, rule) for name, rule in RULES.items() if rule.factor is not None
 }
 
@@ -175,13 +180,15 @@ def layer_stats(
             alpha=option("alpha"), lambda_reg=option("lambda_reg"), eps=option("eps"),
             max_boost=option("max_boost"), max_damping=option("max_damping"),
         )
-        for p in group["params"]:
-            state = opt.state.get(p)
-            if not state or "step" not in state or float(state["step"]) < 1:
-                continue
-            step = int(state["step"])
-            s = _full(opt.stability(p)).float()
-            seen, c = SCALES[rule](s, step, hp)
+        stepped = [p for p in group["params"]
+                   if (state := opt.state.get(p)) and "step" in state
+                   and float(state["step"]) >= 1]
+        stabilities = [_full(opt.stability(p)).float() for p in stepped]
+        group_mean = (torch.stack([s.sum() for s in stabilities]).sum()
+                      / sum(s.numel() for s in stabilities)) if stabilities else None
+        for p, s in zip(stepped, stabilities):
+            step = int(opt.state[p]["step"])
+            seen, c = SCALES[rule](s, step, hp, group_mean)
             boost = torch.tensor(hp.max_boost, dtype=c.dtype)
             damp = torch.tensor(hp.min_scale, dtype=c.dtype)
             values = torch.cat([

@@ -156,8 +156,9 @@ class Rule:
     modes: tuple[str, ...] = ("grad",)
     #: the rule honours ``Context.found`` itself (no host sync for the non-finite guard)
     device_guard: bool = False
-    #: ``(state, step, hp) -> (stability as the rule reads it, factor c)`` for one tensor:
-    #: what :mod:`swgl.stats` reports
+    #: ``(state, step, hp, group_mean) -> (stability as the rule reads it, factor c)`` for one
+    #: tensor, ``group_mean`` the mean of the stored stability over the group's params (v4's
+    #: reference; None: the tensor's own): what :mod:`swgl.stats` reports
     factor: Callable[..., tuple[Tensor, Tensor]] | None = field(default=None, compare=False)
     #: maps the user's options to the ones the variants read (v3: v2 with its ceiling at 1)
     hyper: Callable[[Hyper], Hyper] = field(default=lambda hp: hp, compare=False)

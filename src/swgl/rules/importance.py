@@ -549,10 +549,12 @@ def _fusable_after(p: Tensor, g: Tensor, s: Tensor) -> bool:
     return kernels.fusable_tensor(p, g, s) and g.dtype == p.dtype
 
 
-def _factor_from_state(s: Tensor, step: int, hp: Hyper, m: Tensor | float | None = None):
-    """What :mod:`swgl.stats` reports: ``(s, c)``, with ``m`` the group's mean of ``s`` (the
-    tensor's own mean when not given); ``rho`` depends on the step and is not included."""
-    m = s.mean() if m is None else m
+def _factor_from_state(s: Tensor, step: int, hp: Hyper,
+                       group_mean: Tensor | float | None = None):
+    """What :mod:`swgl.stats` reports: ``(s, c)``, with ``group_mean`` the group's mean of
+    ``s``, as the step reads it (the tensor's own mean when not given); ``rho`` depends on the
+    step's grads and is not included."""
+    m = s.mean() if group_mean is None else group_mean
     return s, factor(s, hp.lambda_reg / (m + hp.eps * hp.eps), hp)
 
 

@@ -287,8 +287,10 @@ def _after_fused(params, snapshots, state, steps, aux, hp: Hyper, ctx: Context) 
     kernels.run_fused_after(_after_foreach, params, snapshots, state, steps, aux, hp, ctx)
 
 
-def _factor_from_state(s: Tensor, step: int, hp: Hyper) -> tuple[Tensor, Tensor]:
-    """What :mod:`swgl.stats` reports: ``(s_hat, c)`` from a stored EMA."""
+def _factor_from_state(s: Tensor, step: int, hp: Hyper,
+                       group_mean: Tensor | float | None = None) -> tuple[Tensor, Tensor]:
+    """What :mod:`swgl.stats` reports: ``(s_hat, c)`` from a stored EMA (its reference is the
+    tensor's own: ``group_mean`` is not read)."""
     s_hat = s * _inv_bias_correction(hp.alpha, torch.tensor(float(step)))
     active = s_hat > 0
     log_sum = torch.where(active, s_hat, 1.0).log().sum(dtype=torch.float64)

@@ -76,7 +76,9 @@ def _fused(params, grads, state, steps, hp: Hyper, ctx: Context, *, paper: bool)
     kernels.run_fused(name, partial(_foreach, paper=paper), params, grads, state, steps, hp, ctx)
 
 
-def _factor(s: Tensor, step: int, hp: Hyper, *, paper: bool) -> tuple[Tensor, Tensor]:
+def _factor(s: Tensor, step: int, hp: Hyper, group_mean: Tensor | float | None = None, *,
+            paper: bool) -> tuple[Tensor, Tensor]:
+    """``(s, c)`` for :mod:`swgl.stats` (elementwise: ``group_mean`` is not read)."""
     return s, (1.0 / s.clamp(max=hp.max_boost) if paper
                else (1.0 / (s + hp.eps)).clamp_(max=hp.max_boost))
 
