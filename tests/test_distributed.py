@@ -314,9 +314,11 @@ def scenario_dcp(rank, out_dir: Path):
 V5_SHIFT, V5_STEPS = 55, 62
 
 
-def scenario_fsdp_v5(rank, out_dir: Path):
-    """Rule v5 on FSDP2 across a detected shift: its state tensors sharded like the params,
-    numerics equal to one process on the global batch, and a DCP round trip."""
+def scenario_fsdp_v5(rank, out_dir: Path, rule: str = "v5"):
+    """Rule v5 (or v6, the default) on FSDP2 across a detected shift: its state tensors
+    sharded like the params, numerics equal to one process on the global batch, and a DCP
+    round trip."""
+    keys = ("consolidated", "anchor") + (("path",) if rule == "v6" else ())
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_optimizer_state_dict,
@@ -324,8 +326,8 @@ def scenario_fsdp_v5(rank, out_dir: Path):
     )
 
     model, reference = _shard(_model()), _model()
-    opt = SWGL.wrap(torch.optim.AdamW(model.parameters(), lr=1e-2), rule="v5")
-    ref_opt = SWGL.wrap(torch.optim.AdamW(reference.parameters(), lr=1e-2), rule="v5")
+    opt = SWGL.wrap(torch.optim.AdamW(model.parameters(), lr=1e-2), rule=rule)
+    ref_opt = SWGL.wrap(torch.optim.AdamW(reference.parameters(), lr=1e-2), rule=rule)
     for step in range(V5_STEPS):
         scale = 20.0 if step >= V5_SHIFT else 1.0
         x, y = _batch(rank, step)
@@ -343,23 +345,22 @@ def scenario_fsdp_v5(rank, out_dir: Path):
             "name": name,
             "sharded_like_param": all(
                 (a[k].placements, a[k].device_mesh) == (p.placements, p.device_mesh)
-                for k in ("consolidated", "anchor")),
+                for k in keys),
             "shift_at": float(a["detector"][3]), "ref_shift_at": float(b["detector"][3]),
             "diffs": {k: float((a[k].full_tensor() - b[k]).abs().max())
-                      for k in ("stability", "consolidated", "anchor")},
+                      for k in ("stability", *keys)},
             "param_diff": float((p.detach().full_tensor() - q.detach()).abs().max()),
         })
-    ckpt = str(out_dir / "ckpt_v5")
+    ckpt = str(out_dir / f"ckpt_{rule}")
     dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=ckpt)
     model2 = _shard(_model())
-    opt2 = SWGL.wrap(torch.optim.AdamW(model2.parameters(), lr=1e-2), rule="v5")
+    opt2 = SWGL.wrap(torch.optim.AdamW(model2.parameters(), lr=1e-2), rule=rule)
     osd = get_optimizer_state_dict(model2, opt2)
     dcp.load({"optim": osd}, checkpoint_id=ckpt)
     set_optimizer_state_dict(model2, opt2, osd)
     equal = [all(torch.equal(opt.state[p][k].to_local() if k != "detector" else
                              opt.state[p][k], opt2.state[q][k].to_local() if k != "detector"
-                             else opt2.state[q][k]) for k in ("consolidated", "anchor",
-                                                              "detector"))
+                             else opt2.state[q][k]) for k in (*keys, "detector"))
              for p, q in zip(model.parameters(), model2.parameters())]
     return {"rows": rows, "round_trip_equal": equal}
 
@@ -380,6 +381,7 @@ def _worker(rank: int, store: str, out_dir: Path) -> None:
             "fsdp_storages": scenario_fsdp_storages,
             "dcp": lambda r: scenario_dcp(r, out_dir),
             "fsdp_v5": lambda r: scenario_fsdp_v5(r, out_dir),
+            "fsdp_v6": lambda r: scenario_fsdp_v5(r, out_dir, "v6"),
         })
     results = {}
     for name, fn in scenarios.items():
@@ -439,7 +441,9 @@ def test_ddp_state_bitwise_identical(run, mode):
     assert r0["report"] == r1["report"]
     for a, b in zip(r0["stab"], r1["stab"]):  # independent of check_consistency itself
         assert torch.equal(a, b)
-    assert any(not torch.equal(s, torch.ones_like(s)) for s in r0["stab"])  # it did train
+    # it did train: the stability left its initial value (v1's 1 two-object, the default's 0)
+    initial = 1.0 if mode == "two-object" else 0.0
+    assert any(not torch.equal(s, torch.full_like(s, initial)) for s in r0["stab"])
 
 
 def test_no_sync_accumulation_swgl_after_sync_is_identical(run):
@@ -558,8 +562,9 @@ def test_dcp_reshard_save_on_two_load_on_one(run):
     opt.step()
 
 
-def test_fsdp2_v5_state_is_sharded_and_matches_one_process_across_a_shift(run):
-    r0, r1 = _get(run, "fsdp_v5")
+@pytest.mark.parametrize("rule", ["v5", "v6"])
+def test_fsdp2_v5_state_is_sharded_and_matches_one_process_across_a_shift(run, rule):
+    r0, r1 = _get(run, f"fsdp_{rule}")
     for a, b in zip(r0["rows"], r1["rows"]):
         assert a["sharded_like_param"] and b["sharded_like_param"], a["name"]
         # the detector sees the global grad norm: it fires at the same step as one process
@@ -568,9 +573,6 @@ def test_fsdp2_v5_state_is_sharded_and_matches_one_process_across_a_shift(run):
         assert a["param_diff"] <= 1e-5, a
     assert all(r0["round_trip_equal"]) and all(r1["round_trip_equal"])
 
-
-if __name__ == "__main__":
-    _worker(int(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
 
 
 def test_dcp_round_trip_of_the_two_object_api_in_one_process(tmp_path):
@@ -625,3 +627,7 @@ def test_a_fresh_two_object_state_dict_lists_first_step_state_and_loads_as_none(
     other.load_state_dict(sd)
     assert all("step" not in state for state in other.state.values())
     assert all(set(state) == {"stability"} for state in other.state.values())
+
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
