@@ -69,7 +69,8 @@ def _train(fused, steps=4, wrap=False, bad_step=None):
 def test_compiled_step_matches_foreach_through_the_classes(wrap):
     ref, ref_opt, _ = _train(False, wrap=wrap)
     out, opt, seen = _train(None, wrap=wrap)
-    # four steps of momentum SGD: rho's sums, added in another order, differ by float rounding
+    # four steps of momentum SGD: the EMA's and the path's sums, added in another order,
+    # differ by float rounding
     for a, b in zip(ref.parameters(), out.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(ref_opt.stability(a), opt.stability(b), rtol=1e-4, atol=1e-12)

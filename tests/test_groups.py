@@ -9,7 +9,8 @@ from torch import nn
 from swgl import SWGL, SWGLWrapper
 from swgl.groups import CATEGORIES, classify, merge, param_groups, swgl_options
 
-UNMODULATED = dict(lambda_reg=0.0)  # the default rule v4: steps left as the base makes them
+# the default rule (v6): no damping and no pull, steps left as the base makes them
+UNMODULATED = dict(lambda_reg=0.0, consolidation=0.0)
 V2_UNMODULATED = dict(max_boost=1.0, max_damping=1.0)
 
 
@@ -149,7 +150,7 @@ def test_unmodulated_categories_keep_their_grads(api):
 
 
 def test_default_rule_categories_can_switch_damping_and_pull_off():
-    """Under the default rule v5, ``lambda_reg=0, consolidation=0`` leaves a category's steps
+    """Under the default rule (v6), ``lambda_reg=0, consolidation=0`` leaves a category's steps
     plain SGD's (up to rounding) at every step, across a detected shift; the weights' are not."""
     torch.manual_seed(0)
     model = Tiny()

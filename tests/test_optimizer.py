@@ -134,7 +134,8 @@ def test_options_can_differ_per_group():
     # v1 starts at 1 and its EMA moves by (1 - alpha) * (r - 1) in one step.
     s = swgl.state[model[2].weight]["stability"]
     assert (s < 1.0).any() and (s > 0.98).all()
-    # v2 starts at 0 and, with alpha=0.5, holds 0.5 * r after one step.
+    # the default rule's EMA of g^2 starts at 0 and, with alpha=0.5, holds 0.5 g^2 after one
+    # step.
     assert swgl.state[model[0].weight]["stability"].min() >= 0
     assert swgl.state[model[0].weight]["stability"].max() > 0
 
