@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> float:
         for p in group["params"]:
             stability = swgl.state[p]["stability"]
             log.info("Mean stability: %.4f", stability.mean().item())
-    # what the shift detector found (rules v5, v6; one task here, so no shift: v6 has left
-    # the base optimizer's steps as they were; None for a rule without a detector)
+    # what the shift detector found (rules v5 to v7; one task here, so no shift: v6's pull has
+    # not acted, only the weak damping the seed's lambda_reg=0.01 turns on; None for a rule
+    # without a detector)
     log.info("Shift detector, per param group: %s", swgl.shifts())
 
     with torch.no_grad():

@@ -21,11 +21,13 @@ Example, biases and norms left unmodulated (``lambda_reg=0, consolidation=0`` un
 default rule ``v6`` and under ``v5``: no damping and no pull; ``lambda_reg=0`` under ``v4``;
 ``max_boost=1, max_damping=1`` under ``v2``/``v3``)::
 
+    from swgl import SWGL, SWGLWrapper
+    from swgl.groups import param_groups
+
     off = dict(lambda_reg=0.0, consolidation=0.0)
-    groups = swgl.groups.param_groups(model, biases=off, norms=off)
-    swgl = SWGL(groups)                                   # two-object API
-    opt = SWGLWrapper(swgl.groups.param_groups(model, ..., for_wrapper=True),
-                      base=torch.optim.AdamW, base_kwargs={"lr": 1e-3})
+    two_object = SWGL(param_groups(model, biases=off, norms=off))
+    wrapper = SWGLWrapper(param_groups(model, biases=off, norms=off, for_wrapper=True),
+                          base=torch.optim.AdamW, base_kwargs={"lr": 1e-3})
 
 :func:`merge` intersects these groups with a base optimizer's own (weight decay, say), so
 each resulting group carries both sets of options.

@@ -1,5 +1,6 @@
 r"""AdamW with SWGL fused into the same pass: ``swgl.optim.AdamW(params, lr, ...)`` computes
-exactly what ``SWGL.wrap(torch.optim.AdamW(params, lr, ...))`` does, in one pass over the
+what ``SWGL.wrap(torch.optim.AdamW(params, lr, ...))`` does (to rounding: about an ulp a
+step, as its own AdamW arithmetic is written in another order), in one pass over the
 gradient, the param, SWGL's state and Adam's moments (Triton on CUDA, foreach elsewhere;
 ``v4`` takes three passes, for its sums over the param group, and ``v5`` and the default
 ``v6`` those three, a pull, and a consolidation at detected shifts).
