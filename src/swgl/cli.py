@@ -213,10 +213,11 @@ def _bench_parser(sub) -> None:
                    help="evaluations of all tasks per task, for the curves (default: 4)")
     t.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:1")
     t.add_argument("--threads", type=_positive("--threads"), default=1,
-                   help="torch CPU threads (default: 1, fastest for these small models)")
+                   help="torch CPU threads per cell (default: 1, fastest for these small "
+                        "models); it changes the numbers' rounding, so it is in the run id")
     t.add_argument("--jobs", "--workers", dest="workers", type=_positive("--jobs"), default=1,
-                   help="run cells in this many processes, one thread each (default: 1); "
-                   "the numbers do not depend on it")
+                   help="run cells in this many processes, each on --threads threads "
+                   "(default: 1); the numbers do not depend on it")
 
     o = p.add_argument_group("output")
     o.add_argument("--out-dir", default="runs", help="where run folders go (default: runs)")
@@ -306,6 +307,7 @@ def _config(args):
                          "table); pass --no-tune to choose it")
     return BenchConfig(
         **fields, seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
+        threads=args.threads,
         swgl_opts=parse_options(args.swgl_opts, "--swgl-opts"),
         method_opts=_method_options(args.method_opts), variants=_variants(args.variant),
     )

@@ -63,6 +63,22 @@ def test_run_files_are_readable_and_their_columns_unique(tmp_path, capsys):
 @pytest.mark.parametrize("argv, match", [
     (["--variant", "swgl-sgd=naive-sgd:lr=0.01"], "has the name of a registered method"),
     (["--tune", "--tune-grid", "swgl-sdg=none"], "['swgl-sdg'], not among the run's methods"),
+    # a user's audit (twenty-first session): each was ignored, replaced or failed mid-run
+    (["--tune", "--methods", "naive-sgd,fast", "--variant", "fast=naive-sgd:lr=0.5"],
+     "variant 'fast' sets ['lr'], which --tune tunes"),
+    (["--tune", "--methods", "naive-sgd,e2", "--variant", "e2=ewc:lam=5"],
+     "variant 'e2' sets ['lam'], which --tune tunes"),
+    (["--no-tune", "--methods", "ewc", "--method-opts", "ewc.lam=abc"],
+     "ewc.lam must be a real number, got 'abc'"),
+    (["--no-tune", "--methods", "ewc", "--method-opts", "ewc.lam=-5"],
+     "ewc.lam must be >= 0.0, got -5"),
+    (["--no-tune", "--methods", "naive-sgd", "--method-opts", "naive-sgd.lr=-1"],
+     "naive-sgd.lr must be > 0.0, got -1"),
+    (["--no-tune", "--methods", "naive-sgd", "--method-opts", "naive-sgd.momentum=-1"],
+     "Invalid momentum value"),
+    (["--methods", "naive-sgd,naive-sgd"], "methods lists ['naive-sgd'] more than once"),
+    (["--device", "gpu"], "device must be a torch device such as cpu, cuda or cuda:1"),
+    (["--device", "meta"], "the benchmark trains on ['cpu', 'cuda', 'mps']"),
     pytest.param(["--device", "cuda"], "torch.cuda.is_available() is False",
                  marks=pytest.mark.skipif(__import__("torch").cuda.is_available(),
                                           reason="checks the CPU's answer")),
@@ -128,6 +144,17 @@ def test_tune_is_one_command_with_a_table_and_a_frontier(tmp_path, capsys):
     assert {r["method"] for r in out["rows"]} == {"naive-sgd", "swgl-sgd"}
 
 
+def test_tune_without_plots_still_writes_the_final_runs_results(tmp_path, capsys):
+    """``--no-plots`` dropped results.json and the CSVs of the final runs, so ``swgl plot``
+    could not read them (a user's audit)."""
+    assert cli.main([*TUNE, "--out-dir", str(tmp_path), "--no-plots"]) == 0
+    (tune_dir,) = tmp_path.glob("tune-digits-*")
+    (run_dir,) = (tune_dir / "test").iterdir()
+    for name in ("results.json", "results.csv", "cells.csv"):
+        assert (run_dir / name).is_file(), name
+    assert not list(tune_dir.rglob("*.png"))
+
+
 def test_plot_of_a_tune_folder_says_where_its_plots_come_from(tmp_path, capsys):
     assert cli.main([*TUNE, "--out-dir", str(tmp_path), "--no-plots"]) == 0
     (tune_dir,) = tmp_path.glob("tune-digits-*")
@@ -143,7 +170,8 @@ def test_bench_without_scenario_runs_the_presets_scenarios(tmp_path, capsys):
     # the README's main job passes no --scenario (once crashed in the text dispatch)
     argv = [a for a in TUNE if a not in ("--scenario", "permuted")]
     assert cli.main([*argv, "--out-dir", str(tmp_path), "--no-plots"]) == 0
-    assert "vs naive-sgd" in capsys.readouterr().out
+    out = capsys.readouterr().out   # (a narrow column may wrap "vs naive-sgd")
+    assert "baseline" in out and "split-class" in out and "permuted" in out
 
 
 def test_preset_sets_fields_and_flags_win():

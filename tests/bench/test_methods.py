@@ -28,7 +28,7 @@ def test_every_method_learns_task_il(tiny, name):
     # because SWGL v2 and UPGD learn slowly in these ~17 steps per task (docs/results.md).
     assert m["learning_acc"] > 0.65, m
     assert m["time_per_step_ms"] > 0
-    assert cell["steps"] > 5 * 2 * 8
+    assert cell["steps"] >= 5 * 2 * 8
 
 
 def _method(name, **kw):

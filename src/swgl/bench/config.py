@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -34,7 +35,9 @@ class BenchConfig:
     are passed to ``SWGL.wrap`` for every SWGL method; ``method_opts[name]`` overrides one
     method's options (``lr``, strategy options, optimizer kwargs, ``swgl.<opt>``);
     ``variants[name] = {"base": "swgl-sgd", "swgl.rule": "v1", "lr": 0.02, ...}`` defines new
-    methods from registered ones (optionally with ``"optimizer"``).
+    methods from registered ones (optionally with ``"optimizer"``). ``threads`` is the torch
+    CPU threads each cell runs on: it changes the order of sums, so the numbers (a field, in
+    the run id).
     """
 
     dataset: str = "digits"
@@ -59,12 +62,16 @@ class BenchConfig:
     eval_split: str = "test"
     device: str = "cpu"
     data_dir: str | None = None
+    threads: int = 1
 
     def __post_init__(self) -> None:
         for name, value in (("scenarios", self.scenarios), ("methods", self.methods),
                             ("seeds", self.seeds)):
             if isinstance(value, str) or not isinstance(value, (tuple, list)) or not value:
                 raise TypeError(f"{name} must be a non-empty tuple, got {value!r}")
+            twice = sorted({str(v) for v in value if list(value).count(v) > 1})
+            if twice:   # a method listed twice ran twice, counted as more seeds
+                raise ValueError(f"{name} lists {twice} more than once: {list(value)!r}")
             object.__setattr__(self, name, tuple(value))
         _choice("dataset", self.dataset, DATASETS)
         _choice("model", self.model, MODELS)
@@ -73,6 +80,7 @@ class BenchConfig:
             _choice("scenario", s, SCENARIOS)
         for seed in self.seeds:
             _int("seed", seed, 0)
+        _int("threads", self.threads, 1)
         for name in ("n_tasks", "hidden", "epochs", "steps_per_task", "train_per_task",
                      "test_per_task"):
             if getattr(self, name) is not None:
@@ -90,6 +98,7 @@ class BenchConfig:
                                  f"{list(self.methods)}")
         for m in self.methods:
             spec = self.method_spec(m)  # raises on unknown names or options
+            _check_values(m, spec)
             if spec.swgl is not None:
                 _check_swgl_options(m, spec.swgl)
 
@@ -145,10 +154,42 @@ class BenchConfig:
         reused. ``code`` defaults to :func:`swgl.bench.provenance.code_identity`.
         """
         d = self.resolved().to_dict()
-        d.pop("data_dir")  # where the files live does not change the numbers
+        # other files are other data: the folder, resolved, names them (a move of the same
+        # files only costs a new run)
+        d["data_dir"] = None if self.data_dir is None else os.path.realpath(self.data_dir)
         d["code"] = dict(code_identity() if code is None else code)
         digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.dataset}-{digest}"
+
+
+def _check_values(method: str, spec: MethodSpec) -> None:
+    """Fail at config time, not mid-run, on option values: the lr a positive number, a
+    strategy's numeric options non-negative numbers of its default's kind, the optimizer's
+    keyword arguments as torch's constructor checks them (on a probe param)."""
+    import torch
+
+    from swgl.bench.methods.optim import build_optimizer
+
+    options = dict(spec.options)
+    for key, value in options.items():
+        name = f"{method}.{key}"
+        if key == "lr":
+            _real(name, value, 0.0, low_open=True)
+        elif key in spec.strategy.hparams:
+            default = spec.strategy.hparams[key]
+            if isinstance(default, bool) or not isinstance(default, (int, float)):
+                continue
+            if isinstance(default, int):
+                _int(name, value, 0)
+            else:
+                _real(name, value, 0.0)
+    kwargs = {k: v for k, v in options.items() if k != "lr" and k not in spec.strategy.hparams}
+    info = OPTIMIZERS[spec.optimizer]
+    try:
+        build_optimizer(info, [torch.zeros(1, requires_grad=True)], options.get("lr", info.lr),
+                        kwargs, None)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"options {kwargs} of method {method!r}: {exc}") from exc
 
 
 def _check_swgl_options(method: str, options: Mapping[str, Any]) -> None:
@@ -177,6 +218,13 @@ def _check_swgl_options(method: str, options: Mapping[str, Any]) -> None:
 def _choice(name: str, value: Any, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+
+
+def _real(name: str, value: Any, low: float, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if value < low or (low_open and value == low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
 
 
 def _int(name: str, value: Any, low: int) -> None:

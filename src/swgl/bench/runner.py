@@ -56,11 +56,21 @@ def _cell_name(scenario: str, method: str, seed: int) -> str:
 
 
 def device_of(name: str) -> torch.device:
-    """``name`` as a torch device; ValueError for CUDA where there is none (the CLI checks it
-    before any cell runs)."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but torch.cuda.is_available() is False")
+    """``name`` as a torch device the benchmark can train on (cpu, cuda, mps); ValueError for
+    another name or one this machine lacks (the CLI checks it before any cell runs)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as cpu, cuda or cuda:1, "
+                         f"got {name!r}") from None
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                 "mps": torch.backends.mps.is_available}
+    if device.type not in available:
+        raise ValueError(f"device={name!r}: the benchmark trains on {sorted(available)}")
+    if not available[device.type]():
+        raise ValueError(f"device={name!r} but this machine has no {device.type} device "
+                         f"(torch.{'cuda' if device.type == 'cuda' else 'backends.mps'}"
+                         ".is_available() is False)")
     return device
 
 
@@ -160,16 +170,25 @@ def _task_batches(scen: Scenario, t: int, device: torch.device) -> Callable[[], 
     return batches
 
 
+def _batches_per_pass(n: int, batch_size: int) -> int:
+    """Full batches in a pass over ``n`` samples (the remainder is dropped, as
+    ``drop_last=True`` does: a last batch of a few samples at a tuned lr could undo a pass,
+    and the validation runs, on 5/6 of the data, had another remainder than the test runs);
+    one batch of all of them when there are fewer than ``batch_size``."""
+    return max(1, n // batch_size)
+
+
 def _task_order(train_idx: Tensor, batch_size: int, steps: int,
                 gen: torch.Generator) -> Iterator[Tensor]:
-    """``steps`` batches of indices: passes over a fresh shuffle, the last pass cut short."""
+    """``steps`` batches of indices: passes over a fresh shuffle, each of
+    :func:`_batches_per_pass` full batches, the last pass cut short."""
     n, done = len(train_idx), 0
     while done < steps:
         order = train_idx[torch.randperm(n, generator=gen)]
-        for i in range(0, n, batch_size):
+        for i in range(_batches_per_pass(n, batch_size)):
             if done == steps:
                 return
-            yield order[i:i + batch_size]
+            yield order[i * batch_size:(i + 1) * batch_size]
             done += 1
 
 
@@ -188,7 +207,7 @@ def _train_offline(cfg: BenchConfig, scen: Scenario, method: Method, device: tor
     step, busy, first = 0, 0.0, 0.0
     for t, task in enumerate(scen.tasks):
         n = len(task.train_idx)
-        per_task = cfg.steps_per_task or cfg.epochs * math.ceil(n / cfg.batch_size)
+        per_task = cfg.steps_per_task or cfg.epochs * _batches_per_pass(n, cfg.batch_size)
         eval_every = max(1, per_task // cfg.evals_per_task)
         _sync(device)
         start = time.perf_counter()
@@ -278,6 +297,7 @@ def run_cell(cfg: BenchConfig, scenario: str, method_name: str, seed: int) -> di
     """Train and evaluate one method on one scenario with one seed; return its record."""
     cfg = cfg.resolved()
     device = device_of(cfg.device)
+    torch.set_num_threads(cfg.threads)   # the order of its sums: the numbers depend on it
     scen = _scenario(cfg, scenario, seed)
     torch.manual_seed(seed)
     model = build_model(cfg.model, tuple(scen.x_train.shape[1:]), scen.n_outputs, cfg.hidden)
@@ -358,7 +378,8 @@ def run(config: BenchConfig, *, out_dir: str | Path = "runs", resume: bool = Fal
     and the code identity, so cells of other code are never reused). ``on_cell(cell,
     cached)`` is called after each cell (for progress bars). ``write_reports`` writes
     results.json, results.csv, cells.csv and the plots. ``workers > 1`` runs cells in that
-    many processes (one torch thread each); the numbers do not depend on it.
+    many processes (each on ``config.threads`` torch threads, as here); the numbers do not
+    depend on it.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")

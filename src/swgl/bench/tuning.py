@@ -179,6 +179,12 @@ def _check_no_fixed_tuned(cfg: BenchConfig, grids: Mapping[str, list[dict[str, A
         if fixed:
             raise ValueError(f"method_opts[{m!r}] sets {sorted(fixed)}, which --tune tunes; "
                              "drop them, change the grid (--tune-grid) or pass --no-tune")
+        fixed = (set(cfg.variants.get(m, {})) - {"base"}) & set(points[0])
+        if fixed:
+            raise ValueError(f"variant {m!r} sets {sorted(fixed)}, which --tune tunes (the lr "
+                             f"always; a strength per --tune-grid): drop them from the variant, "
+                             f"tune another option (--tune-grid {m}=none or another) or pass "
+                             "--no-tune")
         swgl = {k for k in points[0] if k.startswith("swgl.") and k[5:] in cfg.swgl_opts}
         if swgl and cfg.method_spec(m).swgl is not None:
             raise ValueError(f"swgl_opts sets {sorted(k[5:] for k in swgl)}, which --tune tunes "
@@ -271,8 +277,7 @@ def tune(base: BenchConfig, opts: TuneOptions = TuneOptions(), *, out_dir: str |
                                          for m in methods})
         res = run(final_cfg, out_dir=tune_dir / "test", resume=resume, on_cell=on_cell,
                   write_reports=False, workers=workers)
-        if plots:
-            report.write_all(res)
+        report.write_all(res, plots=plots)   # results.json and the CSVs whatever the plots
         final[scenario] = res
         rows += _final_rows(scenario, res, chosen[scenario], val[scenario], base_of)
     out = TuneResults(tune_dir, grids, val, chosen, final, rows)
