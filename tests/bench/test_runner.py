@@ -146,3 +146,14 @@ def test_a_pass_drops_the_last_incomplete_batch():
     # fewer samples than a batch: one batch of them all
     assert [len(b) for b in runner._task_order(torch.arange(5), 32, 2,
                                                torch.Generator().manual_seed(0))] == [5, 5]
+
+
+def test_a_cell_runs_on_the_configs_threads_and_gives_the_process_its_own_back(tiny,
+                                                                               monkeypatch):
+    seen = []
+    real = runner._run_cell
+    monkeypatch.setattr(runner, "_run_cell",
+                        lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    before = torch.get_num_threads()
+    runner.run_cell(dataclasses.replace(tiny, threads=2), "split-class", "naive-sgd", 0)
+    assert seen == [2] and torch.get_num_threads() == before

@@ -294,10 +294,19 @@ def _scenario(cfg: BenchConfig, name: str, seed: int) -> Scenario:
 
 
 def run_cell(cfg: BenchConfig, scenario: str, method_name: str, seed: int) -> dict[str, Any]:
-    """Train and evaluate one method on one scenario with one seed; return its record."""
+    """Train and evaluate one method on one scenario with one seed, on ``cfg.threads`` torch
+    threads (the order of its sums: the numbers depend on it); return its record."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_cell(cfg, scenario, method_name, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_cell(cfg: BenchConfig, scenario: str, method_name: str, seed: int) -> dict[str, Any]:
     cfg = cfg.resolved()
     device = device_of(cfg.device)
-    torch.set_num_threads(cfg.threads)   # the order of its sums: the numbers depend on it
     scen = _scenario(cfg, scenario, seed)
     torch.manual_seed(seed)
     model = build_model(cfg.model, tuple(scen.x_train.shape[1:]), scen.n_outputs, cfg.hidden)
