@@ -71,8 +71,17 @@ def _variants(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: the tuning flags' defaults, and the flags by destination
+TUNE_DEFAULTS = {"tune_lrs": 4, "tune_seeds": 1, "tune_grid": "", "lr_range": ""}
+_TUNE_FLAGS = {"--tune-lrs": "tune_lrs", "--tune-seeds": "tune_seeds",
+               "--tune-grid": "tune_grid", "--lr-range": "lr_range"}
+
+
 def _csv_list(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
+    items = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return items
 
 
 def _lr_ranges(text: str) -> dict[str, tuple[float, float]]:
@@ -181,10 +190,12 @@ def _bench_parser(sub) -> None:
     u.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
                    help="tune lr and strength per method and scenario on the validation split "
                    "first (default); --no-tune runs the options as given")
-    u.add_argument("--tune-lrs", type=_positive("--tune-lrs"), default=4, metavar="N",
+    u.add_argument("--tune-lrs", type=_positive("--tune-lrs"), default=TUNE_DEFAULTS["tune_lrs"],
+                   metavar="N",
                    help="learning rates per strength point; every method gets N x (largest "
                    "strength grid) points, plain optimizers all in lr (default: 4)")
-    u.add_argument("--tune-seeds", type=_positive("--tune-seeds"), default=1, metavar="N",
+    u.add_argument("--tune-seeds", type=_positive("--tune-seeds"),
+                   default=TUNE_DEFAULTS["tune_seeds"], metavar="N",
                    help="seeds of each validation grid point (default: 1)")
     u.add_argument("--tune-grid", default="", metavar="M.K=V1:V2,...",
                    help="override a method's strength grid, e.g. ewc.lam=10:100:1000 or "
@@ -344,6 +355,12 @@ def _cmd_bench(args) -> int:
     if text_cli.is_text(args.scenarios):
         return text_cli.run_text(args, DEFAULT_METHODS, _method_options(args.method_opts),
                                  parse_options(args.swgl_opts, "--swgl-opts"))
+    if not args.tune:   # they would be ignored: refused, as every option that does nothing
+        given = [flag for flag, dest in _TUNE_FLAGS.items()
+                 if getattr(args, dest) != TUNE_DEFAULTS[dest]]
+        if given:
+            raise ValueError(f"{', '.join(given)} set the tuning, which --no-tune skips: drop "
+                             "them, or drop --no-tune")
     cfg = _config(args)
     opts = _tune_options(args, cfg) if args.tune else None
     total = (tuning.n_cells(cfg, opts) if opts is not None

@@ -78,6 +78,10 @@ def test_run_files_are_readable_and_their_columns_unique(tmp_path, capsys):
      "Invalid momentum value"),
     (["--methods", "naive-sgd,naive-sgd"], "methods lists ['naive-sgd'] more than once"),
     (["--device", "gpu"], "device must be a torch device such as cpu, cuda or cuda:1"),
+    (["--no-tune", "--tune-grid", "ewc.lam=1:2", "--lr-range", "sgd=0.1:1"],
+     "--tune-grid, --lr-range set the tuning, which --no-tune skips"),
+    (["--scenario", "text-domains", "--preset", "short"],
+     "not read by the text scenarios"),
     (["--device", "meta"], "the benchmark trains on ['cpu', 'cuda', 'mps']"),
     pytest.param(["--device", "cuda"], "torch.cuda.is_available() is False",
                  marks=pytest.mark.skipif(__import__("torch").cuda.is_available(),
@@ -110,6 +114,7 @@ def test_bench_table_and_plot_command(tmp_path, capsys):
     (["--method-opts", "lr=0.1"], "METHOD.OPTION=VALUE"),
     (["--variant", "x"], "NAME=BASE"),
     (["--threads", "0"], "--threads"),
+    (["--scenario", ""], "expected a comma-separated list, got ''"),   # was taken as text
 ])
 def test_bad_arguments_exit_with_a_message(argv, match, capsys):
     with pytest.raises(SystemExit) as exc:

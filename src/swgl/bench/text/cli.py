@@ -21,7 +21,10 @@ __all__ = ["add_arguments", "is_text", "run_text"]
 #: flags of ``swgl bench`` that only the image scenarios read
 IMAGE_ONLY = ("dataset", "n_tasks", "steps_per_task", "train_per_task", "test_per_task",
               "stream_steps", "stream_batch", "consolidate_every", "variant", "model", "hidden",
-              "epochs", "batch_size", "evals_per_task")
+              "epochs", "batch_size", "evals_per_task", "preset", "tune", "tune_lrs",
+              "tune_seeds", "tune_grid", "lr_range")
+#: the flags whose names are not their destinations'
+_FLAGS = {"n_tasks": "--tasks", "tune": "--no-tune"}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -71,8 +74,9 @@ def _config(args, default_methods: tuple[str, ...], method_opts: dict[str, dict[
 
     changed = [k for k, v in args.image_only_defaults.items() if getattr(args, k) != v]
     if changed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise ValueError(f"{flags}: image-scenario option(s), not read by the text scenarios")
+        flags = ", ".join(_FLAGS.get(k, "--" + k.replace("_", "-")) for k in changed)
+        raise ValueError(f"{flags}: image-scenario option(s), not read by the text scenarios "
+                         "(they tune their lr over --lr-grid)")
     # no --methods (None), or the image default given by hand: the text default methods
     methods = DEFAULT_METHODS if args.methods in (None, default_methods) else args.methods
     return TextConfig(
