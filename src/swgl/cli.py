@@ -308,11 +308,23 @@ _FIELDS = ("dataset", "scenarios", "methods", "n_tasks", "model", "hidden", "epo
 
 def _config(args):
     """BenchConfig defaults < the preset's fields < the flags given."""
-    from swgl.bench.config import BenchConfig
+    from swgl.bench.config import DEFAULT_SCENARIOS, BenchConfig
     from swgl.bench.presets import PRESETS
 
     fields: dict[str, Any] = dict(PRESETS[args.preset].fields)
     fields.update({k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None})
+    # flags the run would not read: refused, as every option that does nothing
+    if args.data_dir is not None and fields.get("dataset", "digits") == "digits":
+        raise ValueError("--data-dir: digits is embedded in scikit-learn and reads no files")
+    if args.epochs is not None and fields.get("steps_per_task") is not None:
+        raise ValueError("--epochs: --steps-per-task (or the preset's) sets each task's "
+                         "length instead; give one of them")
+    if not any(s.startswith("stream-") for s in fields.get("scenarios", DEFAULT_SCENARIOS)):
+        given = [flag for flag in ("--stream-steps", "--stream-batch", "--consolidate-every")
+                 if getattr(args, flag[2:].replace("-", "_")) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: stream-scenario option(s), and no scenario "
+                             "of the run is a stream")
     if args.tune and args.eval_split is not None:
         raise ValueError("--eval-split is set by --tune (val for the grid, test for the "
                          "table); pass --no-tune to choose it")

@@ -46,8 +46,13 @@ def test_swgl_options_reach_the_optimizer():
 
 
 def test_swgl_opts_do_not_touch_plain_methods():
-    method = _method("naive-sgd", swgl_opts={"rule": "v1"})
+    cfg = BenchConfig(methods=("naive-sgd", "swgl-sgd"), swgl_opts={"rule": "v1"})
+    method = make_method(cfg.method_spec("naive-sgd"), build_model("mlp", (1, 8, 8), 10, 8),
+                         Context(n_outputs=10, batch_size=4))
     assert type(method.optimizer) is torch.optim.SGD
+    # with no SWGL method in the run they would do nothing: refused
+    with pytest.raises(ValueError, match="no method of .* uses SWGL"):
+        BenchConfig(methods=("naive-sgd",), swgl_opts={"rule": "v1"})
 
 
 def test_method_opts_set_lr_and_strategy_options():

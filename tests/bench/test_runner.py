@@ -100,7 +100,9 @@ def test_run_writes_files_and_resume_skips_done_cells(tiny, tmp_path, monkeypatc
 
 def test_run_id_follows_the_config(tiny):
     assert tiny.run_id() == dataclasses.replace(tiny).run_id()
-    assert tiny.run_id() != dataclasses.replace(tiny, swgl_opts={"alpha": 0.9}).run_id()
+    with_swgl = dataclasses.replace(tiny, methods=("naive-sgd", "swgl-sgd"))
+    assert with_swgl.run_id() != dataclasses.replace(with_swgl,
+                                                     swgl_opts={"alpha": 0.9}).run_id()
     # other data files, other threads (the sums' order): other numbers, another run
     assert tiny.run_id() != dataclasses.replace(tiny, data_dir="/elsewhere").run_id()
     assert tiny.run_id() != dataclasses.replace(tiny, threads=2).run_id()
@@ -108,7 +110,8 @@ def test_run_id_follows_the_config(tiny):
 
 
 def test_grid_expands_fields_and_nested_options(tiny):
-    configs = runner.grid(tiny, epochs=[1, 2], swgl_opts__alpha=[0.9, 0.99],
+    configs = runner.grid(dataclasses.replace(tiny, methods=("naive-sgd", "swgl-sgd")),
+                          epochs=[1, 2], swgl_opts__alpha=[0.9, 0.99],
                           method_opts=[{}])
     assert len(configs) == 4
     assert {(c.epochs, c.swgl_opts["alpha"]) for c in configs} == {

@@ -96,11 +96,20 @@ class BenchConfig:
             if name not in self.methods:
                 raise ValueError(f"method_opts names {name!r}, which is not in methods "
                                  f"{list(self.methods)}")
+        unused = [name for name in self.variants if name not in self.methods]
+        if unused:   # never run, so never checked either
+            raise ValueError(f"variants {unused} are not in methods {list(self.methods)}: "
+                             "add them to the methods, or drop them")
+        uses_swgl = False
         for m in self.methods:
             spec = self.method_spec(m)  # raises on unknown names or options
             _check_values(m, spec)
             if spec.swgl is not None:
+                uses_swgl = True
                 _check_swgl_options(m, spec.swgl)
+        if self.swgl_opts and not uses_swgl:
+            raise ValueError(f"swgl_opts {dict(self.swgl_opts)} given, but no method of "
+                             f"{list(self.methods)} uses SWGL")
 
     def resolved(self) -> BenchConfig:
         """A copy with the dataset defaults filled in (what the run id hashes)."""
