@@ -70,6 +70,8 @@ def test_run_files_are_readable_and_their_columns_unique(tmp_path, capsys):
      "variant 'e2' sets ['lam'], which --tune tunes"),
     (["--no-tune", "--methods", "ewc", "--method-opts", "ewc.lam=abc"],
      "ewc.lam must be a real number, got 'abc'"),
+    (["--no-tune", "--methods", "ewc", "--method-opts", "ewc.lam=nan"],
+     "ewc.lam must be finite, got nan"),
     (["--no-tune", "--methods", "ewc", "--method-opts", "ewc.lam=-5"],
      "ewc.lam must be >= 0.0, got -5"),
     (["--no-tune", "--methods", "naive-sgd", "--method-opts", "naive-sgd.lr=-1"],

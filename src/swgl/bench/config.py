@@ -230,8 +230,10 @@ def _choice(name: str, value: Any, choices) -> None:
 
 
 def _real(name: str, value: Any, low: float, low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if value != value or value == float("inf"):
+        raise ValueError(f"{name} must be finite, got {value!r}")
     if value < low or (low_open and value == low):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
 
