@@ -187,8 +187,12 @@ def test_wrapper_rejects_the_same_options(options, error, message):
 
 def test_bad_option_in_a_param_group_is_rejected():
     model = _model()
-    with pytest.raises(ValueError, match="alpha must be in"):
-        SWGL([{"params": model[0].parameters(), "alpha": 2.0}])
+    # the group named: with several, which one (a user's audit)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['alpha'\] must be in"):
+        SWGL([{"params": model[0].parameters()}, {"params": model[2].parameters(), "alpha": 2.0}])
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['swgl_alpha'\] must be in"):
+        SWGLWrapper([{"params": model[0].parameters(), "swgl_alpha": 2.0}],
+                    base=torch.optim.SGD, base_kwargs={"lr": 0.1})
 
 
 def test_unknown_keyword_is_rejected():

@@ -198,8 +198,23 @@ def test_an_option_the_rule_ignores_is_rejected(rule, option, value):
 
 
 def test_shock_is_deprecated():
+    import warnings
+
     with pytest.warns(DeprecationWarning, match="shock is deprecated"):
         SWGL(_model().parameters(), rule="v3", shock=3.0)
+    # once per constructor (the defaults' check and the group's both warned), and a group's
+    # own value named by its group
+    for build in (lambda params, **kw: SWGL(params, **kw),
+                  lambda params, **kw: SWGL.wrap(torch.optim.SGD(params, lr=0.1), **kw)):
+        model = _model()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            build(model.parameters(), rule="v3", shock=3.0)
+        assert len(seen) == 1 and "shock is deprecated" in str(seen[0].message)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        SWGL([{"params": _model()[0].parameters(), "shock": 2.0}], rule="v3")
+    assert len(seen) == 1 and "param_groups[0]['shock'] is deprecated" in str(seen[0].message)
 
 
 @pytest.mark.parametrize("options, error, message", [

@@ -73,11 +73,12 @@ def check_rule_change(old: str, new: str, params: list, state: dict, label: str)
 
 
 def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = False,
-                  label: str = "{}") -> None:
+                  label: str = "{}", warn_deprecated: bool = True) -> None:
     """Validate one param group's SWGL options in place (numbers coerced to float, unset
     options resolved for the rule). ``prefix`` is the options' key prefix (the wrapper's
     ``swgl_``); ``math_only`` skips ``storage``, ``foreach`` and ``fused``; ``label`` formats
-    an option's name in messages (``swgl.optim``'s ``"swgl['{}']"``)."""
+    an option's name in messages (``swgl.optim``'s ``"swgl['{}']"``); ``warn_deprecated``
+    False skips the deprecation warnings (a group whose value the defaults' check warned of)."""
     def key(name: str) -> str:
         return prefix + name
 
@@ -127,7 +128,7 @@ def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = 
     number("shock", 0.0)
     if 0.0 < group[key("shock")] <= 1.0:
         raise ValueError(f"{shown('shock')} must be 0 (off) or > 1, got {group[key('shock')]!r}")
-    if group[key("shock")] > 0.0:
+    if group[key("shock")] > 0.0 and warn_deprecated:
         warn(
             f"{shown('shock')} is deprecated: measured useless (docs/results.md, drift: it never "
             "helped online accuracy); it will be removed, see CHANGELOG.md",

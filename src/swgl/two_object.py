@@ -203,7 +203,9 @@ class SWGL(SWGLBase):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        check_options(group)
+        # named by index, and warned of a deprecated value only if the defaults' check was not
+        check_options(group, label=f"param_groups[{len(self.param_groups) - 1}]['{{}}']",
+                      warn_deprecated=group["shock"] != self.defaults["shock"])
         check_params(group)
         self._checked(group)
         if hasattr(self, "_param_ids"):

@@ -221,7 +221,10 @@ class SWGLWrapper(SWGLBase):
                 group[key] = value
                 if key.startswith(PREFIX):
                     filled.add(key)
-        check_options(group, PREFIX)
+        index = next((i for i, g in enumerate(self.param_groups) if g is group),
+                     len(self.param_groups))
+        check_options(group, PREFIX, label=f"param_groups[{index}]['{{}}']",
+                      warn_deprecated=group[PREFIX + "shock"] != defaults[PREFIX + "shock"])
         check_params(group)
         self._checked(group)
 

@@ -56,6 +56,10 @@ def test_tune_writes_the_grid_table_and_frontier_and_compares_with_the_baseline(
     for name in ("grid.json", "tuned.json", "tuned.md", "frontier_permuted.png"):
         assert (res.tune_dir / name).is_file(), name
     assert (res.tune_dir / "frontier_permuted.png").stat().st_size > 10_000
+    tuned = json.loads((res.tune_dir / "tuned.json").read_text())   # self-describing
+    assert tuned["rows"] == json.loads(json.dumps(res.rows))
+    assert {"units", "val_config", "final_runs", "code"} <= set(tuned)
+    assert tuned["code"]["swgl"] and tuned["final_runs"]["permuted"] == res.final["permuted"].run_id
     rows = {r["method"]: r for r in res.rows}
     cells = {(c["method"], c["seed"]): c["metrics"]["acc"] for c in res.final["permuted"].cells}
     deltas = [cells[("swgl-sgd", s)] - cells[("naive-sgd", s)] for s in (0, 1)]

@@ -36,6 +36,7 @@ import numpy as np
 from swgl.bench import report
 from swgl.bench.config import BenchConfig
 from swgl.bench.methods import OPTIMIZERS
+from swgl.bench.provenance import code_identity
 from swgl.bench.results import Results, atomic_write_text
 from swgl.bench.runner import run
 from swgl.bench.scenarios import SCENARIOS
@@ -291,7 +292,12 @@ def _write(res: TuneResults, grid_cfg: BenchConfig, plots: bool) -> None:
         "val_config": grid_cfg.to_dict(), "grids": res.grids, "val": res.val,
         "chosen": res.chosen, "final_runs": {s: r.run_id for s, r in res.final.items()},
     }, indent=2))
-    atomic_write_text(d / "tuned.json", json.dumps({"rows": res.rows}, indent=2))
+    # self-describing: what was tuned and by which code, beside the rows (a user's audit)
+    atomic_write_text(d / "tuned.json", json.dumps({
+        "rows": res.rows, "units": "accuracies, forgetting and deltas as fractions (0 to 1)",
+        "val_config": grid_cfg.to_dict(), "final_runs": {s: r.run_id for s, r in res.final.items()},
+        "code": code_identity(),
+    }, indent=2))
     atomic_write_text(d / "tuned.md", report.tuned_markdown(res.rows))
     if plots:
         for scenario, per in res.val.items():
