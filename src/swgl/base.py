@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from swgl import functional, graphs
 from swgl.checkpoint import check_step
-from swgl.options import check_options, check_rule_change, hyper
+from swgl.options import check_options, check_rule_change, group_label, hyper
 from swgl.rules import RULES
 from swgl.state import STORAGES
 from swgl.state._common import check_tensor
@@ -175,7 +175,7 @@ class SWGLBase(Optimizer):
         if seen is not None and seen[0] is group:
             check_rule_change(seen[1][0], options[0], group["params"], self.state,
                               f"param_groups[{index}]")
-        check_options(group, self.option_prefix, label=f"param_groups[{index}]['{{}}']")
+        check_options(group, self.option_prefix, label=group_label(index))
         self._checked(group)
         return self._options_seen[id(group)][1]
 

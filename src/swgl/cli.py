@@ -197,10 +197,10 @@ def _bench_parser(sub) -> None:
     u.add_argument("--tune-seeds", type=_positive("--tune-seeds"),
                    default=TUNE_DEFAULTS["tune_seeds"], metavar="N",
                    help="seeds of each validation grid point (default: 1)")
-    u.add_argument("--tune-grid", default="", metavar="M.K=V1:V2,...",
+    u.add_argument("--tune-grid", default=TUNE_DEFAULTS["tune_grid"], metavar="M.K=V1:V2,...",
                    help="override a method's strength grid, e.g. ewc.lam=10:100:1000 or "
                    "swgl-sgd.swgl.alpha=0.99:0.999; METHOD=none tunes its lr only")
-    u.add_argument("--lr-range", default="", metavar="OPT=LOW:HIGH,...",
+    u.add_argument("--lr-range", default=TUNE_DEFAULTS["lr_range"], metavar="OPT=LOW:HIGH,...",
                    help="override an optimizer's tuned lr span, e.g. adam=1e-5:1e-3 "
                    "(see --list-methods for the defaults)")
 

@@ -39,7 +39,7 @@ from swgl._warn import warn
 from swgl.rules import DEFAULT_RULE, RULES, Hyper
 
 __all__ = ["DEFAULTS", "MATH_OPTIONS", "MODES", "SIGNALS", "check_options", "check_rule_change",
-           "hyper"]
+           "group_label", "hyper"]
 
 #: Where the factor applies: to the gradient, or to the update the base optimizer makes.
 MODES = ("grad", "update")
@@ -70,6 +70,11 @@ def check_rule_change(old: str, new: str, params: list, state: dict, label: str)
             f"state and options are the old rule's: build a new optimizer for {new!r}, or "
             "load a state_dict saved under it"
         )
+
+
+def group_label(index: int) -> str:
+    """``check_options``' ``label`` naming an option by its param group."""
+    return f"param_groups[{index}]['{{}}']"
 
 
 def check_options(group: dict[str, Any], prefix: str = "", *, math_only: bool = False,

@@ -26,7 +26,7 @@ from swgl.base import (
 )
 from swgl.checkpoint import by_position, check_api, check_state_dict_layout
 from swgl.companion import Hooks, find_owners
-from swgl.options import check_options
+from swgl.options import check_options, group_label
 from swgl.rules import DEFAULT_RULE, RULES
 from swgl.wrapper import SWGLWrapper, wrap
 
@@ -204,7 +204,7 @@ class SWGL(SWGLBase):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         # named by index, and warned of a deprecated value only if the defaults' check was not
-        check_options(group, label=f"param_groups[{len(self.param_groups) - 1}]['{{}}']",
+        check_options(group, label=group_label(len(self.param_groups) - 1),
                       warn_deprecated=group["shock"] != self.defaults["shock"])
         check_params(group)
         self._checked(group)

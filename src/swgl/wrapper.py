@@ -64,7 +64,7 @@ from swgl.base import (
 from swgl.checkpoint import by_position, check_api, check_state_dict_layout
 from swgl.optim import TORCH_BASES
 from swgl.optim._base import FusedGroup, TorchBase, set_lrs, triton_plan, triton_step
-from swgl.options import MATH_OPTIONS, check_options, hyper
+from swgl.options import MATH_OPTIONS, check_options, group_label, hyper
 from swgl.rules import DEFAULT_RULE, RULES
 
 __all__ = ["SWGLWrapper", "wrap"]
@@ -183,7 +183,7 @@ class SWGLWrapper(SWGLBase):
         self.param_groups = base_opt.param_groups
         for index, group in enumerate(self.param_groups):
             self._check_bare(group, index)
-            self._check_group(group, defaults)
+            self._check_group(group, defaults, index)
 
     _REBUILT = (*SWGLBase._REBUILT, "_stepping", "_fused_checked", "_fused_why", "_lr",
                 "_not_first", "_lr_live", "_base_state_seen")
@@ -202,7 +202,7 @@ class SWGLWrapper(SWGLBase):
             return
         self._check_bare(param_group, len(self.param_groups))  # before the base takes it
         self.base.add_param_group(param_group)
-        self._check_group(self.param_groups[-1], self.defaults)
+        self._check_group(self.param_groups[-1], self.defaults, len(self.param_groups) - 1)
 
     def _check_bare(self, group: dict[str, Any], index: int) -> None:
         """An SWGL option without the prefix is a key the base ignores: it would do nothing."""
@@ -214,16 +214,14 @@ class SWGLWrapper(SWGLBase):
                 "(swgl.groups.param_groups(..., for_wrapper=True) does)"
             )
 
-    def _check_group(self, group: dict[str, Any], defaults: dict[str, Any]) -> None:
+    def _check_group(self, group: dict[str, Any], defaults: dict[str, Any], index: int) -> None:
         filled = _filled(self.base).setdefault(id(group), set())
         for key, value in defaults.items():
             if key not in group:
                 group[key] = value
                 if key.startswith(PREFIX):
                     filled.add(key)
-        index = next((i for i, g in enumerate(self.param_groups) if g is group),
-                     len(self.param_groups))
-        check_options(group, PREFIX, label=f"param_groups[{index}]['{{}}']",
+        check_options(group, PREFIX, label=group_label(index),
                       warn_deprecated=group[PREFIX + "shock"] != defaults[PREFIX + "shock"])
         check_params(group)
         self._checked(group)
@@ -247,7 +245,7 @@ class SWGLWrapper(SWGLBase):
         for index, group in enumerate(self.param_groups):
             if PREFIX + "rule" not in group:
                 self._check_bare(group, index)
-                self._check_group(group, self.defaults)
+                self._check_group(group, self.defaults, index)
 
     def _on_fresh_state(self, p: Tensor) -> None:
         if not self._warned_fresh and self.base.state.get(p):
